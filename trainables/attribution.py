@@ -1,0 +1,412 @@
+"""Attribution maps for a trained classifier: where did the model look?
+
+Pure functions over plain tensors, modules and arrays; the caller (the driver, after the
+search) decides which checkpoint, which images and which output paths::
+
+    idx = choose_panel(val_labels, kind="multiclass", per_class=2, seed=0)
+    x = normalise(val_images[idx])                       # (N, C, H, W) float, as the model expects
+    layer = last_spatial_layer(model, x)                 # or e.g. model.layer4 at 224 px
+    cams = gradcam_maps(model, x, layer, targets)        # (N, H, W) in [0, 1]
+    igs = integrated_gradients_maps(model, x, targets)   # (N, H, W) >= 0
+    focus = focus_score(val_images[idx], igs)            # share of attribution on the foreground
+    save_grid(out / "gradcam.png", val_images[idx], cams, captions, title="Grad-CAM")
+    save_maps(out / "maps.npz", gradcam=cams, integrated_gradients=igs, focus=focus)
+
+Multi-label: one map per (image, positive label) pair. Repeat the images, one row per
+pair: ``rows, labels = np.nonzero(y[idx]); gradcam_maps(model, x[rows], layer, labels)``.
+
+Grad-CAM uses ``pytorch_grad_cam`` (maps are ReLU'd and min-max scaled to [0, 1] per image,
+so they show where, not how much); Integrated Gradients uses ``captum`` with a SmoothGrad
+``NoiseTunnel``. Both run the model in eval mode (BatchNorm on running statistics, so the
+images of a batch never influence each other) and restore the mode it had.
+"""
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from torch import nn
+
+KINDS = ("multiclass", "binary", "multilabel")
+REDUCTIONS = ("abs", "positive", "sum")
+
+
+def choose_panel(labels: np.ndarray, kind: str, per_class: int, seed: int) -> np.ndarray:
+    """Indices of a fixed panel of images: up to ``per_class`` per class, sorted by class.
+
+    ``labels`` is (N, L) as in MedMNIST npz files: class ids in one column for "multiclass"
+    and "binary", 0/1 per label for "multilabel". For multi-label, each label gets
+    ``per_class`` distinct images positive for it; images already in the panel count towards
+    the quota of every label they are positive for, so the panel stays small. Images with no
+    positive label are never chosen. Classes with fewer images contribute what they have.
+    """
+    _check_kind(kind)
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    rng = np.random.default_rng(seed)
+    if kind == "multilabel":
+        return _multilabel_panel(labels.astype(bool), per_class, rng)
+    if labels.shape[1] != 1:
+        raise ValueError(
+            f"kind={kind!r} needs labels shaped (N, 1) with class ids, got {labels.shape}; "
+            "pass kind='multilabel' for one 0/1 column per label"
+        )
+    y = labels[:, 0]
+    picks = [_pick(np.flatnonzero(y == c), per_class, rng) for c in np.unique(y)]
+    return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
+
+
+def _multilabel_panel(positive: np.ndarray, per_class: int, rng: np.random.Generator):
+    chosen = np.zeros(len(positive), bool)
+    for label in range(positive.shape[1]):
+        need = per_class - int((chosen & positive[:, label]).sum())
+        candidates = np.flatnonzero(positive[:, label] & ~chosen)
+        chosen[_pick(candidates, need, rng)] = True
+    return np.flatnonzero(chosen).astype(np.int64)
+
+
+def _pick(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    n = max(0, min(n, len(candidates)))
+    return np.sort(rng.choice(candidates, size=n, replace=False))
+
+
+def last_spatial_layer(model: nn.Module, images: torch.Tensor, min_side: int = 4) -> nn.Module:
+    """The last module (in execution order) whose output is a feature map of at least
+    ``min_side`` pixels per side: a Grad-CAM target layer that works at any image size.
+
+    The usual choice, the last block (ResNet ``layer4``), is 1x1 at 28 px, and a 1x1 CAM is
+    constant after upsampling. Modules called more than once per forward (a shared ReLU) are
+    skipped, because Grad-CAM's hooks would record them twice.
+    """
+    calls: dict[nn.Module, int] = {}
+    order: list[tuple[nn.Module, tuple[int, ...]]] = []
+
+    def hook(module: nn.Module, _inputs, output) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        if isinstance(output, torch.Tensor):
+            order.append((module, tuple(output.shape)))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if m is not model]
+    try:
+        with _eval_mode(model), torch.no_grad():
+            model(images[:1].to(_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    for module, shape in reversed(order):
+        if len(shape) == 4 and min(shape[2:]) >= min_side and calls[module] == 1:
+            return module
+    raise ValueError(
+        f"no layer of {type(model).__name__} outputs a feature map of at least "
+        f"{min_side}x{min_side} for input {tuple(images.shape[1:])}; lower min_side or "
+        "use larger images"
+    )
+
+
+def gradcam_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    target_layer: nn.Module,
+    targets: Sequence[int],
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Grad-CAM maps, (N, H, W) float32 in [0, 1] at image resolution, one per image.
+
+    ``images`` is (N, C, H, W), normalised as the model expects; ``targets[i]`` is the class
+    (or label) whose logit is explained for ``images[i]``; repeat an image to explain several
+    labels. A map is all zeros where no location has a positive weighted activation.
+    """
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    targets = _check_targets(images, targets)
+    if not targets:
+        return np.zeros((0, *images.shape[2:]), np.float32)
+    with _eval_mode(model):
+        cam = GradCAM(model=model, target_layers=[target_layer])
+        try:
+            # No `with GradCAM(...)`: its __exit__ swallows IndexError and would return a
+            # partial result. The input needs a gradient so the hooks fire even when the
+            # layers before the target are frozen.
+            maps = [
+                cam(
+                    input_tensor=chunk.detach().clone().requires_grad_(True),
+                    targets=[ClassifierOutputTarget(t) for t in chunk_targets],
+                )
+                for chunk, chunk_targets in _chunks(images, targets, batch_size)
+            ]
+        finally:
+            cam.activations_and_grads.release()
+            model.zero_grad(set_to_none=True)
+    return np.concatenate(maps).astype(np.float32)
+
+
+def integrated_gradients_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: Sequence[int],
+    baseline: str | float = 0.0,
+    n_samples: int = 4,
+    steps: int = 16,
+    stdevs: float = 0.1,
+    reduce: str = "abs",
+    seed: int = 0,
+    max_batch: int = 256,
+) -> np.ndarray:
+    """Integrated Gradients with SmoothGrad noise, reduced over channels to (N, H, W).
+
+    ``reduce="abs"`` (default) sums |attribution| over channels: how much each pixel
+    mattered, either way; "positive" keeps the evidence for the target class; see
+    ``reduce_channels``. For the signed (N, C, H, W) attributions, call
+    ``integrated_gradients`` instead.
+    """
+    raw = integrated_gradients(
+        model, images, targets, baseline, n_samples, steps, stdevs, seed, max_batch
+    )
+    return reduce_channels(raw, reduce)
+
+
+def integrated_gradients(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: Sequence[int],
+    baseline: str | float = 0.0,
+    n_samples: int = 4,
+    steps: int = 16,
+    stdevs: float = 0.1,
+    seed: int = 0,
+    max_batch: int = 256,
+) -> np.ndarray:
+    """Signed Integrated Gradients attributions, (N, C, H, W) float32, averaged over
+    ``n_samples`` noisy copies of each image (captum ``NoiseTunnel``, smoothgrad).
+
+    ``baseline``: "zero" or a float is a constant image in the model's (normalised) input
+    space, so 0.0 is the normalisation mean colour; "mean" is each image's own per-channel
+    mean. ``stdevs`` is the noise standard deviation in that same space. The noise is drawn
+    from ``seed`` without touching the global torch RNG. No forward pass sees more than
+    ``max_batch`` inputs (memory: ``n_samples * steps`` model evaluations per image).
+    """
+    from captum.attr import IntegratedGradients, NoiseTunnel
+
+    targets = _check_targets(images, targets)
+    if not targets:
+        return np.zeros(tuple(images.shape), np.float32)
+    images = images.to(_device(model))
+    per_chunk = max(1, max_batch // n_samples)
+    tunnel = NoiseTunnel(IntegratedGradients(model))
+    out = []
+    with _eval_mode(model), _seeded(seed, images.device):
+        for chunk, chunk_targets in _chunks(images, targets, per_chunk):
+            attr = tunnel.attribute(
+                chunk,
+                nt_type="smoothgrad",
+                nt_samples=n_samples,
+                stdevs=stdevs,
+                baselines=_baseline(chunk, baseline),
+                target=chunk_targets,
+                n_steps=steps,
+                internal_batch_size=max(max_batch, len(chunk) * n_samples),
+            )
+            out.append(attr.detach().cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def reduce_channels(attributions: np.ndarray, how: str = "abs") -> np.ndarray:
+    """(N, C, H, W) signed attributions to (N, H, W): "abs" sums |a| over channels,
+    "positive" is max(sum of a over channels, 0), "sum" the signed sum."""
+    if how not in REDUCTIONS:
+        raise ValueError(f"reduce={how!r} is not a reduction; choose one of {REDUCTIONS}")
+    if how == "abs":
+        return np.abs(attributions).sum(axis=1)
+    total = attributions.sum(axis=1)
+    return np.maximum(total, 0) if how == "positive" else total
+
+
+def foreground_masks(images: np.ndarray) -> np.ndarray:
+    """Otsu foreground masks, (N, H, W) bool, of (N, H, W) or (N, H, W, C) images.
+
+    Otsu splits the grey levels (mean over channels) in two classes; the foreground is the
+    class that covers LESS of the one-pixel image border. The border is usually background,
+    so this finds bright cells on a dark background (X-ray, fluorescence) and dark cells on a
+    bright one (stained pathology, malaria smears) alike; on a tie the bright class wins. It
+    fails where the object fills the whole frame (a patch of tissue with white gaps: the gaps
+    become the foreground). A constant image has an all-False mask.
+    """
+    from skimage.filters import threshold_otsu
+
+    grey = _grey(images)
+    masks = np.zeros(grey.shape, bool)
+    for i, img in enumerate(grey):
+        if img.max() == img.min():
+            continue
+        high = img > threshold_otsu(img)
+        border = np.concatenate([high[0], high[-1], high[1:-1, 0], high[1:-1, -1]])
+        masks[i] = high if border.mean() <= 0.5 else ~high
+    return masks
+
+
+def focus_score(images: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Per image, the share of positive attribution mass on the foreground, in [0, 1].
+
+    Foreground as in ``foreground_masks``; negative map values count as zero. NaN for a
+    constant image (no foreground) or a map with no positive mass.
+    """
+    masks = foreground_masks(images)
+    maps = np.asarray(maps, np.float64)
+    if maps.shape != masks.shape:
+        raise ValueError(
+            f"maps {maps.shape} do not match images {np.shape(images)}: pass maps as (N, H, W) "
+            "and images as (N, H, W) or (N, H, W, C), channels last"
+        )
+    positive = np.clip(np.nan_to_num(maps), 0, None)
+    total = positive.sum(axis=(1, 2))
+    on_fg = (positive * masks).sum(axis=(1, 2))
+    defined = (total > 0) & masks.any(axis=(1, 2))
+    score = np.full(len(maps), np.nan)
+    score[defined] = on_fg[defined] / total[defined]
+    return np.clip(score, 0, 1)
+
+
+def save_grid(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    maps: np.ndarray,
+    captions: Sequence[str],
+    title: str,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> None:
+    """PNG grid, one row per image: the image | the map over it, the row's caption above.
+
+    ``images`` (N, H, W) or (N, H, W, C), uint8 or float (any range: floats are min-max
+    scaled per image for display); ``maps`` (N, H, W), scaled per image to [0, 1] (negative
+    values shown as 0). Written atomically.
+    """
+    from matplotlib.figure import Figure
+
+    if not len(images) == len(maps) == len(captions):
+        raise ValueError(
+            f"got {len(images)} images, {len(maps)} maps and {len(captions)} captions; "
+            "pass one map and one caption per image"
+        )
+    n = max(len(images), 1)
+    fig = Figure(figsize=(4.2, 2.3 * n + 0.4), layout="constrained")
+    fig.suptitle(title)
+    rows = fig.subfigures(n, 1, squeeze=False)[: len(images), 0]
+    for row, img, m, caption in zip(rows, _display(images), maps, captions, strict=True):
+        row.suptitle(caption, fontsize=9)
+        left, right = row.subplots(1, 2)
+        for ax in (left, right):
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.set_axis_off()
+        right.imshow(_map_unit(m), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def save_maps(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed`` to ``path`` (no ".npz" appended), atomically."""
+    _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    # A temp file in the same directory, then os.replace: readers never see half a file.
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not a task kind; choose one of {KINDS}")
+
+
+def _check_targets(images: torch.Tensor, targets: Sequence[int]) -> list[int]:
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    targets = [int(t) for t in targets]
+    if len(targets) != len(images):
+        raise ValueError(
+            f"got {len(images)} images and {len(targets)} targets; pass one target per image "
+            "(repeat an image to explain several labels)"
+        )
+    return targets
+
+
+def _chunks(images: torch.Tensor, targets: list[int], size: int):
+    for start in range(0, len(images), size):
+        yield images[start : start + size], targets[start : start + size]
+
+
+def _baseline(images: torch.Tensor, baseline: str | float) -> torch.Tensor | float:
+    if baseline == "zero":
+        return 0.0
+    if baseline == "mean":
+        return images.mean(dim=(2, 3), keepdim=True).expand_as(images).contiguous()
+    if isinstance(baseline, int | float):
+        return float(baseline)
+    raise ValueError(f"baseline={baseline!r} is not valid; use 'zero', 'mean' or a number")
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the model in eval mode, then restore whatever mode it was in."""
+    was_training = model.training
+    try:
+        yield model.eval()
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's RNG for a block without disturbing the global stream."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def _grey(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images, np.float64)
+    if images.ndim == 4:
+        return images.mean(axis=-1)
+    if images.ndim != 3:
+        raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got shape {images.shape}")
+    return images
+
+
+def _display(images: np.ndarray) -> list[np.ndarray]:
+    images = np.asarray(images)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if images.dtype == np.uint8:
+        return list(images.astype(np.float32) / 255)
+    return [_unit(img) for img in images.astype(np.float32)]
+
+
+def _map_unit(m: np.ndarray) -> np.ndarray:
+    m = np.clip(np.nan_to_num(np.asarray(m, np.float32)), 0, None)
+    return m / m.max() if m.max() > 0 else m
+
+
+def _unit(a: np.ndarray) -> np.ndarray:
+    a = np.nan_to_num(np.asarray(a, np.float32))
+    lo, hi = a.min(), a.max()
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)

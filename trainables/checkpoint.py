@@ -1,0 +1,69 @@
+"""Self-describing checkpoints: one `model.pt` that names everything needed to use it again.
+
+    save_checkpoint(directory, payload)            # atomic: temp file, then os.replace
+    ckpt = load_checkpoint("runs/x/trial/checkpoint")   # torch.load(weights_only=True)
+    model = model_from_checkpoint(ckpt)            # rebuilt and loaded, in eval mode
+
+A payload holds `format`, `task`, `kind`, `classes`, `channels`, `model`, `image_size`,
+`config`, `normalisation` (mean, std), `epoch`, `metrics` and `state_dict` (plus `optimizer`
+and `rng` for resuming). Only tensors, numbers, strings, lists and dicts: it loads with
+`weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+
+from trainables.models import Classifier, build_model
+
+FORMAT = "medsweep-checkpoint/1"
+FILENAME = "model.pt"
+
+
+def save_checkpoint(directory: str | os.PathLike, payload: dict) -> str:
+    """Write `payload` to `<directory>/model.pt` atomically; return the file path."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, FILENAME)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint dict from a `model.pt` file or a directory holding one."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, FILENAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path} (expected a {FILENAME} or its folder)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {ckpt.get('format')!r} is not {FORMAT!r}")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> Classifier:
+    """The checkpoint's model, weights loaded, in eval mode, on the CPU."""
+    model = build_model(
+        ckpt["model"],
+        num_outputs=1 if ckpt["kind"] == "binary" else len(ckpt["classes"]),
+        channels=ckpt["channels"],
+        image_size=ckpt["image_size"],
+        dropout=float(ckpt["config"].get("dropout", 0.0)),
+        weights="none",
+    )
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval()

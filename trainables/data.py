@@ -1,0 +1,164 @@
+"""Datasets in the MedMNIST npz layout: load, validate, hold on the device, augment per image.
+
+    arrays = load_npz("pneumoniamnist.npz", task, splits=("train", "val"))
+    x = to_device_images(arrays["train_images"], device)           # uint8 (N, C, H, W)
+    for idx in batch_indices(len(x), 128, shuffle=True, generator=g): ...
+    augment = make_augment(task.augment, channels=3)                 # kornia, draws per image
+
+Every dataset becomes `{train,val,test}_images` (uint8, (N,H,W) or (N,H,W,C)) and
+`{train,val,test}_labels` ((N, L) integers) once, so everything after loading is one code path.
+Arrays are read with numpy: medmnist's Dataset classes assert the official sample counts.
+Downloads are not done here (see `search/datasets.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from trainables.tasks import Task
+
+SPLITS = ("train", "val", "test")
+MEDMNIST_SIZES = (28, 64, 128, 224)
+
+
+def npz_name(flag: str, image_size: int) -> str:
+    """MedMNIST's file name for a flag and size: `pathmnist.npz`, `pathmnist_224.npz`."""
+    if image_size not in MEDMNIST_SIZES:
+        raise ValueError(
+            f"image size {image_size} is not one MedMNIST ships; choose one of "
+            f"{MEDMNIST_SIZES} (set `image_size` in the space file or --image-size)"
+        )
+    return f"{flag}.npz" if image_size == 28 else f"{flag}_{image_size}.npz"
+
+
+def load_npz(
+    path: str | os.PathLike, task: Task, splits: Sequence[str] = ("train", "val")
+) -> dict[str, np.ndarray]:
+    """The arrays of `splits` from an npz file, validated against `task`.
+
+    Only the named splits are read: the search never touches `test`.
+    """
+    path = os.fspath(path)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable npz file ({err}); re-download it") from err
+    with npz:
+        keys = [f"{s}_{part}" for s in splits for part in ("images", "labels")]
+        missing = [k for k in keys if k not in npz.files]
+        if missing:
+            raise ValueError(
+                f"{path}: missing arrays {missing}; a MedMNIST-layout file has "
+                f"{{train,val,test}}_images and {{train,val,test}}_labels, this one has "
+                f"{sorted(npz.files)}"
+            )
+        arrays = {k: npz[k] for k in keys}
+    for split in splits:
+        validate_split(path, task, split, arrays[f"{split}_images"], arrays[f"{split}_labels"])
+    return arrays
+
+
+def validate_split(
+    path: str, task: Task, split: str, images: np.ndarray, labels: np.ndarray
+) -> None:
+    """Raise a ValueError naming the file, split and problem when arrays do not fit the task."""
+    where = f"{path} [{split}]"
+    if images.dtype != np.uint8:
+        raise ValueError(f"{where}: images are {images.dtype}, expected uint8 (0-255 pixels)")
+    if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[3] not in (1, 3)):
+        raise ValueError(
+            f"{where}: images have shape {images.shape}, expected (N, H, W) or (N, H, W, C) "
+            "with C = 1 or 3"
+        )
+    channels = 1 if images.ndim == 3 else images.shape[3]
+    if channels != task.channels:
+        raise ValueError(
+            f"{where}: images have {channels} channel(s), task {task.name!r} expects "
+            f"{task.channels}; is this the right file for the task?"
+        )
+    if len(images) == 0:
+        raise ValueError(f"{where}: no images")
+    if labels.ndim != 2 or len(labels) != len(images):
+        raise ValueError(
+            f"{where}: labels have shape {labels.shape}, expected ({len(images)}, L) "
+            "(one row per image)"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: labels are {labels.dtype}, expected integers")
+    width = len(task.classes) if task.kind == "multilabel" else 1
+    if labels.shape[1] != width:
+        raise ValueError(
+            f"{where}: labels have {labels.shape[1]} column(s), a {task.kind} task with "
+            f"{len(task.classes)} classes expects {width}"
+        )
+    high = 1 if task.kind == "multilabel" else len(task.classes) - 1
+    if labels.min() < 0 or labels.max() > high:
+        raise ValueError(
+            f"{where}: labels range over [{labels.min()}, {labels.max()}], expected [0, {high}] "
+            f"for {task.kind} task {task.name!r} with classes {list(task.classes)}"
+        )
+
+
+def to_device_images(images: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    """uint8 (N, H, W[, C]) numpy -> uint8 (N, C, H, W) tensor on `device`, moved once."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x.contiguous().to(device)
+
+
+def channel_stats(images: np.ndarray, max_images: int = 2048) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units from (a seeded sample of) training images."""
+    if len(images) > max_images:
+        pick = np.random.default_rng(0).choice(len(images), max_images, replace=False)
+        images = images[np.sort(pick)]
+    x = images.astype(np.float32) / 255.0
+    axes = (0, 1, 2)
+    x = x[..., None] if x.ndim == 3 else x
+    mean, std = x.mean(axis=axes), x.std(axis=axes)
+    return [float(m) for m in mean], [float(max(s, 1e-3)) for s in std]
+
+
+def batch_indices(
+    n: int,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[torch.Tensor]:
+    """Index batches over `n` items; with `world_size > 1`, this rank's shard of each epoch."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = order[rank::world_size]
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+AUGMENTATIONS = ("hflip", "vflip", "rotate", "crop", "color", "contrast")
+
+
+def make_augment(names: Sequence[str], channels: int, image_size: int) -> torch.nn.Module:
+    """A kornia pipeline over float images in [0, 1], drawing its parameters per image.
+
+    (torchvision.transforms.v2 applied to a batch draws once for the whole batch.)
+    """
+    import kornia.augmentation as K
+
+    unknown = sorted(set(names) - set(AUGMENTATIONS))
+    if unknown:
+        raise ValueError(f"unknown augmentation(s) {unknown}; choose from {AUGMENTATIONS}")
+    ops = {
+        "hflip": lambda: K.RandomHorizontalFlip(),
+        "vflip": lambda: K.RandomVerticalFlip(),
+        "rotate": lambda: K.RandomRotation(degrees=15.0, p=0.5),
+        "crop": lambda: K.RandomResizedCrop(
+            (image_size, image_size), scale=(0.8, 1.0), ratio=(0.9, 1.1)
+        ),
+        "color": lambda: K.ColorJitter(0.1, 0.1, 0.1, 0.02, p=0.5),
+        "contrast": lambda: K.ColorJitter(0.15, 0.15, p=0.5),
+    }
+    chosen = [ops[n]() for n in names if not (n == "color" and channels == 1)]
+    return K.AugmentationSequential(*chosen, same_on_batch=False)

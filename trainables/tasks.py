@@ -1,0 +1,100 @@
+"""The task registry: one small frozen record per task, and the lookup that names the choices.
+
+    from trainables.tasks import get_task
+    task = get_task("pathology")   # Task(name='pathology', flag='pathmnist', kind='multiclass', ...)
+
+A task says what the data is (a MedMNIST flag), what kind of prediction it is
+(`multiclass`, `binary`, `multilabel`), its class names, the default model and image size, and
+the metric the search optimises. Everything that depends on `kind` (loss, activation, metrics)
+is decided once, in `trainables.metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KINDS = ("multiclass", "binary", "multilabel")
+_MEDMNIST_KIND = {
+    "multi-class": "multiclass",
+    "binary-class": "binary",
+    "multi-label, binary-class": "multilabel",
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one task is; plain data, no behaviour."""
+
+    name: str
+    """Registry key, what `--task` takes."""
+    flag: str
+    """MedMNIST flag; the file is `<flag>.npz` (28 px) or `<flag>_<size>.npz`."""
+    kind: str
+    """`multiclass` | `binary` | `multilabel`."""
+    classes: tuple[str, ...]
+    """Class (or label) names in label-index order."""
+    channels: int
+    """Image channels in the source data (1 grayscale, 3 RGB)."""
+    model: str = "resnet18"
+    """Default model name (see `trainables.models.MODELS`)."""
+    image_size: int = 28
+    """Default image size in pixels (MedMNIST ships 28, 64, 128, 224)."""
+    metric: str = "val_auc"
+    """The metric the search optimises; the tuner, report, W&B and tests read it from here."""
+    mode: str = "max"
+    """`max` or `min` for `metric`."""
+    augment: tuple[str, ...] = ("hflip", "vflip", "rotate", "crop")
+    """Augmentations used for epochs `< aug_cutoff_epoch` (see `trainables.data.AUGMENTATIONS`)."""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"task {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if self.mode not in ("max", "min"):
+            raise ValueError(f"task {self.name!r}: mode {self.mode!r} must be 'max' or 'min'")
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the model's last layer: one logit for binary, one per class otherwise."""
+        return 1 if self.kind == "binary" else len(self.classes)
+
+
+def _medmnist_task(name: str, flag: str, **overrides) -> Task:
+    """A task record whose kind, class names and channels come from `medmnist.INFO`."""
+    from medmnist import INFO  # importing medmnist creates ~/.medmnist, so only when needed
+
+    info = INFO[flag]
+    labels = info["label"]
+    classes = tuple(labels[str(i)] for i in range(len(labels)))
+    return Task(
+        name=name,
+        flag=flag,
+        kind=_MEDMNIST_KIND[info["task"]],
+        classes=classes,
+        channels=info["n_channels"],
+        description=info["description"].split(".")[0],
+        **overrides,
+    )
+
+
+_RGB_AUG = ("hflip", "vflip", "rotate", "crop", "color")
+_XRAY_AUG = ("rotate", "crop", "contrast")  # chest X-rays are not mirror-symmetric
+
+_REGISTRY = {
+    "pathology": lambda: _medmnist_task("pathology", "pathmnist", augment=_RGB_AUG),
+    "blood": lambda: _medmnist_task("blood", "bloodmnist", augment=_RGB_AUG),
+    "chest": lambda: _medmnist_task("chest", "chestmnist", augment=_XRAY_AUG),
+    "derma": lambda: _medmnist_task("derma", "dermamnist", augment=_RGB_AUG),
+    "pneumonia": lambda: _medmnist_task("pneumonia", "pneumoniamnist", augment=_XRAY_AUG),
+}
+TASK_NAMES = tuple(sorted(_REGISTRY))
+
+
+def get_task(name: str) -> Task:
+    """The task called `name`, or a ValueError that lists the valid names."""
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"{name!r} is not a task; choose one of: {', '.join(TASK_NAMES)} "
+            f"(e.g. --task {TASK_NAMES[0]})"
+        )
+    return _REGISTRY[name]()
