@@ -14,6 +14,7 @@ Downloads are not done here (see `search/datasets.py`).
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -45,7 +46,7 @@ def load_npz(
     path = os.fspath(path)
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a readable npz file ({err}); re-download it") from err
     with npz:
         keys = [f"{s}_{part}" for s in splits for part in ("images", "labels")]

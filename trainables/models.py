@@ -78,8 +78,9 @@ def _adapt_first_conv(conv: nn.Conv2d, channels: int, small_stem: bool) -> nn.Co
     Pretrained filters carry over: summed over RGB for one channel, and for the small stem the
     centre 3x3 of each 7x7 filter.
     """
-    kernel, stride, padding = (3, 1, 1) if small_stem else (conv.kernel_size, conv.stride,
-                                                            conv.padding)
+    kernel, stride, padding = (
+        (3, 1, 1) if small_stem else (conv.kernel_size, conv.stride, conv.padding)
+    )
     new = nn.Conv2d(channels, conv.out_channels, kernel, stride, padding, bias=False)
     with torch.no_grad():
         w = conv.weight

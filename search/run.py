@@ -1,0 +1,174 @@
+"""Run a hyperparameter search for one task and write its experiment folder.
+
+    python search/run.py --task pathology
+    python search/run.py --task blood --trials 32 --gpus-per-trial 0.25
+    python search/run.py --task pneumonia --data-dir ../shared/data --weights none --smoke-test
+
+Leaves `runs/<name>/trials.parquet`, `history.parquet` and `<trial>/checkpoint/model.pt`, and
+prints the best trial. Exit code 0 unless every trial failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import warnings
+
+from search.datasets import ensure_dataset
+from search.results import collect, export_checkpoints, join_path, write_table
+from search.space import Space, default_space_path, load_space
+from search.tuner import LAUNCHERS, SEARCHERS, Plan, build_tuner, with_concurrency
+from trainables.data import load_npz
+from trainables.models import PRETRAINED, load_imagenet_state
+from trainables.tasks import TASK_NAMES, get_task
+from trainables.train import TrainConfig
+
+log = logging.getLogger("medsweep")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--task", required=True, help=f"one of: {', '.join(TASK_NAMES)}")
+    p.add_argument("--space", help="space file (W&B sweep YAML); default spaces/<task>.yaml")
+    p.add_argument("--data-dir", help="folder with the MedMNIST npz files (default ~/.medmnist)")
+    p.add_argument("--weights", help="none | imagenet | PATH (default: the space file's)")
+    p.add_argument("--image-size", type=int, help="28, 64, 128 or 224 (default: the space's)")
+    p.add_argument("--trials", type=int, default=20, help="number of trials (default 20)")
+    p.add_argument("--epochs", type=int, help="epochs per trial (default: the space's)")
+    p.add_argument("--batch-size", type=int, help="batch size per worker (default: the space's)")
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
+    p.add_argument("--time-budget", type=float, help="stop starting trials after N seconds")
+    p.add_argument("--seed", type=int, default=0, help="seed of the searcher and training")
+    p.add_argument("--name", help="experiment name (default <task>-<date>-<time>)")
+    p.add_argument("--storage", default="runs", help="local folder or s3://, gs:// URI")
+    p.add_argument("--address", help="Ray cluster address ('auto' on a cluster); default local")
+    p.add_argument("--searcher", default="optuna", choices=SEARCHERS)
+    p.add_argument(
+        "--launcher",
+        default="train",
+        choices=LAUNCHERS,
+        help="train: Ray Train per trial (default); function: in the Tune process",
+    )
+    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP)")
+    p.add_argument("--gpus-per-trial", type=float, help="fractional GPUs per trial; default 1 "
+                   "if a GPU is visible, else 0")  # fmt: skip
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial")
+    p.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="2 trials, 1 epoch, a few batches, CPU: checks the whole path quickly",
+    )
+    return p.parse_args(argv)
+
+
+def param_space(args: argparse.Namespace, space: Space) -> dict:
+    """The space's domains with the command line's fixed settings laid over them."""
+    overrides = {
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+    }
+    values = {**space.domains, **{k: v for k, v in overrides.items() if v is not None}}
+    values["seed"] = args.seed
+    if args.smoke_test:
+        values.update(epochs=1, max_batches=3)
+    fixed = {k: v for k, v in values.items() if k not in space.searched}
+    TrainConfig.from_dict(fixed)  # a bad fixed setting fails here, before Ray starts
+    return values
+
+
+def fetch_weights(values: dict, task) -> None:
+    """Fetch ImageNet weights once, on the driver, before any trial starts."""
+    if values.get("weights") != "imagenet":
+        return
+    model = values.get("model") or task.model
+    names = model.categories if hasattr(model, "categories") else [model]
+    for name in names:
+        if name in PRETRAINED:
+            load_imagenet_state(name)
+
+
+def make_plan(args: argparse.Namespace, space: Space, name: str) -> Plan:
+    gpus = args.gpus_per_trial
+    if gpus is None:
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() and not args.smoke_test else 0.0
+    plan = Plan(
+        name=name,
+        storage=args.storage if "://" in args.storage else os.path.abspath(args.storage),
+        trials=2 if args.smoke_test else args.trials,
+        metric=space.metric,
+        mode=space.mode,
+        searcher=args.searcher,
+        launcher=args.launcher,
+        seed=args.seed,
+        workers_per_trial=args.workers_per_trial,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_trial=gpus,
+        max_failures=args.max_failures,
+        time_budget_s=args.time_budget,
+    )
+    return with_concurrency(plan, args.max_concurrent)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    args = parse_args(argv)
+    task = get_task(args.task)
+    space = load_space(args.space or default_space_path(task), task)
+    values = param_space(args, space)
+    fetch_weights(values, task)
+    image_size = values.get("image_size") or task.image_size
+    data_path = ensure_dataset(task, image_size, args.data_dir)
+    data = load_npz(data_path, task, splits=("train", "val"))  # test is read after the search
+
+    import ray
+
+    ray.init(address=args.address, log_to_driver=True, logging_level=logging.WARNING)
+    name = args.name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    plan = make_plan(args, space, name)
+    log.info("search %s: task %s, %d trials, %d at once, searcher %s, launcher %s -> %s",
+             name, task.name, plan.trials, plan.max_concurrent, plan.searcher, plan.launcher,
+             plan.experiment_path)  # fmt: skip
+    data_ref = [ray.put(data)]  # once per search; trials read it zero-copy
+    started = time.time()
+    grid = build_tuner(plan, space, data_ref, values).fit()
+    epochs = int(values.get("epochs", TrainConfig.epochs))
+    trials, history = collect(grid, plan.metric, plan.mode, epochs)
+    export_checkpoints(trials, plan.experiment_path)
+    write_table(trials, join_path(plan.experiment_path, "trials.parquet"))
+    write_table(history, join_path(plan.experiment_path, "history.parquet"))
+    return summarise(trials, plan, time.time() - started)
+
+
+def summarise(trials: list[dict], plan: Plan, wall_s: float) -> int:
+    """Print the best trial and any failures; the exit code (1 only if every trial failed)."""
+    errored = [t for t in trials if t["status"] == "errored"]
+    for t in errored:
+        log.warning("trial %s errored: %s", t["trial_id"], (t["error"] or "").splitlines()[-1:])
+    scored = [t for t in trials if t.get(plan.metric) is not None]
+    if not scored:
+        log.error("no trial produced a %s (%d errored of %d)", plan.metric, len(errored),
+                  len(trials))  # fmt: skip
+        return 1
+    pick = max if plan.mode == "max" else min
+    best = pick(scored, key=lambda t: t[plan.metric])
+    config = {k.split("/", 1)[1]: v for k, v in best.items() if k.startswith("config/")}
+    log.info("\n%d trials in %.0f s (%d errored). Best trial %s: %s = %.4f at epoch %s",
+             len(trials), wall_s, len(errored), best["trial_id"], plan.metric,
+             best[plan.metric], best["best_epoch"])  # fmt: skip
+    log.info("  config: %s", config)
+    log.info("  checkpoint: %s", best["checkpoint_path"])
+    log.info("  results: %s", join_path(plan.experiment_path, "trials.parquet"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Space files (W&B sweep-config YAML) -> Ray Tune domains, with validation.
+
+    space = load_space("spaces/pathology.yaml", task)
+    space.domains      # {"lr": tune.loguniform(1e-4, 1e-2), ..., "epochs": 10}
+    space.metric, space.mode, space.grace_period, space.sweep_config
+
+One file drives both engines: `wandb sweep spaces/<task>.yaml` reads it as W&B does, and this
+loader turns the same `parameters` into Ray Tune domains for OptunaSearch. Every parameter
+must be a `TrainConfig` setting; a misspelt key, an unknown distribution, `min >= max` or a
+log bound <= 0 is an error that names the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass
+
+import yaml
+from ray import tune
+from ray.tune.search.sample import Domain
+
+from trainables.tasks import Task
+from trainables.train import TrainConfig
+
+METHODS = ("bayes", "random", "grid")
+GOALS = {"maximize": "max", "minimize": "min"}
+REPORTED = ("val_auc", "val_acc", "val_f1", "val_loss", "train_loss")
+DISTRIBUTIONS = (
+    "constant",
+    "categorical",
+    "uniform",
+    "int_uniform",
+    "q_uniform",
+    "log_uniform_values",
+    "q_log_uniform_values",
+    "log_uniform",
+)
+LAUNCHER_OWNED = ("seed", "max_batches", "extra")
+
+
+@dataclass(frozen=True)
+class Space:
+    """A loaded space file."""
+
+    path: str
+    sweep_config: dict
+    domains: dict
+    metric: str
+    mode: str
+    grace_period: int
+    reduction_factor: int
+
+    @property
+    def searched(self) -> tuple[str, ...]:
+        return tuple(k for k, v in self.domains.items() if isinstance(v, Domain))
+
+
+def default_space_path(task: Task) -> str:
+    """`spaces/<task>.yaml` beside the package."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(root, "spaces", f"{task.name}.yaml")
+
+
+def load_space(path: str | os.PathLike, task: Task) -> Space:
+    """Read and convert a space file; every problem is a ValueError naming `path`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"space file {path} does not exist; pass --space FILE")
+    with open(path) as f:
+        try:
+            cfg = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from err
+    return parse_space(cfg, task, path)
+
+
+def parse_space(cfg: dict, task: Task, path: str = "<space>") -> Space:
+    """Convert a sweep config already read into a dict (see `load_space`)."""
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("parameters"), dict):
+        raise ValueError(f"{path}: a space file needs a `parameters:` mapping (W&B sweep syntax)")
+    method = cfg.get("method", "bayes")
+    if method not in METHODS:
+        raise ValueError(f"{path}: method {method!r} is not one of {METHODS}")
+    metric, mode = _metric(cfg, task, path)
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - set(LAUNCHER_OWNED)
+    domains = {}
+    for name, spec in cfg["parameters"].items():
+        if name not in known:
+            raise ValueError(
+                f"{path}: parameter {name!r} is not a training setting; valid: {sorted(known)}"
+            )
+        domains[name] = to_domain(name, spec, path)
+    if domains.setdefault("task", task.name) != task.name:
+        raise ValueError(
+            f"{path}: this space is for task {domains['task']!r}, not {task.name!r}; pass "
+            f"--task {domains['task']} or another --space"
+        )
+    grace, eta = _early_terminate(cfg, path)
+    return Space(path, cfg, domains, metric, mode, grace, eta)
+
+
+def _metric(cfg: dict, task: Task, path: str) -> tuple[str, str]:
+    block = cfg.get("metric") or {}
+    name = block.get("name", task.metric)
+    goal = block.get("goal", "maximize" if task.mode == "max" else "minimize")
+    if name not in REPORTED:
+        raise ValueError(f"{path}: metric {name!r} is not reported; choose one of {REPORTED}")
+    if goal not in GOALS:
+        raise ValueError(f"{path}: metric goal {goal!r} must be 'maximize' or 'minimize'")
+    return name, GOALS[goal]
+
+
+def _early_terminate(cfg: dict, path: str) -> tuple[int, int]:
+    block = cfg.get("early_terminate") or {}
+    if block and block.get("type") != "hyperband":
+        raise ValueError(f"{path}: early_terminate type {block.get('type')!r}; only hyperband")
+    grace, eta = int(block.get("min_iter", 1)), int(block.get("eta", 3))
+    if grace < 1 or eta < 2:
+        raise ValueError(f"{path}: early_terminate needs min_iter >= 1 and eta >= 2")
+    return grace, eta
+
+
+def to_domain(name: str, spec, path: str = "<space>"):
+    """One W&B parameter spec -> a Ray Tune domain (or a constant)."""
+    where = f"{path}: parameter {name!r}"
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: expected a mapping like {{value: ...}}, got {spec!r}")
+    dist = spec.get("distribution") or _infer(spec, where)
+    if dist not in DISTRIBUTIONS:
+        raise ValueError(f"{where}: distribution {dist!r} is not supported; use one of "
+                         f"{DISTRIBUTIONS}")  # fmt: skip
+    if dist == "constant":
+        return spec["value"]
+    if dist == "categorical":
+        values = spec.get("values")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{where}: categorical needs a non-empty `values:` list")
+        return tune.choice(values)
+    low, high = _bounds(spec, where)
+    if dist == "int_uniform":
+        if not (float(low).is_integer() and float(high).is_integer()):
+            raise ValueError(f"{where}: int_uniform needs integer min/max, got {low}, {high}")
+        return tune.randint(int(low), int(high) + 1)  # W&B's max is inclusive, Tune's is not
+    if dist == "uniform":
+        return tune.uniform(low, high)
+    if dist == "q_uniform":
+        return tune.quniform(low, high, spec.get("q", 1.0))
+    if dist == "log_uniform":  # W&B: min and max are natural logs of the bounds
+        return tune.loguniform(math.exp(low), math.exp(high))
+    if low <= 0:
+        raise ValueError(
+            f"{where}: {dist} needs min > 0, got {low}. Did you mean `log_uniform` (whose "
+            "bounds are natural logs) or did you pass a log-transformed value?"
+        )
+    if dist == "q_log_uniform_values":
+        return tune.qloguniform(low, high, spec.get("q", 1.0))
+    return tune.loguniform(low, high)
+
+
+def _infer(spec: dict, where: str) -> str:
+    """W&B's rules when `distribution` is omitted."""
+    if "value" in spec:
+        return "constant"
+    if "values" in spec:
+        return "categorical"
+    if "min" in spec and "max" in spec:
+        both_int = all(isinstance(spec[k], int) for k in ("min", "max"))
+        return "int_uniform" if both_int else "uniform"
+    raise ValueError(f"{where}: give `value`, `values`, or `distribution` with `min`/`max`")
+
+
+def _bounds(spec: dict, where: str) -> tuple[float, float]:
+    try:
+        low, high = float(spec["min"]), float(spec["max"])
+    except KeyError as err:
+        raise ValueError(f"{where}: needs both `min` and `max`") from err
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: min/max must be numbers, got {spec.get('min')!r}, "
+                         f"{spec.get('max')!r}") from err  # fmt: skip
+    if low >= high:
+        raise ValueError(f"{where}: min {low} must be below max {high}")
+    return low, high

@@ -1,0 +1,268 @@
+"""Unit tests of `trainables/`: tasks, data validation, models, weights, metrics, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_arrays
+
+from trainables import metrics as M
+from trainables.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from trainables.data import load_npz, make_augment, npz_name
+from trainables.models import MODELS, PRETRAINED, build_model, set_backbone_frozen, train_mode
+from trainables.tasks import TASK_NAMES, get_task
+from trainables.train import TrainConfig, train_loop
+
+torch.set_num_threads(2)
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_every_task_record(name):
+    task = get_task(name)
+    assert task.name == name
+    assert task.kind in ("multiclass", "binary", "multilabel")
+    assert len(task.classes) >= 2 and all(isinstance(c, str) and c for c in task.classes)
+    assert task.model in MODELS and task.channels in (1, 3)
+    assert task.metric.startswith("val_") and task.mode in ("max", "min")
+    assert task.num_outputs == (1 if task.kind == "binary" else len(task.classes))
+
+
+def test_task_kinds_follow_medmnist():
+    assert get_task("chest").kind == "multilabel" and len(get_task("chest").classes) == 14
+    assert get_task("pneumonia").kind == "binary"
+    assert len(get_task("pathology").classes) == 9 and len(get_task("blood").classes) == 8
+
+
+def test_unknown_task_lists_choices():
+    with pytest.raises(ValueError, match=r"'patology' is not a task; choose one of: .*pathology"):
+        get_task("patology")
+
+
+@pytest.mark.parametrize("name", ["pathology", "chest", "pneumonia"])
+def test_load_npz_accepts_each_kind(make_npz, name):
+    task = get_task(name)
+    arrays = load_npz(make_npz(task), task)
+    assert set(arrays) == {"train_images", "train_labels", "val_images", "val_labels"}
+
+
+def _write(tmp_path, **arrays):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda a: a.pop("val_labels"), r"missing arrays \['val_labels'\]"),
+        (lambda a: a.update(train_images=a["train_images"].astype(np.float32)), "expected uint8"),
+        (lambda a: a.update(train_labels=a["train_labels"] + 9), r"labels range over .*\[0, 8\]"),
+        (lambda a: a.update(train_labels=a["train_labels"][:5]), r"expected \(96, L\)"),
+        (lambda a: a.update(train_images=a["train_images"][..., 0]), "1 channel"),
+    ],
+)
+def test_load_npz_rejects_bad_files(tmp_path, mutate, message):
+    task = get_task("pathology")
+    arrays = synthetic_arrays("multiclass", 9, 3)
+    mutate(arrays)
+    with pytest.raises(ValueError, match=message):
+        load_npz(_write(tmp_path, **arrays), task)
+
+
+def test_load_npz_rejects_foreign_and_corrupt_files(tmp_path):
+    task = get_task("chest")
+    wrong = synthetic_arrays("multiclass", 14, 1)  # class ids where 14 0/1 columns belong
+    with pytest.raises(ValueError, match="14 classes expects 14"):
+        load_npz(_write(tmp_path, **wrong), task)
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="not a readable npz"):
+        load_npz(corrupt, task)
+
+
+def test_search_reads_no_test_split(make_npz):
+    task = get_task("blood")
+    assert not any(k.startswith("test") for k in load_npz(make_npz(task), task))
+
+
+def test_npz_names_and_sizes():
+    assert npz_name("pathmnist", 28) == "pathmnist.npz"
+    assert npz_name("pathmnist", 224) == "pathmnist_224.npz"
+    with pytest.raises(ValueError, match="choose one of"):
+        npz_name("pathmnist", 100)
+
+
+def test_augment_draws_per_image():
+    torch.manual_seed(0)
+    augment = make_augment(("hflip",), channels=1, image_size=8)
+    x = torch.arange(64, dtype=torch.float32).view(1, 1, 8, 8).repeat(64, 1, 1, 1) / 64
+    flipped = (augment(x) != x).flatten(1).any(dim=1)
+    assert 0 < int(flipped.sum()) < 64  # some flipped, some not: a draw per image
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("size, channels", [(28, 1), (28, 3), (64, 3), (64, 1)])
+def test_model_forward(name, size, channels):
+    if name == "resnet50" and size == 64 or name == "efficientnet_b3" and channels == 1:
+        pytest.skip("covered by the other sizes; keeps the suite fast")
+    model = build_model(name, num_outputs=5, channels=channels, image_size=size, dropout=0.3)
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, channels, size, size))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+    assert model.cam_layer in set(model.backbone.modules())
+
+
+def test_freeze_changes_what_trains():
+    model = build_model("resnet18", 3, 3, 28)
+    set_backbone_frozen(model, True)
+    train_mode(model, backbone_frozen=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.1.weight", "head.1.bias"}
+    bn = model.backbone.bn1
+    assert not bn.training and model.head.training  # frozen BatchNorm keeps its statistics
+    before = bn.running_mean.clone()
+    model(torch.randn(4, 3, 28, 28))
+    assert torch.equal(before, bn.running_mean)
+    set_backbone_frozen(model, False)
+    train_mode(model, backbone_frozen=False)
+    assert all(p.requires_grad for p in model.parameters()) and bn.training
+
+
+def test_custom_models_refuse_pretrained_weights():
+    with pytest.raises(ValueError, match="--weights none"):
+        build_model("simple_cnn", 2, 1, 28, weights="imagenet")
+
+
+def test_weights_from_file(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    model = build_model("resnet18", 4, 3, 224, weights=str(tmp_path / "r18.pth"))
+    assert torch.equal(model.backbone.layer4[0].conv1.weight, reference.layer4[0].conv1.weight)
+    assert set(PRETRAINED) >= {"resnet18", "resnet50", "efficientnet_b3"}
+
+
+def test_class_weights():
+    labels = np.array([[0]] * 90 + [[1]] * 10)
+    none = M.class_weights("multiclass", labels, 2, power=0.0)
+    assert torch.allclose(none, torch.ones(2))
+    inverse = M.class_weights("multiclass", labels, 2, power=1.0)
+    assert math.isclose(inverse[1] / inverse[0], 9.0, rel_tol=1e-6)
+    counts = torch.tensor([90.0, 10.0])
+    assert math.isclose(float((inverse * counts).sum() / counts.sum()), 1.0, rel_tol=1e-6)
+    pos = M.class_weights("binary", labels, 1, power=1.0)
+    assert torch.allclose(pos, torch.tensor([9.0]))
+    sqrt = M.class_weights("multilabel", np.array([[1, 0], [0, 0], [0, 0], [0, 1]]), 2, 0.5)
+    assert torch.allclose(sqrt, torch.tensor([3.0**0.5, 3.0**0.5]))
+
+
+def test_metrics_hand_computed():
+    labels = np.array([[0], [0], [1], [1]])
+    probs = np.array([[0.1], [0.6], [0.4], [0.9]])  # binary: P(class 1)
+    m = M.compute_metrics("binary", labels, probs)
+    assert m["acc"] == 0.5 and m["auc"] == 0.75
+    probs3 = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1]])
+    assert M.compute_metrics("multiclass", np.array([[0], [1], [2], [1]]), probs3)["acc"] == 0.75
+    y = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    p = np.array([[0.9, 0.2], [0.3, 0.8], [0.6, 0.4], [0.1, 0.1]])
+    ml = M.compute_metrics("multilabel", y, p)
+    assert ml["auc"] == 1.0 and ml["acc"] == 7 / 8
+
+
+def test_multiclass_macro_f1_and_auc_by_hand():
+    labels = np.array([[0], [1], [2], [1]])
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1]])
+    m = M.compute_metrics("multiclass", labels, probs)
+    # class 0: precision 1/2, recall 1 -> F1 2/3; class 1: 1, 1/2 -> 2/3; class 2: 1, 1 -> 1
+    assert math.isclose(m["f1"], (2 / 3 + 2 / 3 + 1) / 3)
+    # one-vs-rest AUROC: class 0 scores 0.8 vs {0.2, 0.1, 0.5} -> 1; class 1 {0.7, 0.4} vs
+    # {0.1, 0.2} -> 1; class 2 0.7 vs {0.1, 0.1, 0.1} -> 1. Break class 1: 0.4 -> 0.15.
+    assert math.isclose(m["auc"], 1.0)
+    probs[3] = [0.75, 0.15, 0.1]
+    broken = M.compute_metrics("multiclass", labels, probs)
+    assert math.isclose(broken["auc"], (1.0 + 0.75 + 1.0) / 3)
+
+
+def test_auc_undefined_is_nan_not_an_error():
+    m = M.compute_metrics("binary", np.array([[1], [1]]), np.array([[0.2], [0.9]]))
+    assert math.isnan(m["auc"])
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = build_model("simple_cnn", 3, 1, 28, dropout=0.25)
+    payload = {
+        "task": "x", "kind": "multiclass", "classes": ["a", "b", "c"], "channels": 1,
+        "model": "simple_cnn", "image_size": 28, "config": {"dropout": 0.25, "lr": 0.01},
+        "normalisation": {"mean": [0.5], "std": [0.2]}, "epoch": 3, "metrics": {"val_auc": 0.9},
+        "state_dict": model.state_dict(),
+    }  # fmt: skip
+    path = save_checkpoint(tmp_path / "ckpt", payload)
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["model.pt"]  # no temp left
+    loaded = load_checkpoint(path)
+    restored = model_from_checkpoint(loaded)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), restored(x))
+    assert torch.load(path, weights_only=True)["classes"] == ["a", "b", "c"]
+
+
+def test_config_rejects_unknown_and_bad_values():
+    with pytest.raises(ValueError, match=r"unknown training setting\(s\) \['learning_rate'\]"):
+        TrainConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="dropout 1.5"):
+        TrainConfig.from_dict({"dropout": 1.5})
+    assert TrainConfig.from_dict({"epochs": 3.0}).epochs == 3
+
+
+def _run(config, data):
+    reports = []
+
+    def report(metrics, checkpoint_dir):
+        saved = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
+        reports.append((metrics, saved))
+
+    train_loop(config, report, data)
+    return reports
+
+
+def test_train_loop_learns_and_checkpoints_on_improvement(make_npz):
+    task = get_task("blood")
+    data = load_npz(make_npz(task, n=160), task)
+    config = {"task": "blood", "model": "simple_cnn", "epochs": 4, "lr": 3e-3,
+              "batch_size": 32, "aug_cutoff_epoch": 1, "class_weight_power": 0.5}  # fmt: skip
+    reports = _run(config, data)
+    assert [m["epoch"] for m, _ in reports] == [1, 2, 3, 4]
+    assert [m["augmented"] for m, _ in reports] == [1, 0, 0, 0]
+    scores = [m["val_auc"] for m, _ in reports]
+    assert max(scores) > 0.9  # the synthetic classes are easy
+    best_so_far = -1.0
+    for m, ckpt in reports:
+        improved = m["val_auc"] > best_so_far
+        assert (ckpt is not None) == improved
+        if improved:
+            best_so_far = m["val_auc"]
+            assert ckpt["epoch"] == m["epoch"] and ckpt["config"]["lr"] == 3e-3
+            assert ckpt["classes"] == list(task.classes)
+
+
+def test_unfreeze_epoch_freezes_pretrained_backbone(make_npz, tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "w.pth")
+    task = get_task("pneumonia")
+    data = load_npz(make_npz(task, n=32), task)
+    config = {"task": "pneumonia", "model": "resnet18", "weights": str(tmp_path / "w.pth"),
+              "epochs": 2, "unfreeze_epoch": 1, "batch_size": 16, "max_batches": 1}  # fmt: skip
+    assert [m["frozen"] for m, _ in _run(config, data)] == [1, 0]
+
+
+def test_nan_loss_stops_the_trial(make_npz):
+    task = get_task("pneumonia")
+    data = load_npz(make_npz(task, n=32), task)
+    with pytest.raises(FloatingPointError, match="training loss is nan"):
+        _run({"task": "pneumonia", "model": "simple_cnn", "epochs": 2, "lr": 1e30}, data)
