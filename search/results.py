@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 HISTORY_COLUMNS = (
     "epoch", "train_loss", "val_loss", "val_acc", "val_f1", "val_auc", "lr_now", "frozen",
-    "augmented", "images_per_s", "time_this_iter_s", "time_total_s",
+    "augmented", "images_per_s", "time_this_iter_s", "time_total_s", "timestamp",
 )  # fmt: skip
 STATUSES = ("finished", "stopped_early", "errored")
 

@@ -43,7 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--time-budget", type=float, help="stop starting trials after N seconds")
     p.add_argument("--seed", type=int, default=0, help="seed of the searcher and training")
     p.add_argument("--name", help="experiment name (default <task>-<date>-<time>)")
-    p.add_argument("--storage", default="runs", help="local folder or s3://, gs:// URI")
+    p.add_argument(
+        "--storage",
+        default=os.environ.get("MEDSWEEP_STORAGE", "runs"),
+        help="local folder or s3://, gs:// URI (default $MEDSWEEP_STORAGE or runs)",
+    )
     p.add_argument("--address", help="Ray cluster address ('auto' on a cluster); default local")
     p.add_argument("--searcher", default="optuna", choices=SEARCHERS)
     p.add_argument(

@@ -148,7 +148,9 @@ def build_trainable(plan: Plan, data_ref: list):
 
 def build_searcher(plan: Plan, space: Space):
     if plan.searcher == "random":
-        return None  # Tune's BasicVariantGenerator samples the domains at random
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=plan.seed, max_concurrent=plan.max_concurrent)
     if plan.searcher == "wandb-bayes":
         from search.wandb_engine import WandbSweepSearcher
 
@@ -182,7 +184,6 @@ def build_tuner(plan: Plan, space: Space, data_ref: list, param_space: dict) -> 
             search_alg=searcher,
             scheduler=build_scheduler(plan, space, epochs),
             num_samples=plan.trials,
-            max_concurrent_trials=plan.max_concurrent if searcher is None else None,
             time_budget_s=plan.time_budget_s,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+import numpy as np
 import torch
 
 from trainables.models import Classifier, build_model
@@ -67,3 +68,19 @@ def model_from_checkpoint(ckpt: dict) -> Classifier:
     )
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+@torch.no_grad()
+def predict(ckpt: dict, model: Classifier, images, batch_size: int = 256) -> np.ndarray:
+    """Probabilities for uint8 images (N, H, W[, C]) at the checkpoint's size, normalised as in
+    training: (N, K) softmax for multiclass, (N, 1) sigmoid for binary, (N, L) for multilabel.
+    """
+    from trainables.data import to_device_images
+    from trainables.metrics import probabilities
+
+    x = to_device_images(np.asarray(images), "cpu")
+    mean = torch.tensor(ckpt["normalisation"]["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(ckpt["normalisation"]["std"]).view(1, -1, 1, 1)
+    out = [model((x[i : i + batch_size].float() / 255.0 - mean) / std)
+           for i in range(0, len(x), batch_size)]  # fmt: skip
+    return probabilities(ckpt["kind"], torch.cat(out))

@@ -14,6 +14,7 @@ Downloads are not done here (see `search/datasets.py`).
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
 
@@ -106,7 +107,9 @@ def validate_split(
 
 def to_device_images(images: np.ndarray, device: torch.device | str) -> torch.Tensor:
     """uint8 (N, H, W[, C]) numpy -> uint8 (N, C, H, W) tensor on `device`, moved once."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    with warnings.catch_warnings():  # object-store arrays are read-only; nothing writes to x
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.from_numpy(np.ascontiguousarray(images))
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return x.contiguous().to(device)
 

@@ -1,7 +1,7 @@
 """The task registry: one small frozen record per task, and the lookup that names the choices.
 
     from trainables.tasks import get_task
-    task = get_task("pathology")   # Task(name='pathology', flag='pathmnist', kind='multiclass', ...)
+    task = get_task("pathology")  # Task(name='pathology', flag='pathmnist', kind='multiclass')
 
 A task says what the data is (a MedMNIST flag), what kind of prediction it is
 (`multiclass`, `binary`, `multilabel`), its class names, the default model and image size, and

@@ -1,0 +1,413 @@
+"""W&B's own sweep engine (grid / random / bayes) as a Ray Tune searcher.
+
+The open-source `sweeps` package is the engine behind W&B's sweep controller; this module runs
+it locally inside Ray Tune, so W&B Bayes, random search and Optuna TPE can be compared on the
+same trainable, cluster and budget. The searcher keeps one `sweeps.SweepRun` per trial and
+fills it exactly as W&B's controller would see the run: name = trial id, config in W&B's
+`{"param": {"value": v}}` form, state running -> finished / failed, `history` with one dict of
+numeric metrics per reported result and `summary_metrics` with the last result's values.
+
+    import yaml
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+    from search.wandb_engine import WandbSweepSearcher
+
+    sweep = yaml.safe_load(open("spaces/pathology.yaml"))
+    searcher = ConcurrencyLimiter(
+        WandbSweepSearcher(sweep, method="bayes", seed=0), max_concurrent=2
+    )
+    tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=20))
+
+Each suggestion is a flat dict with every parameter of the sweep, constants (`value:`)
+included. The metric and its goal come from the sweep's `metric` block; a different metric or
+mode handed over by Tune is an error. `run_cap` and `metric.target` end the search as they end
+a W&B sweep; grid search ends when the grid is exhausted. `early_terminate` is left to Tune's
+scheduler.
+
+Seeding: `sweeps` draws from Python's global `random` (random search) and numpy's global RNG
+(bayes: the random start points, the 1000 candidate points, the fallback sample); its Gaussian
+process uses a fixed `random_state`. Before the n-th call to the engine both global RNGs are
+seeded from `numpy.random.SeedSequence(seed, spawn_key=(n,))` and their previous states are put
+back afterwards, so a seed fixes the whole sequence of suggestions (given the same results),
+the caller's global RNGs are left as they were, and a restored searcher continues the sequence.
+Without a seed, a fresh 128-bit one is drawn and kept in the saved state.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import random
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from copy import deepcopy
+from typing import Any
+
+import jsonschema
+import numpy as np
+from ray.tune.result import AUTO_RESULT_KEYS
+from ray.tune.search import Searcher
+from ray.tune.search.variant_generator import _has_unresolved_values
+from sklearn.exceptions import ConvergenceWarning
+
+with warnings.catch_warnings():
+    # pydantic 2 warns about a v1 config key in sweeps' SweepRun; importing bayes_search here
+    # also keeps its module-level `filterwarnings("ignore", ConvergenceWarning)` out of the
+    # global filters (we silence that warning around each call instead).
+    warnings.simplefilter("ignore")
+    import sweeps
+    import sweeps.bayes_search  # noqa: F401
+    from sweeps.config.schema import (
+        fill_validate_metric,
+        fill_validate_schema,
+        validator,
+    )
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("bayes", "random", "grid")
+GOAL_TO_MODE = {"maximize": "max", "minimize": "min"}
+FAILED = sweeps.RunState.failed
+FINISHED = sweeps.RunState.finished
+RUNNING = sweeps.RunState.running
+
+
+def validate_sweep_config(cfg: dict) -> dict:
+    """Check `cfg` against W&B's sweep-config schema; return a filled copy.
+
+    Raises `ValueError` listing each violation with its key path and the schema's message.
+    The copy has W&B's defaults filled in (`distribution` inferred, `metric.goal`, hyperband's
+    `eta`, ...); nested parameter groups are kept as given.
+    """
+    if not isinstance(cfg, dict):
+        raise ValueError(f"a sweep config must be a mapping, got {type(cfg).__name__}")
+    problems = [_describe(error) for error in validator.iter_errors(cfg)]
+    problems += _extra_violations(cfg, problems)
+    if problems:
+        raise ValueError("invalid W&B sweep config:\n  " + "\n  ".join(problems))
+    filled = fill_validate_metric(fill_validate_schema(cfg))
+    for name, spec in cfg.get("parameters", {}).items():
+        filled["parameters"].setdefault(name, deepcopy(spec))  # sweeps drops nested groups
+    return filled
+
+
+def _path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One line per schema error; for a parameter that fits no distribution, say why."""
+    line = f"{_path(error)}: {error.message}"
+    if error.validator == "anyOf" and error.context:
+        line += "\n    because " + "\n    and ".join(_anyof_causes(error))
+    return line
+
+
+def _anyof_causes(error: jsonschema.ValidationError) -> list[str]:
+    causes = _closest_branch(error)
+    if causes is not None:
+        return [_with_hint(cause) for cause in causes]
+    wrong = [e for e in _descendants(error) if list(e.relative_path) == ["distribution"]]
+    names = sorted({name for e in wrong if e.validator == "enum" for name in e.validator_value})
+    return [f"{_path(wrong[0])}: {wrong[0].instance!r} is not one of {names}"]
+
+
+def _closest_branch(
+    error: jsonschema.ValidationError,
+) -> list[jsonschema.ValidationError] | None:
+    """Errors of the anyOf branch with the given distribution and fewest complaints.
+
+    None when no branch accepts the parameter's `distribution` (a misspelt name).
+    """
+    branches: dict[Any, list[jsonschema.ValidationError]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.schema_path[0], []).append(sub)
+    candidates = []
+    for errors in branches.values():
+        if any(_rejects_distribution(e) for e in errors):
+            continue
+        leaves = []
+        for e in errors:
+            nested = _closest_branch(e) if e.validator == "anyOf" else [e]
+            if nested is None:
+                break
+            leaves += nested
+        else:
+            candidates.append(leaves)
+    return min(candidates, key=len) if candidates else None
+
+
+def _rejects_distribution(error: jsonschema.ValidationError) -> bool:
+    """A branch of another distribution, or the nested-group branch (`parameters:`)."""
+    nested_group = error.validator == "required" and "parameters" in error.validator_value
+    return list(error.relative_path) == ["distribution"] or nested_group
+
+
+def _descendants(error: jsonschema.ValidationError) -> Iterator[jsonschema.ValidationError]:
+    for sub in error.context or []:
+        yield sub
+        yield from _descendants(sub)
+
+
+def _with_hint(error: jsonschema.ValidationError) -> str:
+    line = f"{_path(error)}: {error.message}"
+    if isinstance(error.instance, str) and _parses_as_float(error.instance):
+        line += " (a string: YAML reads 1e-4 and quoted numbers as strings; write 1.0e-4)"
+    return line
+
+
+def _parses_as_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _extra_violations(cfg: dict, reported: list[str]) -> list[str]:
+    """sweeps' checks beyond the JSON schema (min < max, probabilities, deprecated names)."""
+    try:
+        messages = sweeps.schema_violations_from_proposed_config(cfg)
+    except TypeError:  # sweeps 0.2.0 compares a string bound the schema already rejected
+        return []
+    extra = []
+    for message in messages:
+        duplicate = any(message in line for line in reported + extra)
+        consequence = message.startswith("invalid hyperparameter configuration")
+        if not duplicate and not consequence:
+            extra.append(_locate(message, cfg.get("parameters") or {}))
+    return extra
+
+
+def _locate(message: str, parameters: dict) -> str:
+    """Prefix the key path of the parameter a sweeps message names."""
+    for name in parameters:
+        if message.startswith((f"{name}:", f"{name} ", f"Parameter {name}:")):
+            return f"parameters.{name}: {message}"
+    return f"<top level>: {message}"
+
+
+class WandbSweepSearcher(Searcher):
+    """Ray Tune searcher that asks `sweeps.next_run` (W&B's engine) for each trial's config.
+
+    Args:
+        sweep_config: a W&B sweep config (e.g. a `spaces/<task>.yaml` loaded with PyYAML).
+        method: "bayes", "random" or "grid" to override the config's `method`.
+        seed: fixes the sequence of suggestions; `None` draws one (kept in the saved state).
+        metric, mode: optional; must agree with the sweep's `metric` block if both are given.
+    """
+
+    def __init__(
+        self,
+        sweep_config: dict,
+        method: str | None = None,
+        seed: int | None = None,
+        metric: str | None = None,
+        mode: str | None = None,
+    ):
+        cfg = deepcopy(sweep_config)
+        if method is not None:
+            cfg["method"] = method
+        cfg = validate_sweep_config(cfg)
+        if cfg["method"] not in METHODS:
+            raise ValueError(
+                f"method {cfg['method']!r} cannot run locally; choose one of {list(METHODS)}"
+            )
+        self._sweep = cfg
+        self._seed = int(np.random.SeedSequence(seed).entropy)
+        self._n_calls = 0
+        self._runs: dict[str, sweeps.SweepRun] = {}
+        super().__init__(metric=None, mode=None)
+        self._adopt_metric(metric, mode)
+
+    @property
+    def sweep_config(self) -> dict:
+        """The validated sweep config the engine runs (method override applied)."""
+        return deepcopy(self._sweep)
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def runs(self) -> list[sweeps.SweepRun]:
+        """Copies of the SweepRuns the engine sees, in suggestion order."""
+        return [run.model_copy(deep=True) for run in self._runs.values()]
+
+    def set_search_properties(
+        self, metric: str | None, mode: str | None, config: dict, **spec
+    ) -> bool:
+        """Check Tune's metric/mode against the sweep's; refuse a Tune search space."""
+        self._adopt_metric(metric, mode)
+        if config and _has_unresolved_values(config):
+            return False  # the space is the sweep config; Tune explains the clash itself
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self._search_is_over():
+            return Searcher.FINISHED
+        if self._sweep["method"] == "bayes" and "metric" not in self._sweep:
+            raise ValueError(
+                "bayes needs a metric: add `metric: {name: ..., goal: ...}` to the sweep "
+                "config or pass metric= and mode= to the searcher or TuneConfig"
+            )
+        proposal = self._next_run()
+        if proposal is None:
+            return Searcher.FINISHED
+        config = {name: {"value": _plain(spec["value"])} for name, spec in proposal.config.items()}
+        self._runs[trial_id] = sweeps.SweepRun(
+            name=trial_id, state=RUNNING, config=config, search_info=proposal.search_info
+        )
+        return {name: spec["value"] for name, spec in config.items()}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        run = self._runs.get(trial_id)
+        if run is not None:
+            run.history.append({**_numeric(result), "_step": len(run.history)})
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        run = self._runs.get(trial_id)
+        if run is None:
+            logger.debug("completion of unknown trial %s ignored", trial_id)
+            return
+        run.state = FAILED if error else FINISHED
+        if result:
+            run.summary_metrics = _numeric(result)
+        elif run.history:  # W&B keeps the last logged values of a crashed run
+            run.summary_metrics = {k: v for k, v in run.history[-1].items() if k != "_step"}
+
+    def add_evaluated_point(
+        self,
+        parameters: dict,
+        value: float,
+        error: bool = False,
+        pruned: bool = False,
+        intermediate_values: list[float] | None = None,
+    ) -> None:
+        """Add a run evaluated elsewhere (warm start); `parameters` is a flat dict."""
+        if self._metric is None:
+            raise ValueError("add_evaluated_point needs the sweep's metric")
+        history = [{self._metric: v, "_step": i} for i, v in enumerate(intermediate_values or [])]
+        # by alias: sweeps 0.2.0 under pydantic 2 silently drops `summary_metrics=`, `history=`
+        self._runs[f"evaluated_{len(self._runs)}"] = sweeps.SweepRun(
+            name=f"evaluated_{len(self._runs)}",
+            state=FAILED if error else FINISHED,
+            config={name: {"value": _plain(v)} for name, v in parameters.items()},
+            summaryMetrics={self._metric: value},
+            sampledHistory=history,
+        )
+
+    def get_state(self) -> dict:
+        return {
+            "sweep": deepcopy(self._sweep),
+            "seed": self._seed,
+            "n_calls": self._n_calls,
+            "runs": [run.model_dump(by_alias=True) for run in self._runs.values()],
+            "metric": self._metric,
+            "mode": self._mode,
+        }
+
+    def set_state(self, state: dict) -> None:
+        self._sweep = state["sweep"]
+        self._seed = state["seed"]
+        self._n_calls = state["n_calls"]
+        self._runs = {run["name"]: sweeps.SweepRun(**run) for run in state["runs"]}
+        self._metric, self._mode = state["metric"], state["mode"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+    def _adopt_metric(self, metric: str | None, mode: str | None) -> None:
+        """Take the metric from the sweep config; accept Tune's only if the sweep has none."""
+        if "metric" in self._sweep:
+            name = self._sweep["metric"]["name"]
+            goal = self._sweep["metric"]["goal"]
+            if (metric and metric != name) or (mode and mode != GOAL_TO_MODE[goal]):
+                raise ValueError(
+                    f"Tune was given metric={metric!r}, mode={mode!r} but the sweep config "
+                    f"says metric.name={name!r}, goal={goal!r} (mode={GOAL_TO_MODE[goal]!r}); "
+                    "pass the sweep's metric and mode to TuneConfig, or none at all"
+                )
+            self._metric, self._mode = name, GOAL_TO_MODE[goal]
+        elif metric:
+            if mode not in GOAL_TO_MODE.values():
+                raise ValueError(
+                    f"mode must be 'min' or 'max' with metric={metric!r}, got {mode!r}"
+                )
+            goal = {v: k for k, v in GOAL_TO_MODE.items()}[mode]
+            self._sweep = fill_validate_metric(
+                {**self._sweep, "metric": {"name": metric, "goal": goal}}
+            )
+            self._metric, self._mode = metric, mode
+
+    def _search_is_over(self) -> bool:
+        """W&B ends a sweep at `run_cap` runs or once a finished run reaches `metric.target`."""
+        cap = self._sweep.get("run_cap")
+        if cap is not None and len(self._runs) >= cap:
+            return True
+        target = self._sweep.get("metric", {}).get("target")
+        if target is None:
+            return False
+        kind = "maximum" if self._mode == "max" else "minimum"
+        for run in self._runs.values():
+            if run.state == FINISHED and _reached(run, self._metric, kind, target):
+                return True
+        return False
+
+    def _next_run(self) -> sweeps.SweepRun | None:
+        with _seeded_global_rngs(self._seed, self._n_calls), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            proposal = sweeps.next_run(self._sweep, list(self._runs.values()))
+        self._n_calls += 1
+        return proposal
+
+
+def _reached(run: sweeps.SweepRun, metric: str, kind: str, target: float) -> bool:
+    try:
+        best = run.metric_extremum(metric, kind)
+    except ValueError:
+        return False
+    return best >= target if kind == "maximum" else best <= target
+
+
+@contextmanager
+def _seeded_global_rngs(seed: int, call: int) -> Iterator[None]:
+    """Seed numpy's and Python's global RNGs for one engine call; restore them afterwards."""
+    np_seed, py_seed = np.random.SeedSequence(seed, spawn_key=(call,)).generate_state(2)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    np.random.seed(int(np_seed))
+    random.seed(int(py_seed))
+    try:
+        yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays from the engine -> plain Python values."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _numeric(result: dict) -> dict[str, float | int]:
+    """The numbers a trial reported (Tune's own bookkeeping left out), as W&B would log them."""
+    out = {}
+    for key, value in result.items():
+        number = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+        if number and key not in AUTO_RESULT_KEYS:
+            out[key] = _plain(value)
+    return out

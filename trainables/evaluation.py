@@ -1,0 +1,326 @@
+"""Test-split evaluation of the best trial(s), after the search, with bootstrap CIs.
+
+The driver predicts the test split with the best checkpoint and calls::
+
+    result = evaluate_predictions("multiclass", y_true, probs, class_names)  # a plain dict
+    write_json(out / "test_metrics.json", result)
+
+Scores and labels by kind:
+
+- "multiclass": ``y_true`` (N,) class ids (or MedMNIST's (N, 1)), ``scores`` (N, K)
+  softmax probabilities; the prediction is the argmax.
+- "binary": ``y_true`` (N,) 0/1, ``scores`` (N,) probability of class 1 (an (N, 2)
+  softmax is accepted and its column 1 used); the prediction is ``p >= 0.5``.
+- "multilabel": ``y_true`` (N, L) 0/1, ``scores`` (N, L) sigmoid probabilities; label j is
+  predicted when ``p_j >= 0.5``.
+
+Point estimates come from scikit-learn. The bootstrap (``n_boot`` resamples of the test
+set with a seeded numpy Generator, 95% percentile intervals) recomputes the headline
+figures for all resamples at once from resample weights: confusion counts are one matrix
+product, AUROC is the Mann-Whitney statistic with tied scores counted as half (what
+``roc_auc_score`` computes). Resamples in which the AUROC is undefined (a class with no
+positives or no negatives) are dropped for every figure and counted in
+``bootstrap.n_skipped``.
+
+Multi-label figures average over labels: accuracy is the mean per-label accuracy (the
+MedMNIST ACC; ``exact_match`` is the subset accuracy), balanced accuracy the mean of
+(sensitivity + specificity) / 2, AUROC the mean over labels with both classes present.
+"""
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    multilabel_confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+KINDS = ("multiclass", "binary", "multilabel")
+HEADLINE = ("accuracy", "balanced_accuracy", "auroc", "macro_f1")
+THRESHOLD = 0.5
+LEVEL = 0.95
+MAX_CELLS = 4_000_000  # resample weights held at once (n_boot chunk x N), bounds memory
+
+
+def evaluate_predictions(
+    kind: str,
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    class_names: list[str],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """All test figures as a JSON-serialisable dict (undefined values are None).
+
+    Keys: accuracy, balanced_accuracy, auroc, macro_f1 (each ``{"value", "ci_low",
+    "ci_high"}``); macro_precision, macro_recall (= sensitivity), macro_specificity;
+    per_class (precision, recall, specificity, f1, support, auroc per class or label);
+    confusion_matrix (rows true, columns predicted; multi-label: ``[[tn, fp], [fn, tp]]``
+    per label); bootstrap (n_boot, n_used, n_skipped, seed, level). Binary adds the
+    positive class's sensitivity and specificity, multi-label adds exact_match.
+    """
+    y, pred, y_ind, pred_ind, s_ind = _prepare(kind, y_true, scores, class_names)
+    mcm = multilabel_confusion_matrix(y_ind, pred_ind)
+    tn, fp, fn, tp = (mcm[:, i, j].astype(float) for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    per_auc = _per_class_auroc(y_ind, s_ind)
+    auc_used = ~np.isnan(per_auc)
+    if kind == "binary":
+        auc_used[0] = False  # the headline is the positive class's AUROC
+    point = _point(kind, y, pred, y_ind, pred_ind, tp, fn, fp, tn, per_auc[auc_used])
+    boot, n_used = _bootstrap(kind, y_ind, pred_ind, s_ind, auc_used, n_boot, seed)
+    result: dict[str, Any] = {"kind": kind, "n": len(y_ind)}
+    for name in HEADLINE:
+        result[name] = _interval(point[name], boot[name])
+    result |= _per_class(y_ind, pred_ind, tn, fp, per_auc, class_names)
+    if kind == "binary":
+        result["sensitivity"] = _ratio(tp[1], tp[1] + fn[1])
+        result["specificity"] = _ratio(tn[1], tn[1] + fp[1])
+        result["threshold"] = THRESHOLD
+    if kind == "multilabel":
+        result["exact_match"] = accuracy_score(y_ind, pred_ind)
+        result["threshold"] = THRESHOLD
+    result["confusion_matrix"] = _confusion(kind, y, pred, mcm, class_names)
+    result["bootstrap"] = {
+        "n_boot": n_boot,
+        "n_used": n_used,
+        "n_skipped": n_boot - n_used,
+        "seed": seed,
+        "level": LEVEL,
+        "method": "percentile",
+    }
+    return to_jsonable(result)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (temp file in the same folder, then
+    ``os.replace``). numpy values become Python ones, NaN and infinities null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars and arrays to Python numbers and lists, non-finite floats to None."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | np.ndarray):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _prepare(kind: str, y_true, scores, class_names: list[str]):
+    """Labels and predictions, plus one 0/1 column per class (binary: two) for the
+    per-class figures and AUROC."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not a task kind; choose one of {KINDS}")
+    y_true, scores = np.asarray(y_true), np.asarray(scores, np.float64)
+    if not np.isfinite(scores).all():
+        raise ValueError("scores hold NaN or infinity: did the model diverge?")
+    k = len(class_names)
+    if kind == "multilabel":
+        _check_shape(y_true, scores, (len(y_true), k), "(N, L) 0/1 labels and (N, L) scores")
+        if not np.isin(y_true, (0, 1)).all():
+            raise ValueError("multilabel y_true must hold only 0 and 1 (one column per label)")
+        y_ind, pred_ind = y_true.astype(bool), scores >= THRESHOLD
+        return y_ind, pred_ind, y_ind, pred_ind, scores
+    y = _class_ids(y_true)
+    if kind == "binary":
+        if scores.ndim == 2 and scores.shape[1] == 2:
+            scores = scores[:, 1]
+        _check_shape(y, scores, (len(y),), "(N,) 0/1 labels and (N,) P(class 1) scores")
+        if k != 2:
+            raise ValueError(f"binary needs 2 class names (negative, positive), got {k}")
+        pred, scores = (scores >= THRESHOLD).astype(np.int64), np.stack([1 - scores, scores], 1)
+    else:
+        _check_shape(y, scores, (len(y), k), "(N,) class ids and (N, K) probabilities")
+        pred = scores.argmax(axis=1)
+    if y.min(initial=0) < 0 or y.max(initial=0) >= k:
+        raise ValueError(f"y_true holds class ids outside 0..{k - 1} ({k} class names)")
+    eye = np.eye(k, dtype=bool)
+    return y, pred, eye[y], eye[pred], scores
+
+
+def _class_ids(y_true: np.ndarray) -> np.ndarray:
+    if y_true.ndim == 2 and y_true.shape[1] == 1:
+        y_true = y_true[:, 0]
+    if y_true.ndim != 1:
+        raise ValueError(f"y_true must be (N,) or (N, 1) class ids, got shape {y_true.shape}")
+    return y_true.astype(np.int64)
+
+
+def _check_shape(y: np.ndarray, scores: np.ndarray, want: tuple[int, ...], what: str) -> None:
+    if scores.shape != want or len(y) != len(scores):
+        raise ValueError(
+            f"labels {y.shape} and scores {scores.shape} do not fit: expected {what}, "
+            f"scores {want} for the given class names"
+        )
+
+
+def _per_class_auroc(y_ind: np.ndarray, s_ind: np.ndarray) -> np.ndarray:
+    """One-vs-rest AUROC per class; NaN where the class has no positives or no negatives
+    (the macro mean over classes equals sklearn's ``multi_class="ovr"`` when all exist)."""
+    auc = np.full(y_ind.shape[1], np.nan)
+    for c in range(y_ind.shape[1]):
+        if 0 < y_ind[:, c].sum() < len(y_ind):
+            auc[c] = roc_auc_score(y_ind[:, c], s_ind[:, c])
+    return auc
+
+
+def _point(kind, y, pred, y_ind, pred_ind, tp, fn, fp, tn, aucs) -> dict[str, float]:
+    if kind == "multilabel":
+        accuracy = float(np.mean((tp + tn) / len(y_ind)))
+        balanced = float(np.nanmean(_balanced_per_label(tp, fn, fp, tn)))
+        macro_f1 = f1_score(y_ind, pred_ind, average="macro", zero_division=0)
+    else:
+        labels = list(range(y_ind.shape[1]))
+        accuracy = accuracy_score(y, pred)
+        balanced = balanced_accuracy_score(y, pred)
+        macro_f1 = f1_score(y, pred, labels=labels, average="macro", zero_division=0)
+    auroc = float(np.mean(aucs)) if len(aucs) else math.nan
+    return {
+        "accuracy": accuracy,
+        "balanced_accuracy": balanced,
+        "auroc": auroc,
+        "macro_f1": float(macro_f1),
+    }
+
+
+def _per_class(y_ind, pred_ind, tn, fp, per_auc, class_names) -> dict[str, Any]:
+    """Per-class figures and their unweighted means (0 where a class is never predicted)."""
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_ind, pred_ind, average=None, zero_division=0
+    )
+    specificity = np.array([_ratio(a, a + b) for a, b in zip(tn, fp, strict=True)])
+    per_class = {
+        name: {
+            "precision": precision[c],
+            "recall": recall[c],
+            "specificity": specificity[c],
+            "f1": f1[c],
+            "support": int(support[c]),
+            "auroc": per_auc[c],
+        }
+        for c, name in enumerate(class_names)
+    }
+    return {
+        "macro_precision": float(np.mean(precision)),
+        "macro_recall": float(np.mean(recall)),
+        "macro_specificity": float(np.nanmean(specificity)) if len(specificity) else math.nan,
+        "per_class": per_class,
+    }
+
+
+def _confusion(kind, y, pred, mcm, class_names) -> Any:
+    if kind == "multilabel":
+        return {name: mcm[c].tolist() for c, name in enumerate(class_names)}
+    matrix = confusion_matrix(y, pred, labels=list(range(len(class_names))))
+    return {"labels": list(class_names), "matrix": matrix.tolist()}
+
+
+def _bootstrap(kind, y_ind, pred_ind, s_ind, auc_used, n_boot, seed):
+    """Headline figures for ``n_boot`` resamples: ({name: (n_used,) values}, n_used)."""
+    rng = np.random.default_rng(seed)
+    n = len(y_ind)
+    chunk = max(1, min(n_boot, MAX_CELLS // max(n, 1)))
+    parts = []
+    for start in range(0, n_boot, chunk):
+        w = _resample_weights(rng, min(chunk, n_boot - start), n)
+        parts.append(_replicates(kind, w, y_ind, pred_ind, s_ind, auc_used))
+    reps = {name: np.concatenate([p[name] for p in parts] or [[]]) for name in HEADLINE}
+    if auc_used.any():
+        keep = ~np.isnan(reps["auroc"])
+        reps = {name: values[keep] for name, values in reps.items()}
+    return reps, len(reps["accuracy"])
+
+
+def _resample_weights(rng: np.random.Generator, b: int, n: int) -> np.ndarray:
+    """(n, b) counts: how often each test sample is drawn in each of b resamples.
+
+    One column per resample keeps the per-sample work (sorting by score, summing tied
+    groups) on contiguous rows; float32 holds the counts exactly at half the memory."""
+    idx = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
+    counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n)
+    return np.ascontiguousarray(counts.T, dtype=np.float32)
+
+
+def _replicates(kind, w, y_ind, pred_ind, s_ind, auc_used) -> dict[str, np.ndarray]:
+    """The headline figures for every column of resample weights ``w`` (N, b)."""
+    yf, pf = y_ind.astype(w.dtype), pred_ind.astype(w.dtype)
+    cells = [yf * pf, yf * (1 - pf), (1 - yf) * pf, (1 - yf) * (1 - pf)]
+    tp, fn, fp, tn = ((w.T @ c).astype(np.float64) for c in cells)  # each (b, classes)
+    total = w.sum(axis=0, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = tp / (tp + fn)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        if kind == "multilabel":
+            accuracy = ((tp + tn) / total[:, None]).mean(axis=1)
+            balanced = np.nanmean(_balanced_per_label(tp, fn, fp, tn), axis=1)
+        else:
+            accuracy = tp.sum(axis=1) / total
+            balanced = np.nanmean(recall, axis=1)
+    aucs = [_weighted_auroc(y_ind[:, c], s_ind[:, c], w) for c in np.flatnonzero(auc_used)]
+    auroc = np.mean(aucs, axis=0, dtype=np.float64) if aucs else np.full(w.shape[1], np.nan)
+    return {
+        "accuracy": accuracy,
+        "balanced_accuracy": balanced,
+        "auroc": auroc,
+        "macro_f1": f1.mean(axis=1),
+    }
+
+
+def _balanced_per_label(tp, fn, fp, tn) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (tp / (tp + fn) + tn / (tn + fp)) / 2
+
+
+def _weighted_auroc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """AUROC of scores ``s`` for 0/1 labels ``y`` under each column of sample weights ``w``
+    (N, b): P(score of a positive > score of a negative), ties counting half. NaN for a
+    resample with no positive or no negative weight."""
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    neg = neg[np.argsort(s[neg], kind="stable")]
+    cum = np.zeros((len(neg) + 1, w.shape[1]), w.dtype)
+    np.cumsum(w[neg], axis=0, out=cum[1:])  # cum[k]: weight of the k lowest negatives
+    lower = np.searchsorted(s[neg], s[pos], "left")  # negatives scored below each positive
+    lower_or_tied = np.searchsorted(s[neg], s[pos], "right")
+    w_pos = w[pos]
+    n_pos, n_neg = w_pos.sum(axis=0), cum[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (w_pos * (cum[lower] + cum[lower_or_tied])).sum(axis=0) / (2 * n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
+def _interval(value: float, replicates: np.ndarray) -> dict[str, float]:
+    replicates = replicates[~np.isnan(replicates)]
+    if math.isnan(value) or not len(replicates):
+        return {"value": value, "ci_low": math.nan, "ci_high": math.nan}
+    tail = 100 * (1 - LEVEL) / 2
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return {"value": float(value), "ci_low": float(low), "ci_high": float(high)}
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else math.nan
