@@ -106,7 +106,7 @@ def export_checkpoints(trials: list[dict], experiment_path: str) -> None:
             continue
         dst = join_path(experiment_path, row["trial_id"], "checkpoint")
         if _norm(src) != _norm(dst):
-            _copy_dir(src, dst)
+            copy_dir(src, dst)
         row["checkpoint_path"] = dst
 
 
@@ -118,7 +118,7 @@ def join_path(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) if "://" in base else os.path.join(base, *parts)
 
 
-def _copy_dir(src: str, dst: str) -> None:
+def copy_dir(src: str, dst: str) -> None:
     src_fs, src_path = pafs.FileSystem.from_uri(_uri(src))
     dst_fs, dst_path = pafs.FileSystem.from_uri(_uri(dst))
     dst_fs.create_dir(dst_path, recursive=True)

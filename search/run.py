@@ -11,6 +11,7 @@ prints the best trial. Exit code 0 unless every trial failed.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ import time
 import warnings
 
 from search.datasets import ensure_dataset
+from search.postprocess import evaluate_on_test, explain_trials, focus_warnings, write_text
 from search.results import collect, export_checkpoints, join_path, write_table
 from search.space import Space, default_space_path, load_space
 from search.tuner import LAUNCHERS, SEARCHERS, Plan, build_tuner, with_concurrency
@@ -66,6 +68,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="2 trials, 1 epoch, a few batches, CPU: checks the whole path quickly",
     )
+    p.add_argument(
+        "--explain-top",
+        type=int,
+        help="attribution maps for the K best trials (default all; 0 = none)",
+    )
+    p.add_argument("--test-top", type=int, default=1, help="evaluate the K best on test")
+    p.add_argument("--ig-samples", type=int, default=4, help="SmoothGrad samples for IG")
+    p.add_argument("--ig-steps", type=int, default=16, help="integration steps for IG")
+    p.add_argument("--ig-baseline", default="zero", help="IG baseline: zero, mean or a number")
     return p.parse_args(argv)
 
 
@@ -149,7 +160,70 @@ def main(argv: list[str] | None = None) -> int:
     export_checkpoints(trials, plan.experiment_path)
     write_table(trials, join_path(plan.experiment_path, "trials.parquet"))
     write_table(history, join_path(plan.experiment_path, "history.parquet"))
-    return summarise(trials, plan, time.time() - started)
+    search_wall = time.time() - started
+    after_search(args, plan, task, data, data_path, trials)
+    write_search_json(args, plan, task, space, values, data, started, search_wall)
+    return summarise(trials, plan, search_wall)
+
+
+def after_search(args, plan: Plan, task, data: dict, data_path: str, trials: list[dict]) -> None:
+    """Attribution maps (Ray tasks), focus scores, then the test split for the best trials."""
+    t0 = time.time()
+    ig = {"n_samples": args.ig_samples, "steps": args.ig_steps,
+          "baseline": _number_or(args.ig_baseline)}  # fmt: skip
+    focus = {}
+    if args.explain_top != 0:
+        focus = explain_trials(trials, plan.experiment_path, task, data, plan.metric, plan.mode,
+                               plan.seed, args.explain_top, ig=ig)  # fmt: skip
+    flagged = focus_warnings(focus)
+    for t in trials:
+        t["attr_focus"] = focus.get(t["trial_id"])
+        t["attr_focus_warning"] = flagged.get(t["trial_id"])
+        if flagged.get(t["trial_id"]):
+            log.warning(
+                "trial %s: attribution focus %.2f is far below the others' (is it "
+                "looking at the background?)",
+                t["trial_id"],
+                focus[t["trial_id"]],
+            )
+    log.info("attribution maps for %d trials in %.1f s", len(focus), time.time() - t0)
+    write_table(trials, join_path(plan.experiment_path, "trials.parquet"))
+    if args.test_top:
+        evaluate_on_test(trials, plan.experiment_path, task, data_path, plan.metric, plan.mode,
+                         args.test_top, plan.seed)  # fmt: skip
+
+
+def _number_or(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def write_search_json(args, plan, task, space, values, data, started, wall) -> None:
+    """`search.json`: what the report and later tools need to know about this search."""
+    counts = {
+        split: {task.classes[i]: int(n) for i, n in enumerate(_class_counts(task, data, split))}
+        for split in ("train", "val")
+    }
+    info = {
+        "name": plan.name, "task": task.name, "kind": task.kind, "classes": list(task.classes),
+        "metric": plan.metric, "mode": plan.mode, "searcher": plan.searcher, "seed": plan.seed,
+        "trials": plan.trials, "epochs": int(values.get("epochs", TrainConfig.epochs)),
+        "launcher": plan.launcher, "knobs": list(space.searched), "space": space.sweep_config,
+        "started_at": started, "finished_at": time.time(), "wall_time_s": wall,
+        "split_counts": counts, "argv": sys.argv[1:],
+    }  # fmt: skip
+    write_text(join_path(plan.experiment_path, "search.json"), json.dumps(info, indent=2))
+
+
+def _class_counts(task, data: dict, split: str):
+    import numpy as np
+
+    labels = data[f"{split}_labels"]
+    if task.kind == "multilabel":
+        return labels.sum(axis=0)
+    return np.bincount(labels[:, 0], minlength=len(task.classes))
 
 
 def summarise(trials: list[dict], plan: Plan, wall_s: float) -> int:
