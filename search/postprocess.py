@@ -216,6 +216,15 @@ def write_text(path: str, text: str) -> None:
     _write_bytes(path, text.encode())
 
 
+def read_text(path: str) -> str:
+    if "://" not in path:
+        with open(path) as f:
+            return f.read()
+    fs, fs_path = pafs.FileSystem.from_uri(path)
+    with fs.open_input_stream(fs_path) as f:
+        return f.read().decode()
+
+
 def _write_npz(path: str, **arrays) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)

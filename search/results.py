@@ -61,18 +61,21 @@ def _trial_row(result, trial_id: str, rows: list[dict], metric: str, mode: str, 
         "best_epoch": int(best["epoch"]) if best else None,
         "epochs_run": epochs_run,
         "wall_time_s": _num(rows[-1].get("time_total_s")) if rows else None,
-        "checkpoint_path": _checkpoint_path(result, rows),
+        "checkpoint_path": _checkpoint_path(result, best),
         "trial_path": result.path,
     }
 
 
-def _checkpoint_path(result, rows: list[dict]) -> str | None:
-    """Train launcher: the `checkpoint_path` metric; function launcher: `result.checkpoint`."""
-    paths = [r.get("checkpoint_path") for r in rows if isinstance(r.get("checkpoint_path"), str)]
-    if paths:
-        return paths[-1]  # checkpoints are reported only when the metric improves
-    if result.checkpoint is not None:
-        return result.checkpoint.path
+def _checkpoint_path(result, best: dict) -> str | None:
+    """The checkpoint written at the best epoch (Ray keeps it, with the latest).
+
+    Train launcher: that row's `checkpoint_path` metric; function launcher: its
+    `checkpoint_dir_name` inside the trial folder.
+    """
+    if isinstance(best.get("checkpoint_path"), str):
+        return best["checkpoint_path"]
+    if isinstance(best.get("checkpoint_dir_name"), str):
+        return join_path(result.path, best["checkpoint_dir_name"])
     return None
 
 

@@ -18,11 +18,26 @@ import sys
 import time
 import warnings
 
+from ray import tune
+
 from search.datasets import ensure_dataset
-from search.postprocess import evaluate_on_test, explain_trials, focus_warnings, write_text
+from search.postprocess import (
+    evaluate_on_test,
+    explain_trials,
+    focus_warnings,
+    read_text,
+    write_text,
+)
 from search.results import collect, export_checkpoints, join_path, write_table
 from search.space import Space, default_space_path, load_space
-from search.tuner import LAUNCHERS, SEARCHERS, Plan, build_tuner, with_concurrency
+from search.tuner import (
+    LAUNCHERS,
+    SEARCHERS,
+    Plan,
+    build_trainable,
+    build_tuner,
+    with_concurrency,
+)
 from trainables.data import load_npz
 from trainables.models import PRETRAINED, load_imagenet_state
 from trainables.tasks import TASK_NAMES, get_task
@@ -33,7 +48,10 @@ log = logging.getLogger("medsweep")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--task", required=True, help=f"one of: {', '.join(TASK_NAMES)}")
+    p.add_argument("--task", help=f"one of: {', '.join(TASK_NAMES)}")
+    p.add_argument("--resume", nargs="?", const=True, metavar="EXPERIMENT",
+                   help="continue an interrupted search: its folder (runs/<name>), or the "
+                   "--name/--storage given with a bare --resume")  # fmt: skip
     p.add_argument("--space", help="space file (W&B sweep YAML); default spaces/<task>.yaml")
     p.add_argument("--data-dir", help="folder with the MedMNIST npz files (default ~/.medmnist)")
     p.add_argument("--weights", help="none | imagenet | PATH (default: the space file's)")
@@ -47,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--name", help="experiment name (default <task>-<date>-<time>)")
     p.add_argument(
         "--storage",
-        default=os.environ.get("MEDSWEEP_STORAGE", "runs"),
+        default=os.environ.get("MEDSWEEP_STORAGE"),
         help="local folder or s3://, gs:// URI (default $MEDSWEEP_STORAGE or runs)",
     )
     p.add_argument("--address", help="Ray cluster address ('auto' on a cluster); default local")
@@ -77,7 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ig-samples", type=int, default=4, help="SmoothGrad samples for IG")
     p.add_argument("--ig-steps", type=int, default=16, help="integration steps for IG")
     p.add_argument("--ig-baseline", default="zero", help="IG baseline: zero, mean or a number")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if not args.task and not args.resume:
+        p.error(f"--task is required (one of: {', '.join(TASK_NAMES)}), or --resume EXPERIMENT")
+    return args
 
 
 def param_space(args: argparse.Namespace, space: Space) -> dict:
@@ -136,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = parse_args(argv)
+    resume_path = None
+    if args.resume:
+        resume_path, args = resumed_args(args)
     task = get_task(args.task)
     space = load_space(args.space or default_space_path(task), task)
     values = param_space(args, space)
@@ -147,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     ray.init(address=args.address, log_to_driver=True, logging_level=logging.WARNING)
+    check_storage(args)
     name = args.name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     plan = make_plan(args, space, name)
     log.info("search %s: task %s, %d trials, %d at once, searcher %s, launcher %s -> %s",
@@ -154,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
              plan.experiment_path)  # fmt: skip
     data_ref = [ray.put(data)]  # once per search; trials read it zero-copy
     started = time.time()
-    grid = build_tuner(plan, space, data_ref, values).fit()
+    if resume_path:
+        tuner = tune.Tuner.restore(resume_path, build_trainable(plan, data_ref),
+                                   resume_unfinished=True, resume_errored=False)  # fmt: skip
+    else:
+        write_search_json(args, plan, task, space, values, data, started, None)
+        tuner = build_tuner(plan, space, data_ref, values)
+    grid = tuner.fit()
     epochs = int(values.get("epochs", TrainConfig.epochs))
     trials, history = collect(grid, plan.metric, plan.mode, epochs)
     export_checkpoints(trials, plan.experiment_path)
@@ -164,6 +196,43 @@ def main(argv: list[str] | None = None) -> int:
     after_search(args, plan, task, data, data_path, trials)
     write_search_json(args, plan, task, space, values, data, started, search_wall)
     return summarise(trials, plan, search_wall)
+
+
+def resumed_args(args: argparse.Namespace) -> tuple[str, argparse.Namespace]:
+    """The experiment folder and the original command's arguments, from its search.json."""
+    if isinstance(args.resume, str):
+        path = args.resume
+    elif args.name:
+        path = join_path(args.storage or "runs", args.name)
+    else:
+        raise SystemExit("--resume needs the experiment folder (runs/<name>) or --name")
+    path = path if "://" in path else os.path.abspath(path)
+    if not tune.Tuner.can_restore(path):
+        raise SystemExit(f"--resume {path}: no Ray Tune experiment state there; is it the "
+                         "folder of a search (runs/<name>)?")  # fmt: skip
+    original = json.loads(read_text(join_path(path, "search.json")))["argv"]
+    restored = parse_args(original)
+    restored.name = os.path.basename(path.rstrip("/"))
+    restored.storage = path.rstrip("/").rsplit("/", 1)[0]
+    if args.address:
+        restored.address = args.address
+    log.info("resuming %s (%s)", path, " ".join(original))
+    return path, restored
+
+
+def check_storage(args: argparse.Namespace) -> None:
+    """On a multi-node cluster, refuse a local default storage that workers cannot reach."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and args.storage is None:
+        raise SystemExit(
+            f"this Ray cluster has {len(nodes)} nodes: checkpoints on this machine's disk are "
+            "out of the other nodes' reach. Pass --storage s3://bucket/path (or gs://, or a "
+            "shared filesystem path such as /mnt/nfs/runs), or set MEDSWEEP_STORAGE."
+        )
+    if args.storage is None:
+        args.storage = "runs"
 
 
 def after_search(args, plan: Plan, task, data: dict, data_path: str, trials: list[dict]) -> None:
@@ -211,8 +280,9 @@ def write_search_json(args, plan, task, space, values, data, started, wall) -> N
         "metric": plan.metric, "mode": plan.mode, "searcher": plan.searcher, "seed": plan.seed,
         "trials": plan.trials, "epochs": int(values.get("epochs", TrainConfig.epochs)),
         "launcher": plan.launcher, "knobs": list(space.searched), "space": space.sweep_config,
-        "started_at": started, "finished_at": time.time(), "wall_time_s": wall,
-        "split_counts": counts, "argv": sys.argv[1:],
+        "started_at": started, "finished_at": None if wall is None else time.time(),
+        "wall_time_s": wall,
+        "split_counts": counts, "argv": args.argv,
     }  # fmt: skip
     write_text(join_path(plan.experiment_path, "search.json"), json.dumps(info, indent=2))
 

@@ -83,10 +83,13 @@ def _worker(cfg: dict) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=ckpt)
 
-    train_loop(
-        cfg, report, data, ctx.get_world_rank(), ctx.get_world_size(),
-        ray.train.torch.get_device(),
-    )  # fmt: skip
+    args = (cfg, report, data, ctx.get_world_rank(), ctx.get_world_size())
+    device = ray.train.torch.get_device()
+    checkpoint = ray.train.get_checkpoint()  # set when Train restarted this trial's workers
+    if checkpoint is None:
+        return train_loop(*args, device=device)
+    with checkpoint.as_directory() as resume_from:
+        train_loop(*args, device=device, resume_from=resume_from)
 
 
 def train_driver(config: dict, data_ref: list, plan: Plan) -> None:
@@ -125,7 +128,11 @@ def function_driver(config: dict, data_ref: list, plan: Plan) -> None:
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(metrics, checkpoint=ckpt)
 
-    train_loop(config, report, _data(data_ref))
+    checkpoint = tune.get_checkpoint()  # set when Tune retried or restored this trial
+    if checkpoint is None:
+        return train_loop(config, report, _data(data_ref))
+    with checkpoint.as_directory() as resume_from:
+        train_loop(config, report, _data(data_ref), resume_from=resume_from)
 
 
 def _checkpoint_config(plan: Plan, cls):

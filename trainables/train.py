@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from trainables import metrics as M
-from trainables.checkpoint import save_checkpoint
+from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.data import batch_indices, channel_stats, make_augment, to_device_images
 from trainables.models import PRETRAINED, Classifier, build_model, set_backbone_frozen, train_mode
 from trainables.tasks import Task, get_task
@@ -123,11 +123,11 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def seed_everything(seed: int) -> torch.Generator:
+def seed_everything(seed: int) -> None:
+    """Seed model initialisation (epochs reseed themselves, see `_seed_epoch`)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def train_loop(
@@ -137,13 +137,18 @@ def train_loop(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | None = None,
+    resume_from: str | None = None,
 ) -> None:
-    """Train one trial, reporting after every epoch. See the module docstring."""
+    """Train one trial, reporting after every epoch. See the module docstring.
+
+    `resume_from` is a checkpoint directory this trial wrote before (a retried trial or a
+    restarted worker): model, optimizer, scheduler, epoch and best score continue from it.
+    """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     task = get_task(cfg.task)
     cfg = cfg.resolved(task)
     device = device or pick_device()
-    generator = seed_everything(cfg.seed + rank)
+    seed_everything(cfg.seed + rank)
     x_train = to_device_images(data["train_images"], device)
     y_train = torch.from_numpy(data["train_labels"]).to(device)
     x_val = to_device_images(data["val_images"], device)
@@ -151,23 +156,26 @@ def train_loop(
     mean, std = channel_stats(data["train_images"])
     normalise = _normaliser(mean, std, device)
 
+    pretrained = cfg.model in PRETRAINED and cfg.weights != "none"
+    weights = "none" if resume_from else cfg.weights  # the checkpoint holds the weights
     model = build_model(
-        cfg.model, task.num_outputs, task.channels, cfg.image_size, cfg.dropout, cfg.weights
+        cfg.model, task.num_outputs, task.channels, cfg.image_size, cfg.dropout, weights
     ).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    weights = M.class_weights(
+    class_w = M.class_weights(
         task.kind, data["train_labels"], task.num_outputs, cfg.class_weight_power
     )
-    loss_fn = M.make_loss(task.kind, weights.to(device))
+    loss_fn = M.make_loss(task.kind, class_w.to(device))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _scheduler(optimizer, cfg)
     augment = make_augment(task.augment, task.channels, cfg.image_size).to(device)
     autocast = _autocast(cfg.precision, device)
-    pretrained = cfg.model in PRETRAINED and cfg.weights != "none"
+    start, best = _restore(resume_from, model, optimizer, scheduler, device)
 
-    best, net, net_frozen = None, None, None
-    for epoch in range(cfg.epochs):
+    net, net_frozen = None, None
+    for epoch in range(start, cfg.epochs):
+        generator = _seed_epoch(cfg.seed, rank, epoch)  # a resumed epoch draws the same
         frozen = pretrained and epoch < cfg.unfreeze_epoch
         set_backbone_frozen(model, frozen)
         if frozen != net_frozen:  # DDP fixes its set of trained parameters when it is built
@@ -196,18 +204,40 @@ def train_loop(
             "augmented": int(augmenting),
             "images_per_s": seen * world_size / max(elapsed, 1e-9),
         }
-        score = result[task.metric]
-        improved = _improved(score, best, task.mode)
-        if improved:
-            best = score
+        if _improved(result[task.metric], best, task.mode):
+            best = result[task.metric]
         result[f"best_{task.metric}"] = best if best is not None else float("nan")
-        if improved and rank == 0:
-            payload = _payload(task, cfg, model, optimizer, epoch, result, mean, std)
+        # Every epoch leaves a checkpoint: Ray keeps the best by the metric plus the latest,
+        # so a retried trial resumes where it stopped and the best is never lost.
+        if rank == 0:
+            payload = _payload(task, cfg, model, optimizer, scheduler, epoch, result, mean, std)
             with tempfile.TemporaryDirectory(prefix="medsweep-ckpt-") as tmp:
                 save_checkpoint(tmp, payload)
                 report(result, tmp)
         else:
             report(result, None)
+
+
+def _restore(path, model, optimizer, scheduler, device) -> tuple[int, float | None]:
+    """Load a checkpoint of this trial into the training state; (next epoch, best score)."""
+    if not path:
+        return 0, None
+    ckpt = load_checkpoint(path)
+    model.load_state_dict(ckpt["state_dict"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if "scheduler" in ckpt:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    best = ckpt["metrics"].get(f"best_{ckpt['metric']}") if "metric" in ckpt else None
+    return int(ckpt["epoch"]), best
+
+
+def _seed_epoch(seed: int, rank: int, epoch: int) -> torch.Generator:
+    """Seed every generator from (seed, rank, epoch): epochs replay identically on resume."""
+    mixed = (seed * 1_000_003 + rank * 7919 + epoch) % 2**31
+    random.seed(mixed)
+    np.random.seed(mixed)
+    torch.manual_seed(mixed)
+    return torch.Generator().manual_seed(mixed)
 
 
 def train_one_epoch(
@@ -286,7 +316,7 @@ def _improved(score: float, best: float | None, mode: str) -> bool:
     return score > best if mode == "max" else score < best
 
 
-def _payload(task, cfg, model, optimizer, epoch, result, mean, std) -> dict:
+def _payload(task, cfg, model, optimizer, scheduler, epoch, result, mean, std) -> dict:
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "extra"}
     return {
         "task": task.name,
@@ -301,4 +331,6 @@ def _payload(task, cfg, model, optimizer, epoch, result, mean, std) -> dict:
         "metrics": {k: float(v) for k, v in result.items()},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "metric": task.metric,
     }
