@@ -26,25 +26,31 @@ HISTORY_COLUMNS = (
 STATUSES = ("finished", "stopped_early", "errored")
 
 
-def collect(grid, metric: str, mode: str, epochs: int) -> tuple[list[dict], list[dict]]:
-    """Rows for `trials.parquet` and `history.parquet` from a `ResultGrid`."""
+def collect(
+    grid, metric: str, mode: str, epochs: int, experiment_path: str
+) -> tuple[list[dict], list[dict]]:
+    """Rows for `trials.parquet` and `history.parquet` from a `ResultGrid`.
+
+    Trial paths are rebuilt from `experiment_path` (`result.path` drops the `s3://` scheme).
+    """
     trials, history = [], []
     for result in grid:
         frame = result.metrics_dataframe
         rows = [] if frame is None else frame.to_dict("records")
         trial_id = (result.metrics or {}).get("trial_id") or os.path.basename(result.path)
         for row in rows:
-            history.append(
-                {"trial_id": trial_id, **{c: _num(row.get(c)) for c in HISTORY_COLUMNS}}
-            )
-        trials.append(_trial_row(result, trial_id, rows, metric, mode, epochs))
+            numbers = {c: _num(row.get(c)) for c in HISTORY_COLUMNS}
+            history.append({"trial_id": trial_id, **numbers, "node_id": row.get("node_id")})
+        trial_path = join_path(experiment_path, os.path.basename(result.path.rstrip("/")))
+        trials.append(_trial_row(result, trial_id, trial_path, rows, metric, mode, epochs))
     return trials, history
 
 
-def _trial_row(result, trial_id: str, rows: list[dict], metric: str, mode: str, epochs: int):
+def _trial_row(result, trial_id, trial_path, rows, metric: str, mode: str, epochs: int):
     scored = [r for r in rows if _finite(r.get(metric))]
-    pick = max if mode == "max" else min
-    best = pick(scored, key=lambda r: r[metric]) if scored else {}
+    sign = 1 if mode == "max" else -1
+    # Ties go to the later epoch, as in Ray's checkpoint manager (which keeps that one).
+    best = max(scored, key=lambda r: (sign * r[metric], r.get("epoch") or 0)) if scored else {}
     epochs_run = int(max((r.get("epoch") or 0) for r in rows)) if rows else 0
     if result.error is not None:
         status = "errored"
@@ -61,12 +67,12 @@ def _trial_row(result, trial_id: str, rows: list[dict], metric: str, mode: str, 
         "best_epoch": int(best["epoch"]) if best else None,
         "epochs_run": epochs_run,
         "wall_time_s": _num(rows[-1].get("time_total_s")) if rows else None,
-        "checkpoint_path": _checkpoint_path(result, best),
-        "trial_path": result.path,
+        "checkpoint_path": _checkpoint_path(trial_path, best),
+        "trial_path": trial_path,
     }
 
 
-def _checkpoint_path(result, best: dict) -> str | None:
+def _checkpoint_path(trial_path: str, best: dict) -> str | None:
     """The checkpoint written at the best epoch (Ray keeps it, with the latest).
 
     Train launcher: that row's `checkpoint_path` metric; function launcher: its
@@ -75,7 +81,7 @@ def _checkpoint_path(result, best: dict) -> str | None:
     if isinstance(best.get("checkpoint_path"), str):
         return best["checkpoint_path"]
     if isinstance(best.get("checkpoint_dir_name"), str):
-        return join_path(result.path, best["checkpoint_dir_name"])
+        return join_path(trial_path, best["checkpoint_dir_name"])
     return None
 
 
@@ -122,10 +128,21 @@ def join_path(base: str, *parts: str) -> str:
 
 
 def copy_dir(src: str, dst: str) -> None:
+    """Copy a folder between local paths and/or cloud URIs, file by file.
+
+    (`pyarrow.fs.copy_files` takes an S3 prefix for a single object.)
+    """
     src_fs, src_path = pafs.FileSystem.from_uri(_uri(src))
     dst_fs, dst_path = pafs.FileSystem.from_uri(_uri(dst))
     dst_fs.create_dir(dst_path, recursive=True)
-    pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
+    files = src_fs.get_file_info(pafs.FileSelector(src_path, recursive=True))
+    for info in files:
+        if info.type != pafs.FileType.File:
+            continue
+        target = dst_path + info.path[len(src_path.rstrip("/")) :]
+        dst_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        with src_fs.open_input_stream(info.path) as f, dst_fs.open_output_stream(target) as g:
+            g.write(f.read())
 
 
 def _uri(path: str) -> str:

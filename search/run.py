@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         tuner = build_tuner(plan, space, data_ref, values)
     grid = tuner.fit()
     epochs = int(values.get("epochs", TrainConfig.epochs))
-    trials, history = collect(grid, plan.metric, plan.mode, epochs)
+    trials, history = collect(grid, plan.metric, plan.mode, epochs, plan.experiment_path)
     export_checkpoints(trials, plan.experiment_path)
     write_table(trials, join_path(plan.experiment_path, "trials.parquet"))
     write_table(history, join_path(plan.experiment_path, "history.parquet"))

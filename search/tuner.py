@@ -70,6 +70,11 @@ def _data(data_ref: list) -> dict:
     return ray.get(data_ref[0])
 
 
+def _node_id() -> str:
+    """The Ray node this trial trains on (rank 0's node for DDP trials)."""
+    return ray.get_runtime_context().get_node_id()
+
+
 def _worker(cfg: dict) -> None:
     """Ray Train's `train_loop_per_worker`: unwrap the data reference, run the one loop."""
     import ray.train
@@ -81,7 +86,7 @@ def _worker(cfg: dict) -> None:
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=ckpt)
+        ray.train.report({**metrics, "node_id": _node_id()}, checkpoint=ckpt)
 
     args = (cfg, report, data, ctx.get_world_rank(), ctx.get_world_size())
     device = ray.train.torch.get_device()
@@ -126,7 +131,7 @@ def function_driver(config: dict, data_ref: list, plan: Plan) -> None:
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=ckpt)
+        tune.report({**metrics, "node_id": _node_id()}, checkpoint=ckpt)
 
     checkpoint = tune.get_checkpoint()  # set when Tune retried or restored this trial
     if checkpoint is None:
@@ -154,7 +159,7 @@ def build_trainable(plan: Plan, data_ref: list):
 
 
 def build_searcher(plan: Plan, space: Space):
-    if plan.searcher == "random":
+    if plan.searcher == "random" or not space.searched:  # nothing to search: repeat the config
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         return BasicVariantGenerator(random_state=plan.seed, max_concurrent=plan.max_concurrent)
