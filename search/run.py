@@ -11,6 +11,7 @@ prints the best trial. Exit code 0 unless every trial failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ import warnings
 from ray import tune
 
 from search.datasets import ensure_dataset
+from search.folders import SPLIT_CHOICES, convert_folder, small_data_warnings
 from search.postprocess import (
     evaluate_on_test,
     explain_trials,
@@ -54,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "--name/--storage given with a bare --resume")  # fmt: skip
     p.add_argument("--space", help="space file (W&B sweep YAML); default spaces/<task>.yaml")
     p.add_argument("--data-dir", help="folder with the MedMNIST npz files (default ~/.medmnist)")
+    p.add_argument(
+        "--split",
+        default="auto",
+        choices=SPLIT_CHOICES,
+        help="folder tasks: premade, patient (malaria ids), cell, or auto",
+    )
     p.add_argument("--weights", help="none | imagenet | PATH (default: the space file's)")
     p.add_argument("--image-size", type=int, help="28, 64, 128 or 224 (default: the space's)")
     p.add_argument("--trials", type=int, default=20, help="number of trials (default 20)")
@@ -68,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("MEDSWEEP_STORAGE"),
         help="local folder or s3://, gs:// URI (default $MEDSWEEP_STORAGE or runs)",
     )
-    p.add_argument("--address", help="Ray cluster address ('auto' on a cluster); default local")
+    p.add_argument("--address", help="Ray cluster address ('auto' on a cluster); default: a "
+                   "fresh local Ray on this machine")  # fmt: skip
     p.add_argument("--searcher", default="optuna", choices=SEARCHERS)
     p.add_argument(
         "--launcher",
@@ -130,7 +139,7 @@ def fetch_weights(values: dict, task) -> None:
             load_imagenet_state(name)
 
 
-def make_plan(args: argparse.Namespace, space: Space, name: str) -> Plan:
+def make_plan(args: argparse.Namespace, space: Space, name: str, task) -> Plan:
     gpus = args.gpus_per_trial
     if gpus is None:
         import torch
@@ -150,6 +159,7 @@ def make_plan(args: argparse.Namespace, space: Space, name: str) -> Plan:
         gpus_per_trial=gpus,
         max_failures=args.max_failures,
         time_budget_s=args.time_budget,
+        task=task,
     )
     return with_concurrency(plan, args.max_concurrent)
 
@@ -166,15 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     values = param_space(args, space)
     fetch_weights(values, task)
     image_size = values.get("image_size") or task.image_size
-    data_path = ensure_dataset(task, image_size, args.data_dir)
+    task, data_path = locate_data(task, image_size, args)
     data = load_npz(data_path, task, splits=("train", "val"))  # test is read after the search
 
     import ray
 
-    ray.init(address=args.address, log_to_driver=True, logging_level=logging.WARNING)
+    # No --address: a fresh local Ray ("local"); plain ray.init() would join whatever cluster
+    # was started last on this machine. --address auto joins the one `ray start` made.
+    ray.init(address=args.address or "local", log_to_driver=True, logging_level=logging.WARNING)
     check_storage(args)
     name = args.name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    plan = make_plan(args, space, name)
+    plan = make_plan(args, space, name, task)
     log.info("search %s: task %s, %d trials, %d at once, searcher %s, launcher %s -> %s",
              name, task.name, plan.trials, plan.max_concurrent, plan.searcher, plan.launcher,
              plan.experiment_path)  # fmt: skip
@@ -196,6 +208,29 @@ def main(argv: list[str] | None = None) -> int:
     after_search(args, plan, task, data, data_path, trials)
     write_search_json(args, plan, task, space, values, data, started, search_wall)
     return summarise(trials, plan, search_wall)
+
+
+def locate_data(task, image_size: int, args: argparse.Namespace):
+    """(task, npz path): a MedMNIST file, or a folder per class converted once (cached)."""
+    if task.source != "folder":
+        return task, ensure_dataset(task, image_size, args.data_dir)
+    if not args.data_dir:
+        raise SystemExit(
+            f"--task {task.name} reads a folder per class: pass --data-dir DIR (for malaria, "
+            "the NIH cell_images/ folder holding Parasitized/ and Uninfected/)"
+        )
+    fixed = list(task.classes) or None  # malaria fixes its order; folder takes the folders'
+    path, classes, info = convert_folder(
+        args.data_dir, image_size, split=args.split, seed=args.seed, classes=fixed
+    )
+    for line in small_data_warnings(info["counts"]):
+        log.warning("small data: %s", line)
+    log.info("%s: %s split, images per split %s", args.data_dir, info["split"],
+             {k: sum(v.values()) for k, v in info["counts"].items()})  # fmt: skip
+    kind = task.kind if task.classes else ("binary" if len(classes) == 2 else "multiclass")
+    task = dataclasses.replace(task, classes=tuple(classes), kind=kind,
+                               channels=info["channels"])  # fmt: skip
+    return task, path
 
 
 def resumed_args(args: argparse.Namespace) -> tuple[str, argparse.Namespace]:

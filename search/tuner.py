@@ -23,6 +23,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from search.results import join_path
 from search.space import Space
+from trainables.tasks import Task
 from trainables.train import KNOBS, train_loop
 
 DRIVER_CPU = 0.01  # a trial driver must not starve its own Train workers; 0 is rejected
@@ -49,6 +50,8 @@ class Plan:
     max_failures: int = 0
     time_budget_s: float | None = None
     verbose: int = 1
+    task: Task | None = None
+    """The task record trials train (a `folder` task's classes come from its data)."""
 
     def __post_init__(self) -> None:
         if self.searcher not in SEARCHERS:
@@ -82,6 +85,7 @@ def _worker(cfg: dict) -> None:
 
     cfg = dict(cfg)
     data = _data(cfg.pop("_data_ref"))
+    task = cfg.pop("_task")
     ctx = ray.train.get_context()
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
@@ -92,9 +96,9 @@ def _worker(cfg: dict) -> None:
     device = ray.train.torch.get_device()
     checkpoint = ray.train.get_checkpoint()  # set when Train restarted this trial's workers
     if checkpoint is None:
-        return train_loop(*args, device=device)
+        return train_loop(*args, device=device, task=task)
     with checkpoint.as_directory() as resume_from:
-        train_loop(*args, device=device, resume_from=resume_from)
+        train_loop(*args, device=device, resume_from=resume_from, task=task)
 
 
 def train_driver(config: dict, data_ref: list, plan: Plan) -> None:
@@ -109,7 +113,7 @@ def train_driver(config: dict, data_ref: list, plan: Plan) -> None:
         per_worker["GPU"] = plan.gpus_per_trial / plan.workers_per_trial
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={**config, "_data_ref": data_ref},
+        train_loop_config={**config, "_data_ref": data_ref, "_task": plan.task},
         scaling_config=ScalingConfig(
             num_workers=plan.workers_per_trial,
             use_gpu=plan.gpus_per_trial > 0,
@@ -135,9 +139,9 @@ def function_driver(config: dict, data_ref: list, plan: Plan) -> None:
 
     checkpoint = tune.get_checkpoint()  # set when Tune retried or restored this trial
     if checkpoint is None:
-        return train_loop(config, report, _data(data_ref))
+        return train_loop(config, report, _data(data_ref), task=plan.task)
     with checkpoint.as_directory() as resume_from:
-        train_loop(config, report, _data(data_ref), resume_from=resume_from)
+        train_loop(config, report, _data(data_ref), resume_from=resume_from, task=plan.task)
 
 
 def _checkpoint_config(plan: Plan, cls):

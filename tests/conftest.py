@@ -72,6 +72,6 @@ def ray_cluster():
     """One local Ray cluster for every in-process Ray test (2 CPUs, as CI has)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()

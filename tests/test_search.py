@@ -116,3 +116,21 @@ def test_real_pneumonia_search_beats_090_test_auroc(tmp_path, pneumonia_path):
     print(f"real-data search: {wall:.0f} s wall, best val_auc {best['val_auc']:.4f}, "
           f"test AUROC {auc:.4f}, config {config}")  # fmt: skip
     assert auc >= 0.90
+
+
+def test_malaria_folder_task_end_to_end(tmp_path):
+    """`--task malaria --data-dir cell_images`: converted once (patient split), searched, and
+    evaluated on its test split; Parasitized is the positive class."""
+    from test_folders import _make_malaria
+
+    src = _make_malaria(tmp_path, cells=8)
+    space = write_space(tmp_path / "space.yaml", lr={"value": 3e-3}, image_size={"value": 28})
+    proc = run_search("--task", "malaria", "--data-dir", str(src), "--space", space,
+                      "--trials", "1", "--epochs", "2", "--launcher", "function",
+                      "--storage", str(tmp_path / "runs"), "--name", "mal")  # fmt: skip
+    assert proc.returncode == 0
+    (trial,) = read_table(str(tmp_path / "runs" / "mal" / "trials.parquet"))
+    ckpt = load_checkpoint(trial["checkpoint_path"])
+    assert ckpt["classes"] == ["Uninfected", "Parasitized"] and ckpt["kind"] == "binary"
+    assert list((src / ".medsweep").glob("*_28_patient_s0.npz"))
+    assert (tmp_path / "runs" / "mal" / "test_metrics.json").is_file()

@@ -22,7 +22,10 @@ torch.set_num_threads(2)
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_every_task_record(name):
     task = get_task(name)
-    assert task.name == name
+    assert task.name == name and task.source in ("medmnist", "folder")
+    if name == "folder":
+        assert task.classes == ()  # filled in from the folders when the data is converted
+        return
     assert task.kind in ("multiclass", "binary", "multilabel")
     assert len(task.classes) >= 2 and all(isinstance(c, str) and c for c in task.classes)
     assert task.model in MODELS and task.channels in (1, 3)

@@ -46,6 +46,8 @@ class Task:
     augment: tuple[str, ...] = ("hflip", "vflip", "rotate", "crop")
     """Augmentations used for epochs `< aug_cutoff_epoch` (see `trainables.data.AUGMENTATIONS`)."""
     description: str = ""
+    source: str = "medmnist"
+    """`medmnist` (an npz by flag and size) or `folder` (a folder per class, converted once)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -87,6 +89,22 @@ _REGISTRY = {
     "derma": lambda: _medmnist_task("derma", "dermamnist", augment=_RGB_AUG),
     "pneumonia": lambda: _medmnist_task("pneumonia", "pneumoniamnist", augment=_XRAY_AUG),
 }
+_REGISTRY["malaria"] = lambda: Task(
+    name="malaria",
+    flag="cell_images",
+    kind="binary",
+    classes=("Uninfected", "Parasitized"),  # Parasitized is the positive class (label 1)
+    channels=3,
+    image_size=64,
+    augment=_RGB_AUG,
+    source="folder",
+    description="NIH malaria cell images (thin blood smears, a folder per class)",
+)
+# Any folder-per-class dataset: classes, kind and channels come from the folder when converted.
+_REGISTRY["folder"] = lambda: Task(
+    name="folder", flag="folder", kind="multiclass", classes=(), channels=3, image_size=64,
+    augment=_RGB_AUG, source="folder", description="a folder per class",
+)  # fmt: skip
 TASK_NAMES = tuple(sorted(_REGISTRY))
 
 

@@ -138,14 +138,16 @@ def train_loop(
     world_size: int = 1,
     device: torch.device | None = None,
     resume_from: str | None = None,
+    task: Task | None = None,
 ) -> None:
     """Train one trial, reporting after every epoch. See the module docstring.
 
     `resume_from` is a checkpoint directory this trial wrote before (a retried trial or a
     restarted worker): model, optimizer, scheduler, epoch and best score continue from it.
+    `task` overrides the registry's record (a `folder` task's classes come from its data).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    task = get_task(cfg.task)
+    task = task or get_task(cfg.task)
     cfg = cfg.resolved(task)
     device = device or pick_device()
     seed_everything(cfg.seed + rank)
