@@ -160,6 +160,7 @@ def make_plan(args: argparse.Namespace, space: Space, name: str, task) -> Plan:
         max_failures=args.max_failures,
         time_budget_s=args.time_budget,
         task=task,
+        folds=args.folds,
     )
     return with_concurrency(plan, args.max_concurrent)
 

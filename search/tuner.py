@@ -52,6 +52,8 @@ class Plan:
     verbose: int = 1
     task: Task | None = None
     """The task record trials train (a `folder` task's classes come from its data)."""
+    folds: int = 0
+    """k-fold cross-validation over train+val inside each trial (0 = the given split)."""
 
     def __post_init__(self) -> None:
         if self.searcher not in SEARCHERS:
@@ -157,6 +159,11 @@ def trial_resources(plan: Plan) -> dict:
 
 
 def build_trainable(plan: Plan, data_ref: list):
+    if plan.folds > 1:
+        from search.folds import folds_driver
+
+        trainable = tune.with_parameters(folds_driver, data_ref=data_ref, plan=plan)
+        return tune.with_resources(trainable, {"cpu": DRIVER_CPU})  # folds run as Ray tasks
     driver = train_driver if plan.launcher == "train" else function_driver
     trainable = tune.with_parameters(driver, data_ref=data_ref, plan=plan)
     return tune.with_resources(trainable, trial_resources(plan))
