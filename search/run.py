@@ -208,7 +208,22 @@ def main(argv: list[str] | None = None) -> int:
     search_wall = time.time() - started
     after_search(args, plan, task, data, data_path, trials)
     write_search_json(args, plan, task, space, values, data, started, search_wall)
+    write_report(plan.experiment_path)
     return summarise(trials, plan, search_wall)
+
+
+def write_report(experiment_path: str) -> None:
+    """report.html beside the results (local storage; rebuild it from a copy otherwise)."""
+    if "://" in experiment_path:
+        log.info("report: copy the folder locally and run python search/report.py <folder>")
+        return
+    from search.report import build_report
+
+    try:
+        log.info("  report: %s", build_report(experiment_path))
+    except Exception as err:  # the results are written already; a plot must not fail the run
+        log.warning("report could not be built (%s); rebuild: python search/report.py %s",
+                    err, experiment_path)  # fmt: skip
 
 
 def locate_data(task, image_size: int, args: argparse.Namespace):

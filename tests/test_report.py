@@ -1,0 +1,307 @@
+"""Tests for search/report.py: a fake-but-real experiment folder (tables written by
+`search.results.write_table`, a real checkpoint, attribution grids from `save_grid`, test
+metrics from `evaluate_predictions`) becomes one self-contained HTML file; missing pieces,
+errored trials, one trial and NaN metrics degrade to notes; the CLI rebuilds it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from search.report import build_report, main
+from search.results import write_table
+from trainables.attribution import save_grid
+from trainables.checkpoint import save_checkpoint
+from trainables.evaluation import evaluate_predictions, write_json
+from trainables.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+CLASSES = {"multiclass": ["basophil", "eosinophil", "lymphocyte"], "binary": ["normal",
+           "pneumonia"], "multilabel": ["effusion", "nodule", "mass"]}  # fmt: skip
+KNOBS = ["lr", "dropout", "class_weight_power", "aug_cutoff_epoch", "unfreeze_epoch"]
+SPACE = {
+    "method": "bayes",
+    "metric": {"name": "val_auc", "goal": "maximize"},
+    "parameters": {
+        "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 3e-2},
+        "dropout": {"distribution": "uniform", "min": 0.0, "max": 0.5},
+        "class_weight_power": {"distribution": "uniform", "min": 0.0, "max": 1.0},
+        "aug_cutoff_epoch": {"distribution": "int_uniform", "min": 0, "max": 10},
+        "unfreeze_epoch": {"distribution": "int_uniform", "min": 0, "max": 4},
+        "model": {"value": "simple_cnn"},
+        "epochs": {"value": 4},
+    },
+}
+EPOCHS = 4
+
+
+class Page(HTMLParser):
+    """The report's <img> sources, other src/href attributes, tags and text."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self.tags: set[str] = set()
+        self.text: list[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        elif "src" in attrs or "href" in attrs:
+            self.links.append(attrs.get("src") or attrs.get("href"))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+    @property
+    def all_text(self) -> str:
+        return " ".join(self.text)
+
+    def pngs(self) -> list[bytes]:
+        prefix = "data:image/png;base64,"
+        assert all(src.startswith(prefix) for src in self.images), self.images
+        return [base64.b64decode(src[len(prefix) :], validate=True) for src in self.images]
+
+
+def trial_rows(kind: str, n: int, rng: np.random.Generator) -> list[dict]:
+    """n trials in the exact trials.parquet schema: the last one errored, every third one
+    (from the second) stopped early by ASHA, the rest finished."""
+    rows = []
+    for i in range(n):
+        tid = f"trial_{i:03d}"
+        status = "errored" if i == n - 1 else "stopped_early" if i % 3 == 1 else "finished"
+        ok = status != "errored"
+        epochs_run = {"finished": EPOCHS, "stopped_early": 1, "errored": 0}[status]
+        auc = float(0.6 + 0.35 * rng.random()) if ok else None
+        rows.append({
+            "trial_id": tid, "status": status,
+            "error": None if ok else "RuntimeError: CUDA out of memory\n  File train.py, line 9",
+            "config/aug_cutoff_epoch": int(rng.integers(0, 11)),
+            "config/class_weight_power": float(rng.random()), "config/dropout": 0.5 * rng.random(),
+            "config/epochs": EPOCHS, "config/lr": float(10 ** rng.uniform(-4, np.log10(3e-2))),
+            "config/model": "simple_cnn", "config/task": f"fake-{kind}",
+            "config/unfreeze_epoch": int(rng.integers(0, 5)),
+            "val_auc": auc, "best/val_loss": 0.5 if ok else None,
+            "best/val_acc": 0.7 if ok else None, "best/val_f1": 0.6 if ok else None,
+            "best/val_auc": auc,
+            "best_epoch": epochs_run if ok else None, "epochs_run": epochs_run,
+            "wall_time_s": 12.5 * epochs_run if ok else None,
+            "checkpoint_path": None, "trial_path": f"/ray/results/{tid}",
+            "attr_focus": None, "attr_focus_warning": None,
+        })  # fmt: skip
+    return rows
+
+
+def history_rows(trials: list[dict], start: float) -> list[dict]:
+    rows = []
+    for i, t in enumerate(trials):
+        for epoch in range(1, t["epochs_run"] + 1):
+            auc = (t["val_auc"] or 0.5) - 0.05 * (t["epochs_run"] - epoch)
+            rows.append({
+                "trial_id": t["trial_id"], "epoch": float(epoch), "train_loss": 1.0 / epoch,
+                "val_loss": 1.2 / epoch, "val_acc": 0.7, "val_f1": 0.6, "val_auc": auc,
+                "lr_now": t["config/lr"], "frozen": 0.0, "augmented": 1.0, "images_per_s": 900.0,
+                "time_this_iter_s": 12.5, "time_total_s": 12.5 * epoch,
+                "timestamp": start + 30 * i + 12.5 * epoch,
+            })  # fmt: skip
+    return rows
+
+
+def tiny_checkpoint(folder: Path, kind: str, classes: list[str], channels: int = 3) -> str:
+    torch.manual_seed(0)
+    outputs = 1 if kind == "binary" else len(classes)
+    model = build_model("simple_cnn", outputs, channels=channels, image_size=28, dropout=0.1)
+    payload = {
+        "task": f"fake-{kind}", "kind": kind, "classes": classes, "channels": channels,
+        "model": "simple_cnn", "image_size": 28, "config": {"dropout": 0.1, "lr": 1e-3},
+        "normalisation": {"mean": [0.5] * channels, "std": [0.25] * channels}, "epoch": 2,
+        "metrics": {"val_auc": 0.8}, "state_dict": model.state_dict(),
+    }  # fmt: skip
+    return save_checkpoint(folder, payload)
+
+
+def fake_predictions(kind: str, n_classes: int, rng: np.random.Generator, n: int = 60):
+    if kind == "multilabel":
+        labels = rng.integers(0, 2, (n, n_classes))
+        return labels, np.clip(0.4 * labels + 0.6 * rng.random(labels.shape), 0, 1)
+    labels = (np.arange(n) % n_classes)[:, None]
+    if kind == "binary":
+        return labels, np.clip(0.4 * labels + 0.6 * rng.random((n, 1)), 0, 1)
+    logits = rng.normal(size=(n, n_classes))
+    logits[np.arange(n), labels[:, 0]] += 1.5
+    return labels, np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+
+def write_attribution(folder: Path, rng: np.random.Generator, both: bool = True) -> None:
+    images = rng.integers(0, 255, (2, 28, 28, 3), dtype=np.uint8)
+    maps = rng.random((2, 28, 28)).astype(np.float32)
+    save_grid(folder / "gradcam.png", images, maps, ["a", "b"], title="Grad-CAM")
+    if both:
+        save_grid(folder / "integrated_gradients.png", images, maps, ["a", "b"], title="IG")
+
+
+def make_experiment(root: Path, kind: str = "multiclass", n: int = 7) -> dict:
+    """A complete experiment folder; returns {"trials": rows, "winner": id}."""
+    rng = np.random.default_rng(0)
+    classes = CLASSES[kind]
+    trials = trial_rows(kind, n, rng)
+    scored = [t for t in trials if t["val_auc"] is not None]
+    winner = max(scored, key=lambda t: t["val_auc"]) if scored else None
+    for rank, t in enumerate(sorted(scored, key=lambda t: -t["val_auc"])[:3]):
+        t["attr_focus"] = 0.2 if rank == 2 else 0.8 - 0.05 * rank
+        t["attr_focus_warning"] = rank == 2
+        write_attribution(root / t["trial_id"] / "attribution", rng, both=rank != 1)
+    start = 1.7e9
+    meta = {
+        "name": root.name, "task": f"fake-{kind}", "kind": kind, "classes": classes,
+        "metric": "val_auc", "mode": "max", "searcher": "optuna", "seed": 0, "trials": n,
+        "epochs": EPOCHS, "knobs": KNOBS, "space": SPACE, "started_at": start,
+        "finished_at": start + 400.0, "wall_time_s": 400.0,
+        "split_counts": {"train": {c: 100 for c in classes},
+                         "val": {c: 30 if j else 12 for j, c in enumerate(classes)}},
+    }  # fmt: skip
+    (root / "search.json").write_text(json.dumps(meta))
+    if winner is not None:
+        folder = root / winner["trial_id"]
+        winner["checkpoint_path"] = str(folder / "checkpoint")
+        tiny_checkpoint(folder / "checkpoint", kind, classes)
+        labels, probs = fake_predictions(kind, len(classes), rng)
+        np.savez(folder / "test_predictions.npz", labels=labels, probs=probs)
+        y = labels if kind == "multilabel" else labels[:, 0]
+        scores = probs[:, 0] if kind == "binary" else probs
+        result = evaluate_predictions(kind, y, scores, classes, n_boot=100)
+        tests = {"best_trial": winner["trial_id"], "trials": {winner["trial_id"]: result}}
+        write_json(root / "test_metrics.json", tests)
+    write_table(trials, str(root / "trials.parquet"))
+    write_table(history_rows(trials, start), str(root / "history.parquet"))
+    return {"trials": trials, "winner": winner and winner["trial_id"]}
+
+
+def read(path: str) -> tuple[str, Page]:
+    text = Path(path).read_text(encoding="utf-8")
+    return text, Page(text)
+
+
+def check_self_contained(root: Path, text: str, page: Page) -> None:
+    assert not page.links, f"external references: {page.links}"
+    assert "script" not in page.tags and "link" not in page.tags
+    assert all(png.startswith(PNG) for png in page.pngs())
+    assert "could not be built" not in text  # no section fell back to its error box
+    assert not list(root.glob(".report.html*"))  # the temp file was renamed away
+
+
+@pytest.fixture
+def experiment(tmp_path) -> tuple[Path, dict]:
+    root = tmp_path / "blood-test"
+    root.mkdir()
+    return root, make_experiment(root)
+
+
+def test_full_report(experiment):
+    root, info = experiment
+    path = build_report(root)
+    assert path == str(root / "report.html")
+    text, page = read(path)
+    check_self_contained(root, text, page)
+    words = page.all_text
+    for t in info["trials"]:
+        assert t["trial_id"] in words
+    assert f"The winner: trial {info['winner']}" in words
+    embedded = set(page.pngs())
+    on_disk = list(root.glob("*/attribution/*.png"))
+    assert len(on_disk) == 5  # 3 trials with maps, one of them with Grad-CAM only
+    for png_path in on_disk:
+        assert png_path.read_bytes() in embedded, f"{png_path} not embedded"
+    # best so far, parallel coordinates, importances, learning curves, confusion, ROC + maps
+    assert len(page.images) == 6 + len(on_disk)
+    assert "95% CI" in words and "sensitivity" in words
+    assert "Low focus" in words  # the flagged trial
+    assert "Small data" in words and "basophil (12)" in words
+    assert "Stopped early by ASHA" in words
+    assert "CUDA out of memory" in words and "File train.py" not in words  # first line only
+
+
+@pytest.mark.parametrize("kind", ["binary", "multilabel"])
+def test_other_kinds(tmp_path, kind):
+    root = tmp_path / kind
+    root.mkdir()
+    make_experiment(root, kind=kind, n=4)
+    text, page = read(build_report(root))
+    check_self_contained(root, text, page)
+    assert "ROC curves" in page.all_text
+    if kind == "multilabel":
+        assert "Confusion per label" in page.all_text
+
+
+def test_degrades_without_tests_and_attribution(experiment):
+    root, info = experiment
+    (root / "test_metrics.json").unlink()
+    (root / info["winner"] / "test_predictions.npz").unlink()
+    for folder in root.glob("*/attribution"):
+        shutil.rmtree(folder)
+    text, page = read(build_report(root))
+    check_self_contained(root, text, page)
+    words = page.all_text
+    assert "Test metrics: not available" in words
+    assert "ROC curves: not available" in words
+    assert "no trial has attribution maps" in words
+    assert f"The winner: trial {info['winner']}" in words  # still picked from trials.parquet
+    np.savez(root / info["winner"] / "test_predictions.npz", labels=np.arange(4)[:, None] % 3,
+             probs=np.ones((4, 7)))  # fmt: skip
+    text, page = read(build_report(root))
+    check_self_contained(root, text, page)
+    assert "test_predictions.npz does not fit" in page.all_text
+
+
+def test_single_errored_trial_and_no_metadata(tmp_path):
+    root = tmp_path / "broken"
+    root.mkdir()
+    info = make_experiment(root, n=1)  # one trial, errored: every metric is null
+    assert info["winner"] is None
+    (root / "search.json").unlink()
+    text, page = read(build_report(root))
+    check_self_contained(root, text, page)
+    words = page.all_text
+    assert "trial_000" in words and "errored" in words
+    assert "no trial reported a finite val_auc" in words
+    assert "Dataset split sizes: not available" in words
+
+
+def test_nan_metrics_and_few_trials(tmp_path):
+    root = tmp_path / "nan"
+    root.mkdir()
+    make_experiment(root, n=3)
+    trials = trial_rows("multiclass", 3, np.random.default_rng(0))
+    write_table([{**t, "val_auc": float("nan")} for t in trials], str(root / "trials.parquet"))
+    text, page = read(build_report(root))
+    check_self_contained(root, text, page)
+    assert "Parameter importances" in page.all_text
+    assert "need 3" in page.all_text
+
+
+def test_cli_rebuilds_from_the_folder(experiment, capsys):
+    root, _ = experiment
+    done = subprocess.run(
+        [sys.executable, "search/report.py", str(root)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("report.html")
+    text, page = read(str(root / "report.html"))
+    check_self_contained(root, text, page)
+    assert main([str(root / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
