@@ -156,7 +156,7 @@ def test_ddp_two_workers_matches_one(cluster, tmp_path, make_npz):
 def test_multi_node_refuses_local_default_storage(cluster, tmp_path, make_npz):
     path = make_npz(get_task("blood"))
     code, out = finish(start_search("--task", "blood", "--data-dir", str(path.parent),
-                                    "--smoke-test", "--address", cluster.address),
+                                    "--smoke-test", "--weights", "none", "--address", cluster.address),
                        timeout=120)  # fmt: skip
     assert code != 0 and "Pass --storage s3://" in out
 

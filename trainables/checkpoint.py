@@ -65,6 +65,7 @@ def model_from_checkpoint(ckpt: dict) -> Classifier:
         image_size=ckpt["image_size"],
         dropout=float(ckpt["config"].get("dropout", 0.0)),
         weights="none",
+        head_hidden=int(ckpt["config"].get("head_hidden", 0)),
     )
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()

@@ -150,14 +150,25 @@ def build_model(
     image_size: int,
     dropout: float = 0.0,
     weights: str = "none",
+    head_hidden: int = 0,
 ) -> Classifier:
-    """A `Classifier` from the registry; `weights` is `none`, `imagenet` or a state-dict path."""
+    """A `Classifier` from the registry; `weights` is `none`, `imagenet` or a state-dict path.
+
+    The head is dropout then a linear layer, or with `head_hidden` > 0 the malaria seed's
+    Linear(width, hidden) - ReLU - Dropout - Linear(hidden, outputs).
+    """
     if name not in MODELS:
         raise ValueError(f"{name!r} is not a model; choose one of: {', '.join(MODELS)}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout {dropout} must lie in [0, 1)")
     backbone, width, cam_layer = MODELS[name](channels, image_size, weights)
-    head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_outputs))
+    if head_hidden:
+        head = nn.Sequential(
+            nn.Linear(width, head_hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(head_hidden, num_outputs),
+        )  # fmt: skip
+    else:
+        head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_outputs))
     return Classifier(backbone, head, cam_layer)
 
 

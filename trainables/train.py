@@ -31,6 +31,7 @@ from trainables.models import PRETRAINED, Classifier, build_model, set_backbone_
 from trainables.tasks import Task, get_task
 
 Report = Callable[[dict, "str | None"], None]
+SCHEDULES = ("none", "cosine", "plateau")
 KNOBS = ("lr", "dropout", "class_weight_power", "aug_cutoff_epoch", "unfreeze_epoch")
 
 
@@ -63,7 +64,10 @@ class TrainConfig:
     unfreeze_epoch: int = 0
     """Pretrained backbone frozen for epochs < k (0 = fine-tune from the start)."""
     lr_schedule: str = "none"
-    """`none` or `cosine` (over all epochs)."""
+    """`none`, `cosine` (over all epochs) or `plateau` (x0.1 after 2 epochs without a lower
+    val_loss, as the malaria seed did)."""
+    head_hidden: int = 0
+    """Hidden width of a two-layer head (Linear-ReLU-Dropout-Linear); 0 = one linear layer."""
     seed: int = 0
     """Seed for weights, shuffling and augmentation."""
     max_batches: int = 0
@@ -82,7 +86,11 @@ class TrainConfig:
             (self.class_weight_power >= 0, "class_weight_power must be >= 0"),
             (self.aug_cutoff_epoch >= 0, "aug_cutoff_epoch must be >= 0"),
             (self.unfreeze_epoch >= 0, "unfreeze_epoch must be >= 0"),
-            (self.lr_schedule in ("none", "cosine"), "lr_schedule must be 'none' or 'cosine'"),
+            (
+                self.lr_schedule in SCHEDULES,
+                f"lr_schedule {self.lr_schedule!r}: one of {SCHEDULES}",
+            ),
+            (self.head_hidden >= 0, f"head_hidden {self.head_hidden} must be >= 0"),
             (self.precision in ("auto", "fp32", "bf16"), "precision: auto, fp32 or bf16"),
         ]
         for ok, message in checks:
@@ -161,8 +169,9 @@ def train_loop(
     pretrained = cfg.model in PRETRAINED and cfg.weights != "none"
     weights = "none" if resume_from else cfg.weights  # the checkpoint holds the weights
     model = build_model(
-        cfg.model, task.num_outputs, task.channels, cfg.image_size, cfg.dropout, weights
-    ).to(device)
+        cfg.model, task.num_outputs, task.channels, cfg.image_size, cfg.dropout, weights,
+        cfg.head_hidden,
+    ).to(device)  # fmt: skip
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     class_w = M.class_weights(
@@ -195,8 +204,11 @@ def train_loop(
                 f"training loss is {train_loss} at epoch {epoch + 1} (lr={cfg.lr:g}); "
                 "the trial stops here and is recorded as errored"
             )
-        scheduler.step()
         val = evaluate(model, x_val, y_val, task.kind, loss_fn, normalise, autocast, cfg)
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val["loss"])
+        else:
+            scheduler.step()
         result = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -298,6 +310,8 @@ def _autocast(precision: str, device: torch.device):
 def _scheduler(optimizer, cfg: TrainConfig):
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.lr_schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.1, patience=2)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
