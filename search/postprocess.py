@@ -34,6 +34,7 @@ from trainables import attribution as A
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, predict
 from trainables.data import load_npz
 from trainables.evaluation import evaluate_predictions, to_jsonable
+from trainables.files import write_atomic
 from trainables.metrics import predictions
 from trainables.tasks import Task
 
@@ -233,11 +234,7 @@ def _write_npz(path: str, **arrays) -> None:
 
 def _write_bytes(path: str, data: bytes) -> None:
     if "://" not in path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
         return
     fs, fs_path = pafs.FileSystem.from_uri(path)
     fs.create_dir(fs_path.rsplit("/", 1)[0], recursive=True)

@@ -25,7 +25,6 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -36,6 +35,8 @@ import numpy as np
 
 from search import report_plots as parts
 from search.report_plots import finite
+from search.space import infer_distribution
+from trainables.files import write_atomic
 
 log = logging.getLogger("medsweep.report")
 
@@ -67,7 +68,7 @@ class Experiment:
             return list(self.meta["knobs"])
         params = self.meta.get("space", {}).get("parameters")
         if params:
-            return [k for k, spec in params.items() if parts.distribution_name(spec) != "constant"]
+            return [k for k, spec in params.items() if infer_distribution(spec) != "constant"]
         # no search.json: the settings that differ between trials
         keys = sorted({k for t in self.trials for k in t if k.startswith("config/")})
         return [k[7:] for k in keys if len({repr(t.get(k)) for t in self.trials}) > 1]
@@ -207,7 +208,7 @@ def _parallel(exp: Experiment) -> str:
     log_knobs = {
         k
         for k in knobs
-        if k == "lr" or parts.distribution_name(params.get(k)) in parts.LOG_DISTRIBUTIONS
+        if k == "lr" or infer_distribution(params.get(k)) in parts.LOG_DISTRIBUTIONS
     }
     values = [exp.value(t) for t in exp.trials]
     return parts.img(
@@ -421,16 +422,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    # temp file in the same folder, then os.replace: a reader never sees half a report
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode("utf-8"))  # a reader never sees half a report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from search.space import infer_distribution
+
 DPI = 90
 CMAP = "viridis"
 LOG_DISTRIBUTIONS = ("log_uniform_values", "q_log_uniform_values", "log_uniform")
@@ -273,7 +275,7 @@ def optuna_distribution(spec: dict | None):
     """The optuna distribution of one W&B sweep parameter; None for a constant."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    dist = distribution_name(spec)
+    dist = infer_distribution(spec)
     if dist in (None, "constant"):
         return None
     if dist == "categorical":
@@ -284,22 +286,6 @@ def optuna_distribution(spec: dict | None):
     if dist == "int_uniform":
         return IntDistribution(int(low), int(high))
     return FloatDistribution(low, high, log=dist in LOG_DISTRIBUTIONS)
-
-
-def distribution_name(spec) -> str | None:
-    """A W&B parameter's distribution, inferred as W&B does when it is omitted."""
-    if not isinstance(spec, dict):
-        return None
-    if "distribution" in spec:
-        return spec["distribution"]
-    if "value" in spec:
-        return "constant"
-    if "values" in spec:
-        return "categorical"
-    if "min" in spec and "max" in spec:
-        ints = all(isinstance(spec[k], int) for k in ("min", "max"))
-        return "int_uniform" if ints else "uniform"
-    return None
 
 
 def _param(value, dist):

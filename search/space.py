@@ -127,7 +127,9 @@ def to_domain(name: str, spec, path: str = "<space>"):
     where = f"{path}: parameter {name!r}"
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a mapping like {{value: ...}}, got {spec!r}")
-    dist = spec.get("distribution") or _infer(spec, where)
+    dist = infer_distribution(spec)
+    if dist is None:
+        raise ValueError(f"{where}: give `value`, `values`, or `distribution` with `min`/`max`")
     if dist not in DISTRIBUTIONS:
         raise ValueError(f"{where}: distribution {dist!r} is not supported; use one of "
                          f"{DISTRIBUTIONS}")  # fmt: skip
@@ -159,8 +161,12 @@ def to_domain(name: str, spec, path: str = "<space>"):
     return tune.loguniform(low, high)
 
 
-def _infer(spec: dict, where: str) -> str:
-    """W&B's rules when `distribution` is omitted."""
+def infer_distribution(spec) -> str | None:
+    """A W&B parameter's distribution, inferred by W&B's rules when it is omitted."""
+    if not isinstance(spec, dict):
+        return None
+    if "distribution" in spec:
+        return spec["distribution"]
     if "value" in spec:
         return "constant"
     if "values" in spec:
@@ -168,7 +174,7 @@ def _infer(spec: dict, where: str) -> str:
     if "min" in spec and "max" in spec:
         both_int = all(isinstance(spec[k], int) for k in ("min", "max"))
         return "int_uniform" if both_int else "uniform"
-    raise ValueError(f"{where}: give `value`, `values`, or `distribution` with `min`/`max`")
+    return None
 
 
 def _bounds(spec: dict, where: str) -> tuple[float, float]:

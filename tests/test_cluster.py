@@ -155,9 +155,9 @@ def test_ddp_two_workers_matches_one(cluster, tmp_path, make_npz):
 
 def test_multi_node_refuses_local_default_storage(cluster, tmp_path, make_npz):
     path = make_npz(get_task("blood"))
-    code, out = finish(start_search("--task", "blood", "--data-dir", str(path.parent),
-                                    "--smoke-test", "--weights", "none", "--address", cluster.address),
-                       timeout=120)  # fmt: skip
+    args = ["--task", "blood", "--data-dir", str(path.parent), "--smoke-test", "--weights",
+            "none", "--address", cluster.address]  # fmt: skip
+    code, out = finish(start_search(*args), timeout=120)
     assert code != 0 and "Pass --storage s3://" in out
 
 

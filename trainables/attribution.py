@@ -22,15 +22,14 @@ images of a batch never influence each other) and restore the mode it had.
 """
 
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import nn
+
+from trainables.files import write_atomic
 
 KINDS = ("multiclass", "binary", "multilabel")
 REDUCTIONS = ("abs", "positive", "sum")
@@ -316,27 +315,12 @@ def save_grid(
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             ax.set_axis_off()
         right.imshow(_map_unit(m), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-    _write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 def save_maps(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """``np.savez_compressed`` to ``path`` (no ".npz" appended), atomically."""
-    _write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
-
-
-def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    # A temp file in the same directory, then os.replace: readers never see half a file.
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def _check_kind(kind: str) -> None:

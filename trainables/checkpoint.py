@@ -13,11 +13,11 @@ and `rng` for resuming). Only tensors, numbers, strings, lists and dicts: it loa
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 import torch
 
+from trainables.files import write_atomic
 from trainables.models import Classifier, build_model
 
 FORMAT = "medsweep-checkpoint/1"
@@ -29,17 +29,7 @@ def save_checkpoint(directory: str | os.PathLike, payload: dict) -> str:
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, FILENAME)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
     return path
 
 

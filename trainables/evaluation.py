@@ -30,8 +30,6 @@ MedMNIST ACC; ``exact_match`` is the subset accuracy), balanced accuracy the mea
 import json
 import math
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +42,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
+
+from trainables.files import write_atomic
 
 KINDS = ("multiclass", "binary", "multilabel")
 HEADLINE = ("accuracy", "balanced_accuracy", "auroc", "macro_f1")
@@ -104,18 +104,8 @@ def evaluate_predictions(
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically (temp file in the same folder, then
     ``os.replace``). numpy values become Python ones, NaN and infinities null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode())
 
 
 def to_jsonable(obj: Any) -> Any:
