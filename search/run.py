@@ -46,6 +46,8 @@ from trainables.tasks import TASK_NAMES, get_task
 from trainables.train import TrainConfig
 
 log = logging.getLogger("medsweep")
+# Every epoch checkpoints (best + latest are kept), so Tune snapshots often; that is intended.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=SPLIT_CHOICES,
         help="folder tasks: premade, patient (malaria ids), cell, or auto",
     )
+    p.add_argument("--folds", type=int, default=0,
+                   help="k-fold cross-validation over train+val inside each trial")  # fmt: skip
     p.add_argument("--weights", help="none | imagenet | PATH (default: the space file's)")
     p.add_argument("--image-size", type=int, help="28, 64, 128 or 224 (default: the space's)")
     p.add_argument("--trials", type=int, default=20, help="number of trials (default 20)")

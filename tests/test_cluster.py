@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -47,21 +48,31 @@ def cluster():
 def start_search(*args: str, env: dict | None = None) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    # Output goes to a file, not a pipe: a pipe nobody reads fills up and blocks the search.
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    proc.stdout = log
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: int = 400) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=timeout)
+    proc.wait(timeout=timeout)
+    proc.stdout.seek(0)
+    out = proc.stdout.read()
     print(out[-4000:])
     return proc.returncode, out
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    """Poll `predicate`; fail with the search's output if it ends or the time runs out."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
             return
+        if proc is not None and proc.poll() is not None:
+            proc.stdout.seek(0)
+            raise AssertionError(f"the search ended before {what}:\n{proc.stdout.read()[-3000:]}")
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
@@ -109,10 +120,10 @@ def test_kill_the_driver_then_resume(cluster, tmp_path, blood_npz):
             "--storage", str(tmp_path / "runs"), "--name", "killed", "--address",
             cluster.address, "--max-concurrent", "1", "--explain-top", "0"]  # fmt: skip
     proc = start_search(*args)
-    wait_for(lambda: len(checkpoints(exp)) >= 2, 240, "the second trial's first epoch")
+    wait_for(lambda: len(checkpoints(exp)) >= 2, 240, "the second trial's first epoch", proc)
     killed_at = time.time()
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    proc.wait()
     before = checkpoints(exp)
     code, out = finish(start_search("--resume", exp, "--address", cluster.address))
     assert code == 0, out[-2000:]
@@ -171,7 +182,7 @@ def test_two_nodes_and_a_lost_node(cluster, tmp_path, blood_npz):
                         "--address", cluster.address, "--max-concurrent", "2",
                         "--max-failures", "2", "--explain-top", "1")  # fmt: skip
     wait_for(lambda: sum(n >= 2 for n in checkpoints(exp).values()) >= 2, 240,
-             "two concurrent trials (one per node) to finish 2 epochs")  # fmt: skip
+             "two concurrent trials (one per node) to finish 2 epochs", proc)  # fmt: skip
     victim = cluster.list_all_nodes()[1]
     lost_at = time.time()
     cluster.remove_node(victim, allow_graceful=False)
