@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 HISTORY_COLUMNS = (
     "epoch", "train_loss", "val_loss", "val_acc", "val_f1", "val_auc", "lr_now", "frozen",
     "augmented", "images_per_s", "time_this_iter_s", "time_total_s", "timestamp",
+    "val_loss_std", "val_acc_std", "val_f1_std", "val_auc_std", "folds", "best_fold",
+    "best_fold_epoch",
 )  # fmt: skip
 STATUSES = ("finished", "stopped_early", "errored")
 
@@ -64,12 +66,23 @@ def _trial_row(result, trial_id, trial_path, rows, metric: str, mode: str, epoch
         **{f"config/{k}": v for k, v in sorted(config.items())},
         metric: _num(best.get(metric)),
         **{f"best/{k}": _num(best.get(k)) for k in ("val_loss", "val_acc", "val_f1", "val_auc")},
+        **_fold_columns(best),
         "best_epoch": int(best["epoch"]) if best else None,
         "epochs_run": epochs_run,
         "wall_time_s": _num(rows[-1].get("time_total_s")) if rows else None,
         "checkpoint_path": _checkpoint_path(trial_path, best),
         "trial_path": trial_path,
     }
+
+
+def _fold_columns(best: dict) -> dict:
+    """Under --folds: the spread over folds at the best epoch, and which fold's checkpoint."""
+    if not best.get("folds"):
+        return {}
+    metrics = ("val_loss", "val_acc", "val_f1", "val_auc")
+    stds = {f"best/{k}_std": _num(best.get(f"{k}_std")) for k in metrics}
+    ints = {k: int(best[k]) for k in ("folds", "best_fold", "best_fold_epoch") if k in best}
+    return {**stds, **ints}
 
 
 def _checkpoint_path(trial_path: str, best: dict) -> str | None:

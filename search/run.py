@@ -23,6 +23,7 @@ from ray import tune
 
 from search.datasets import ensure_dataset
 from search.folders import SPLIT_CHOICES, convert_folder, small_data_warnings
+from search.folds import file_arrays
 from search.postprocess import (
     evaluate_on_test,
     explain_trials,
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     image_size = values.get("image_size") or task.image_size
     task, data_path = locate_data(task, image_size, args)
     data = load_npz(data_path, task, splits=("train", "val"))  # test is read after the search
+    if args.folds > 1:  # patient ids (from the file names) keep each patient in one fold
+        data.update(file_arrays(data_path))
 
     import ray
 

@@ -60,6 +60,10 @@ class Plan:
             raise ValueError(f"--searcher {self.searcher!r}: choose one of {SEARCHERS}")
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"--launcher {self.launcher!r}: choose one of {LAUNCHERS}")
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError(f"--folds {self.folds}: use 0 (the given split) or K >= 2")
+        if self.folds > 1 and self.workers_per_trial > 1:
+            raise ValueError("--folds runs each fold on one worker; drop --workers-per-trial")
         if self.launcher == "function" and self.workers_per_trial > 1:
             raise ValueError(
                 f"--workers-per-trial {self.workers_per_trial} needs --launcher train "
@@ -234,6 +238,8 @@ def default_concurrency(plan: Plan) -> int:
         per_trial = plan.cpus_per_worker * plan.workers_per_trial
         spare = resources.get("CPU", 1) - (DRIVER_CPU if plan.launcher == "train" else 0)
         fit = spare / per_trial
+    if plan.folds > 1:  # a trial's folds fill up to K slots
+        fit = fit / plan.folds
     return max(1, int(fit + 1e-9))
 
 
