@@ -270,10 +270,15 @@ def _trial_table(exp: Experiment) -> str:
     order = exp.ranked() + [t for t in exp.trials if not finite(t.get(exp.metric))]
     head = ["trial", "status", *exp.knobs, exp.metric, "best epoch", "epochs run", "wall time",
             "attr focus", "error"]  # fmt: skip
+    folds = any(t.get("folds") for t in exp.trials)
+    if folds:  # k-fold trials: the metric is the mean over folds; show its spread
+        head.insert(head.index(exp.metric) + 1, "± std over folds")
     rows, classes = [], []
     for t in order:
         error = (t.get("error") or "").strip().splitlines()
         numbers = [t.get(exp.metric), t.get("best_epoch"), t.get("epochs_run")]
+        if folds:
+            numbers.insert(1, t.get(f"best/{exp.metric}_std"))
         rows.append([
             t["trial_id"], t.get("status"), *(parts.fmt(t.get(f"config/{k}")) for k in exp.knobs),
             *map(parts.fmt, numbers), parts.duration(t.get("wall_time_s")),
