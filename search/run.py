@@ -41,6 +41,7 @@ from search.tuner import (
     build_tuner,
     with_concurrency,
 )
+from search.wandb_logging import log_media, make_callbacks, resolve_mode
 from trainables.data import load_npz
 from trainables.models import PRETRAINED, load_imagenet_state
 from trainables.tasks import TASK_NAMES, get_task
@@ -95,6 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "if a GPU is visible, else 0")  # fmt: skip
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial")
+    p.add_argument("--wandb", choices=("online", "offline", "off"),
+                   help="log each trial to W&B (default: online if logged in, else offline; "
+                   "off with --smoke-test)")  # fmt: skip
+    p.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT", "medsweep"))
     p.add_argument(
         "--smoke-test",
         action="store_true",
@@ -199,13 +204,18 @@ def main(argv: list[str] | None = None) -> int:
              name, task.name, plan.trials, plan.max_concurrent, plan.searcher, plan.launcher,
              plan.experiment_path)  # fmt: skip
     data_ref = [ray.put(data)]  # once per search; trials read it zero-copy
+    wandb_mode = "off" if args.smoke_test and args.wandb is None else resolve_mode(args.wandb)
+    tags = [task.name, plan.searcher]
+    callbacks = make_callbacks(
+        wandb_mode, args.wandb_project, plan.name, tags, wandb_dir=plan.experiment_path
+    )
     started = time.time()
     if resume_path:
         tuner = tune.Tuner.restore(resume_path, build_trainable(plan, data_ref),
                                    resume_unfinished=True, resume_errored=False)  # fmt: skip
     else:
         write_search_json(args, plan, task, space, values, data, started, None)
-        tuner = build_tuner(plan, space, data_ref, values)
+        tuner = build_tuner(plan, space, data_ref, values, callbacks)
     grid = tuner.fit()
     epochs = int(values.get("epochs", TrainConfig.epochs))
     trials, history = collect(grid, plan.metric, plan.mode, epochs, plan.experiment_path)
@@ -216,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     after_search(args, plan, task, data, data_path, trials)
     write_search_json(args, plan, task, space, values, data, started, search_wall)
     write_report(plan.experiment_path)
+    log_media(wandb_mode, args.wandb_project, plan.name, plan.experiment_path, trials)
     return summarise(trials, plan, search_wall)
 
 
@@ -341,6 +352,8 @@ def write_search_json(args, plan, task, space, values, data, started, wall) -> N
         "started_at": started, "finished_at": None if wall is None else time.time(),
         "wall_time_s": wall,
         "split_counts": counts, "argv": args.argv,
+        "resources_per_trial": {"cpu": plan.cpus_per_worker * plan.workers_per_trial,
+                                "gpu": plan.gpus_per_trial},
     }  # fmt: skip
     write_text(join_path(plan.experiment_path, "search.json"), json.dumps(info, indent=2))
 

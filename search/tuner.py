@@ -181,7 +181,11 @@ def build_searcher(plan: Plan, space: Space):
     if plan.searcher == "wandb-bayes":
         from search.wandb_engine import WandbSweepSearcher
 
-        searcher = WandbSweepSearcher(space.sweep_config, method="bayes", seed=plan.seed)
+        # The engine proposes the searched knobs only; fixed values stay in param_space, so
+        # command-line overrides (--epochs) win as they do for the other searchers.
+        knobs = {k: space.sweep_config["parameters"][k] for k in space.searched}
+        config = {**space.sweep_config, "parameters": knobs}
+        searcher = WandbSweepSearcher(config, method="bayes", seed=plan.seed)
     else:
         from optuna.samplers import TPESampler
         from ray.tune.search.optuna import OptunaSearch
@@ -199,9 +203,14 @@ def build_scheduler(plan: Plan, space: Space, epochs: int) -> ASHAScheduler:
     )
 
 
-def build_tuner(plan: Plan, space: Space, data_ref: list, param_space: dict) -> tune.Tuner:
+def build_tuner(
+    plan: Plan, space: Space, data_ref: list, param_space: dict, callbacks: list | None = None
+) -> tune.Tuner:
+    """The search; `callbacks` (W&B logging) stay out of `Plan`, which every trial receives."""
     epochs = int(param_space.get("epochs", 1))
     searcher = build_searcher(plan, space)
+    if plan.searcher == "wandb-bayes":  # the engine holds the space; Tune keeps the rest
+        param_space = {k: v for k, v in param_space.items() if k not in space.searched}
     return tune.Tuner(
         build_trainable(plan, data_ref),
         param_space=param_space,
@@ -219,6 +228,7 @@ def build_tuner(plan: Plan, space: Space, data_ref: list, param_space: dict) -> 
             storage_path=plan.storage,
             checkpoint_config=_checkpoint_config(plan, tune.CheckpointConfig),
             failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+            callbacks=callbacks or [],
             progress_reporter=tune.CLIReporter(
                 metric_columns=["epoch", plan.metric],
                 parameter_columns=list(KNOBS),

@@ -46,7 +46,7 @@ def cluster():
 
 
 def start_search(*args: str, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args]
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
     # Output goes to a file, not a pipe: a pipe nobody reads fills up and blocks the search.
     log = tempfile.TemporaryFile(mode="w+")

@@ -35,7 +35,7 @@ def write_space(path, **parameters) -> str:
 
 def run_search(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args]
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     print(proc.stdout[-3000:], proc.stderr[-6000:])
     return proc

@@ -1,0 +1,238 @@
+"""The searcher comparison: rows, table and page from synthetic search folders, then one real run.
+
+Run: pytest tests/test_compare.py -q   (a second without the slow end-to-end run, which starts
+three searches in subprocesses: about 1-2 min on 2 cores)
+"""
+
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT
+
+from search.compare import (
+    curves,
+    format_table,
+    parse_args,
+    read_sweep,
+    search_command,
+    search_env,
+    searcher_table,
+    summarise,
+    sweep_rows,
+    write_html,
+)
+from search.results import read_table, write_table
+from trainables.tasks import get_task
+
+T0 = 1_800_000_000.0
+
+
+def make_run(folder, trials: list[tuple], started=T0, argv=None, test=None) -> str:
+    """A search folder as run.py leaves it; trials: (id, value, status, end offset s, wall s)."""
+    rows, history = [], []
+    for trial_id, value, status, end, wall in trials:
+        epochs = 2 if status == "finished" else 1
+        rows.append({"trial_id": trial_id, "status": status, "val_auc": value,
+                     "wall_time_s": wall, "epochs_run": epochs})  # fmt: skip
+        if end is not None:
+            history.append({"trial_id": trial_id, "epoch": 1.0, "val_auc": value,
+                            "timestamp": started + end, "time_total_s": wall})  # fmt: skip
+    os.makedirs(folder, exist_ok=True)
+    write_table(rows, os.path.join(folder, "trials.parquet"))
+    write_table(history, os.path.join(folder, "history.parquet"))
+    info = {"started_at": started, "metric": "val_auc", "mode": "max"}
+    if argv is not None:
+        info["argv"] = argv
+    with open(os.path.join(folder, "search.json"), "w") as f:
+        json.dump(info, f)
+    if test:
+        with open(os.path.join(folder, "test_metrics.json"), "w") as f:
+            json.dump({"best_trial": test[0], "trials": {test[0]: {"auroc": {"value": test[1]}}}},
+                      f)  # fmt: skip
+    return str(folder)
+
+
+@pytest.fixture
+def two_searchers(tmp_path) -> list[dict]:
+    """optuna and random, two repeats each; 3 trials per search."""
+    argv = ["--task", "blood", "--cpus-per-worker", "2", "--gpus-per-trial", "0.5"]
+    dirs = {
+        ("optuna", 0): make_run(tmp_path / "o0", [("a", 0.70, "finished", 20, 10.0),
+                                                  ("b", 0.60, "finished", 10, 5.0),
+                                                  ("c", None, "errored", None, None)],
+                                argv=argv, test=("a", 0.68)),
+        ("optuna", 1): make_run(tmp_path / "o1", [("a", 0.80, "finished", 5, 5.0),
+                                                  ("b", 0.90, "stopped_early", 8, 2.0),
+                                                  ("c", 0.85, "finished", 30, 10.0)],
+                                argv=argv, test=("b", 0.88)),
+        ("random", 0): make_run(tmp_path / "r0", [("x", 0.50, "stopped_early", 3, 3.0),
+                                                  ("y", 0.55, "finished", 40, 20.0),
+                                                  ("z", 0.52, "stopped_early", 50, 4.0)]),
+        ("random", 1): make_run(tmp_path / "r1", [("x", 0.65, "finished", 6, 6.0)]),
+    }  # fmt: skip
+    return summarise(dirs, "val_auc", "max")
+
+
+def test_rows_follow_finishing_order_with_best_so_far(two_searchers):
+    run = [r for r in two_searchers if r["searcher"] == "optuna" and r["repeat"] == 0]
+    assert [r["trial_id"] for r in run] == ["b", "a", "c"]  # by finish; no result last
+    assert [r["trial_order"] for r in run] == [1, 2, 3]
+    assert [r["best_so_far"] for r in run] == [0.60, 0.70, 0.70]
+    assert [r["wall_time_s"] for r in run] == [10.0, 20.0, None]
+    assert [r["status"] for r in run] == ["finished", "finished", "errored"]
+    assert run[1]["cpus"] == 2.0 and run[1]["gpus"] == 0.5  # read back from the argv
+    assert run[1]["cpu_s"] == 20.0 and run[1]["gpu_s"] == 5.0
+    assert [r["test_metric"] for r in run] == [None, 0.68, None]  # the evaluated trial only
+    assert {r["test_metric_name"] for r in run} == {"auroc"}
+    no_argv = [r for r in two_searchers if r["searcher"] == "random"]
+    assert all(r["cpus"] is None and r["cpu_s"] is None for r in no_argv)
+
+
+def test_minimised_metric_keeps_the_lowest(tmp_path):
+    folder = make_run(tmp_path / "m", [("a", 0.5, "finished", 1, 1.0),
+                                       ("b", 0.7, "finished", 2, 1.0),
+                                       ("c", 0.3, "finished", 3, 1.0)])  # fmt: skip
+    rows = summarise({("optuna", 0): folder}, "val_auc", "min")
+    assert [r["best_so_far"] for r in rows] == [0.5, 0.5, 0.3]
+
+
+def test_a_search_without_tables_is_left_out(tmp_path, capsys):
+    os.makedirs(tmp_path / "failed")
+    assert summarise({("optuna", 0): str(tmp_path / "failed")}, "val_auc", "max") == []
+    assert "no trials.parquet" in capsys.readouterr().out
+
+
+def test_searcher_table_and_plain_text(two_searchers):
+    table = {t["searcher"]: t for t in searcher_table(two_searchers)}
+    optuna, random = table["optuna"], table["random"]
+    assert optuna["repeats"] == 2 and optuna["trials"] == 6
+    mean, std, n = optuna["best"]
+    assert (mean, n) == (pytest.approx(0.8), 2) and std == pytest.approx(
+        np.std([0.7, 0.9], ddof=1)
+    )
+    assert optuna["test"][0] == pytest.approx(0.78)
+    assert (optuna["stopped_early"], optuna["errored"]) == (1, 1)
+    assert optuna["cpu_h"] == pytest.approx(((15 + 17) * 2 / 2) / 3600)  # (Σ wall × 2 CPUs)
+    assert random["test"] is None and random["cpu_h"] is None
+    assert random["best"][0] == pytest.approx((0.55 + 0.65) / 2)
+    assert random["stopped_early"] == 2
+    text = format_table(searcher_table(two_searchers), "val_auc", "auroc")
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["searcher", "repeats", "trials", "best"]
+    assert lines[2].startswith("optuna ") and lines[3].startswith("random ")
+    assert "0.8000 ± 0.1414 (n=2)" in lines[2] and "2/4" in lines[3]
+    assert "CPU·h / GPU·h" in text
+
+
+def test_curves_hold_the_last_best_and_share_one_time_grid(two_searchers):
+    by_trial = curves(two_searchers, "trial_order")
+    xs, mean, low, high = by_trial["random"]
+    assert list(xs) == [1, 2, 3]
+    assert list(low) == [0.50, 0.55, 0.55] and list(high) == [0.65, 0.65, 0.65]  # r1 keeps 0.65
+    by_time = curves(two_searchers, "wall_time_s", grid_points=11)
+    assert np.array_equal(by_time["optuna"][0], by_time["random"][0])
+    xs, mean, low, high = by_time["optuna"]
+    assert xs[0] == 0 and xs[-1] == pytest.approx(52.5)
+    assert np.isnan(mean[0]) and high[-1] == pytest.approx(0.9)
+
+
+def test_html_is_self_contained(two_searchers, tmp_path):
+    path = tmp_path / "out" / "compare.html"
+    write_html(two_searchers, str(path), "val_auc", "blood")
+    page = path.read_text()
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 2 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
+    assert "http" not in page.replace("http-equiv", "")  # nothing fetched from elsewhere
+    assert "<td>optuna</td>" in page and "<td>random</td>" in page
+    assert "test auroc" in page and "CPU·h" in page
+
+
+def test_sweep_runs_become_one_more_searcher():
+    def run(run_id, state, auc, start, runtime):
+        return SimpleNamespace(id=run_id, state=state, created_at=start,
+                               summary_metrics={"val_auc": auc, "_runtime": runtime,
+                                                "epoch": 3})  # fmt: skip
+
+    runs = [
+        run("r1", "finished", 0.7, "2026-01-01T00:00:00Z", 50),
+        run("r2", "killed", 0.6, "2026-01-01T00:00:10Z", 10),
+        run("r3", "running", 0.9, "2026-01-01T00:00:20Z", 5),  # not over: left out
+        run("r4", "crashed", None, "2026-01-01T00:00:30Z", 1),
+    ]
+    rows = sweep_rows(runs, "val_auc", "max")
+    assert [r["trial_id"] for r in rows] == ["r2", "r4", "r1"]
+    assert [r["status"] for r in rows] == ["stopped_early", "errored", "finished"]
+    assert [r["best_so_far"] for r in rows] == [0.6, 0.6, 0.7]
+    assert [r["wall_time_s"] for r in rows] == [20.0, 31.0, 50.0]
+    assert {r["searcher"] for r in rows} == {"wandb-sweep"}
+    first_two = sweep_rows(runs, "val_auc", "max", limit=2)  # the others' trial budget
+    assert [r["trial_id"] for r in first_two] == ["r2", "r1"]
+
+
+def test_sweep_is_skipped_with_a_message_offline(monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert read_sweep("me/proj/abc123", "val_auc", "max") == []
+    assert "skipped, W&B is offline" in capsys.readouterr().out
+
+
+def test_command_line_of_each_search(tmp_path, monkeypatch):
+    args, passthrough = parse_args(["--task", "blood", "--searchers", "optuna,random",
+                                    "--trials", "4", "--repeats", "2", "--epochs", "1",
+                                    "--", "--max-concurrent", "1"])  # fmt: skip
+    args.out, args.gpus_per_trial = str(tmp_path), 0.0
+    cmd = search_command(args, "random", 1, passthrough)
+    flat = " ".join(cmd[2:])
+    for part in ("--task blood", "--name compare-blood-random-r1", f"--storage {tmp_path}",
+                 "--searcher random", "--seed 1", "--trials 4", "--epochs 1",
+                 "--gpus-per-trial 0.0", "--explain-top 0"):  # fmt: skip
+        assert part in flat
+    assert cmd[-2:] == ["--max-concurrent", "1"]
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert search_env([])["RAY_ADDRESS"] == "local"  # never another user's cluster
+    assert "RAY_ADDRESS" not in search_env(["--address", "auto"])
+    with pytest.raises(SystemExit):
+        parse_args(["--task", "blood", "--searchers", "optuna,tpe"])
+
+
+@pytest.mark.slow
+def test_compare_end_to_end(tmp_path, make_npz):
+    """Three searchers x 1 repeat x 2 trials x 1 epoch, through run.py in subprocesses."""
+    make_npz(get_task("pneumonia"), n=48)
+    space = {
+        "method": "bayes",
+        "metric": {"name": "val_auc", "goal": "maximize"},
+        "parameters": {"model": {"value": "simple_cnn"}, "weights": {"value": "none"},
+                       "batch_size": {"value": 16},
+                       "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2}},
+    }  # fmt: skip
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, str(ROOT / "search" / "compare.py"), "--task", "pneumonia",
+           "--searchers", "optuna,wandb-bayes,random", "--trials", "2", "--repeats", "1",
+           "--epochs", "1", "--launcher", "function", "--data-dir", str(tmp_path),
+           "--space", str(tmp_path / "space.yaml"), "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    print(proc.stdout[-4000:], proc.stderr[-4000:])
+    assert proc.returncode == 0
+
+    rows = read_table(str(out / "compare.parquet"))
+    searchers = ("optuna", "wandb-bayes", "random")
+    for searcher in searchers:
+        mine = [r for r in rows if r["searcher"] == searcher]
+        assert [r["trial_order"] for r in mine] == [1, 2], searcher
+        assert all(r["status"] == "finished" and r["metric"] is not None for r in mine)
+        assert all(r["wall_time_s"] > 0 and r["cpus"] == 1.0 for r in mine)
+        assert sum(r["test_metric"] is not None for r in mine) == 1  # the best trial, on test
+    page = (out / "compare.html").read_text()
+    assert all(f"<td>{s}</td>" in page for s in searchers)
+    table = proc.stdout[proc.stdout.index("searcher  ") :]
+    assert all(re.search(rf"^{s}\s", table, re.M) for s in searchers)
