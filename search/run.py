@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    # No --address: a fresh local Ray ("local"); plain ray.init() would join whatever cluster
-    # was started last on this machine. --address auto joins the one `ray start` made.
-    ray.init(address=args.address or "local", log_to_driver=True, logging_level=logging.WARNING)
+    connect_ray(args.address)
     check_storage(args)
     name = args.name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     plan = make_plan(args, space, name, task)
@@ -242,6 +240,30 @@ def write_report(experiment_path: str) -> None:
     except Exception as err:  # the results are written already; a plot must not fail the run
         log.warning("report could not be built (%s); rebuild: python search/report.py %s",
                     err, experiment_path)  # fmt: skip
+
+
+def connect_ray(address: str | None) -> None:
+    """Join `address` (`auto`: the cluster `ray start` made), or start a fresh local Ray.
+
+    Plain `ray.init()` would join whatever cluster was started last on this machine. Locally,
+    the dashboard gets a free port and every worker is told its URL: Ray Train's placement-group
+    cleaner asks the state API, which otherwise gives up when several Ray instances run on one
+    machine, and the next trial then waits forever for resources.
+    """
+    import socket
+
+    import ray
+
+    quiet = {"log_to_driver": True, "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **quiet)
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    ray.init(address="local", include_dashboard=True, dashboard_port=port,
+             runtime_env={"env_vars": env}, **quiet)  # fmt: skip
 
 
 def locate_data(task, image_size: int, args: argparse.Namespace):

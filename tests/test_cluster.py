@@ -116,7 +116,7 @@ def test_kill_the_driver_then_resume(cluster, tmp_path, blood_npz):
     """SIGKILL the driver mid-search; `--resume` completes it: all trials, none twice."""
     exp = str(tmp_path / "runs" / "killed")
     args = ["--task", "blood", "--data-dir", str(blood_npz.parent), "--space",
-            _space(tmp_path, 4), "--trials", "3", "--epochs", "4", "--launcher", "function",
+            _space(tmp_path, 3), "--trials", "2", "--epochs", "3", "--launcher", "function",
             "--storage", str(tmp_path / "runs"), "--name", "killed", "--address",
             cluster.address, "--max-concurrent", "1", "--explain-top", "0"]  # fmt: skip
     proc = start_search(*args)
@@ -129,8 +129,8 @@ def test_kill_the_driver_then_resume(cluster, tmp_path, blood_npz):
     assert code == 0, out[-2000:]
     trials = read_table(os.path.join(exp, "trials.parquet"))
     history = read_table(os.path.join(exp, "history.parquet"))
-    assert len(trials) == 3 and len({t["trial_id"] for t in trials}) == 3
-    assert all(t["status"] == "finished" and t["epochs_run"] == 4 for t in trials)
+    assert len(trials) == 2 and len({t["trial_id"] for t in trials}) == 2
+    assert all(t["status"] == "finished" and t["epochs_run"] == 3 for t in trials)
     redone = redone_epochs(history)
     print(
         f"kill-driver: checkpoints at kill {before}; epochs redone {redone}; "
@@ -177,7 +177,7 @@ def test_two_nodes_and_a_lost_node(cluster, tmp_path, blood_npz):
     checkpoint on the head and every trial is accounted for. (Runs last: it removes a node.)"""
     exp = str(tmp_path / "runs" / "lost")
     proc = start_search("--task", "blood", "--data-dir", str(blood_npz.parent), "--space",
-                        _space(tmp_path, 5), "--trials", "3", "--epochs", "5", "--launcher",
+                        _space(tmp_path, 4), "--trials", "2", "--epochs", "4", "--launcher",
                         "function", "--storage", str(tmp_path / "runs"), "--name", "lost",
                         "--address", cluster.address, "--max-concurrent", "2",
                         "--max-failures", "2", "--explain-top", "1")  # fmt: skip
@@ -190,8 +190,8 @@ def test_two_nodes_and_a_lost_node(cluster, tmp_path, blood_npz):
     assert code == 0, out[-2000:]
     trials = read_table(os.path.join(exp, "trials.parquet"))
     history = read_table(os.path.join(exp, "history.parquet"))
-    assert len(trials) == 3
-    assert all(t["status"] == "finished" and t["epochs_run"] == 5 for t in trials)
+    assert len(trials) == 2
+    assert all(t["status"] == "finished" and t["epochs_run"] == 4 for t in trials)
     assert len({h["node_id"] for h in history}) == 2  # trials ran on both nodes
     victim_rows = [h for h in history if h["node_id"] == victim.node_id]
     assert victim_rows, "a trial was on the removed node"
