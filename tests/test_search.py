@@ -50,7 +50,7 @@ def test_search_end_to_end_under_ray_train(tmp_path, make_npz):
                         dropout={"min": 0.0, "max": 0.3})  # fmt: skip
     proc = run_search("--task", "blood", "--data-dir", str(data.parent), "--space", space,
                       "--trials", "2", "--epochs", "2", "--storage", str(tmp_path / "runs"),
-                      "--name", "it")  # fmt: skip
+                      "--name", "it", "--launcher", "train")  # fmt: skip
     assert proc.returncode == 0
     exp = tmp_path / "runs" / "it"
     trials = read_table(str(exp / "trials.parquet"))
