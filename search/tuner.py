@@ -4,9 +4,10 @@
     grid = tuner.fit()
 
 Two launchers run the same `trainables.train.train_loop`:
-- `train` (default): the Tune trainable is a small driver that builds a `TorchTrainer`
+- `train`: the Tune trainable is a small driver that builds a `TorchTrainer`
   (`--workers-per-trial`, `--gpus-per-trial`) with `TuneReportCallback`; the only way to DDP.
-- `function`: the loop runs inside the Tune function itself (no worker-group start-up:
+- `function` (what `--launcher auto` picks for one worker per trial): the loop runs inside
+  the Tune function itself (no worker-group start-up:
   1.4 s to first result against 12-30 s on 2 cores); single worker only.
 The dataset reaches every trial as a nested object-store reference, put once per search.
 """
