@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -113,9 +115,27 @@ def test_real_pneumonia_search_beats_090_test_auroc(tmp_path, pneumonia_path):
     probs = predict(ckpt, model_from_checkpoint(ckpt), images)
     auc = roc_auc_score(labels[:, 0], probs[:, 0])
     config = {k: best[k] for k in best if k.startswith("config/")}
+    attribution = re.search(r"attribution maps for \d+ trials in ([\d.]+) s", proc.stderr)
     print(f"real-data search: {wall:.0f} s wall, best val_auc {best['val_auc']:.4f}, "
-          f"test AUROC {auc:.4f}, config {config}")  # fmt: skip
+          f"test AUROC {auc:.4f}, attribution pass {attribution and attribution[1]} s, "
+          f"config {config}")  # fmt: skip
     assert auc >= 0.90
+    # Everything a search leaves on real X-rays: maps and focus for every trial, test metrics
+    # with CIs for the best, and a report that embeds them.
+    exp = tmp_path / "runs" / "real"
+    recorded = json.loads((exp / "test_metrics.json").read_text())
+    assert recorded["best_trial"] == best["trial_id"]
+    headline = recorded["trials"][best["trial_id"]]["auroc"]
+    assert headline["value"] == pytest.approx(auc, abs=1e-6)
+    assert headline["ci_low"] <= headline["value"] <= headline["ci_high"]
+    report = (exp / "report.html").read_text()
+    for t in trials:
+        if t["checkpoint_path"]:
+            assert (exp / t["trial_id"] / "attribution" / "gradcam.png").is_file()
+            assert (exp / t["trial_id"] / "attribution" / "integrated_gradients.png").is_file()
+            assert 0.0 <= t["attr_focus"] <= 1.0
+        assert t["trial_id"] in report
+    assert report.count("data:image/png;base64,") >= 2 * len(trials)
 
 
 def test_malaria_folder_task_end_to_end(tmp_path):
