@@ -21,6 +21,7 @@ A benchmark, not a test: nothing is asserted (`tests/test_bench.py` checks that 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -32,7 +33,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from logging import ERROR
 
 import torch
 
@@ -40,7 +40,7 @@ from search import bench_sections as S
 from trainables.data import channel_stats, make_augment, to_device_images
 
 SECTIONS = ("overhead", "data", "packing", "precision", "mfu", "memory")
-RAY_SECTIONS = ("overhead", "packing", "memory")
+RAY_SECTIONS = ("packing", "memory", "overhead")  # run in this order: see `overhead`
 NO_GPU = "skipped: no GPU"
 
 
@@ -87,30 +87,37 @@ class Bench:
 
 
 def start_ray(b: Bench) -> None:
-    """A Ray instance of our own, and the overhead data put once, as run.py puts a dataset."""
+    """Ray started as run.py starts it, and the overhead data put once, as run.py puts data."""
     if b.data_ref is not None:
         return
     import ray
 
+    from search.run import connect_ray
+
     started = time.perf_counter()
-    # address "local": always a fresh instance of our own, never another user's running cluster
-    ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=1 if b.gpu else 0,
-             log_to_driver=False, logging_level=ERROR)  # fmt: skip
+    connect_ray(None)  # a fresh local instance with its own dashboard port, never another's
     b.ray_init_s = time.perf_counter() - started
     b.storage = tempfile.mkdtemp(prefix="medsweep-bench-")
     b.data_ref = [ray.put(S.synthetic_data(b.sizes.n_train, b.sizes.n_val, 28))]
 
 
 def overhead(b: Bench) -> None:
-    """One trial under Train, under a plain Tune function, and as a plain call, side by side."""
+    """One trial under Train, under a plain Tune function, and as a plain call, side by side.
+
+    Runs last of the Ray sections, and Train last in it: a finished Train trial has been seen to
+    keep its workers' placement group (1 CPU) for minutes when the Ray instance shared its
+    dashboard port with another on the host (run.py's connect_ray avoids that); a leak would
+    starve later runs, and `cpus_held_after` reports one."""
     start_ray(b)
     add, gpus = b.rows("overhead"), 1.0 if b.gpu else 0.0
-    add("ray_init_s", b.ray_init_s, "s", "ray.init, as run.py calls it")
+    add("ray_init_s", b.ray_init_s, "s", "run.py's connect_ray: a local Ray instance")
     data = S.ray_get(b.data_ref)  # zero-copy from the object store, as a trial reads it
     S.plain_call(b.trial_config(epochs=1, max_batches=2), data, b.device, threads=1)  # warm-up
     plain = S.plain_call(b.trial_config(), data, b.device, threads=1)
-    runs = {k: S.run_trials(b.storage, k, b.trial_config(), b.data_ref, gpus=gpus)
-            for k in ("train", "function")}  # fmt: skip
+    runs, held = {}, {}
+    for k in ("function", "train"):
+        runs[k] = S.run_trials(b.storage, k, b.trial_config(), b.data_ref, gpus=gpus)
+        held[k] = S.held_cpus(wait_s=20.0)
     trial = {k: run["trials"][0] for k, run in runs.items()}
     what = f"{b.sizes.model}, {b.sizes.n_train} images x {b.sizes.epochs} epochs, 1 thread"
     add("images_per_s/plain", S.steady(plain["rates"]), "img/s", f"train_loop here; {what}")
@@ -129,6 +136,9 @@ def overhead(b: Bench) -> None:
     add("trial_wall_s/plain", plain["wall_s"], "s", "whole trial")
     for k in ("function", "train"):
         add(f"trial_wall_s/{k}", runs[k]["wall_s"], "s", "Tuner.fit()", "trial_wall_s/plain")
+    for k in ("function", "train"):
+        add(f"cpus_held_after/{k}", held[k], "CPU", "still reserved 20 s after Tuner.fit() "
+            "returned (a leaked placement group when > 0)")  # fmt: skip
 
 
 def data(b: Bench) -> None:
@@ -145,6 +155,7 @@ def data(b: Bench) -> None:
     y = torch.from_numpy(arrays["train_labels"]).to(b.device)
     augment = make_augment(("hflip", "rotate", "crop"), 3, size).to(b.device)
     what = f"{b.sizes.n_train} images, {size} px, batch {batch}; best epoch of {b.sizes.rounds}"
+    what += "" if b.gpu else "; main process on 1 thread, as in a trial"
     for label, model in (("augment", None), ("train", b.sizes.model)):
         # each pipeline trains a model of its own (or none: the pipeline alone)
         step = partial(S.model_step, model, size, b.device) if model else lambda: None
@@ -153,7 +164,8 @@ def data(b: Bench) -> None:
             "device_kornia": S.device_epochs(x, y, augment, normalise, batch, step()),
         }
         turns = {k: partial(next, pipe) for k, pipe in pipes.items()}
-        rates = S.interleaved(turns, b.sizes.rounds)
+        with S.torch_threads(b.threads):
+            rates = S.interleaved(turns, b.sizes.rounds)
         for pipe in pipes.values():
             pipe.close()  # the loader's workers stop here
         also = "" if model is None else f" + {model} step"
@@ -184,7 +196,7 @@ def packing(b: Bench) -> None:
                            probes=probes)  # fmt: skip
         total = sum(S.steady(t["rates"]) for t in run["trials"])
         together = f"; all training together {S.overlap(run['trials']):.0%} of the time"
-        add(f"{key}_images_per_s/{n}_trials", total, "img/s", f"{n} trials {where}, launcher "
+        add(f"{key}_images_per_s/{n}_trials", total, "img/s", f"{n} trial(s) {where}, launcher "
             f"{launcher}; sum of steady img/s{together if n > 1 else ''}",
             f"{key}_images_per_s/1_trials")  # fmt: skip
         util = run["samples"].get(f"{key}_util", [])
@@ -294,14 +306,14 @@ def _driver_rows(b: Bench, add: Callable) -> None:
     trials, at_once = b.sizes.tiny_trials, os.cpu_count() or 1
     import optuna  # noqa: F401  (Tune itself is warm: the fits above ran in this process)
 
-    before = S.driver_rss_mb()
+    before = S.driver_uss_mb()
     wall = S.tiny_trials(b.storage, trials, at_once)
-    after = S.driver_rss_mb()
-    add("driver_rss_mb/before", before, "MB", "the Tune driver: this process")
-    add(f"driver_rss_mb/after_{trials}_trials", after, "MB", "tiny trials, each reports once; "
-        "OptunaSearch behind ConcurrencyLimiter", "driver_rss_mb/before")  # fmt: skip
+    after = S.driver_uss_mb()
+    add("driver_uss_mb/before", before, "MB", "the Tune driver (this process), private memory")
+    add(f"driver_uss_mb/after_{trials}_trials", after, "MB", "tiny trials, each reports once; "
+        "OptunaSearch behind ConcurrencyLimiter", "driver_uss_mb/before")  # fmt: skip
     growth = (after - before) * 1024 / trials
-    add("driver_growth_kb_per_trial", growth, "KB", "RSS growth / trials")
+    add("driver_growth_kb_per_trial", growth, "KB", "USS growth / trials")
     add("tiny_trials_per_s", trials / wall, "trials/s", f"{at_once} at once, actors reused")
 
 
@@ -346,17 +358,13 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    device = pick_device(args.device)
-    b = Bench(args, device, S.sizes_for(args.quick, args.smoke_test, device))
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console output only: the table
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    machine, started, host, failed = S.machine_info(device), time.perf_counter(), {}, []
+def run_sections(b: Bench) -> tuple[dict, list[str]]:
+    """Run the chosen sections, Ray's last; ({section: seconds, load average}, failed ones)."""
     order = [s for s in SECTIONS if s not in RAY_SECTIONS] + list(RAY_SECTIONS)  # Ray idle last
+    host, failed = {}, []
     try:
-        for section in (s for s in order if s in args.sections):
-            print(f"[bench] {section} ...", file=sys.stderr, flush=True)
+        for section in (s for s in order if s in b.args.sections):
+            print(f"[bench] {section} ...", flush=True)
             t0 = time.perf_counter()
             try:
                 RUNNERS[section](b)
@@ -368,6 +376,19 @@ def main(argv: list[str] | None = None) -> int:
                              "load_avg_1m_after": round(os.getloadavg()[0], 2)}  # fmt: skip
     finally:
         _stop_ray(b)
+    return host, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    b = Bench(args, device, S.sizes_for(args.quick, args.smoke_test, device))
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console output only: the table
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    machine, started = S.machine_info(device), time.perf_counter()
+    # Ray relays its workers' prints to this stdout: while sections run, keep it for the table
+    with contextlib.redirect_stdout(sys.stderr):
+        host, failed = run_sections(b)
     report = {
         "machine": machine,
         "settings": {"quick": args.quick, "smoke_test": args.smoke_test, "sections":

@@ -447,7 +447,7 @@ def run_trials(
     )
     tuner = build_tuner(plan, space, data_ref, dict(config))
     clock = _clock()
-    wait_until_idle()
+    held_cpus(wait_s=20.0)  # the last run's actors give their CPUs back asynchronously
     tuner._local_tuner.get_run_config().callbacks = [clock]
     with sampling(probes or {}) as samples:
         started = time.perf_counter()
@@ -467,16 +467,16 @@ def run_trials(
     return {"wall_s": wall, "trials": trials, "samples": samples}
 
 
-def wait_until_idle(timeout_s: float = 60.0) -> None:
-    """Wait until the last run's actors have given their CPUs and GPUs back (Ray frees them
-    asynchronously), so that trials started together are not started one after the other."""
+def held_cpus(wait_s: float) -> float:
+    """CPUs still reserved after waiting up to `wait_s` for Ray to free them (it does so
+    asynchronously); more than 0 once no trial runs means something kept its reservation."""
     import ray
 
-    total, deadline = ray.cluster_resources(), time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        free = ray.available_resources()
-        if all(free.get(k, 0.0) >= total[k] - 1e-6 for k in ("CPU", "GPU") if k in total):
-            return
+    total, deadline = ray.cluster_resources().get("CPU", 0.0), time.monotonic() + wait_s
+    while True:
+        held = total - ray.available_resources().get("CPU", 0.0)
+        if held < 1e-6 or time.monotonic() > deadline:
+            return max(held, 0.0)
         time.sleep(0.2)
 
 
@@ -618,11 +618,13 @@ def node_memory() -> dict:
     return snapshot
 
 
-def driver_rss_mb() -> float:
+def driver_uss_mb() -> float:
+    """This process's private memory (USS): unlike RSS, it does not shrink when the kernel
+    drops shared library pages under a neighbour's memory pressure."""
     import psutil
 
     gc.collect()
-    return psutil.Process().memory_info().rss / 2**20
+    return psutil.Process().memory_full_info().uss / 2**20
 
 
 # -- output -------------------------------------------------------------------------------------
