@@ -25,7 +25,6 @@ HISTORY_COLUMNS = (
     "val_loss_std", "val_acc_std", "val_f1_std", "val_auc_std", "folds", "best_fold",
     "best_fold_epoch",
 )  # fmt: skip
-STATUSES = ("finished", "stopped_early", "errored")
 
 
 def collect(

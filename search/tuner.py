@@ -8,7 +8,8 @@ Two launchers run the same `trainables.train.train_loop`:
   (`--workers-per-trial`, `--gpus-per-trial`) with `TuneReportCallback`; the only way to DDP.
 - `function` (what `--launcher auto` picks for one worker per trial): the loop runs inside
   the Tune function itself (no worker-group start-up:
-  1.4 s to first result against 12-30 s on 2 cores); single worker only.
+  0.2-0.9 s to the first step against 14-30 s, measured by search/bench.py on 2 cores);
+  single worker only.
 The dataset reaches every trial as a nested object-store reference, put once per search.
 """
 
