@@ -36,7 +36,7 @@ from functools import partial
 
 import torch
 
-from search import bench_sections as S
+from search.benchmarks import sections as S
 from trainables.data import channel_stats, make_augment, to_device_images
 
 SECTIONS = ("overhead", "data", "packing", "precision", "mfu", "memory")

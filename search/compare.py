@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     )
     args = p.parse_args(argv)
     args.searchers = [s.strip() for s in args.searchers.split(",") if s.strip()]
-    from search.tuner import SEARCHERS
+    from search.driver.tuner import SEARCHERS
 
     unknown = [s for s in args.searchers if s not in SEARCHERS]
     if unknown or not args.searchers:
@@ -165,7 +165,7 @@ def summarise(run_dirs: Mapping[tuple[str, int], str], metric: str, mode: str) -
 
     A folder without `trials.parquet` (the search failed before writing it) gives no rows.
     """
-    from search.results import read_table
+    from search.experiment.tables import read_table
 
     rows = []
     for (searcher, repeat), folder in run_dirs.items():
@@ -281,7 +281,7 @@ def sweep_rows(runs: Iterable, metric: str, mode: str, limit: int | None = None)
 
 def read_sweep(path: str, metric: str, mode: str, limit: int | None = None) -> list[dict]:
     """A W&B sweep's rows, or [] with a message when W&B is offline or unreachable."""
-    from search.wandb_logging import resolve_mode
+    from search.tracking.runs import resolve_mode
 
     if resolve_mode(None) != "online":
         print(
@@ -539,8 +539,8 @@ finished. Test: the best trial of each search on the test split.</p>
 
 def main(argv: list[str] | None = None) -> int:
     args, passthrough = parse_args(argv)
-    from search.results import write_table
-    from search.space import default_space_path, load_space
+    from search.driver.space import default_space_path, load_space
+    from search.experiment.tables import write_table
     from trainables.tasks import get_task
 
     task = get_task(args.task)

@@ -21,19 +21,11 @@ import warnings
 
 from ray import tune
 
-from search.datasets import ensure_dataset
-from search.folders import SPLIT_CHOICES, convert_folder, small_data_warnings
-from search.folds import file_arrays
-from search.postprocess import (
-    evaluate_on_test,
-    explain_trials,
-    focus_warnings,
-    read_text,
-    write_text,
-)
-from search.results import collect, export_checkpoints, join_path, write_table
-from search.space import Space, default_space_path, load_space
-from search.tuner import (
+from search.driver.downloads import ensure_dataset
+from search.driver.folders import SPLIT_CHOICES, convert_folder, small_data_warnings
+from search.driver.folds import file_arrays
+from search.driver.space import Space, default_space_path, load_space
+from search.driver.tuner import (
     LAUNCHERS,
     SEARCHERS,
     Plan,
@@ -41,7 +33,15 @@ from search.tuner import (
     build_tuner,
     with_concurrency,
 )
-from search.wandb_logging import log_media, make_callbacks, resolve_mode
+from search.experiment.after import (
+    evaluate_on_test,
+    explain_trials,
+    focus_warnings,
+    read_text,
+    write_text,
+)
+from search.experiment.tables import collect, export_checkpoints, join_path, write_table
+from search.tracking.runs import log_media, make_callbacks, resolve_mode
 from trainables.data import load_npz
 from trainables.models import PRETRAINED, load_imagenet_state
 from trainables.tasks import TASK_NAMES, get_task
@@ -243,7 +243,7 @@ def write_report(experiment_path: str) -> None:
     if "://" in experiment_path:
         log.info("report: copy the folder locally and run python search/report.py <folder>")
         return
-    from search.report import build_report
+    from search.reporting.report import build_report
 
     try:
         log.info("  report: %s", build_report(experiment_path))

@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 
-from search.folders import SPLIT_CHOICES
+from search.driver.folders import SPLIT_CHOICES
 
 KEY_VALUE_HELP = "every other argument is --name=value: a training setting (TrainConfig)"
 

@@ -21,9 +21,9 @@ import pytest
 from conftest import ROOT
 from test_search import write_space
 
-from search.results import read_table
+from search.driver.tuner import Plan
+from search.experiment.tables import read_table
 from search.run import summarise
-from search.tuner import Plan
 from trainables.checkpoint import load_checkpoint
 from trainables.data import load_npz
 from trainables.tasks import get_task

@@ -29,7 +29,7 @@ from search.compare import (
     sweep_rows,
     write_html,
 )
-from search.results import read_table, write_table
+from search.experiment.tables import read_table, write_table
 from trainables.tasks import get_task
 
 T0 = 1_800_000_000.0

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.folders import (
+from search.driver.folders import (
     convert_folder,
     patient_id,
     small_data_warnings,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from test_search import run_search, write_space
 
-from search.folders import convert_folder
-from search.folds import (
+from search.driver.folders import convert_folder
+from search.driver.folds import (
     best_fold,
     file_arrays,
     fold_data,
@@ -19,8 +19,8 @@ from search.folds import (
     patient_groups,
     run_folds,
 )
-from search.results import read_table
-from search.tuner import Plan
+from search.driver.tuner import Plan
+from search.experiment.tables import read_table
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint
 from trainables.tasks import get_task
 
@@ -97,7 +97,7 @@ def test_patient_groups_from_file_names():
 
 
 def test_converted_malaria_folds_keep_patients_apart(tmp_path):
-    """`file_arrays` reads the names `search.folders` stored; whole patients go to one side."""
+    """`file_arrays` reads the names `search.driver.folders` stored; whole patients go to one side."""
     from test_folders import _make_malaria
 
     path, _, _ = convert_folder(str(_make_malaria(tmp_path, cells=3)), 28, split="patient")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT, synthetic_arrays
 
-from search.space import load_space
+from search.driver.space import load_space
 from trainables.tasks import get_task
 from trainables.train import train_loop
 

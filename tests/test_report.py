@@ -1,5 +1,5 @@
 """Tests for search/report.py: a fake-but-real experiment folder (tables written by
-`search.results.write_table`, a real checkpoint, attribution grids from `save_grid`, test
+`search.experiment.tables.write_table`, a real checkpoint, attribution grids from `save_grid`, test
 metrics from `evaluate_predictions`) becomes one self-contained HTML file; missing pieces,
 errored trials, one trial and NaN metrics degrade to notes; the CLI rebuilds it."""
 
@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from search.report import build_report, main
-from search.results import write_table
+from search.experiment.tables import write_table
+from search.report import main
+from search.reporting.report import build_report
 from trainables.attribution import save_grid
 from trainables.checkpoint import save_checkpoint
 from trainables.evaluation import evaluate_predictions, write_json

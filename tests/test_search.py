@@ -15,7 +15,7 @@ import yaml
 from conftest import ROOT
 from sklearn.metrics import roc_auc_score
 
-from search.results import read_table
+from search.experiment.tables import read_table
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, predict
 from trainables.tasks import get_task
 

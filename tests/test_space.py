@@ -9,7 +9,7 @@ import yaml
 from conftest import ROOT
 from ray import tune
 
-from search.space import load_space, parse_space
+from search.driver.space import load_space, parse_space
 from trainables.tasks import TASK_NAMES, get_task
 from trainables.train import KNOBS, TrainConfig
 

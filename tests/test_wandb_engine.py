@@ -13,7 +13,7 @@ import yaml
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from search.wandb_engine import WandbSweepSearcher, validate_sweep_config
+from search.tracking.engine import WandbSweepSearcher, validate_sweep_config
 
 SPACE = yaml.safe_load(
     """

@@ -23,9 +23,9 @@ from PIL import Image
 from ray import tune
 from wandb.proto import wandb_internal_pb2
 
-from search.tuner import Plan, function_driver
-from search.wandb_engine import validate_sweep_config
-from search.wandb_logging import log_media, make_callbacks, resolve_mode
+from search.driver.tuner import Plan, function_driver
+from search.tracking.engine import validate_sweep_config
+from search.tracking.runs import log_media, make_callbacks, resolve_mode
 from trainables.data import load_npz
 from trainables.tasks import TASK_NAMES, get_task
 

@@ -77,6 +77,25 @@ def _pick(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
     return np.sort(rng.choice(candidates, size=n, replace=False))
 
 
+MIN_CAM_SIDE = 4  # a smaller Grad-CAM map says nothing once upsampled; take an earlier layer
+
+
+def cam_layer(model: nn.Module, images: torch.Tensor, min_side: int = MIN_CAM_SIDE) -> nn.Module:
+    """The Grad-CAM target layer: `model.cam_layer`, unless its feature map is under
+    `min_side` pixels for this input size (a ResNet's last block at 28 px is 1x1); then the
+    last layer whose map is at least that large (`last_spatial_layer`)."""
+    shapes: list[tuple[int, ...]] = []
+    hook = model.cam_layer.register_forward_hook(lambda _m, _i, out: shapes.append(out.shape))
+    try:
+        with _eval_mode(model), torch.no_grad():
+            model(images[:1].to(_device(model)))
+    finally:
+        hook.remove()
+    if shapes and len(shapes[0]) == 4 and min(shapes[0][2:]) >= min_side:
+        return model.cam_layer
+    return last_spatial_layer(model, images, min_side)
+
+
 def last_spatial_layer(model: nn.Module, images: torch.Tensor, min_side: int = 4) -> nn.Module:
     """The last module (in execution order) whose output is a feature map of at least
     ``min_side`` pixels per side: a Grad-CAM target layer that works at any image size.

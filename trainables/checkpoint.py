@@ -61,17 +61,22 @@ def model_from_checkpoint(ckpt: dict) -> Classifier:
     return model.eval()
 
 
+def normalised_input(ckpt: dict, images) -> torch.Tensor:
+    """uint8 (N, H, W[, C]) numpy -> float (N, C, H, W) on the CPU, normalised as in training."""
+    from trainables.data import normaliser, to_device_images
+
+    x = to_device_images(np.asarray(images), "cpu").float() / 255.0
+    return normaliser(ckpt["normalisation"]["mean"], ckpt["normalisation"]["std"], "cpu")(x)
+
+
 @torch.no_grad()
 def predict(ckpt: dict, model: Classifier, images, batch_size: int = 256) -> np.ndarray:
     """Probabilities for uint8 images (N, H, W[, C]) at the checkpoint's size, normalised as in
-    training: (N, K) softmax for multiclass, (N, 1) sigmoid for binary, (N, L) for multilabel.
+    training, after the kind's activation (`trainables.kinds`): (N, outputs) float32.
     """
-    from trainables.data import to_device_images
-    from trainables.metrics import probabilities
+    from trainables.kinds import get_kind
 
-    x = to_device_images(np.asarray(images), "cpu")
-    mean = torch.tensor(ckpt["normalisation"]["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(ckpt["normalisation"]["std"]).view(1, -1, 1, 1)
-    out = [model((x[i : i + batch_size].float() / 255.0 - mean) / std)
-           for i in range(0, len(x), batch_size)]  # fmt: skip
-    return probabilities(ckpt["kind"], torch.cat(out))
+    images = np.asarray(images)
+    out = [model(normalised_input(ckpt, images[i : i + batch_size]))
+           for i in range(0, len(images), batch_size)]  # fmt: skip
+    return get_kind(ckpt["kind"]).probabilities(torch.cat(out))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -103,6 +103,13 @@ def validate_split(
             f"{where}: labels range over [{labels.min()}, {labels.max()}], expected [0, {high}] "
             f"for {task.kind} task {task.name!r} with classes {list(task.classes)}"
         )
+
+
+def normaliser(mean, std, device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`(x - mean) / std` per channel, for float (N, C, H, W) images in [0, 1] on `device`."""
+    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+    return lambda images: (images - m) / s
 
 
 def to_device_images(images: np.ndarray, device: torch.device | str) -> torch.Tensor:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KINDS = ("multiclass", "binary", "multilabel")
+from trainables.kinds import KIND_NAMES
+
 _MEDMNIST_KIND = {
     "multi-class": "multiclass",
     "binary-class": "binary",
@@ -50,15 +51,22 @@ class Task:
     """`medmnist` (an npz by flag and size) or `folder` (a folder per class, converted once)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"task {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if self.kind not in KIND_NAMES:
+            raise ValueError(f"task {self.name!r}: kind {self.kind!r} is not one of {KIND_NAMES}")
         if self.mode not in ("max", "min"):
             raise ValueError(f"task {self.name!r}: mode {self.mode!r} must be 'max' or 'min'")
 
     @property
+    def kind_ops(self):
+        """The kind object (`trainables.kinds`): loss, probabilities, metrics, layouts."""
+        from trainables.kinds import get_kind
+
+        return get_kind(self.kind)
+
+    @property
     def num_outputs(self) -> int:
-        """Width of the model's last layer: one logit for binary, one per class otherwise."""
-        return 1 if self.kind == "binary" else len(self.classes)
+        """Width of the model's last layer (one logit for binary, one per class otherwise)."""
+        return self.kind_ops.num_outputs(len(self.classes))
 
 
 def _medmnist_task(name: str, flag: str, **overrides) -> Task:

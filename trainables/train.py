@@ -26,7 +26,13 @@ import torch
 
 from trainables import metrics as M
 from trainables.checkpoint import load_checkpoint, save_checkpoint
-from trainables.data import batch_indices, channel_stats, make_augment, to_device_images
+from trainables.data import (
+    batch_indices,
+    channel_stats,
+    make_augment,
+    normaliser,
+    to_device_images,
+)
 from trainables.models import PRETRAINED, Classifier, build_model, set_backbone_frozen, train_mode
 from trainables.tasks import Task, get_task
 
@@ -164,7 +170,7 @@ def train_loop(
     x_val = to_device_images(data["val_images"], device)
     y_val = data["val_labels"]
     mean, std = channel_stats(data["train_images"])
-    normalise = _normaliser(mean, std, device)
+    normalise = normaliser(mean, std, device)
 
     pretrained = cfg.model in PRETRAINED and cfg.weights != "none"
     weights = "none" if resume_from else cfg.weights  # the checkpoint holds the weights
@@ -294,12 +300,6 @@ def evaluate(model, x, labels, kind, loss_fn, normalise, autocast, cfg) -> dict[
     loss = float(loss_fn(out, target))
     model.train(was_training)
     return {"loss": loss, **M.compute_metrics(kind, labels, M.probabilities(kind, out))}
-
-
-def _normaliser(mean, std, device) -> Callable[[torch.Tensor], torch.Tensor]:
-    m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device).view(1, -1, 1, 1)
-    return lambda images: (images - m) / s
 
 
 def _autocast(precision: str, device: torch.device):

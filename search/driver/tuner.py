@@ -23,8 +23,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from search.results import join_path
-from search.space import Space
+from search.driver.space import Space
+from search.experiment.tables import join_path
 from trainables.tasks import Task
 from trainables.train import KNOBS, train_loop
 
@@ -166,7 +166,7 @@ def trial_resources(plan: Plan) -> dict:
 
 def build_trainable(plan: Plan, data_ref: list):
     if plan.folds > 1:
-        from search.folds import folds_driver
+        from search.driver.folds import folds_driver
 
         trainable = tune.with_parameters(folds_driver, data_ref=data_ref, plan=plan)
         return tune.with_resources(trainable, {"cpu": DRIVER_CPU})  # folds run as Ray tasks
@@ -181,7 +181,7 @@ def build_searcher(plan: Plan, space: Space):
 
         return BasicVariantGenerator(random_state=plan.seed, max_concurrent=plan.max_concurrent)
     if plan.searcher == "wandb-bayes":
-        from search.wandb_engine import WandbSweepSearcher
+        from search.tracking.engine import WandbSweepSearcher
 
         # The engine proposes the searched knobs only; fixed values stay in param_space, so
         # command-line overrides (--epochs) win as they do for the other searchers.

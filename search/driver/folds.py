@@ -8,7 +8,7 @@
 Splits, over train+val concatenated in that order (test is never touched):
 - multiclass / binary: `StratifiedKFold(shuffle=True, random_state=seed)`, so every fold's
   validation part holds each class within one image of its share.
-- patient ids (`{train,val}_files` arrays, as `search.folders` writes, where every name carries
+- patient ids (`{train,val}_files` arrays, as `search.driver.folders` writes, where every name carries
   one): `StratifiedGroupKFold`, so a patient's images stay on one side.
 - multilabel: `KFold` (`GroupKFold` with patients), shuffled. Stratifying on the first label
   would balance that label alone and nothing else; on thousands of images a shuffled split
@@ -51,8 +51,8 @@ import ray
 from ray import tune
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
-from search.folders import patient_id
-from search.tuner import DRIVER_CPU, Plan
+from search.driver.folders import patient_id
+from search.driver.tuner import DRIVER_CPU, Plan
 from trainables.checkpoint import FILENAME
 from trainables.tasks import Task, get_task
 from trainables.train import train_loop

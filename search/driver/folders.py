@@ -1,6 +1,6 @@
 """Turn a folder-per-class image dataset into a MedMNIST-layout npz, once, cached beside it.
 
-    from search.folders import convert_folder, small_data_warnings
+    from search.driver.folders import convert_folder, small_data_warnings
     path, classes, info = convert_folder("cell_images", image_size=64)  # NIH malaria cells
     arrays = load_npz(path, task, splits=("train", "val"))  # trainables.data, as for MedMNIST
     for line in small_data_warnings(info["counts"]):

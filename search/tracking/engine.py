@@ -10,7 +10,7 @@ numeric metrics per reported result and `summary_metrics` with the last result's
     import yaml
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from search.wandb_engine import WandbSweepSearcher
+    from search.tracking.engine import WandbSweepSearcher
 
     sweep = yaml.safe_load(open("spaces/pathology.yaml"))
     searcher = ConcurrencyLimiter(

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import ray
 
-from search.results import copy_dir, join_path
+from search.experiment.tables import copy_dir, join_path
 from trainables import attribution as A
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, predict
 from trainables.data import load_npz

@@ -5,7 +5,7 @@
     run = run_trials(storage, "function", config, data_ref, n_trials=2)   # driver-side clock
     rates = interleaved({"fp32": time_fp32, "bf16": time_bf16}, rounds=3)  # best of each, in turns
 
-`search/bench.py` decides which figures are taken. `python -m search.bench_sections compile
+`search/bench.py` decides which figures are taken. `python -m search.benchmarks.sections compile
 SPEC` is the child process that `compile_in_child` time-boxes (a compile cannot be stopped
 in-process). `psutil` comes from Ray's bundled copy, so it is imported after `ray`.
 """
@@ -215,7 +215,7 @@ def compile_in_child(spec: dict, budget_s: float, cache_dir: str) -> dict:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache_dir}
     if spec["device"] == "cpu":
         env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"  # no pool of compile workers on a small host
-    cmd = [sys.executable, "-m", "search.bench_sections", "compile", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "search.benchmarks.sections", "compile", json.dumps(spec)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     child = subprocess.Popen(
         cmd,
@@ -414,13 +414,13 @@ def run_trials(
     gpus: float = 0.0,
     probes: dict | None = None,
 ) -> dict:
-    """`n_trials` identical trials at once through `search.tuner`'s real path; per-trial timings.
+    """`n_trials` identical trials at once through `search.driver.tuner`'s real path; per-trial timings.
 
     The space fixes every setting and ASHA's grace period is the whole run, so no trial stops
     early. `build_tuner` takes no callbacks, so the clock is added to the run config it built.
     """
-    from search.space import parse_space
-    from search.tuner import Plan, build_tuner
+    from search.driver.space import parse_space
+    from search.driver.tuner import Plan, build_tuner
     from trainables.tasks import get_task
 
     task = get_task(config["task"])
@@ -507,8 +507,8 @@ def tiny_trials(storage: str, n: int, max_concurrent: int) -> float:
     `fit_to_first_step_s`), and the driver's memory is what is measured."""
     from ray import tune
 
-    from search.space import parse_space
-    from search.tuner import Plan, build_searcher
+    from search.driver.space import parse_space
+    from search.driver.tuner import Plan, build_searcher
     from trainables.tasks import get_task
 
     task = get_task("blood")

@@ -1,0 +1,67 @@
+"""Two classes, one logit: P(classes[1]) by a sigmoid, BCE with `pos_weight`."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+from trainables.kinds.base import THRESHOLD, Kind, class_ids, safe_auc
+
+
+class Binary(Kind):
+    name = "binary"
+    explains = "the positive logit, P(classes[1])"
+
+    def num_outputs(self, n_classes: int) -> int:
+        return 1
+
+    def class_weights(self, labels: np.ndarray, n_classes: int, power: float) -> torch.Tensor:
+        """`pos_weight = (n_neg / n_pos) ** power` for the one output."""
+        return _pos_weight(labels.reshape(len(labels), -1), power)
+
+    def make_loss(self, weights: torch.Tensor | None = None) -> torch.nn.Module:
+        return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
+
+    def predictions(self, probs: np.ndarray) -> np.ndarray:
+        return (np.asarray(probs)[:, 0] >= THRESHOLD).astype(np.int64)
+
+    def metrics(self, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+        y, preds = class_ids(labels), self.predictions(probs)
+        return {
+            "acc": float(accuracy_score(y, preds)),
+            "f1": float(f1_score(y, preds, average="macro", zero_division=0)),
+            "auc": safe_auc(y, probs[:, 0]),
+        }
+
+    def score_columns(self, probs: np.ndarray) -> np.ndarray:
+        p = np.asarray(probs, np.float64).reshape(len(probs), -1)[:, -1]
+        return np.stack([1 - p, p], axis=1)
+
+    def auroc_columns(self, n_classes: int) -> list[int]:
+        return [1]  # the positive class's AUROC; the negative's is the same curve mirrored
+
+    def explain_targets(self, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, list]:
+        return np.arange(len(labels)), [0] * len(labels)
+
+    def confidence(self, prob_row: np.ndarray, pred: int) -> float:
+        return float(prob_row[0] if pred == 1 else 1 - prob_row[0])
+
+    def test_inputs(self, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return class_ids(labels), np.asarray(probs).reshape(len(probs), -1)[:, -1]
+
+    def read_out(self, classes: list[str], probs: np.ndarray) -> dict:
+        p = float(np.asarray(probs).reshape(-1)[0])
+        return {
+            "predicted": [classes[int(p >= THRESHOLD)]],
+            "probabilities": {classes[0]: 1 - p, classes[1]: p},
+            "targets": [(0, classes[1], p)],
+        }
+
+
+def _pos_weight(labels: np.ndarray, power: float) -> torch.Tensor:
+    """`(n_neg / n_pos) ** power` per output column, counts floored at 1."""
+    positives = labels.sum(axis=0).astype(np.float64)
+    negatives = len(labels) - positives
+    weights = (np.maximum(negatives, 1.0) / np.maximum(positives, 1.0)) ** power
+    return torch.as_tensor(weights, dtype=torch.float32)

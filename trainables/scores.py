@@ -1,0 +1,60 @@
+"""Which score is better, for a metric's mode (`max` or `min`): the one rule everything uses.
+
+    improves(0.91, 0.90, "max")              # True
+    best = best_of(trials, "val_auc", "max")  # the row with the best finite score, or None
+    order = ranked(trials, "val_auc", "max")  # rows with a finite score, best first
+
+Non-finite scores (NaN, inf, None) never beat a finite one, and rank after every finite one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+MODES = ("max", "min")
+
+
+def is_finite(value) -> bool:
+    """A real number that is neither NaN nor infinite (None and strings are not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def improves(score: float | None, best: float | None, mode: str) -> bool:
+    """Whether `score` beats `best`; the first score always counts, a non-finite one only first."""
+    _check_mode(mode)
+    if not is_finite(score):
+        return best is None
+    if best is None or not is_finite(best):
+        return True
+    return score > best if mode == "max" else score < best
+
+
+def sort_key(score: float | None, mode: str) -> float:
+    """A key where larger is better for either mode; non-finite scores get -inf."""
+    _check_mode(mode)
+    if not is_finite(score):
+        return -math.inf
+    return float(score) if mode == "max" else -float(score)
+
+
+def ranked(rows: Iterable[Mapping], key: str, mode: str) -> list:
+    """Rows whose `key` is finite, best first (ties keep their order)."""
+    usable = [r for r in rows if is_finite(r.get(key))]
+    return sorted(usable, key=lambda r: sort_key(r[key], mode), reverse=True)
+
+
+def best_of(rows: Iterable[Mapping], key: str, mode: str):
+    """The row with the best finite `key`, or None."""
+    order = ranked(rows, key, mode)
+    return order[0] if order else None
+
+
+def better(a: float | None, b: float | None, mode: str) -> float | None:
+    """The better of two scores (a running best: `best = better(best, value, mode)`)."""
+    return b if sort_key(b, mode) > sort_key(a, mode) else a
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} must be one of {MODES}")
