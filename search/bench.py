@@ -92,7 +92,7 @@ def start_ray(b: Bench) -> None:
         return
     import ray
 
-    from search.run import connect_ray
+    from search.driver.session import connect_ray
 
     started = time.perf_counter()
     connect_ray(None)  # a fresh local instance with its own dashboard port, never another's

@@ -21,6 +21,7 @@ import yaml
 from ray import tune
 from ray.tune.search.sample import Domain
 
+from search.experiment.sweep import infer_distribution
 from trainables.tasks import Task
 from trainables.train import TrainConfig
 
@@ -159,22 +160,6 @@ def to_domain(name: str, spec, path: str = "<space>"):
     if dist == "q_log_uniform_values":
         return tune.qloguniform(low, high, spec.get("q", 1.0))
     return tune.loguniform(low, high)
-
-
-def infer_distribution(spec) -> str | None:
-    """A W&B parameter's distribution, inferred by W&B's rules when it is omitted."""
-    if not isinstance(spec, dict):
-        return None
-    if "distribution" in spec:
-        return spec["distribution"]
-    if "value" in spec:
-        return "constant"
-    if "values" in spec:
-        return "categorical"
-    if "min" in spec and "max" in spec:
-        both_int = all(isinstance(spec[k], int) for k in ("min", "max"))
-        return "int_uniform" if both_int else "uniform"
-    return None
 
 
 def _bounds(spec: dict, where: str) -> tuple[float, float]:

@@ -25,7 +25,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from search.driver.space import infer_distribution
+from search.experiment.sweep import infer_distribution
 
 DPI = 90
 CMAP = "viridis"

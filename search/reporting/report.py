@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.driver.space import infer_distribution
+from search.experiment.sweep import infer_distribution
 from search.reporting import plots as parts
 from search.reporting.plots import finite
 from trainables.files import write_atomic

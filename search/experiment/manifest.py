@@ -1,0 +1,87 @@
+"""`search.json`: what one search was, written by the pipeline and read by the report,
+compare.py and `--resume`.
+
+    m = Manifest(name=..., task="pneumonia", kind="binary", ...)
+    m.write(experiment_path)                 # <experiment>/search.json, atomically
+    m = Manifest.read(experiment_path)       # FileNotFoundError names the file when missing
+
+Unknown keys in an older or newer file are kept in `extra`, so reading never fails on them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from search.experiment.storage import join_path, read_json, write_text
+
+FILENAME = "search.json"
+
+
+@dataclass
+class Manifest:
+    """One search: its task, metric, searcher, budget, space, splits and the command."""
+
+    name: str
+    """Experiment name; the folder is `<storage>/<name>`."""
+    task: str
+    kind: str
+    """The task's kind (`trainables.kinds`)."""
+    classes: list[str]
+    metric: str
+    """The metric the search optimised (the task's unless the space says otherwise)."""
+    mode: str
+    searcher: str
+    seed: int
+    trials: int
+    epochs: int
+    launcher: str
+    knobs: list[str]
+    """The searched settings, in the space file's order."""
+    space: dict
+    """The space file as loaded (W&B sweep syntax)."""
+    started_at: float
+    finished_at: float | None = None
+    """None while the search runs (or after an interrupt)."""
+    wall_time_s: float | None = None
+    split_counts: dict = field(default_factory=dict)
+    """{split: {class: images}} of the splits the search read (train, val)."""
+    argv: list[str] = field(default_factory=list)
+    """The command line, replayed by `--resume`."""
+    resources_per_trial: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {**d.pop("extra"), **d}
+
+    def write(self, experiment_path: str) -> str:
+        path = join_path(experiment_path, FILENAME)
+        write_text(path, json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        return cls(**known, extra={k: v for k, v in d.items() if k not in names})
+
+    @classmethod
+    def read(cls, experiment_path: str) -> Manifest:
+        path = join_path(experiment_path, FILENAME)
+        d = read_json(path)
+        if d is None:
+            raise FileNotFoundError(f"{path} does not exist: is this an experiment folder?")
+        return cls.from_dict(d)
+
+    @classmethod
+    def read_optional(cls, experiment_path: str) -> Manifest | None:
+        try:
+            return cls.read(experiment_path)
+        except FileNotFoundError:
+            return None
