@@ -16,19 +16,18 @@ class there and convert it once, exactly as `search/run.py` does. The trial runs
 `trainables.train.train_loop` in this process (no Ray), logs every epoch's metrics at step =
 epoch, keeps the best checkpoint in `<run dir>/checkpoint/` (W&B uploads the run folder when
 the run ends, online) and leaves the task metric's best value, not its last, in the run
-summary: W&B's Bayesian search reads the summary.
+summary: W&B's Bayesian search reads the summary. The trial itself is `search.driver.agent`.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import math
 import os
-import shutil
 import sys
 
-from search.driver.folders import SPLIT_CHOICES
+from search.driver.agent import run_trial
+from search.driver.folder_split import SPLIT_CHOICES
 
 KEY_VALUE_HELP = "every other argument is --name=value: a training setting (TrainConfig)"
 
@@ -77,67 +76,9 @@ def parse_value(text: str):
         return text
 
 
-def run_config(run) -> dict:
-    """The run's config as training settings: W&B's own keys (`_wandb`, ...) dropped."""
-    config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
-    if "task" not in config:
-        raise SystemExit(
-            "the config names no `task`; every spaces/<task>.yaml fixes it with "
-            "`task: {value: <task>}`, or pass --task=<task>"
-        )
-    return config
-
-
-class BestKeeper:
-    """The `report` handed to `train_loop`: logs each epoch, keeps the best checkpoint."""
-
-    def __init__(self, run, metric: str, mode: str):
-        self.run, self.metric, self.mode = run, metric, mode
-        self.best: float | None = None
-        self.best_epoch: int | None = None
-        self.checkpoint_dir = os.path.join(run.dir, "checkpoint")
-
-    def __call__(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        self.run.log(metrics, step=int(metrics["epoch"]))
-        score = metrics.get(self.metric)
-        if checkpoint_dir is not None:  # train_loop saves one exactly when the metric improved
-            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, self.checkpoint_dir)
-        if isinstance(score, int | float) and math.isfinite(score) and self._better(score):
-            self.best, self.best_epoch = float(score), int(metrics["epoch"])
-
-    def _better(self, score: float) -> bool:
-        if self.best is None:
-            return True
-        return score > self.best if self.mode == "max" else score < self.best
-
-
 def main(argv: list[str] | None = None) -> int:
     args, settings = parse_args(argv)
-    import wandb
-
-    from search.run import locate_data
-    from trainables.data import load_npz
-    from trainables.tasks import get_task
-    from trainables.train import train_loop
-
-    with wandb.init(project=args.project, config=settings, job_type="trial") as run:
-        config = run_config(run)
-        task = get_task(config["task"])
-        where = argparse.Namespace(data_dir=args.data_dir, split=args.split,
-                                   seed=int(config.get("seed", 0)))  # fmt: skip
-        task, path = locate_data(task, config.get("image_size") or task.image_size, where)
-        data = load_npz(path, task, splits=("train", "val"))
-        keeper = BestKeeper(run, task.metric, task.mode)
-        train_loop(config, keeper, data, task=task)
-        if keeper.best is not None:
-            run.summary[task.metric] = keeper.best
-            run.summary["best_epoch"] = keeper.best_epoch
-        print(
-            f"{task.metric} best {keeper.best} at epoch {keeper.best_epoch}; "
-            f"checkpoint {keeper.checkpoint_dir}"
-        )
-    return 0
+    return run_trial(settings, args.data_dir, args.project, args.split)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,37 @@
-"""Shared fixtures: tiny synthetic MedMNIST-layout npz files, the real sample, one Ray cluster.
+"""Shared fixtures: synthetic data, the real sample, one Ray cluster, real checkpoints and a real
+experiment folder, and the helpers that run search/run.py.
 
-Tests make their own data (`make_npz`) or read `../shared/data/` (skipped with a reason when it
-is absent); nothing is downloaded. Ray-backed tests share one local cluster (`ray_cluster`).
+Tests make their own data (`make_npz`, `make_malaria`) or read `../shared/data/` (skipped with a
+reason when it is absent); nothing is downloaded. Ray-backed tests share one local cluster
+(`ray_cluster`). Checkpoints (`make_checkpoint`) come from `trainables.train.train_loop`, and
+experiment folders (`experiment_factory`, `experiment_dir`) from the writers the search itself
+uses (`search.experiment.tables`, `.after`, `.manifest`), fed by real training runs.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 PNEUMONIA = SHARED_DATA / "pneumoniamnist.npz"
+FAKE_CLASSES = {"multiclass": ("basophil", "eosinophil", "lymphocyte"),
+                "binary": ("normal", "pneumonia"),
+                "multilabel": ("effusion", "nodule", "mass")}  # fmt: skip
+EXPERIMENT_EPOCHS = 2
+# NIH naming: infected patients give cells of both classes, healthy ones only Uninfected.
+MALARIA_INFECTED = ("C33P1thinF", "C100P61ThinF", "C39P4thinF_original", "C186P147NThinF")
+MALARIA_HEALTHY = ("C1_thinF", "C2NThinF")
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -75,3 +92,270 @@ def ray_cluster():
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+# --- image folders ------------------------------------------------------------------------
+
+
+def _png(path: Path, size: tuple[int, int], value: int, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
+    shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
+    pixels = np.clip(rng.normal(value, 20, shape), 0, 255).astype(np.uint8)
+    from PIL import Image
+
+    Image.fromarray(pixels).save(path)
+
+
+def _malaria(root: Path, cells: int = 5) -> Path:
+    src = root / "cell_images"
+    for p, prefix in enumerate(MALARIA_INFECTED + MALARIA_HEALTHY):
+        classes = ("Parasitized", "Uninfected") if prefix in MALARIA_INFECTED else ("Uninfected",)
+        for name in classes:
+            for i in range(cells):
+                size = (100, 120) if i % 2 else (130, 90)
+                file = f"{prefix}_IMG_2015060{p}_104722_cell_{i}.png"
+                _png(src / name / file, size, 80 if name == "Parasitized" else 170)
+    return src
+
+
+@pytest.fixture
+def write_png():
+    """`write_png(path, (width, height), value, mode="RGB")`: a noisy PNG around `value`."""
+    return _png
+
+
+@pytest.fixture
+def make_malaria():
+    """`make_malaria(root, cells=5) -> root/cell_images`: NIH-named cell images of 4 infected
+    patients (both classes) and 2 healthy ones (Uninfected only), `cells` per class each."""
+    return _malaria
+
+
+# --- running search/run.py ------------------------------------------------------------------
+
+
+def _write_space(path: Path, **parameters) -> str:
+    base = {"model": {"value": "simple_cnn"}, "weights": {"value": "none"},
+            "batch_size": {"value": 32}}  # fmt: skip
+    config = {
+        "method": "bayes",
+        "metric": {"name": "val_auc", "goal": "maximize"},
+        "parameters": {**base, **parameters},
+        "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def _run_search(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    print(proc.stdout[-3000:], proc.stderr[-6000:])
+    return proc
+
+
+@pytest.fixture
+def write_space():
+    """`write_space(path, **parameters) -> str`: a space file (simple_cnn, no weights, batch
+    32, val_auc, hyperband eta 2) with `parameters` laid over it."""
+    return _write_space
+
+
+@pytest.fixture
+def run_search():
+    """`run_search(*args, timeout=600)`: search/run.py in a subprocess, W&B off; the
+    CompletedProcess (its output tails are printed for failing tests)."""
+    return _run_search
+
+
+# --- real checkpoints and experiment folders -------------------------------------------------
+
+
+def fake_task(kind: str, channels: int = 3, image_size: int = 28, classes=None):
+    """A task record of `kind` that is in no registry (`fake-<kind>`)."""
+    from trainables.tasks import Task
+
+    return Task(name=f"fake-{kind}", flag=f"fake{kind}", kind=kind,
+                classes=tuple(classes or FAKE_CLASSES[kind]), channels=channels,
+                model="simple_cnn", image_size=image_size)  # fmt: skip
+
+
+def _train(task, arrays: dict, config: dict, report) -> BaseException | None:
+    """`train_loop` on the CPU; the exception it raised, if any."""
+    import torch
+
+    from trainables.train import train_loop
+
+    base = {"task": task.name, "model": "simple_cnn", "weights": "none", "batch_size": 16}
+    try:
+        train_loop({**base, **config}, report, arrays, task=task, device=torch.device("cpu"))
+    except _StopTrial:
+        return None
+    except Exception as err:  # an errored trial, as Tune records it
+        return err
+    return None
+
+
+class _StopTrial(Exception):
+    """Raised from `report` to end a trial after an epoch, as ASHA does."""
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory):
+    """`make_checkpoint(kind="multiclass", channels=3, image_size=28, classes=None) -> Path`:
+    the folder of a real checkpoint (`model.pt`), written by one epoch of `train_loop` on
+    synthetic data of a `fake-<kind>` task. Shared by the session: copy it before changing it."""
+    made: dict[tuple, Path] = {}
+
+    def make(kind: str = "multiclass", channels: int = 3, image_size: int = 28,
+             classes=None) -> Path:  # fmt: skip
+        key = (kind, channels, image_size, tuple(classes or ()))
+        if key not in made:
+            task = fake_task(kind, channels, image_size, classes)
+            arrays = synthetic_arrays(kind, len(task.classes), channels, image_size, n=32)
+            folder = tmp_path_factory.mktemp(f"checkpoint-{kind}") / "checkpoint"
+
+            def keep(metrics: dict, checkpoint_dir: str | None) -> None:
+                shutil.copytree(checkpoint_dir, folder, dirs_exist_ok=True)
+
+            error = _train(task, arrays, {"epochs": 1, "dropout": 0.1, "lr": 3e-3}, keep)
+            assert error is None, error
+            made[key] = folder
+        return made[key]
+
+    return make
+
+
+def _trial_config(i: int, n: int) -> tuple[dict, int | None]:
+    """Trial i of n: its config, and the epoch after which it stops early (None: it does not).
+    The last trial errors (lr 1e30: a NaN loss); every third from the second stops early."""
+    rng = np.random.default_rng(i)
+    config = {"epochs": EXPERIMENT_EPOCHS, "seed": i, "lr": float(10 ** rng.uniform(-3, -2)),
+              "dropout": float(0.3 * rng.random()), "class_weight_power": float(rng.random()),
+              "aug_cutoff_epoch": int(rng.integers(0, 2))}  # fmt: skip
+    if i == n - 1:
+        config["lr"] = 1e30
+    return config, (1 if i % 3 == 1 and i != n - 1 else None)
+
+
+def _run_trial(root: Path, task, arrays: dict, i: int, n: int) -> tuple[dict, list[dict]]:
+    """One trial as Tune leaves it (`<trial>/checkpoint_00000k` per epoch); its table rows."""
+    from search.experiment.tables import history_rows, trial_row
+
+    trial_id, config = f"trial_{i:03d}", _trial_config(i, n)[0]
+    stop_after = _trial_config(i, n)[1]
+    trial_path, rows, started = root / trial_id, [], time.time()
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        name = f"checkpoint_{int(metrics['epoch']) - 1:06d}"
+        shutil.copytree(checkpoint_dir, trial_path / name)
+        rows.append({**metrics, "checkpoint_dir_name": name, "node_id": "node-0",
+                     "time_total_s": time.time() - started, "timestamp": time.time()})  # fmt: skip
+        if stop_after is not None and metrics["epoch"] >= stop_after:
+            raise _StopTrial
+
+    error = _train(task, arrays, config, report)
+    full = {"task": task.name, "model": "simple_cnn", **config}
+    row = trial_row(trial_id, rows, full, error, str(trial_path), task.metric, task.mode,
+                    EXPERIMENT_EPOCHS)  # fmt: skip
+    return row, history_rows(trial_id, rows)
+
+
+def _explain(root: Path, task, arrays: dict, trials: list[dict]) -> None:
+    """Attribution for every trial with a checkpoint, as the search's after-step writes it."""
+    from search.experiment import after
+    from trainables.attribution import choose_panel
+
+    panel = choose_panel(arrays["val_labels"], task.kind, 2, seed=0)
+    images, labels = arrays["val_images"][panel], arrays["val_labels"][panel]
+    focus = {
+        t["trial_id"]: after.explain_checkpoint(
+            t["checkpoint_path"], str(root / t["trial_id"] / after.ATTRIBUTION_DIR),
+            (images, labels), {"n_samples": 2, "steps": 4},
+        )
+        for t in after.with_checkpoints(trials, task.metric, task.mode)
+    }  # fmt: skip
+    after.attach_focus(trials, focus)
+
+
+def _space_config(task) -> dict:
+    return {
+        "method": "bayes",
+        "metric": {"name": task.metric, "goal": "maximize"},
+        "parameters": {
+            "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2},
+            "dropout": {"distribution": "uniform", "min": 0.0, "max": 0.3},
+            "class_weight_power": {"distribution": "uniform", "min": 0.0, "max": 1.0},
+            "aug_cutoff_epoch": {"distribution": "int_uniform", "min": 0, "max": 1},
+            "model": {"value": "simple_cnn"},
+            "epochs": {"value": EXPERIMENT_EPOCHS},
+        },
+    }
+
+
+def build_experiment(root: Path, kind: str = "multiclass", trials: int = 4) -> Path:
+    """A finished search's folder at `root`, written by the search's own writers (see
+    `experiment_factory`)."""
+    from search.driver.pipeline import split_counts
+    from search.experiment import after
+    from search.experiment.manifest import Manifest
+    from search.experiment.tables import export_checkpoints, write_tables
+    from trainables.train import KNOBS
+
+    task = fake_task(kind)
+    arrays = synthetic_arrays(kind, len(task.classes), task.channels, 28, n=64)
+    data_path = root.parent / f"{root.name}-data.npz"
+    np.savez(data_path, **arrays)
+    started = time.time()
+    results = [_run_trial(root, task, arrays, i, trials) for i in range(trials)]
+    rows = [row for row, _ in results]
+    history = [h for _, rows_ in results for h in rows_]
+    export_checkpoints(rows, str(root))
+    _explain(root, task, arrays, rows)
+    after.evaluate_on_test(rows, str(root), task, str(data_path), task.metric, task.mode)
+    write_tables(str(root), rows, history)
+    space = _space_config(task)
+    knobs = [k for k in KNOBS if k in space["parameters"]]
+    Manifest(
+        name=root.name, task=task.name, kind=kind, classes=list(task.classes),
+        metric=task.metric, mode=task.mode, searcher="optuna", seed=0, trials=trials,
+        epochs=EXPERIMENT_EPOCHS, launcher="function", knobs=knobs,
+        space=space, started_at=started, finished_at=time.time(),
+        wall_time_s=time.time() - started, split_counts=split_counts(task, arrays),
+        argv=["--task", task.name], resources_per_trial={"cpu": 1.0, "gpu": 0.0},
+    ).write(str(root))  # fmt: skip
+    return root
+
+
+@pytest.fixture(scope="session")
+def experiment_factory(tmp_path_factory):
+    """`experiment_factory(kind="multiclass", trials=4) -> Path`: a finished search's folder,
+    made once per session per (kind, trials) and shared: copy it before changing it.
+
+    Trials train for real (`train_loop`, `EXPERIMENT_EPOCHS` epochs, a `fake-<kind>` task of
+    `FAKE_CLASSES[kind]` on synthetic 28 px data); the last errors (NaN loss), every third from
+    the second stops early after epoch 1, the rest finish. The folder holds what a search
+    leaves: trials.parquet, history.parquet, search.json, each trial's checkpoint_00000k/ and
+    checkpoint/, attribution/ (Grad-CAM, IG, maps.npz) for every trial with a checkpoint, and
+    test_metrics.json plus <trial>/test_predictions.npz for the best trial. No report.html."""
+    made: dict[tuple[str, int], Path] = {}
+
+    def make(kind: str = "multiclass", trials: int = 4) -> Path:
+        if (kind, trials) not in made:
+            root = tmp_path_factory.mktemp(f"experiments-{kind}-{trials}") / f"{kind}-search"
+            root.mkdir()
+            made[kind, trials] = build_experiment(root, kind, trials)
+        return made[kind, trials]
+
+    return make
+
+
+@pytest.fixture
+def experiment_dir(tmp_path, experiment_factory) -> Path:
+    """A private copy of `experiment_factory()` (multiclass, 4 trials) to change freely. As in
+    any copied experiment folder, the tables' `checkpoint_path` and `trial_path` still name the
+    original's folders."""
+    source = experiment_factory()
+    return Path(shutil.copytree(source, tmp_path / source.name))

@@ -19,7 +19,6 @@ import sys
 from itertools import pairwise
 from pathlib import Path
 
-import jsonschema
 import pytest
 import ray
 import yaml
@@ -94,30 +93,13 @@ def by_name(paths):
 
 
 def test_the_launcher_files_are_found():
+    """Guards the parametrisations below against an empty glob (a moved cluster/ folder)."""
     assert {"cluster.yaml", "onprem.yaml"} <= {p.name for p in YAMLS}
 
 
 @by_name(YAMLS)
 def test_valid_for_rays_schema(path):
     validate_config(prepared(path))
-
-
-@by_name(YAMLS)
-def test_an_unknown_key_is_rejected(path):
-    config = load(path)
-    config["setup_comands"] = ["echo misspelt"]
-    with pytest.raises(jsonschema.ValidationError, match="setup_comands"):
-        validate_config(prepare_config(config))
-
-
-@by_name(YAMLS)
-def test_a_wrong_head_node_type_is_rejected(path):
-    config = load(path)
-    if "available_node_types" not in config:
-        pytest.skip("local provider: Ray defines the single node type itself")
-    config["head_node_type"] = "no_such_type"
-    with pytest.raises(ValueError, match="head_node_type"):
-        validate_config(prepare_config(config))
 
 
 @by_name(YAMLS)

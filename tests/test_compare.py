@@ -5,58 +5,60 @@ three searches in subprocesses: about 1-2 min on 2 cores)
 """
 
 import base64
-import json
 import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
 
-from search.compare import (
-    curves,
-    format_table,
-    parse_args,
-    read_sweep,
-    search_command,
-    search_env,
-    searcher_table,
-    summarise,
-    sweep_rows,
-    write_html,
+from search.compare import parse_args
+from search.driver.comparison import read_sweep, search_command, search_env
+from search.experiment.manifest import Manifest
+from search.experiment.tables import (
+    ERRORED,
+    FINISHED,
+    history_rows,
+    read_table,
+    trial_row,
+    write_tables,
 )
-from search.experiment.tables import read_table, write_table
+from search.reporting.compare_page import curves, write_html
+from search.reporting.compare_table import format_table, searcher_table
+from search.reporting.comparison import summarise, sweep_rows
+from trainables.evaluation import write_json
 from trainables.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
 
 T0 = 1_800_000_000.0
 
 
 def make_run(folder, trials: list[tuple], started=T0, argv=None, test=None) -> str:
-    """A search folder as run.py leaves it; trials: (id, value, status, end offset s, wall s)."""
+    """A search folder written by the search's own writers (`trial_row`, `history_rows`,
+    `write_tables`, `Manifest.write`); trials: (id, value, status, end offset s, wall s), where
+    an errored trial reported nothing."""
     rows, history = [], []
     for trial_id, value, status, end, wall in trials:
-        epochs = 2 if status == "finished" else 1
-        rows.append({"trial_id": trial_id, "status": status, "val_auc": value,
-                     "wall_time_s": wall, "epochs_run": epochs})  # fmt: skip
-        if end is not None:
-            history.append({"trial_id": trial_id, "epoch": 1.0, "val_auc": value,
-                            "timestamp": started + end, "time_total_s": wall})  # fmt: skip
-    os.makedirs(folder, exist_ok=True)
-    write_table(rows, os.path.join(folder, "trials.parquet"))
-    write_table(history, os.path.join(folder, "history.parquet"))
-    info = {"started_at": started, "metric": "val_auc", "mode": "max"}
-    if argv is not None:
-        info["argv"] = argv
-    with open(os.path.join(folder, "search.json"), "w") as f:
-        json.dump(info, f)
+        results = [] if status == ERRORED else [{
+            "epoch": 2 if status == FINISHED else 1, "val_auc": value,
+            "timestamp": started + end, "time_total_s": wall,
+        }]  # fmt: skip
+        error = RuntimeError("boom") if status == ERRORED else None
+        rows.append(trial_row(trial_id, results, {}, error, str(folder), "val_auc", "max", 2))
+        history += history_rows(trial_id, results)
+    write_tables(str(folder), rows, history)
+    Manifest(name=os.path.basename(folder), task="blood", kind="multiclass", classes=["a", "b"],
+             metric="val_auc", mode="max", searcher="optuna", seed=0, trials=len(trials),
+             epochs=2, launcher="function", knobs=["lr"], space={}, started_at=started,
+             argv=argv or []).write(str(folder))  # fmt: skip
     if test:
-        with open(os.path.join(folder, "test_metrics.json"), "w") as f:
-            json.dump({"best_trial": test[0], "trials": {test[0]: {"auroc": {"value": test[1]}}}},
-                      f)  # fmt: skip
+        write_json(os.path.join(folder, "test_metrics.json"),
+                   {"best_trial": test[0], "trials": {test[0]: {"auroc": {"value": test[1]}}}})
     return str(folder)
 
 

@@ -1,5 +1,6 @@
-"""Tests for search/explain.py: a real (untrained) checkpoint explains PNG and JPEG images of
-any size and mode; probabilities per class, both overlays written; clear errors."""
+"""Tests for search/explain.py: a real checkpoint (`make_checkpoint`: one epoch of `train_loop`)
+explains PNG and JPEG images of any size and mode; probabilities per class, both overlays
+written; clear errors."""
 
 from __future__ import annotations
 
@@ -8,29 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FAKE_CLASSES
 from PIL import Image
 
-from search.explain import cam_layer, explain_images, main, normalise, read_image
-from trainables.checkpoint import load_checkpoint, model_from_checkpoint, predict, save_checkpoint
-from trainables.models import build_model
+from search.explain import main
+from search.reporting.explanations import explain_images, read_image
+from trainables.attribution import cam_layer
+from trainables.checkpoint import load_checkpoint, model_from_checkpoint, normalised_input, predict
 
 PNG = b"\x89PNG\r\n\x1a\n"
-CLASSES = {"multiclass": ["basophil", "eosinophil", "lymphocyte"], "binary": ["normal",
-           "pneumonia"], "multilabel": ["effusion", "nodule", "mass"]}  # fmt: skip
-
-
-def tiny_checkpoint(folder: Path, kind: str, channels: int, image_size: int = 28) -> Path:
-    torch.manual_seed(0)
-    classes = CLASSES[kind]
-    outputs = 1 if kind == "binary" else len(classes)
-    model = build_model("simple_cnn", outputs, channels, image_size=image_size, dropout=0.1)
-    payload = {
-        "task": f"fake-{kind}", "kind": kind, "classes": classes, "channels": channels,
-        "model": "simple_cnn", "image_size": image_size, "config": {"dropout": 0.1},
-        "normalisation": {"mean": [0.4] * channels, "std": [0.2] * channels}, "epoch": 1,
-        "metrics": {"val_auc": 0.5}, "state_dict": model.state_dict(),
-    }  # fmt: skip
-    return Path(save_checkpoint(folder, payload))
+CLASSES = {kind: list(names) for kind, names in FAKE_CLASSES.items()}
 
 
 def write_images(folder: Path) -> list[Path]:
@@ -48,10 +36,11 @@ def assert_png(path: str) -> None:
         img.verify()
 
 
-def test_multiclass_png_and_jpeg(tmp_path, capsys):
-    ckpt = tiny_checkpoint(tmp_path / "checkpoint", "multiclass", channels=3)
+def test_multiclass_png_and_jpeg(tmp_path, capsys, make_checkpoint):
+    folder = make_checkpoint("multiclass", channels=3)
+    ckpt = folder / "model.pt"
     images = write_images(tmp_path)
-    results = explain_images(ckpt.parent, images, steps=4, samples=2)
+    results = explain_images(folder, images, steps=4, samples=2)
     assert [r["image"] for r in results] == [str(p) for p in images]
     for r, image in zip(results, images, strict=True):
         assert list(r["probabilities"]) == CLASSES["multiclass"]
@@ -65,11 +54,12 @@ def test_multiclass_png_and_jpeg(tmp_path, capsys):
     assert main([str(ckpt), str(images[0]), "--steps", "2", "--samples", "1"]) == 0
     out = capsys.readouterr().out
     assert "cell.png: predicted" in out and all(c in out for c in CLASSES["multiclass"])
+    assert "independent probability" not in out  # one class per image: they sum to 1
 
 
-def test_matches_predict_on_prepared_pixels(tmp_path):
+def test_matches_predict_on_prepared_pixels(tmp_path, make_checkpoint):
     """Reading + resizing + normalising gives what `predict` gives on the same uint8 array."""
-    ckpt_path = tiny_checkpoint(tmp_path / "c", "multiclass", channels=3)
+    ckpt_path = make_checkpoint("multiclass", channels=3) / "model.pt"
     image = write_images(tmp_path)[1]  # greyscale into a 3-channel model
     pixels = read_image(image, channels=3, size=28)
     assert pixels.shape == (28, 28, 3) and pixels.dtype == np.uint8
@@ -77,18 +67,18 @@ def test_matches_predict_on_prepared_pixels(tmp_path):
     model = model_from_checkpoint(ckpt)
     expected = predict(ckpt, model, pixels[None])
     with torch.no_grad():
-        logits = model(normalise(ckpt, pixels[None]))
+        logits = model(normalised_input(ckpt, pixels[None]))
     np.testing.assert_allclose(logits.softmax(1).numpy(), expected, atol=1e-6)
     result = explain_images(ckpt_path, [image], out_dir=tmp_path / "o", steps=2, samples=1)[0]
     np.testing.assert_allclose(list(result["probabilities"].values()), expected[0], atol=1e-6)
 
 
-def test_binary_small_images_use_an_earlier_layer(tmp_path):
+def test_binary_small_images_use_an_earlier_layer(tmp_path, make_checkpoint):
     """At 12 px the simple CNN's last block is 3x3: Grad-CAM moves to a layer >= 4x4."""
-    ckpt_path = tiny_checkpoint(tmp_path / "c", "binary", channels=1, image_size=12)
+    ckpt_path = make_checkpoint("binary", channels=1, image_size=12)
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
-    x = normalise(ckpt, read_image(write_images(tmp_path)[0], 1, 12)[None])
+    x = normalised_input(ckpt, read_image(write_images(tmp_path)[0], 1, 12)[None])
     assert cam_layer(model, x) is not model.cam_layer
     out = tmp_path / "maps"
     (r,) = explain_images(ckpt_path, [tmp_path / "cell.png"], out_dir=out, steps=2, samples=1)
@@ -99,8 +89,8 @@ def test_binary_small_images_use_an_earlier_layer(tmp_path):
     assert_png(r["ig"])
 
 
-def test_multilabel_and_16_bit(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "c", "multilabel", channels=1)
+def test_multilabel_and_16_bit(tmp_path, make_checkpoint, capsys):
+    ckpt = make_checkpoint("multilabel", channels=1)
     deep = tmp_path / "deep.png"
     Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 8).save(deep)
     pixels = read_image(deep, channels=1, size=28)
@@ -110,10 +100,12 @@ def test_multilabel_and_16_bit(tmp_path):
     assert all(0 <= p <= 1 for p in r["probabilities"].values())
     assert r["predicted"] == [c for c, p in r["probabilities"].items() if p >= 0.5]
     assert_png(r["gradcam"])
+    assert main([str(ckpt), str(deep), "--steps", "2", "--samples", "1"]) == 0
+    assert "one independent probability per label" in capsys.readouterr().out
 
 
-def test_errors_name_the_file(tmp_path, capsys):
-    ckpt = tiny_checkpoint(tmp_path / "c", "multiclass", channels=3)
+def test_errors_name_the_file(tmp_path, capsys, make_checkpoint):
+    ckpt = make_checkpoint("multiclass", channels=3)
     good = write_images(tmp_path)[0]
     missing = tmp_path / "missing.png"
     with pytest.raises(FileNotFoundError, match="missing.png"):

@@ -6,19 +6,13 @@ Every dataset here is a few dozen tiny PNGs written into tmp_path; the whole fil
 from __future__ import annotations
 
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from search.driver.folders import (
-    convert_folder,
-    patient_id,
-    small_data_warnings,
-    split_counts,
-)
+from search.driver.folder_split import patient_id, small_data_warnings, split_counts
+from search.driver.folders import convert_folder
 from trainables.data import SPLITS, load_npz, validate_split
 from trainables.tasks import Task
 
@@ -29,36 +23,21 @@ MALARIA = Task(
     classes=("Parasitized", "Uninfected"),
     channels=3,
 )
-# NIH naming: infected patients give cells of both classes, healthy ones only Uninfected.
-INFECTED = ("C33P1thinF", "C100P61ThinF", "C39P4thinF_original", "C186P147NThinF")
-HEALTHY = ("C1_thinF", "C2NThinF")
 
 
-def _png(path: Path, size: tuple[int, int], value: int, mode: str = "RGB") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
-    shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
-    pixels = np.clip(rng.normal(value, 20, shape), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path)
+@pytest.fixture
+def make_generic(write_png):
+    """`make_generic(root, classes=("cat", "dog", "eel"), n=12, mode="RGB")`: a folder per
+    class of `n` PNGs without patient ids, of three sizes."""
 
+    def make(root: Path, classes=("cat", "dog", "eel"), n: int = 12, mode: str = "RGB") -> Path:
+        for c, name in enumerate(classes):
+            for i in range(n):
+                size = (40 + 7 * (i % 3), 36)
+                write_png(root / name / f"img_{i:03d}.png", size, 40 + 60 * c, mode)
+        return root
 
-def _make_malaria(root: Path, cells: int = 5) -> Path:
-    src = root / "cell_images"
-    for p, prefix in enumerate(INFECTED + HEALTHY):
-        classes = ("Parasitized", "Uninfected") if prefix in INFECTED else ("Uninfected",)
-        for name in classes:
-            for i in range(cells):
-                size = (100, 120) if i % 2 else (130, 90)
-                file = f"{prefix}_IMG_2015060{p}_104722_cell_{i}.png"
-                _png(src / name / file, size, 80 if name == "Parasitized" else 170)
-    return src
-
-
-def _make_generic(root: Path, classes=("cat", "dog", "eel"), n: int = 12, mode: str = "RGB"):
-    for c, name in enumerate(classes):
-        for i in range(n):
-            _png(root / name / f"img_{i:03d}.png", (40 + 7 * (i % 3), 36), 40 + 60 * c, mode)
-    return root
+    return make
 
 
 def _load(path: str) -> dict[str, np.ndarray]:
@@ -87,8 +66,8 @@ def test_patient_id_reads_nih_names(name, expected):
     assert patient_id(name) == expected
 
 
-def test_malaria_folder_converts_to_a_patient_split(tmp_path):
-    src = _make_malaria(tmp_path)
+def test_malaria_folder_converts_to_a_patient_split(tmp_path, make_malaria):
+    src = make_malaria(tmp_path)
     path, classes, info = convert_folder(str(src), image_size=28)
     assert classes == ["Parasitized", "Uninfected"]  # sorted folder names
     assert info["split"] == "patient" and info["channels"] == 3
@@ -102,14 +81,14 @@ def test_malaria_folder_converts_to_a_patient_split(tmp_path):
         folders = [f.split(os.sep)[0] for f in arrays[f"{split}_files"]]
         assert folders == [classes[i] for i in labels[:, 0]]
     total = sum(sum(c.values()) for c in info["counts"].values())
-    assert total == len(INFECTED) * 10 + len(HEALTHY) * 5
+    assert total == 4 * 2 * 5 + 2 * 5  # make_malaria: 4 infected patients, 2 healthy
     assert info["counts"] == split_counts(path, classes)
-    assert sum(info["patients"].values()) == len(INFECTED + HEALTHY)
+    assert sum(info["patients"].values()) == 6
     assert len(load_npz(path, MALARIA, splits=SPLITS)["test_images"]) > 0
 
 
-def test_no_patient_is_on_two_sides_of_any_split(tmp_path):
-    src = _make_malaria(tmp_path)
+def test_no_patient_is_on_two_sides_of_any_split(tmp_path, make_malaria):
+    src = make_malaria(tmp_path)
     for seed in range(3):
         path, _, _ = convert_folder(str(src), image_size=16, split="patient", seed=seed)
         arrays = _load(path)
@@ -120,8 +99,8 @@ def test_no_patient_is_on_two_sides_of_any_split(tmp_path):
         assert not patients["val"] & patients["test"]
 
 
-def test_seed_changes_which_patients_are_held_out(tmp_path):
-    src = _make_malaria(tmp_path)
+def test_seed_changes_which_patients_are_held_out(tmp_path, make_malaria):
+    src = make_malaria(tmp_path)
     held = set()
     for seed in range(4):
         arrays = _load(convert_folder(str(src), 16, seed=seed)[0])
@@ -129,16 +108,16 @@ def test_seed_changes_which_patients_are_held_out(tmp_path):
     assert len(held) > 1
 
 
-def test_auto_warns_when_some_names_lack_a_patient_id(tmp_path):
-    src = _make_malaria(tmp_path)
-    _png(src / "Uninfected" / "img_001.png", (40, 40), 170)
+def test_auto_warns_when_some_names_lack_a_patient_id(tmp_path, make_malaria, write_png):
+    src = make_malaria(tmp_path)
+    write_png(src / "Uninfected" / "img_001.png", (40, 40), 170)
     with pytest.warns(UserWarning, match="1 of 51 file names carry no patient id"):
         _, _, info = convert_folder(str(src), 16)
     assert info["split"] == "cell"
 
 
-def test_classes_argument_fixes_the_label_order(tmp_path):
-    src = _make_malaria(tmp_path)
+def test_classes_argument_fixes_the_label_order(tmp_path, make_malaria):
+    src = make_malaria(tmp_path)
     order = ["Uninfected", "Parasitized"]  # Parasitized = 1, the positive class
     path, classes, _ = convert_folder(str(src), 16, split="cell", classes=order)
     assert classes == order
@@ -149,30 +128,30 @@ def test_classes_argument_fixes_the_label_order(tmp_path):
         convert_folder(str(src), 16, classes=["Parasitized", "Healthy"])
 
 
-def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path):
-    src = _make_malaria(tmp_path)
+def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, make_malaria, write_png):
+    src = make_malaria(tmp_path)
     path, _, info = convert_folder(str(src), 16, split="cell")
     mtime = os.stat(path).st_mtime_ns
     again, _, info_again = convert_folder(str(src), 16, split="cell")
     assert again == path and os.stat(path).st_mtime_ns == mtime
     assert info_again == info
-    _png(src / "Uninfected" / "C1_thinF_IMG_20150604_104722_cell_99.png", (90, 90), 170)
+    write_png(src / "Uninfected" / "C1_thinF_IMG_20150604_104722_cell_99.png", (90, 90), 170)
     _, _, rebuilt = convert_folder(str(src), 16, split="cell")
     assert os.stat(path).st_mtime_ns != mtime
     before = sum(sum(c.values()) for c in info["counts"].values())
     assert sum(sum(c.values()) for c in rebuilt["counts"].values()) == before + 1
 
 
-def test_cache_dir_holds_the_npz_when_given(tmp_path):
-    src = _make_generic(tmp_path / "shapes")
+def test_cache_dir_holds_the_npz_when_given(tmp_path, make_generic):
+    src = make_generic(tmp_path / "shapes")
     path, _, _ = convert_folder(str(src), 16, cache_dir=str(tmp_path / "cache"))
     assert Path(path).parent == tmp_path / "cache"
     assert Path(path).name.startswith("shapes-") and path.endswith("_16_cell_s0.npz")
     assert not (src / ".medsweep").exists()
 
 
-def test_read_only_source_caches_under_xdg_cache_home(tmp_path, monkeypatch):
-    src = _make_generic(tmp_path / "shapes")
+def test_read_only_source_caches_under_xdg_cache_home(tmp_path, monkeypatch, make_generic):
+    src = make_generic(tmp_path / "shapes")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # as on a read-only mount
     path, _, _ = convert_folder(str(src), 16)
@@ -180,8 +159,8 @@ def test_read_only_source_caches_under_xdg_cache_home(tmp_path, monkeypatch):
     assert not (src / ".medsweep").exists()
 
 
-def test_cell_split_is_stratified(tmp_path):
-    src = _make_malaria(tmp_path)
+def test_cell_split_is_stratified(tmp_path, make_malaria):
+    src = make_malaria(tmp_path)
     path, classes, info = convert_folder(str(src), 16, split="cell", seed=3)
     assert info["split"] == "cell" and "patients" not in info
     for split in SPLITS:
@@ -191,8 +170,8 @@ def test_cell_split_is_stratified(tmp_path):
     assert len(files) == len(set(files))
 
 
-def test_generic_folder_without_patient_ids_gets_a_cell_split(tmp_path):
-    src = _make_generic(tmp_path / "shapes")
+def test_generic_folder_without_patient_ids_gets_a_cell_split(tmp_path, make_generic):
+    src = make_generic(tmp_path / "shapes")
     path, classes, info = convert_folder(str(src), 16)
     assert classes == ["cat", "dog", "eel"] and info["split"] == "cell"
     task = Task(
@@ -205,9 +184,9 @@ def test_generic_folder_without_patient_ids_gets_a_cell_split(tmp_path):
         convert_folder(str(src), 16, split="patient")
 
 
-def test_premade_splits_are_kept(tmp_path):
+def test_premade_splits_are_kept(tmp_path, make_generic):
     for split, n in (("train", 10), ("val", 4), ("test", 5)):
-        _make_generic(tmp_path / "ds" / split, classes=("a", "b"), n=n)
+        make_generic(tmp_path / "ds" / split, classes=("a", "b"), n=n)
     path, classes, info = convert_folder(str(tmp_path / "ds"), 16)
     assert info["split"] == "premade" and classes == ["a", "b"]
     assert info["counts"] == {
@@ -219,9 +198,9 @@ def test_premade_splits_are_kept(tmp_path):
     assert all(f.startswith("val" + os.sep) for f in arrays["val_files"])
 
 
-def test_premade_train_and_test_carve_val_out_of_train(tmp_path):
-    _make_generic(tmp_path / "ds" / "train", classes=("a", "b"), n=20)
-    _make_generic(tmp_path / "ds" / "test", classes=("a", "b"), n=6)
+def test_premade_train_and_test_carve_val_out_of_train(tmp_path, make_generic):
+    make_generic(tmp_path / "ds" / "train", classes=("a", "b"), n=20)
+    make_generic(tmp_path / "ds" / "test", classes=("a", "b"), n=6)
     path, _, info = convert_folder(str(tmp_path / "ds"), 16, val_frac=0.25)
     assert info["counts"]["test"] == {"a": 6, "b": 6}
     assert info["counts"]["val"] == {"a": 5, "b": 5}
@@ -230,39 +209,39 @@ def test_premade_train_and_test_carve_val_out_of_train(tmp_path):
     assert not set(arrays["val_files"]) & set(arrays["train_files"])
 
 
-def test_premade_splits_with_different_classes_are_named(tmp_path):
-    _make_generic(tmp_path / "ds" / "train", classes=("a", "b", "c"), n=4)
-    _make_generic(tmp_path / "ds" / "test", classes=("a", "b"), n=4)
+def test_premade_splits_with_different_classes_are_named(tmp_path, make_generic):
+    make_generic(tmp_path / "ds" / "train", classes=("a", "b", "c"), n=4)
+    make_generic(tmp_path / "ds" / "test", classes=("a", "b"), n=4)
     with pytest.raises(ValueError, match=r"disagree on classes.*'test': \['c'\]"):
         convert_folder(str(tmp_path / "ds"), 16)
 
 
-def test_grayscale_folder_gives_one_channel(tmp_path):
-    src = _make_generic(tmp_path / "xray", classes=("normal", "pneumonia"), mode="L")
+def test_grayscale_folder_gives_one_channel(tmp_path, make_generic, write_png):
+    src = make_generic(tmp_path / "xray", classes=("normal", "pneumonia"), mode="L")
     path, _, info = convert_folder(str(src), 16)
     assert info["channels"] == 1
     assert _load(path)["train_images"].shape[1:] == (16, 16)
-    _png(src / "normal" / "colour.png", (30, 30), 90)  # one RGB image makes it a colour set
+    write_png(src / "normal" / "colour.png", (30, 30), 90)  # one RGB image makes it a colour set
     path, _, info = convert_folder(str(src), 16)
     assert info["channels"] == 3 and _load(path)["train_images"].shape[1:] == (16, 16, 3)
 
 
-def test_empty_class_folder_is_named(tmp_path):
-    src = _make_generic(tmp_path / "ds")
+def test_empty_class_folder_is_named(tmp_path, make_generic):
+    src = make_generic(tmp_path / "ds")
     (src / "fox").mkdir()
     with pytest.raises(ValueError, match=r"empty class folder.*fox"):
         convert_folder(str(src), 16)
 
 
-def test_no_class_folders_says_the_layout(tmp_path):
+def test_no_class_folders_says_the_layout(tmp_path, write_png):
     (tmp_path / "flat").mkdir()
-    _png(tmp_path / "flat" / "a.png", (20, 20), 100)
+    write_png(tmp_path / "flat" / "a.png", (20, 20), 100)
     with pytest.raises(ValueError, match=r"no class folders; expected .*<class>/\*\.png"):
         convert_folder(str(tmp_path / "flat"), 16)
 
 
-def test_every_corrupt_image_is_named_in_one_error(tmp_path):
-    src = _make_generic(tmp_path / "ds")
+def test_every_corrupt_image_is_named_in_one_error(tmp_path, make_generic):
+    src = make_generic(tmp_path / "ds")
     (src / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     good = (src / "dog" / "img_000.png").read_bytes()
     (src / "eel" / "truncated.png").write_bytes(good[: len(good) // 2])
@@ -272,11 +251,11 @@ def test_every_corrupt_image_is_named_in_one_error(tmp_path):
     assert not (src / ".medsweep" / "ds_16_cell_s0.npz").exists()
 
 
-def test_patient_split_needs_three_patients(tmp_path):
+def test_patient_split_needs_three_patients(tmp_path, write_png):
     for c in ("Parasitized", "Uninfected"):
         for i in range(4):
-            _png(tmp_path / "m" / c / f"C33P1thinF_IMG_1_cell_{i}.png", (20, 20), 100)
-            _png(tmp_path / "m" / c / f"C34P2thinF_IMG_1_cell_{i}.png", (20, 20), 100)
+            write_png(tmp_path / "m" / c / f"C33P1thinF_IMG_1_cell_{i}.png", (20, 20), 100)
+            write_png(tmp_path / "m" / c / f"C34P2thinF_IMG_1_cell_{i}.png", (20, 20), 100)
     with pytest.raises(ValueError, match="at least 3 patients"):
         convert_folder(str(tmp_path / "m"), 16)
 

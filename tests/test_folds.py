@@ -1,5 +1,5 @@
-"""k-fold cross-validation (`search/folds.py`): the splits, the per-epoch summary, a failing fold,
-and one real `search/run.py --folds 3` search end to end."""
+"""k-fold cross-validation (`search/driver/folds.py`): the splits, the per-epoch summary, a
+failing fold, and one real `search/run.py --folds 3` search end to end."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from test_search import run_search, write_space
 
 from search.driver.folders import convert_folder
 from search.driver.folds import (
@@ -19,7 +18,7 @@ from search.driver.folds import (
     patient_groups,
     run_folds,
 )
-from search.driver.tuner import Plan
+from search.driver.plan import Plan
 from search.experiment.tables import read_table
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint
 from trainables.tasks import get_task
@@ -96,11 +95,10 @@ def test_patient_groups_from_file_names():
         assert patient_groups({**files, "val_files": np.array(["cat/img_0.png"])}) is None
 
 
-def test_converted_malaria_folds_keep_patients_apart(tmp_path):
-    """`file_arrays` reads the names `search.driver.folders` stored; whole patients go to one side."""
-    from test_folders import _make_malaria
-
-    path, _, _ = convert_folder(str(_make_malaria(tmp_path, cells=3)), 28, split="patient")
+def test_converted_malaria_folds_keep_patients_apart(tmp_path, make_malaria):
+    """`file_arrays` reads the names `search.driver.folders` stored; whole patients go to one
+    side."""
+    path, _, _ = convert_folder(str(make_malaria(tmp_path, cells=3)), 28, split="patient")
     arrays = {**dict(np.load(path)), **file_arrays(path)}
     groups = patient_groups(arrays)
     labels = np.concatenate([arrays["train_labels"], arrays["val_labels"]])
@@ -146,7 +144,7 @@ def test_a_failing_fold_fails_the_trial_with_its_message(ray_cluster, make_npz):
 
 
 @pytest.mark.slow
-def test_search_with_three_folds_end_to_end(tmp_path, make_npz):
+def test_search_with_three_folds_end_to_end(tmp_path, make_npz, write_space, run_search):
     """`--folds 3`: per-epoch means in history.parquet, a loadable best-fold checkpoint, and
     std and per-fold scores in Tune's own result.json."""
     task = get_task("blood")

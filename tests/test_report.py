@@ -1,7 +1,8 @@
-"""Tests for search/report.py: a fake-but-real experiment folder (tables written by
-`search.experiment.tables.write_table`, a real checkpoint, attribution grids from `save_grid`, test
-metrics from `evaluate_predictions`) becomes one self-contained HTML file; missing pieces,
-errored trials, one trial and NaN metrics degrade to notes; the CLI rebuilds it."""
+"""Tests for search/report.py: an experiment folder made by the real writers (search.json by
+`Manifest.write`, table rows by `search.experiment.tables.trial_row`/`history_rows` from the
+results `train_loop` reports, attribution grids from `save_grid`, test metrics from
+`evaluate_predictions`) becomes one self-contained HTML file; missing pieces, errored trials,
+one trial and NaN metrics degrade to notes; the CLI rebuilds it."""
 
 from __future__ import annotations
 
@@ -17,19 +18,21 @@ import numpy as np
 import pytest
 import torch
 
-from search.experiment.tables import write_table
+from search.experiment.manifest import Manifest
+from search.experiment.storage import write_npz
+from search.experiment.tables import history_rows, read_table, trial_row, write_table, write_tables
 from search.report import main
 from search.reporting.report import build_report
 from trainables.attribution import save_grid
-from trainables.checkpoint import save_checkpoint
 from trainables.evaluation import evaluate_predictions, write_json
-from trainables.models import build_model
+from trainables.kinds import get_kind
+from trainables.scores import ranked
+from trainables.train import KNOBS
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 CLASSES = {"multiclass": ["basophil", "eosinophil", "lymphocyte"], "binary": ["normal",
            "pneumonia"], "multilabel": ["effusion", "nodule", "mass"]}  # fmt: skip
-KNOBS = ["lr", "dropout", "class_weight_power", "aug_cutoff_epoch", "unfreeze_epoch"]
 SPACE = {
     "method": "bayes",
     "metric": {"name": "val_auc", "goal": "maximize"},
@@ -78,73 +81,54 @@ class Page(HTMLParser):
         return [base64.b64decode(src[len(prefix) :], validate=True) for src in self.images]
 
 
-def trial_rows(kind: str, n: int, rng: np.random.Generator) -> list[dict]:
-    """n trials in the exact trials.parquet schema: the last one errored, every third one
-    (from the second) stopped early by ASHA, the rest finished."""
-    rows = []
+def epoch_results(i: int, n: int, rng: np.random.Generator, start: float) -> list[dict]:
+    """What `train_loop` reports for trial i of n: the last one errored (nothing reported),
+    every third one (from the second) stopped early by ASHA after one epoch, the rest ran
+    every epoch; the metric improves every epoch."""
+    if i == n - 1:
+        return []
+    epochs_run = 1 if i % 3 == 1 else EPOCHS
+    auc = float(0.6 + 0.35 * rng.random())
+    return [{
+        "epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.2 / epoch, "val_acc": 0.7,
+        "val_f1": 0.6, "val_auc": auc - 0.05 * (epochs_run - epoch), "lr_now": 1e-3,
+        "frozen": 0.0, "augmented": 1.0, "images_per_s": 900.0, "time_this_iter_s": 12.5,
+        "time_total_s": 12.5 * epoch, "timestamp": start + 30 * i + 12.5 * epoch,
+    } for epoch in range(1, epochs_run + 1)]  # fmt: skip
+
+
+def search_tables(kind: str, n: int, rng: np.random.Generator, start: float):
+    """(trials, history) rows built by the real row builders of `search.experiment.tables`."""
+    trials, history = [], []
     for i in range(n):
         tid = f"trial_{i:03d}"
-        status = "errored" if i == n - 1 else "stopped_early" if i % 3 == 1 else "finished"
-        ok = status != "errored"
-        epochs_run = {"finished": EPOCHS, "stopped_early": 1, "errored": 0}[status]
-        auc = float(0.6 + 0.35 * rng.random()) if ok else None
-        rows.append({
-            "trial_id": tid, "status": status,
-            "error": None if ok else "RuntimeError: CUDA out of memory\n  File train.py, line 9",
-            "config/aug_cutoff_epoch": int(rng.integers(0, 11)),
-            "config/class_weight_power": float(rng.random()), "config/dropout": 0.5 * rng.random(),
-            "config/epochs": EPOCHS, "config/lr": float(10 ** rng.uniform(-4, np.log10(3e-2))),
-            "config/model": "simple_cnn", "config/task": f"fake-{kind}",
-            "config/unfreeze_epoch": int(rng.integers(0, 5)),
-            "val_auc": auc, "best/val_loss": 0.5 if ok else None,
-            "best/val_acc": 0.7 if ok else None, "best/val_f1": 0.6 if ok else None,
-            "best/val_auc": auc,
-            "best_epoch": epochs_run if ok else None, "epochs_run": epochs_run,
-            "wall_time_s": 12.5 * epochs_run if ok else None,
-            "checkpoint_path": None, "trial_path": f"/ray/results/{tid}",
-            "attr_focus": None, "attr_focus_warning": None,
-        })  # fmt: skip
-    return rows
-
-
-def history_rows(trials: list[dict], start: float) -> list[dict]:
-    rows = []
-    for i, t in enumerate(trials):
-        for epoch in range(1, t["epochs_run"] + 1):
-            auc = (t["val_auc"] or 0.5) - 0.05 * (t["epochs_run"] - epoch)
-            rows.append({
-                "trial_id": t["trial_id"], "epoch": float(epoch), "train_loss": 1.0 / epoch,
-                "val_loss": 1.2 / epoch, "val_acc": 0.7, "val_f1": 0.6, "val_auc": auc,
-                "lr_now": t["config/lr"], "frozen": 0.0, "augmented": 1.0, "images_per_s": 900.0,
-                "time_this_iter_s": 12.5, "time_total_s": 12.5 * epoch,
-                "timestamp": start + 30 * i + 12.5 * epoch,
-            })  # fmt: skip
-    return rows
-
-
-def tiny_checkpoint(folder: Path, kind: str, classes: list[str], channels: int = 3) -> str:
-    torch.manual_seed(0)
-    outputs = 1 if kind == "binary" else len(classes)
-    model = build_model("simple_cnn", outputs, channels=channels, image_size=28, dropout=0.1)
-    payload = {
-        "task": f"fake-{kind}", "kind": kind, "classes": classes, "channels": channels,
-        "model": "simple_cnn", "image_size": 28, "config": {"dropout": 0.1, "lr": 1e-3},
-        "normalisation": {"mean": [0.5] * channels, "std": [0.25] * channels}, "epoch": 2,
-        "metrics": {"val_auc": 0.8}, "state_dict": model.state_dict(),
-    }  # fmt: skip
-    return save_checkpoint(folder, payload)
+        results = epoch_results(i, n, rng, start)
+        config = {
+            "aug_cutoff_epoch": int(rng.integers(0, 11)),
+            "class_weight_power": float(rng.random()), "dropout": 0.5 * rng.random(),
+            "epochs": EPOCHS,
+            "lr": float(10 ** rng.uniform(-4, np.log10(3e-2))), "model": "simple_cnn",
+            "task": f"fake-{kind}", "unfreeze_epoch": int(rng.integers(0, 5)),
+        }  # fmt: skip
+        error = None if results else RuntimeError("CUDA out of memory\n  File train.py, line 9")
+        trials.append(trial_row(tid, results, config, error, f"/ray/results/{tid}", "val_auc",
+                                "max", EPOCHS))  # fmt: skip
+        history += history_rows(tid, results)
+    for t in trials:
+        t["attr_focus"] = t["attr_focus_warning"] = None
+    return trials, history
 
 
 def fake_predictions(kind: str, n_classes: int, rng: np.random.Generator, n: int = 60):
-    if kind == "multilabel":
+    """Stored test labels and the model's probabilities, better than chance."""
+    ops = get_kind(kind)
+    if ops.exclusive:
+        labels = (np.arange(n) % n_classes)[:, None]
+    else:
         labels = rng.integers(0, 2, (n, n_classes))
-        return labels, np.clip(0.4 * labels + 0.6 * rng.random(labels.shape), 0, 1)
-    labels = (np.arange(n) % n_classes)[:, None]
-    if kind == "binary":
-        return labels, np.clip(0.4 * labels + 0.6 * rng.random((n, 1)), 0, 1)
-    logits = rng.normal(size=(n, n_classes))
-    logits[np.arange(n), labels[:, 0]] += 1.5
-    return labels, np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    width = ops.num_outputs(n_classes)
+    logits = rng.normal(size=(n, width)) + 1.5 * ops.indicators(labels, n_classes)[:, -width:]
+    return labels, ops.probabilities(torch.as_tensor(logits, dtype=torch.float32))
 
 
 def write_attribution(folder: Path, rng: np.random.Generator, both: bool = True) -> None:
@@ -155,40 +139,45 @@ def write_attribution(folder: Path, rng: np.random.Generator, both: bool = True)
         save_grid(folder / "integrated_gradients.png", images, maps, ["a", "b"], title="IG")
 
 
+def write_manifest(root: Path, kind: str, n: int, start: float) -> None:
+    classes = CLASSES[kind]
+    Manifest(
+        name=root.name, task=f"fake-{kind}", kind=kind, classes=classes, metric="val_auc",
+        mode="max", searcher="optuna", seed=0, trials=n, epochs=EPOCHS, launcher="function",
+        knobs=list(KNOBS), space=SPACE, started_at=start, finished_at=start + 400.0,
+        wall_time_s=400.0,
+        split_counts={"train": {c: 100 for c in classes},
+                      "val": {c: 30 if j else 12 for j, c in enumerate(classes)}},
+    ).write(str(root))  # fmt: skip
+
+
+def write_tests(root: Path, winner: dict, kind: str, rng: np.random.Generator) -> None:
+    """The winner's test_predictions.npz and test_metrics.json, as after the search."""
+    classes = CLASSES[kind]
+    winner["checkpoint_path"] = str(root / winner["trial_id"] / "checkpoint")
+    labels, probs = fake_predictions(kind, len(classes), rng)
+    write_npz(str(root / winner["trial_id"] / "test_predictions.npz"), labels=labels,
+              probs=probs)  # fmt: skip
+    y, scores = get_kind(kind).test_inputs(labels, probs)
+    result = evaluate_predictions(kind, y, scores, classes, n_boot=100)
+    write_json(root / "test_metrics.json",
+               {"best_trial": winner["trial_id"], "trials": {winner["trial_id"]: result}})
+
+
 def make_experiment(root: Path, kind: str = "multiclass", n: int = 7) -> dict:
     """A complete experiment folder; returns {"trials": rows, "winner": id}."""
-    rng = np.random.default_rng(0)
-    classes = CLASSES[kind]
-    trials = trial_rows(kind, n, rng)
-    scored = [t for t in trials if t["val_auc"] is not None]
-    winner = max(scored, key=lambda t: t["val_auc"]) if scored else None
-    for rank, t in enumerate(sorted(scored, key=lambda t: -t["val_auc"])[:3]):
+    rng, start = np.random.default_rng(0), 1.7e9
+    trials, history = search_tables(kind, n, rng, start)
+    scored = ranked(trials, "val_auc", "max")
+    for rank, t in enumerate(scored[:3]):
         t["attr_focus"] = 0.2 if rank == 2 else 0.8 - 0.05 * rank
         t["attr_focus_warning"] = rank == 2
         write_attribution(root / t["trial_id"] / "attribution", rng, both=rank != 1)
-    start = 1.7e9
-    meta = {
-        "name": root.name, "task": f"fake-{kind}", "kind": kind, "classes": classes,
-        "metric": "val_auc", "mode": "max", "searcher": "optuna", "seed": 0, "trials": n,
-        "epochs": EPOCHS, "knobs": KNOBS, "space": SPACE, "started_at": start,
-        "finished_at": start + 400.0, "wall_time_s": 400.0,
-        "split_counts": {"train": {c: 100 for c in classes},
-                         "val": {c: 30 if j else 12 for j, c in enumerate(classes)}},
-    }  # fmt: skip
-    (root / "search.json").write_text(json.dumps(meta))
+    write_manifest(root, kind, n, start)
+    winner = scored[0] if scored else None
     if winner is not None:
-        folder = root / winner["trial_id"]
-        winner["checkpoint_path"] = str(folder / "checkpoint")
-        tiny_checkpoint(folder / "checkpoint", kind, classes)
-        labels, probs = fake_predictions(kind, len(classes), rng)
-        np.savez(folder / "test_predictions.npz", labels=labels, probs=probs)
-        y = labels if kind == "multilabel" else labels[:, 0]
-        scores = probs[:, 0] if kind == "binary" else probs
-        result = evaluate_predictions(kind, y, scores, classes, n_boot=100)
-        tests = {"best_trial": winner["trial_id"], "trials": {winner["trial_id"]: result}}
-        write_json(root / "test_metrics.json", tests)
-    write_table(trials, str(root / "trials.parquet"))
-    write_table(history_rows(trials, start), str(root / "history.parquet"))
+        write_tests(root, winner, kind, rng)
+    write_tables(str(root), trials, history)
     return {"trials": trials, "winner": winner and winner["trial_id"]}
 
 
@@ -286,7 +275,7 @@ def test_nan_metrics_and_few_trials(tmp_path):
     root = tmp_path / "nan"
     root.mkdir()
     make_experiment(root, n=3)
-    trials = trial_rows("multiclass", 3, np.random.default_rng(0))
+    trials = read_table(str(root / "trials.parquet"))
     write_table([{**t, "val_auc": float("nan")} for t in trials], str(root / "trials.parquet"))
     text, page = read(build_report(root))
     check_self_contained(root, text, page)
@@ -306,3 +295,16 @@ def test_cli_rebuilds_from_the_folder(experiment, capsys):
     check_self_contained(root, text, page)
     assert main([str(root / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_report_of_a_real_search(experiment_dir):
+    """The folder a real (tiny) search leaves (`experiment_dir`: trained trials, attribution,
+    test metrics, all from the search's writers) gives a full report."""
+    text, page = read(build_report(experiment_dir))
+    check_self_contained(experiment_dir, text, page)
+    words = page.all_text
+    tested = json.loads((experiment_dir / "test_metrics.json").read_text())["best_trial"]
+    assert f"The winner: trial {tested}" in words and "95% CI" in words and "ROC curves" in words
+    on_disk = {p.read_bytes() for p in experiment_dir.glob("*/attribution/*.png")}
+    assert on_disk and on_disk <= set(page.pngs())
+    assert "errored" in words and "Stopped early by ASHA" in words

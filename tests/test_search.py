@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-import yaml
-from conftest import ROOT
 from sklearn.metrics import roc_auc_score
 
 from search.experiment.tables import read_table
@@ -22,28 +17,7 @@ from trainables.tasks import get_task
 pytestmark = pytest.mark.slow
 
 
-def write_space(path, **parameters) -> str:
-    base = {"model": {"value": "simple_cnn"}, "weights": {"value": "none"},
-            "batch_size": {"value": 32}}  # fmt: skip
-    config = {
-        "method": "bayes",
-        "metric": {"name": "val_auc", "goal": "maximize"},
-        "parameters": {**base, **parameters},
-        "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
-    }
-    path.write_text(yaml.safe_dump(config))
-    return str(path)
-
-
-def run_search(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    print(proc.stdout[-3000:], proc.stderr[-6000:])
-    return proc
-
-
-def test_search_end_to_end_under_ray_train(tmp_path, make_npz):
+def test_search_end_to_end_under_ray_train(tmp_path, make_npz, write_space, run_search):
     """Default launcher (a TorchTrainer per trial): exit 0, tables, loadable checkpoints."""
     task = get_task("blood")
     data = make_npz(task, n=96)
@@ -70,7 +44,7 @@ def test_search_end_to_end_under_ray_train(tmp_path, make_npz):
     assert "Best trial" in proc.stderr + proc.stdout
 
 
-def test_failing_trials_do_not_take_the_search_down(tmp_path, make_npz):
+def test_failing_trials_do_not_take_the_search_down(tmp_path, make_npz, write_space, run_search):
     """lr 1e30 makes the loss NaN: those trials error with the message, the others finish."""
     task = get_task("pneumonia")
     data = make_npz(task, n=64)
@@ -88,7 +62,9 @@ def test_failing_trials_do_not_take_the_search_down(tmp_path, make_npz):
     assert proc.returncode == 0
 
 
-def test_real_pneumonia_search_beats_090_test_auroc(tmp_path, pneumonia_path):
+def test_real_pneumonia_search_beats_090_test_auroc(
+    tmp_path, pneumonia_path, write_space, run_search
+):
     """A search on real chest X-rays (imbalanced 9:1 train); its best checkpoint, on the
     official test split that the search never read, reaches AUROC >= 0.90."""
     space = write_space(
@@ -138,12 +114,10 @@ def test_real_pneumonia_search_beats_090_test_auroc(tmp_path, pneumonia_path):
     assert report.count("data:image/png;base64,") >= 2 * len(trials)
 
 
-def test_malaria_folder_task_end_to_end(tmp_path):
+def test_malaria_folder_task_end_to_end(tmp_path, make_malaria, write_space, run_search):
     """`--task malaria --data-dir cell_images`: converted once (patient split), searched, and
     evaluated on its test split; Parasitized is the positive class."""
-    from test_folders import _make_malaria
-
-    src = _make_malaria(tmp_path, cells=8)
+    src = make_malaria(tmp_path, cells=8)
     space = write_space(tmp_path / "space.yaml", lr={"value": 3e-3}, image_size={"value": 28})
     proc = run_search("--task", "malaria", "--data-dir", str(src), "--space", space,
                       "--trials", "1", "--epochs", "2", "--launcher", "function",

@@ -9,7 +9,7 @@ import yaml
 from conftest import ROOT
 from ray import tune
 
-from search.driver.space import load_space, parse_space
+from search.driver.space import default_space_path, load_space, parse_space
 from trainables.tasks import TASK_NAMES, get_task
 from trainables.train import KNOBS, TrainConfig
 
@@ -89,3 +89,11 @@ def test_bad_space_file_names_the_file(tmp_path):
         load_space(path, get_task("blood"))
     with pytest.raises(FileNotFoundError, match="pass --space FILE"):
         load_space(tmp_path / "nope.yaml", get_task("blood"))
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_default_space_path_finds_the_tasks_file(name):
+    """What search/run.py loads without --space."""
+    path = default_space_path(get_task(name))
+    assert path == str(ROOT / "spaces" / f"{name}.yaml")
+    assert load_space(path, get_task(name)).path == path

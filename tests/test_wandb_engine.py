@@ -13,7 +13,8 @@ import yaml
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from search.tracking.engine import WandbSweepSearcher, validate_sweep_config
+from search.tracking.engine import WandbSweepSearcher
+from search.tracking.schema import validate_sweep_config
 
 SPACE = yaml.safe_load(
     """
@@ -152,6 +153,22 @@ def test_grid_ends_with_finished():
         (u, o, 3) for u in (0, 1) for o in ("adamw", "sgd")
     }
     assert searcher.suggest("t4") == Searcher.FINISHED
+
+
+@pytest.mark.parametrize(
+    "metric, scores",
+    [
+        ({"name": "val_auc", "goal": "maximize", "target": 0.9}, [0.5, float("nan"), 0.95]),
+        ({"name": "val_loss", "goal": "minimize", "target": 0.2}, [0.5, float("nan"), 0.1]),
+    ],
+    ids=["maximize", "minimize"],
+)
+def test_metric_target_ends_the_search_once_a_finished_run_reaches_it(metric, scores):
+    searcher = WandbSweepSearcher({**SPACE, "metric": metric}, method="random", seed=0)
+    for i, score in enumerate(scores):
+        assert searcher.suggest(f"t{i}") not in (None, Searcher.FINISHED), (i, score)
+        searcher.on_trial_complete(f"t{i}", {metric["name"]: score})
+    assert searcher.suggest("after") == Searcher.FINISHED
 
 
 def test_metric_comes_from_the_sweep():

@@ -23,9 +23,10 @@ from PIL import Image
 from ray import tune
 from wandb.proto import wandb_internal_pb2
 
-from search.driver.tuner import Plan, function_driver
-from search.tracking.engine import validate_sweep_config
+from search.driver.launch import function_driver
+from search.driver.plan import Plan
 from search.tracking.runs import log_media, make_callbacks, resolve_mode
+from search.tracking.schema import validate_sweep_config
 from trainables.data import load_npz
 from trainables.tasks import TASK_NAMES, get_task
 

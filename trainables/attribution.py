@@ -15,13 +15,15 @@ search) decides which checkpoint, which images and which output paths::
 Multi-label: one map per (image, positive label) pair. Repeat the images, one row per
 pair: ``rows, labels = np.nonzero(y[idx]); gradcam_maps(model, x[rows], layer, labels)``.
 
+Panel choice and the files (``choose_panel``, ``save_grid``, ``save_maps``) live in
+``trainables.panels`` and are re-exported here.
+
 Grad-CAM uses ``pytorch_grad_cam`` (maps are ReLU'd and min-max scaled to [0, 1] per image,
 so they show where, not how much); Integrated Gradients uses ``captum`` with a SmoothGrad
 ``NoiseTunnel``. Both run the model in eval mode (BatchNorm on running statistics, so the
 images of a batch never influence each other) and restore the mode it had.
 """
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -29,54 +31,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.files import write_atomic
+from trainables.panels import choose_panel, save_grid, save_maps
 
-KINDS = ("multiclass", "binary", "multilabel")
+__all__ = [
+    "MIN_CAM_SIDE", "cam_layer", "choose_panel", "focus_score", "foreground_masks",
+    "gradcam_maps", "integrated_gradients", "integrated_gradients_maps", "last_spatial_layer",
+    "reduce_channels", "save_grid", "save_maps",
+]  # fmt: skip
 REDUCTIONS = ("abs", "positive", "sum")
 FOREGROUNDS = ("auto", "bright", "dark")
-
-
-def choose_panel(labels: np.ndarray, kind: str, per_class: int, seed: int) -> np.ndarray:
-    """Indices of a fixed panel of images: up to ``per_class`` per class, the same for the
-    same seed (multi-class and binary: grouped by class; multi-label: in index order).
-
-    ``labels`` is (N, L) as in MedMNIST npz files: class ids in one column for "multiclass"
-    and "binary", 0/1 per label for "multilabel". For multi-label, each label gets
-    ``per_class`` distinct images positive for it; images already in the panel count towards
-    the quota of every label they are positive for, so the panel stays small. Images with no
-    positive label are never chosen. Classes with fewer images contribute what they have.
-    """
-    _check_kind(kind)
-    labels = np.asarray(labels)
-    if labels.ndim == 1:
-        labels = labels[:, None]
-    rng = np.random.default_rng(seed)
-    if kind == "multilabel":
-        return _multilabel_panel(labels.astype(bool), per_class, rng)
-    if labels.shape[1] != 1:
-        raise ValueError(
-            f"kind={kind!r} needs labels shaped (N, 1) with class ids, got {labels.shape}; "
-            "pass kind='multilabel' for one 0/1 column per label"
-        )
-    y = labels[:, 0]
-    picks = [_pick(np.flatnonzero(y == c), per_class, rng) for c in np.unique(y)]
-    return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
-
-
-def _multilabel_panel(positive: np.ndarray, per_class: int, rng: np.random.Generator):
-    chosen = np.zeros(len(positive), bool)
-    for label in range(positive.shape[1]):
-        need = per_class - int((chosen & positive[:, label]).sum())
-        candidates = np.flatnonzero(positive[:, label] & ~chosen)
-        chosen[_pick(candidates, need, rng)] = True
-    return np.flatnonzero(chosen).astype(np.int64)
-
-
-def _pick(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    n = max(0, min(n, len(candidates)))
-    return np.sort(rng.choice(candidates, size=n, replace=False))
-
-
 MIN_CAM_SIDE = 4  # a smaller Grad-CAM map says nothing once upsampled; take an earlier layer
 
 
@@ -301,52 +264,6 @@ def focus_score(images: np.ndarray, maps: np.ndarray, foreground: str = "auto") 
     return np.clip(score, 0, 1)
 
 
-def save_grid(
-    path: str | os.PathLike,
-    images: np.ndarray,
-    maps: np.ndarray,
-    captions: Sequence[str],
-    title: str,
-    alpha: float = 0.5,
-    cmap: str = "jet",
-) -> None:
-    """PNG grid, one row per image: the image | the map over it, the row's caption above.
-
-    ``images`` (N, H, W) or (N, H, W, C), uint8 or float (any range: floats are min-max
-    scaled per image for display); ``maps`` (N, H, W), scaled per image to [0, 1] (negative
-    values shown as 0). Written atomically.
-    """
-    from matplotlib.figure import Figure
-
-    if not len(images) == len(maps) == len(captions):
-        raise ValueError(
-            f"got {len(images)} images, {len(maps)} maps and {len(captions)} captions; "
-            "pass one map and one caption per image"
-        )
-    n = max(len(images), 1)
-    fig = Figure(figsize=(4.2, 2.3 * n + 0.4), layout="constrained")
-    fig.suptitle(title)
-    rows = fig.subfigures(n, 1, squeeze=False)[: len(images), 0]
-    for row, img, m, caption in zip(rows, _display(images), maps, captions, strict=True):
-        row.suptitle(caption, fontsize=9)
-        left, right = row.subplots(1, 2)
-        for ax in (left, right):
-            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-            ax.set_axis_off()
-        right.imshow(_map_unit(m), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
-
-
-def save_maps(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """``np.savez_compressed`` to ``path`` (no ".npz" appended), atomically."""
-    write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is not a task kind; choose one of {KINDS}")
-
-
 def _check_targets(images: torch.Tensor, targets: Sequence[int]) -> list[int]:
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
@@ -403,23 +320,3 @@ def _grey(images: np.ndarray) -> np.ndarray:
     if images.ndim != 3:
         raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got shape {images.shape}")
     return images
-
-
-def _display(images: np.ndarray) -> list[np.ndarray]:
-    images = np.asarray(images)
-    if images.ndim == 4 and images.shape[-1] == 1:
-        images = images[..., 0]
-    if images.dtype == np.uint8:
-        return list(images.astype(np.float32) / 255)
-    return [_unit(img) for img in images.astype(np.float32)]
-
-
-def _map_unit(m: np.ndarray) -> np.ndarray:
-    m = np.clip(np.nan_to_num(np.asarray(m, np.float32)), 0, None)
-    return m / m.max() if m.max() > 0 else m
-
-
-def _unit(a: np.ndarray) -> np.ndarray:
-    a = np.nan_to_num(np.asarray(a, np.float32))
-    lo, hi = a.min(), a.max()
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)

@@ -5,9 +5,10 @@
     model = model_from_checkpoint(ckpt)            # rebuilt and loaded, in eval mode
 
 A payload holds `format`, `task`, `kind`, `classes`, `channels`, `model`, `image_size`,
-`config`, `normalisation` (mean, std), `epoch`, `metrics` and `state_dict` (plus `optimizer`
-and `rng` for resuming). Only tensors, numbers, strings, lists and dicts: it loads with
-`weights_only=True`.
+`config`, `normalisation` (mean, std), `epoch`, `metrics` and `state_dict`; the training loop
+adds `optimizer`, `scheduler` and `metric` (the task metric, whose `best_<metric>` in `metrics`
+a resumed trial continues from). Only tensors, numbers, strings, lists and dicts: it loads
+with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from trainables.files import write_atomic
+from trainables.kinds import get_kind
 from trainables.models import Classifier, build_model
 
 FORMAT = "medsweep-checkpoint/1"
@@ -50,7 +52,7 @@ def model_from_checkpoint(ckpt: dict) -> Classifier:
     """The checkpoint's model, weights loaded, in eval mode, on the CPU."""
     model = build_model(
         ckpt["model"],
-        num_outputs=1 if ckpt["kind"] == "binary" else len(ckpt["classes"]),
+        num_outputs=get_kind(ckpt["kind"]).num_outputs(len(ckpt["classes"])),
         channels=ckpt["channels"],
         image_size=ckpt["image_size"],
         dropout=float(ckpt["config"].get("dropout", 0.0)),
@@ -74,8 +76,6 @@ def predict(ckpt: dict, model: Classifier, images, batch_size: int = 256) -> np.
     """Probabilities for uint8 images (N, H, W[, C]) at the checkpoint's size, normalised as in
     training, after the kind's activation (`trainables.kinds`): (N, outputs) float32.
     """
-    from trainables.kinds import get_kind
-
     images = np.asarray(images)
     out = [model(normalised_input(ckpt, images[i : i + batch_size]))
            for i in range(0, len(images), batch_size)]  # fmt: skip

@@ -8,7 +8,7 @@
 Every dataset becomes `{train,val,test}_images` (uint8, (N,H,W) or (N,H,W,C)) and
 `{train,val,test}_labels` ((N, L) integers) once, so everything after loading is one code path.
 Arrays are read with numpy: medmnist's Dataset classes assert the official sample counts.
-Downloads are not done here (see `search/datasets.py`).
+Downloads are not done here (see `search/driver/downloads.py`).
 """
 
 from __future__ import annotations
@@ -91,13 +91,14 @@ def validate_split(
         )
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{where}: labels are {labels.dtype}, expected integers")
-    width = len(task.classes) if task.kind == "multilabel" else 1
+    kind, n_classes = task.kind_ops, len(task.classes)
+    width = kind.label_width(n_classes)
     if labels.shape[1] != width:
         raise ValueError(
             f"{where}: labels have {labels.shape[1]} column(s), a {task.kind} task with "
             f"{len(task.classes)} classes expects {width}"
         )
-    high = 1 if task.kind == "multilabel" else len(task.classes) - 1
+    high = kind.label_max(n_classes)
     if labels.min() < 0 or labels.max() > high:
         raise ValueError(
             f"{where}: labels range over [{labels.min()}, {labels.max()}], expected [0, {high}] "

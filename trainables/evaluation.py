@@ -5,7 +5,8 @@ The driver predicts the test split with the best checkpoint and calls::
     result = evaluate_predictions("multiclass", y_true, probs, class_names)  # a plain dict
     write_json(out / "test_metrics.json", result)
 
-Scores and labels by kind:
+Scores and labels by kind (``Kind.test_inputs`` makes them from a model's outputs, and
+``Kind.test_columns`` checks them and turns them into one column per class, binary: two):
 
 - "multiclass": ``y_true`` (N,) class ids (or MedMNIST's (N, 1)), ``scores`` (N, K)
   softmax probabilities; the prediction is the argmax.
@@ -44,10 +45,10 @@ from sklearn.metrics import (
 )
 
 from trainables.files import write_atomic
+from trainables.kinds import Kind, get_kind
+from trainables.kinds.base import ratio
 
-KINDS = ("multiclass", "binary", "multilabel")
 HEADLINE = ("accuracy", "balanced_accuracy", "auroc", "macro_f1")
-THRESHOLD = 0.5
 LEVEL = 0.95
 MAX_CELLS = 4_000_000  # resample weights held at once (n_boot chunk x N), bounds memory
 
@@ -62,34 +63,30 @@ def evaluate_predictions(
 ) -> dict[str, Any]:
     """All test figures as a JSON-serialisable dict (undefined values are None).
 
-    Keys: accuracy, balanced_accuracy, auroc, macro_f1 (each ``{"value", "ci_low",
-    "ci_high"}``); macro_precision, macro_recall (= sensitivity), macro_specificity;
-    per_class (precision, recall, specificity, f1, support, auroc per class or label);
-    confusion_matrix (rows true, columns predicted; multi-label: ``[[tn, fp], [fn, tp]]``
-    per label); bootstrap (n_boot, n_used, n_skipped, seed, level). Binary adds the
-    positive class's sensitivity and specificity, multi-label adds exact_match.
+    ``kind`` names a task kind (``trainables.kinds``). Keys: accuracy, balanced_accuracy,
+    auroc, macro_f1 (each ``{"value", "ci_low", "ci_high"}``); macro_precision, macro_recall
+    (= sensitivity), macro_specificity; per_class (precision, recall, specificity, f1,
+    support, auroc per class or label); confusion_matrix (rows true, columns predicted;
+    multi-label: ``[[tn, fp], [fn, tp]]`` per label); bootstrap (n_boot, n_used, n_skipped,
+    seed, level). Binary adds the positive class's sensitivity and specificity, multi-label
+    adds exact_match (``Kind.test_extras``).
     """
-    y, pred, y_ind, pred_ind, s_ind = _prepare(kind, y_true, scores, class_names)
+    ops = get_kind(kind)
+    y_ind, pred_ind, s_ind = _prepare(ops, y_true, scores, class_names)
     mcm = multilabel_confusion_matrix(y_ind, pred_ind)
     tn, fp, fn, tp = (mcm[:, i, j].astype(float) for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
     per_auc = _per_class_auroc(y_ind, s_ind)
-    auc_used = ~np.isnan(per_auc)
-    if kind == "binary":
-        auc_used[0] = False  # the headline is the positive class's AUROC
-    point = _point(kind, y, pred, y_ind, pred_ind, tp, fn, fp, tn, per_auc[auc_used])
-    boot, n_used = _bootstrap(kind, y_ind, pred_ind, s_ind, auc_used, n_boot, seed)
-    result: dict[str, Any] = {"kind": kind, "n": len(y_ind)}
+    auc_used = np.zeros(len(per_auc), bool)
+    auc_used[ops.auroc_columns(len(class_names))] = True  # binary: the positive class only
+    auc_used &= ~np.isnan(per_auc)
+    point = _point(ops.exclusive, y_ind, pred_ind, tp, fn, fp, tn, per_auc[auc_used])
+    boot, n_used = _bootstrap(ops.exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed)
+    result: dict[str, Any] = {"kind": ops.name, "n": len(y_ind)}
     for name in HEADLINE:
         result[name] = _interval(point[name], boot[name])
     result |= _per_class(y_ind, pred_ind, tn, fp, per_auc, class_names)
-    if kind == "binary":
-        result["sensitivity"] = _ratio(tp[1], tp[1] + fn[1])
-        result["specificity"] = _ratio(tn[1], tn[1] + fp[1])
-        result["threshold"] = THRESHOLD
-    if kind == "multilabel":
-        result["exact_match"] = accuracy_score(y_ind, pred_ind)
-        result["threshold"] = THRESHOLD
-    result["confusion_matrix"] = _confusion(kind, y, pred, mcm, class_names)
+    result |= ops.test_extras(y_ind, pred_ind, tp, fn, fp, tn)
+    result["confusion_matrix"] = _confusion(ops.exclusive, y_ind, pred_ind, mcm, class_names)
     result["bootstrap"] = {
         "n_boot": n_boot,
         "n_used": n_used,
@@ -121,52 +118,14 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def _prepare(kind: str, y_true, scores, class_names: list[str]):
-    """Labels and predictions, plus one 0/1 column per class (binary: two) for the
-    per-class figures and AUROC."""
-    if kind not in KINDS:
-        raise ValueError(f"kind={kind!r} is not a task kind; choose one of {KINDS}")
+def _prepare(kind: Kind, y_true, scores, class_names: list[str]):
+    """(labels, predictions, scores) with one column per class (binary: two), the layout of
+    every figure: bool, bool and float64, each (N, classes)."""
     y_true, scores = np.asarray(y_true), np.asarray(scores, np.float64)
     if not np.isfinite(scores).all():
         raise ValueError("scores hold NaN or infinity: did the model diverge?")
-    k = len(class_names)
-    if kind == "multilabel":
-        _check_shape(y_true, scores, (len(y_true), k), "(N, L) 0/1 labels and (N, L) scores")
-        if not np.isin(y_true, (0, 1)).all():
-            raise ValueError("multilabel y_true must hold only 0 and 1 (one column per label)")
-        y_ind, pred_ind = y_true.astype(bool), scores >= THRESHOLD
-        return y_ind, pred_ind, y_ind, pred_ind, scores
-    y = _class_ids(y_true)
-    if kind == "binary":
-        if scores.ndim == 2 and scores.shape[1] == 2:
-            scores = scores[:, 1]
-        _check_shape(y, scores, (len(y),), "(N,) 0/1 labels and (N,) P(class 1) scores")
-        if k != 2:
-            raise ValueError(f"binary needs 2 class names (negative, positive), got {k}")
-        pred, scores = (scores >= THRESHOLD).astype(np.int64), np.stack([1 - scores, scores], 1)
-    else:
-        _check_shape(y, scores, (len(y), k), "(N,) class ids and (N, K) probabilities")
-        pred = scores.argmax(axis=1)
-    if y.min(initial=0) < 0 or y.max(initial=0) >= k:
-        raise ValueError(f"y_true holds class ids outside 0..{k - 1} ({k} class names)")
-    eye = np.eye(k, dtype=bool)
-    return y, pred, eye[y], eye[pred], scores
-
-
-def _class_ids(y_true: np.ndarray) -> np.ndarray:
-    if y_true.ndim == 2 and y_true.shape[1] == 1:
-        y_true = y_true[:, 0]
-    if y_true.ndim != 1:
-        raise ValueError(f"y_true must be (N,) or (N, 1) class ids, got shape {y_true.shape}")
-    return y_true.astype(np.int64)
-
-
-def _check_shape(y: np.ndarray, scores: np.ndarray, want: tuple[int, ...], what: str) -> None:
-    if scores.shape != want or len(y) != len(scores):
-        raise ValueError(
-            f"labels {y.shape} and scores {scores.shape} do not fit: expected {what}, "
-            f"scores {want} for the given class names"
-        )
+    y_ind, s_ind = kind.test_columns(y_true, scores, len(class_names))
+    return y_ind, kind.predicted_columns(s_ind), s_ind
 
 
 def _per_class_auroc(y_ind: np.ndarray, s_ind: np.ndarray) -> np.ndarray:
@@ -179,16 +138,19 @@ def _per_class_auroc(y_ind: np.ndarray, s_ind: np.ndarray) -> np.ndarray:
     return auc
 
 
-def _point(kind, y, pred, y_ind, pred_ind, tp, fn, fp, tn, aucs) -> dict[str, float]:
-    if kind == "multilabel":
-        accuracy = float(np.mean((tp + tn) / len(y_ind)))
-        balanced = float(np.nanmean(_balanced_per_label(tp, fn, fp, tn)))
-        macro_f1 = f1_score(y_ind, pred_ind, average="macro", zero_division=0)
-    else:
+def _point(exclusive, y_ind, pred_ind, tp, fn, fp, tn, aucs) -> dict[str, float]:
+    """The headline figures by scikit-learn: over images for one class per image
+    (``exclusive``), the mean over labels otherwise."""
+    if exclusive:
+        y, pred = y_ind.argmax(axis=1), pred_ind.argmax(axis=1)
         labels = list(range(y_ind.shape[1]))
         accuracy = accuracy_score(y, pred)
         balanced = balanced_accuracy_score(y, pred)
         macro_f1 = f1_score(y, pred, labels=labels, average="macro", zero_division=0)
+    else:
+        accuracy = float(np.mean((tp + tn) / len(y_ind)))
+        balanced = float(np.nanmean(_balanced_per_label(tp, fn, fp, tn)))
+        macro_f1 = f1_score(y_ind, pred_ind, average="macro", zero_division=0)
     auroc = float(np.mean(aucs)) if len(aucs) else math.nan
     return {
         "accuracy": accuracy,
@@ -203,7 +165,7 @@ def _per_class(y_ind, pred_ind, tn, fp, per_auc, class_names) -> dict[str, Any]:
     precision, recall, f1, support = precision_recall_fscore_support(
         y_ind, pred_ind, average=None, zero_division=0
     )
-    specificity = np.array([_ratio(a, a + b) for a, b in zip(tn, fp, strict=True)])
+    specificity = np.array([ratio(a, a + b) for a, b in zip(tn, fp, strict=True)])
     per_class = {
         name: {
             "precision": precision[c],
@@ -223,14 +185,16 @@ def _per_class(y_ind, pred_ind, tn, fp, per_auc, class_names) -> dict[str, Any]:
     }
 
 
-def _confusion(kind, y, pred, mcm, class_names) -> Any:
-    if kind == "multilabel":
+def _confusion(exclusive, y_ind, pred_ind, mcm, class_names) -> Any:
+    """K x K counts for one class per image; one 2 x 2 matrix per label otherwise."""
+    if not exclusive:
         return {name: mcm[c].tolist() for c, name in enumerate(class_names)}
+    y, pred = y_ind.argmax(axis=1), pred_ind.argmax(axis=1)
     matrix = confusion_matrix(y, pred, labels=list(range(len(class_names))))
     return {"labels": list(class_names), "matrix": matrix.tolist()}
 
 
-def _bootstrap(kind, y_ind, pred_ind, s_ind, auc_used, n_boot, seed):
+def _bootstrap(exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed):
     """Headline figures for ``n_boot`` resamples: ({name: (n_used,) values}, n_used)."""
     rng = np.random.default_rng(seed)
     n = len(y_ind)
@@ -238,7 +202,7 @@ def _bootstrap(kind, y_ind, pred_ind, s_ind, auc_used, n_boot, seed):
     parts = []
     for start in range(0, n_boot, chunk):
         w = _resample_weights(rng, min(chunk, n_boot - start), n)
-        parts.append(_replicates(kind, w, y_ind, pred_ind, s_ind, auc_used))
+        parts.append(_replicates(exclusive, w, y_ind, pred_ind, s_ind, auc_used))
     reps = {name: np.concatenate([p[name] for p in parts] or [[]]) for name in HEADLINE}
     if auc_used.any():
         keep = ~np.isnan(reps["auroc"])
@@ -256,8 +220,9 @@ def _resample_weights(rng: np.random.Generator, b: int, n: int) -> np.ndarray:
     return np.ascontiguousarray(counts.T, dtype=np.float32)
 
 
-def _replicates(kind, w, y_ind, pred_ind, s_ind, auc_used) -> dict[str, np.ndarray]:
-    """The headline figures for every column of resample weights ``w`` (N, b)."""
+def _replicates(exclusive, w, y_ind, pred_ind, s_ind, auc_used) -> dict[str, np.ndarray]:
+    """The headline figures for every column of resample weights ``w`` (N, b), as `_point`
+    defines them for one class per image (``exclusive``) or per label."""
     yf, pf = y_ind.astype(w.dtype), pred_ind.astype(w.dtype)
     cells = [yf * pf, yf * (1 - pf), (1 - yf) * pf, (1 - yf) * (1 - pf)]
     tp, fn, fp, tn = ((w.T @ c).astype(np.float64) for c in cells)  # each (b, classes)
@@ -265,12 +230,12 @@ def _replicates(kind, w, y_ind, pred_ind, s_ind, auc_used) -> dict[str, np.ndarr
     with np.errstate(invalid="ignore", divide="ignore"):
         recall = tp / (tp + fn)
         f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
-        if kind == "multilabel":
-            accuracy = ((tp + tn) / total[:, None]).mean(axis=1)
-            balanced = np.nanmean(_balanced_per_label(tp, fn, fp, tn), axis=1)
-        else:
+        if exclusive:
             accuracy = tp.sum(axis=1) / total
             balanced = np.nanmean(recall, axis=1)
+        else:
+            accuracy = ((tp + tn) / total[:, None]).mean(axis=1)
+            balanced = np.nanmean(_balanced_per_label(tp, fn, fp, tn), axis=1)
     aucs = [_weighted_auroc(y_ind[:, c], s_ind[:, c], w) for c in np.flatnonzero(auc_used)]
     auroc = np.mean(aucs, axis=0, dtype=np.float64) if aucs else np.full(w.shape[1], np.nan)
     return {
@@ -310,7 +275,3 @@ def _interval(value: float, replicates: np.ndarray) -> dict[str, float]:
     tail = 100 * (1 - LEVEL) / 2
     low, high = np.percentile(replicates, [tail, 100 - tail])
     return {"value": float(value), "ci_low": float(low), "ci_high": float(high)}
-
-
-def _ratio(num: float, den: float) -> float:
-    return float(num / den) if den > 0 else math.nan

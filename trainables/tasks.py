@@ -5,8 +5,8 @@
 
 A task says what the data is (a MedMNIST flag), what kind of prediction it is
 (`multiclass`, `binary`, `multilabel`), its class names, the default model and image size, and
-the metric the search optimises. Everything that depends on `kind` (loss, activation, metrics)
-is decided once, in `trainables.metrics`.
+the metric the search optimises. Everything that depends on `kind` (loss, activation, metrics,
+what to explain) is decided once, by the kind object `task.kind_ops` (`trainables.kinds`).
 """
 
 from __future__ import annotations

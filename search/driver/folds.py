@@ -6,13 +6,15 @@
     arrays.update(file_arrays(npz_path))   # the driver: file names, for `patient_groups`
 
 Splits, over train+val concatenated in that order (test is never touched):
-- multiclass / binary: `StratifiedKFold(shuffle=True, random_state=seed)`, so every fold's
-  validation part holds each class within one image of its share.
-- patient ids (`{train,val}_files` arrays, as `search.driver.folders` writes, where every name carries
-  one): `StratifiedGroupKFold`, so a patient's images stay on one side.
-- multilabel: `KFold` (`GroupKFold` with patients), shuffled. Stratifying on the first label
-  would balance that label alone and nothing else; on thousands of images a shuffled split
-  keeps every label's share close anyway. A label with fewer than K positives is an error.
+- kinds whose `fold_strata` gives class ids (multiclass, binary):
+  `StratifiedKFold(shuffle=True, random_state=seed)`, so every fold's validation part holds
+  each class within one image of its share.
+- patient ids (`{train,val}_files` arrays, as `search.driver.folders` writes, where every
+  name carries one): `StratifiedGroupKFold`, so a patient's images stay on one side.
+- kinds with no strata (multilabel): `KFold` (`GroupKFold` with patients), shuffled.
+  Stratifying on the first label would balance that label alone and nothing else; on
+  thousands of images a shuffled split keeps every label's share close anyway. A label with
+  fewer than K positives is an error.
 The seed is the search's (`--seed`), so every trial is scored on the same folds.
 
 How a trial runs (`folds_driver`, the Tune trainable when `plan.folds > 1`): the driver holds a
@@ -51,9 +53,11 @@ import ray
 from ray import tune
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
-from search.driver.folders import patient_id
-from search.driver.tuner import DRIVER_CPU, Plan
+from search.driver.folder_split import patient_id
+from search.driver.plan import DRIVER_CPU, Plan
 from trainables.checkpoint import FILENAME
+from trainables.kinds import get_kind
+from trainables.scores import sort_key
 from trainables.tasks import Task, get_task
 from trainables.train import train_loop
 
@@ -79,16 +83,16 @@ def fold_splits(
     if groups is not None:
         _check_groups(np.asarray(groups), len(labels), k)
     x = np.zeros(len(labels))
-    if kind == "multilabel":
+    strata = get_kind(kind).fold_strata(labels)
+    if strata is None:  # nothing to stratify on: a shuffled split keeps shares close anyway
         _check_counts(labels.sum(axis=0), k, classes, "positive label(s)")
         cv = (GroupKFold if groups is not None else KFold)(k, shuffle=True, random_state=seed)
         return list(cv.split(x, groups=groups))
-    y = labels[:, 0].astype(np.int64)
-    _check_counts(np.bincount(y), k, classes, "image(s)")
+    _check_counts(np.bincount(strata), k, classes, "image(s)")
     cv = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(
         k, shuffle=True, random_state=seed
     )
-    return list(cv.split(x, y, groups))
+    return list(cv.split(x, strata, groups))
 
 
 def _check_k(k: int, n: int) -> None:
@@ -184,13 +188,6 @@ def fold_resources(plan: Plan) -> dict:
     return {"num_cpus": cpus, "num_gpus": plan.gpus_per_trial, "scheduling_strategy": "DEFAULT"}
 
 
-def _key(score, mode: str) -> float:
-    """Larger is better; NaN (or a missing score) ranks below everything."""
-    if not isinstance(score, int | float) or not np.isfinite(score):
-        return -np.inf
-    return float(score) if mode == "max" else -float(score)
-
-
 @ray.remote
 def train_fold(
     arrays: dict,
@@ -211,7 +208,7 @@ def train_fold(
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         history.append(dict(metrics))
-        key = _key(metrics.get(metric), mode)
+        key = sort_key(metrics.get(metric), mode)
         if checkpoint_dir and (best["key"] is None or key >= best["key"]):  # ties: later epoch
             with open(os.path.join(checkpoint_dir, FILENAME), "rb") as f:
                 best.update(key=key, bytes=f.read(), epoch=int(metrics["epoch"]))
@@ -270,7 +267,7 @@ def best_fold(results: list[FoldResult], metric: str, mode: str) -> int:
     def score(i: int) -> float:
         history, _, epoch = results[i]
         row = next((r for r in history if r.get("epoch") == epoch), {})
-        return _key(row.get(metric), mode)
+        return sort_key(row.get(metric), mode)
 
     return max(range(len(results)), key=lambda i: (score(i), -i))
 
@@ -288,7 +285,7 @@ def report_folds(results: list[FoldResult], metric: str, mode: str) -> None:
                 f.write(model_bytes)
         running = None
         for row in rows:
-            key = _key(row.get(metric), mode)
+            key = sort_key(row.get(metric), mode)
             improved = model_bytes is not None and (running is None or key >= running)
             running = key if improved else running
             checkpoint = tune.Checkpoint.from_directory(tmp) if improved else None

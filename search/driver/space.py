@@ -22,12 +22,13 @@ from ray import tune
 from ray.tune.search.sample import Domain
 
 from search.experiment.sweep import infer_distribution
+from search.experiment.tables import VAL_METRICS
 from trainables.tasks import Task
 from trainables.train import TrainConfig
 
 METHODS = ("bayes", "random", "grid")
 GOALS = {"maximize": "max", "minimize": "min"}
-REPORTED = ("val_auc", "val_acc", "val_f1", "val_loss", "train_loss")
+REPORTED = (*VAL_METRICS, "train_loss")  # what every epoch reports, so a space may optimise
 DISTRIBUTIONS = (
     "constant",
     "categorical",
@@ -59,8 +60,8 @@ class Space:
 
 
 def default_space_path(task: Task) -> str:
-    """`spaces/<task>.yaml` beside the package."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """`spaces/<task>.yaml` in the repository (beside the `search` package)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     return os.path.join(root, "spaces", f"{task.name}.yaml")
 
 

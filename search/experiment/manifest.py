@@ -14,9 +14,8 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from search.experiment.layout import MANIFEST_FILE as FILENAME
 from search.experiment.storage import join_path, read_json, write_text
-
-FILENAME = "search.json"
 
 
 @dataclass

@@ -1,17 +1,22 @@
-"""Turn a finished Ray Tune search into the experiment folder's tables and checkpoints.
+"""The experiment's tables: a finished Ray Tune search -> `trials.parquet`, `history.parquet`.
 
-    trials, history = collect(result_grid, metric="val_auc", mode="max", epochs=10)
-    export_checkpoints(trials, experiment_path)   # <exp>/<trial>/checkpoint/model.pt
-    write_table(trials, f"{experiment_path}/trials.parquet")
+    trials, history = collect(result_grid, metric="val_auc", mode="max", epochs=10,
+                              experiment_path=path)
+    export_checkpoints(trials, path)          # <exp>/<trial>/checkpoint/model.pt
+    write_table(trials, join_path(path, TRIALS_FILE))
+    trials = read_table(join_path(path, TRIALS_FILE))
 
-`trials.parquet` has one row per trial (config, best metrics, epoch of best, epochs run,
-status, error, wall time, checkpoint path); `history.parquet` one row per (trial, epoch).
-Both are written with pyarrow through `pyarrow.fs`, so S3/GCS storage works like a folder.
+`trials.parquet` has one row per trial (`TRIAL_COLUMNS`, `config/<setting>` per setting and
+`best/<metric>` per `VAL_METRICS`, as the metrics were at the trial's best epoch);
+`history.parquet` one row per (trial, epoch) (`trial_id`, `HISTORY_COLUMNS`, `node_id`). The
+column names, statuses and file names are defined here and imported by every reader. Rows are
+built from plain per-epoch results (`trial_row`, `history_rows`), so anything that has the
+results `train_loop` reports can write the same tables. Both files go through `pyarrow.fs`
+(`search.experiment.storage`), so S3/GCS storage works like a folder.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import uuid
 
@@ -19,12 +24,30 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-HISTORY_COLUMNS = (
-    "epoch", "train_loss", "val_loss", "val_acc", "val_f1", "val_auc", "lr_now", "frozen",
-    "augmented", "images_per_s", "time_this_iter_s", "time_total_s", "timestamp",
-    "val_loss_std", "val_acc_std", "val_f1_std", "val_auc_std", "folds", "best_fold",
-    "best_fold_epoch",
+from search.experiment.layout import CHECKPOINT_DIR, HISTORY_FILE, TRIALS_FILE
+from search.experiment.storage import copy_dir, filesystem, join_path, same_place
+from trainables.scores import is_finite, sort_key
+
+VAL_METRICS = ("val_loss", "val_acc", "val_f1", "val_auc")
+"""The validation metrics every epoch reports (`trainables.train.train_loop`)."""
+FINISHED, STOPPED_EARLY, ERRORED = "finished", "stopped_early", "errored"
+STATUSES = (FINISHED, STOPPED_EARLY, ERRORED)
+"""A trial's `status`: ran every epoch; stopped by ASHA (or the time budget); raised."""
+CONFIG_PREFIX = "config/"
+BEST_PREFIX = "best/"
+FOLD_COLUMNS = ("folds", "best_fold", "best_fold_epoch")
+TRIAL_COLUMNS = (
+    "trial_id", "status", "error", "best_epoch", "epochs_run", "wall_time_s",
+    "checkpoint_path", "trial_path",
 )  # fmt: skip
+"""Columns of every trials row, beside config/*, the metric, best/* and (after the search)
+`attr_focus` and `attr_focus_warning`."""
+HISTORY_COLUMNS = (
+    "epoch", "train_loss", *VAL_METRICS, "lr_now", "frozen", "augmented", "images_per_s",
+    "time_this_iter_s", "time_total_s", "timestamp", *(f"{m}_std" for m in VAL_METRICS),
+    *FOLD_COLUMNS,
+)  # fmt: skip
+"""Numeric columns of history rows (missing values are null)."""
 
 
 def collect(
@@ -39,32 +62,52 @@ def collect(
         frame = result.metrics_dataframe
         rows = [] if frame is None else frame.to_dict("records")
         trial_id = (result.metrics or {}).get("trial_id") or os.path.basename(result.path)
-        for row in rows:
-            numbers = {c: _num(row.get(c)) for c in HISTORY_COLUMNS}
-            history.append({"trial_id": trial_id, **numbers, "node_id": row.get("node_id")})
+        history.extend(history_rows(trial_id, rows))
         trial_path = join_path(experiment_path, os.path.basename(result.path.rstrip("/")))
-        trials.append(_trial_row(result, trial_id, trial_path, rows, metric, mode, epochs))
+        trials.append(
+            trial_row(trial_id, rows, result.config, result.error, trial_path, metric, mode,
+                      epochs)  # fmt: skip
+        )
     return trials, history
 
 
-def _trial_row(result, trial_id, trial_path, rows, metric: str, mode: str, epochs: int):
-    scored = [r for r in rows if _finite(r.get(metric))]
-    sign = 1 if mode == "max" else -1
+def history_rows(trial_id: str, rows: list[dict]) -> list[dict]:
+    """One history row per reported result of a trial."""
+    return [
+        {"trial_id": trial_id, **{c: _num(r.get(c)) for c in HISTORY_COLUMNS},
+         "node_id": r.get("node_id")}  # fmt: skip
+        for r in rows
+    ]
+
+
+def trial_row(
+    trial_id: str,
+    rows: list[dict],
+    config: dict | None,
+    error: BaseException | None,
+    trial_path: str,
+    metric: str,
+    mode: str,
+    epochs: int,
+) -> dict:
+    """A trial's row from its per-epoch results: the best epoch's metrics and checkpoint."""
+    scored = [r for r in rows if is_finite(r.get(metric))]
     # Ties go to the later epoch, as in Ray's checkpoint manager (which keeps that one).
-    best = max(scored, key=lambda r: (sign * r[metric], r.get("epoch") or 0)) if scored else {}
+    best = max(scored, key=lambda r: (sort_key(r[metric], mode), r.get("epoch") or 0),
+               default={})  # fmt: skip
     epochs_run = int(max((r.get("epoch") or 0) for r in rows)) if rows else 0
-    if result.error is not None:
-        status = "errored"
+    if error is not None:
+        status = ERRORED
     else:
-        status = "finished" if epochs_run >= epochs else "stopped_early"
-    config = {k: v for k, v in (result.config or {}).items() if _plain(v)}
+        status = FINISHED if epochs_run >= epochs else STOPPED_EARLY
+    plain = {k: v for k, v in (config or {}).items() if _plain(v)}
     return {
         "trial_id": trial_id,
         "status": status,
-        "error": _error_text(result.error),
-        **{f"config/{k}": v for k, v in sorted(config.items())},
+        "error": _error_text(error),
+        **{f"{CONFIG_PREFIX}{k}": v for k, v in sorted(plain.items())},
         metric: _num(best.get(metric)),
-        **{f"best/{k}": _num(best.get(k)) for k in ("val_loss", "val_acc", "val_f1", "val_auc")},
+        **{f"{BEST_PREFIX}{k}": _num(best.get(k)) for k in VAL_METRICS},
         **_fold_columns(best),
         "best_epoch": int(best["epoch"]) if best else None,
         "epochs_run": epochs_run,
@@ -74,13 +117,17 @@ def _trial_row(result, trial_id, trial_path, rows, metric: str, mode: str, epoch
     }
 
 
+def config_of(row: dict) -> dict:
+    """The `config/<setting>` columns of a trials row as {setting: value}."""
+    return {k[len(CONFIG_PREFIX) :]: v for k, v in row.items() if k.startswith(CONFIG_PREFIX)}
+
+
 def _fold_columns(best: dict) -> dict:
     """Under --folds: the spread over folds at the best epoch, and which fold's checkpoint."""
     if not best.get("folds"):
         return {}
-    metrics = ("val_loss", "val_acc", "val_f1", "val_auc")
-    stds = {f"best/{k}_std": _num(best.get(f"{k}_std")) for k in metrics}
-    ints = {k: int(best[k]) for k in ("folds", "best_fold", "best_fold_epoch") if k in best}
+    stds = {f"{BEST_PREFIX}{k}_std": _num(best.get(f"{k}_std")) for k in VAL_METRICS}
+    ints = {k: int(best[k]) for k in FOLD_COLUMNS if k in best}
     return {**stds, **ints}
 
 
@@ -111,10 +158,6 @@ def _plain(value) -> bool:
     return isinstance(value, str | int | float | bool) or value is None
 
 
-def _finite(value) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
 def _num(value) -> float | None:
     return float(value) if isinstance(value, int | float) and value is not None else None
 
@@ -125,40 +168,10 @@ def export_checkpoints(trials: list[dict], experiment_path: str) -> None:
         src = row.get("checkpoint_path")
         if not src:
             continue
-        dst = join_path(experiment_path, row["trial_id"], "checkpoint")
-        if _norm(src) != _norm(dst):
+        dst = join_path(experiment_path, row["trial_id"], CHECKPOINT_DIR)
+        if not same_place(src, dst):
             copy_dir(src, dst)
         row["checkpoint_path"] = dst
-
-
-def _norm(path: str) -> str:
-    return path.rstrip("/")
-
-
-def join_path(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if "://" in base else os.path.join(base, *parts)
-
-
-def copy_dir(src: str, dst: str) -> None:
-    """Copy a folder between local paths and/or cloud URIs, file by file.
-
-    (`pyarrow.fs.copy_files` takes an S3 prefix for a single object.)
-    """
-    src_fs, src_path = pafs.FileSystem.from_uri(_uri(src))
-    dst_fs, dst_path = pafs.FileSystem.from_uri(_uri(dst))
-    dst_fs.create_dir(dst_path, recursive=True)
-    files = src_fs.get_file_info(pafs.FileSelector(src_path, recursive=True))
-    for info in files:
-        if info.type != pafs.FileType.File:
-            continue
-        target = dst_path + info.path[len(src_path.rstrip("/")) :]
-        dst_fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        with src_fs.open_input_stream(info.path) as f, dst_fs.open_output_stream(target) as g:
-            g.write(f.read())
-
-
-def _uri(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
 
 
 def write_table(rows: list[dict], path: str) -> None:
@@ -166,9 +179,8 @@ def write_table(rows: list[dict], path: str) -> None:
     table = (
         pa.Table.from_pylist(rows) if rows else pa.table({"trial_id": pa.array([], pa.string())})
     )
-    fs, fs_path = pafs.FileSystem.from_uri(_uri(path))
-    parent = fs_path.rsplit("/", 1)[0]
-    fs.create_dir(parent, recursive=True)
+    fs, fs_path = filesystem(path)
+    fs.create_dir(fs_path.rsplit("/", 1)[0], recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
         tmp = f"{fs_path}.{uuid.uuid4().hex}.tmp"
         pq.write_table(table, tmp)
@@ -178,5 +190,11 @@ def write_table(rows: list[dict], path: str) -> None:
 
 
 def read_table(path: str) -> list[dict]:
-    fs, fs_path = pafs.FileSystem.from_uri(_uri(path))
+    fs, fs_path = filesystem(path)
     return pq.read_table(fs_path, filesystem=fs).to_pylist()
+
+
+def write_tables(experiment_path: str, trials: list[dict], history: list[dict]) -> None:
+    """`trials.parquet` and `history.parquet` of an experiment."""
+    write_table(trials, join_path(experiment_path, TRIALS_FILE))
+    write_table(history, join_path(experiment_path, HISTORY_FILE))

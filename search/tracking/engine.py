@@ -20,9 +20,10 @@ numeric metrics per reported result and `summary_metrics` with the last result's
 
 Each suggestion is a flat dict with every parameter of the sweep, constants (`value:`)
 included. The metric and its goal come from the sweep's `metric` block; a different metric or
-mode handed over by Tune is an error. `run_cap` and `metric.target` end the search as they end
-a W&B sweep; grid search ends when the grid is exhausted. `early_terminate` is left to Tune's
-scheduler.
+mode handed over by Tune is an error. `metric.target` ends the search as it ends a W&B sweep;
+grid search ends when the grid is exhausted; `num_samples` caps the runs (sweeps 0.2.0's schema
+has no `run_cap`, so a config with one is rejected). `early_terminate` is left to Tune's
+scheduler. The config is checked first by `search.tracking.schema.validate_sweep_config`.
 
 Seeding: `sweeps` draws from Python's global `random` (random search) and numpy's global RNG
 (bayes: the random start points, the 1000 candidate points, the fallback sample); its Gaussian
@@ -44,25 +45,24 @@ from contextlib import contextmanager
 from copy import deepcopy
 from typing import Any
 
-import jsonschema
 import numpy as np
 from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.search import Searcher
 from ray.tune.search.variant_generator import _has_unresolved_values
 from sklearn.exceptions import ConvergenceWarning
 
+from search.tracking.schema import validate_sweep_config
+from trainables import scores
+
 with warnings.catch_warnings():
-    # pydantic 2 warns about a v1 config key in sweeps' SweepRun; importing bayes_search here
-    # also keeps its module-level `filterwarnings("ignore", ConvergenceWarning)` out of the
-    # global filters (we silence that warning around each call instead).
+    # pydantic 2 warns about a v1 config key in sweeps' SweepRun (schema.py imports it quietly
+    # first); importing bayes_search here also keeps its module-level
+    # `filterwarnings("ignore", ConvergenceWarning)` out of the global filters (we silence that
+    # warning around each call instead).
     warnings.simplefilter("ignore")
     import sweeps
     import sweeps.bayes_search  # noqa: F401
-    from sweeps.config.schema import (
-        fill_validate_metric,
-        fill_validate_schema,
-        validator,
-    )
+    from sweeps.config.schema import fill_validate_metric
 
 logger = logging.getLogger(__name__)
 
@@ -71,121 +71,6 @@ GOAL_TO_MODE = {"maximize": "max", "minimize": "min"}
 FAILED = sweeps.RunState.failed
 FINISHED = sweeps.RunState.finished
 RUNNING = sweeps.RunState.running
-
-
-def validate_sweep_config(cfg: dict) -> dict:
-    """Check `cfg` against W&B's sweep-config schema; return a filled copy.
-
-    Raises `ValueError` listing each violation with its key path and the schema's message.
-    The copy has W&B's defaults filled in (`distribution` inferred, `metric.goal`, hyperband's
-    `eta`, ...); nested parameter groups are kept as given.
-    """
-    if not isinstance(cfg, dict):
-        raise ValueError(f"a sweep config must be a mapping, got {type(cfg).__name__}")
-    problems = [_describe(error) for error in validator.iter_errors(cfg)]
-    problems += _extra_violations(cfg, problems)
-    if problems:
-        raise ValueError("invalid W&B sweep config:\n  " + "\n  ".join(problems))
-    filled = fill_validate_metric(fill_validate_schema(cfg))
-    for name, spec in cfg.get("parameters", {}).items():
-        filled["parameters"].setdefault(name, deepcopy(spec))  # sweeps drops nested groups
-    return filled
-
-
-def _path(error: jsonschema.ValidationError) -> str:
-    return ".".join(str(part) for part in error.absolute_path) or "<top level>"
-
-
-def _describe(error: jsonschema.ValidationError) -> str:
-    """One line per schema error; for a parameter that fits no distribution, say why."""
-    line = f"{_path(error)}: {error.message}"
-    if error.validator == "anyOf" and error.context:
-        line += "\n    because " + "\n    and ".join(_anyof_causes(error))
-    return line
-
-
-def _anyof_causes(error: jsonschema.ValidationError) -> list[str]:
-    causes = _closest_branch(error)
-    if causes is not None:
-        return [_with_hint(cause) for cause in causes]
-    wrong = [e for e in _descendants(error) if list(e.relative_path) == ["distribution"]]
-    names = sorted({name for e in wrong if e.validator == "enum" for name in e.validator_value})
-    return [f"{_path(wrong[0])}: {wrong[0].instance!r} is not one of {names}"]
-
-
-def _closest_branch(
-    error: jsonschema.ValidationError,
-) -> list[jsonschema.ValidationError] | None:
-    """Errors of the anyOf branch with the given distribution and fewest complaints.
-
-    None when no branch accepts the parameter's `distribution` (a misspelt name).
-    """
-    branches: dict[Any, list[jsonschema.ValidationError]] = {}
-    for sub in error.context:
-        branches.setdefault(sub.schema_path[0], []).append(sub)
-    candidates = []
-    for errors in branches.values():
-        if any(_rejects_distribution(e) for e in errors):
-            continue
-        leaves = []
-        for e in errors:
-            nested = _closest_branch(e) if e.validator == "anyOf" else [e]
-            if nested is None:
-                break
-            leaves += nested
-        else:
-            candidates.append(leaves)
-    return min(candidates, key=len) if candidates else None
-
-
-def _rejects_distribution(error: jsonschema.ValidationError) -> bool:
-    """A branch of another distribution, or the nested-group branch (`parameters:`)."""
-    nested_group = error.validator == "required" and "parameters" in error.validator_value
-    return list(error.relative_path) == ["distribution"] or nested_group
-
-
-def _descendants(error: jsonschema.ValidationError) -> Iterator[jsonschema.ValidationError]:
-    for sub in error.context or []:
-        yield sub
-        yield from _descendants(sub)
-
-
-def _with_hint(error: jsonschema.ValidationError) -> str:
-    line = f"{_path(error)}: {error.message}"
-    if isinstance(error.instance, str) and _parses_as_float(error.instance):
-        line += " (a string: YAML reads 1e-4 and quoted numbers as strings; write 1.0e-4)"
-    return line
-
-
-def _parses_as_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _extra_violations(cfg: dict, reported: list[str]) -> list[str]:
-    """sweeps' checks beyond the JSON schema (min < max, probabilities, deprecated names)."""
-    try:
-        messages = sweeps.schema_violations_from_proposed_config(cfg)
-    except TypeError:  # sweeps 0.2.0 compares a string bound the schema already rejected
-        return []
-    extra = []
-    for message in messages:
-        duplicate = any(message in line for line in reported + extra)
-        consequence = message.startswith("invalid hyperparameter configuration")
-        if not duplicate and not consequence:
-            extra.append(_locate(message, cfg.get("parameters") or {}))
-    return extra
-
-
-def _locate(message: str, parameters: dict) -> str:
-    """Prefix the key path of the parameter a sweeps message names."""
-    for name in parameters:
-        if message.startswith((f"{name}:", f"{name} ", f"Parameter {name}:")):
-            return f"parameters.{name}: {message}"
-    return f"<top level>: {message}"
 
 
 class WandbSweepSearcher(Searcher):
@@ -349,16 +234,12 @@ class WandbSweepSearcher(Searcher):
             self._metric, self._mode = metric, mode
 
     def _search_is_over(self) -> bool:
-        """W&B ends a sweep at `run_cap` runs or once a finished run reaches `metric.target`."""
-        cap = self._sweep.get("run_cap")
-        if cap is not None and len(self._runs) >= cap:
-            return True
+        """W&B ends a sweep once a finished run reaches `metric.target`."""
         target = self._sweep.get("metric", {}).get("target")
         if target is None:
             return False
-        kind = "maximum" if self._mode == "max" else "minimum"
         for run in self._runs.values():
-            if run.state == FINISHED and _reached(run, self._metric, kind, target):
+            if run.state == FINISHED and _reached(run, self._metric, self._mode, target):
                 return True
         return False
 
@@ -370,12 +251,13 @@ class WandbSweepSearcher(Searcher):
         return proposal
 
 
-def _reached(run: sweeps.SweepRun, metric: str, kind: str, target: float) -> bool:
+def _reached(run: sweeps.SweepRun, metric: str, mode: str, target: float) -> bool:
+    """Whether the run's best `metric` is at least as good as `target`, for `mode`."""
     try:
-        best = run.metric_extremum(metric, kind)
+        best = run.metric_extremum(metric, mode)  # "max" or "min", as sweeps accepts
     except ValueError:
         return False
-    return best >= target if kind == "maximum" else best <= target
+    return scores.sort_key(best, mode) >= scores.sort_key(target, mode)
 
 
 @contextmanager

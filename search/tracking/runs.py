@@ -25,7 +25,6 @@ trial's name and group, job type `media`. Online, the trial's own run is resumed
 from __future__ import annotations
 
 import io
-import json
 import logging
 import netrc
 import os
@@ -34,10 +33,13 @@ from urllib.parse import urlsplit
 
 from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 
+from search.experiment.layout import ATTRIBUTION_DIR, GRADCAM_PNG, IG_PNG, TEST_METRICS_FILE
+from search.experiment.storage import absolute, is_uri, join_path, read_bytes, read_json
+
 log = logging.getLogger("medsweep")
 
 MODES = ("online", "offline", "off")
-ATTRIBUTIONS = ("gradcam", "integrated_gradients")
+ATTRIBUTIONS = (GRADCAM_PNG, IG_PNG)  # logged as `attribution/<file name without .png>`
 DEFAULT_HOST = "https://api.wandb.ai"
 
 
@@ -148,9 +150,8 @@ def make_callbacks(
 
 
 def _local_dir(path: str | None) -> str | None:
-    if not path or "://" in path:
-        return None
-    return os.path.abspath(path)
+    """An absolute local folder, or None for no folder and for a storage URI."""
+    return None if not path or is_uri(path) else absolute(path)
 
 
 def media_run_id(trial_id: str, mode: str) -> str:
@@ -171,7 +172,7 @@ def log_media(
         return
     import wandb
 
-    tested = _read_json(_join(experiment_dir, "test_metrics.json")) or {}
+    tested = read_json(join_path(experiment_dir, TEST_METRICS_FILE)) or {}
     for trial in trials:
         trial_id = trial["trial_id"]
         media = trial_media(experiment_dir, trial_id, tested.get("trials", {}).get(trial_id))
@@ -198,10 +199,11 @@ def trial_media(experiment_dir: str, trial_id: str, test_result: dict | None) ->
     from PIL import Image
 
     media = {}
-    for name in ATTRIBUTIONS:
-        data = _read_bytes(_join(experiment_dir, trial_id, "attribution", f"{name}.png"))
+    for png in ATTRIBUTIONS:
+        data = read_bytes(join_path(experiment_dir, trial_id, ATTRIBUTION_DIR, png))
         if data is not None:
-            media[f"attribution/{name}"] = Image.open(io.BytesIO(data)).convert("RGB")
+            key = f"attribution/{png.removesuffix('.png')}"
+            media[key] = Image.open(io.BytesIO(data)).convert("RGB")
     matrix = (test_result or {}).get("confusion_matrix")
     if matrix:
         media["test/confusion_matrix"] = confusion_image(matrix)
@@ -211,8 +213,9 @@ def trial_media(experiment_dir: str, trial_id: str, test_result: dict | None) ->
 def confusion_image(matrix: dict):
     """A PIL image of a confusion matrix as `trainables.evaluation` writes it.
 
-    Multiclass/binary: `{"labels": [...], "matrix": [[...]]}` (rows true, columns predicted);
-    multi-label: `{label: [[tn, fp], [fn, tp]]}`, drawn as one small matrix per label.
+    One class per image: `{"labels": [...], "matrix": [[...]]}` (rows true, columns
+    predicted); otherwise (multi-label) `{label: [[tn, fp], [fn, tp]]}`, drawn as one small
+    matrix per label.
     """
     import matplotlib
 
@@ -252,29 +255,3 @@ def _draw_matrix(ax, cm: list[list[int]], labels: list[str], title: str) -> None
     ax.set_xlabel("predicted", fontsize=8)
     ax.set_ylabel("true", fontsize=8)
     ax.set_title(title, fontsize=8)
-
-
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if "://" in base else os.path.join(base, *parts)
-
-
-def _read_bytes(path: str) -> bytes | None:
-    """A file's bytes from a local path or a storage URI; None when it does not exist."""
-    if "://" not in path:
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-    import pyarrow.fs as pafs
-
-    fs, fs_path = pafs.FileSystem.from_uri(path)
-    if fs.get_file_info(fs_path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(fs_path) as f:
-        return f.read()
-
-
-def _read_json(path: str) -> dict | None:
-    data = _read_bytes(path)
-    return None if data is None else json.loads(data)

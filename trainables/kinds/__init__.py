@@ -1,7 +1,7 @@
 """Task kinds: everything that depends on what a label is, one small class per kind.
 
     from trainables.kinds import get_kind
-    kind = get_kind(task.kind)                     # or task.ops
+    kind = get_kind(task.kind)                     # or task.kind_ops
     loss_fn = kind.make_loss(kind.class_weights(train_labels, n_classes, power))
     probs = kind.probabilities(logits)             # (N, outputs) numpy
     metrics = kind.metrics(val_labels, probs)      # {"acc", "f1", "auc"}

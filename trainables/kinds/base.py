@@ -24,6 +24,9 @@ class Kind:
     """Registry key, the value of `Task.kind` and of a checkpoint's `kind`."""
     explains: ClassVar[str]
     """What attribution maps explain, in words (for docstrings, logs and the report)."""
+    exclusive: ClassVar[bool] = True
+    """Exactly one class per image (one-hot indicators): accuracy counts images, the confusion
+    matrix is K x K and a panel is grouped by class. False: each label is its own yes/no."""
 
     # --- layout --------------------------------------------------------------------------
     def num_outputs(self, n_classes: int) -> int:
@@ -41,6 +44,10 @@ class Kind:
     def indicators(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
         """(N, n_classes) bool: image i belongs to (or is positive for) class c."""
         ids = class_ids(labels)
+        if ids.min(initial=0) < 0 or ids.max(initial=0) >= n_classes:
+            raise ValueError(
+                f"labels hold class ids outside 0..{n_classes - 1} ({n_classes} classes)"
+            )
         return np.eye(n_classes, dtype=bool)[ids]
 
     def class_counts(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -78,6 +85,27 @@ class Kind:
     def metrics(self, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         """`acc`, `f1` (macro) and `auc` of one split; AUROC NaN when undefined, never raises."""
         raise NotImplementedError
+
+    # --- test evaluation (trainables.evaluation), in the indicator layout ------------------
+    def test_columns(
+        self, y_true: np.ndarray, scores: np.ndarray, n_classes: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(indicators, score columns), both (N, n_classes), from test labels and scores as
+        `test_inputs` gives them; a ValueError names the layout expected."""
+        y = class_ids(y_true)
+        check_fit(y, scores, (len(y), n_classes), "(N,) class ids and (N, K) probabilities")
+        return self.indicators(y, n_classes), self.score_columns(scores)
+
+    def predicted_columns(self, scores: np.ndarray) -> np.ndarray:
+        """(N, n_classes) bool predictions from score columns: the argmax class."""
+        return np.eye(scores.shape[1], dtype=bool)[scores.argmax(axis=1)]
+
+    def test_extras(
+        self, y_ind: np.ndarray, pred_ind: np.ndarray, tp: np.ndarray, fn: np.ndarray,
+        fp: np.ndarray, tn: np.ndarray,
+    ) -> dict:  # fmt: skip
+        """Figures only this kind reports, from indicators and per-column confusion counts."""
+        return {}
 
     # --- after the search ----------------------------------------------------------------
     def fold_strata(self, labels: np.ndarray) -> np.ndarray | None:
@@ -122,6 +150,20 @@ def class_ids(labels: np.ndarray) -> np.ndarray:
     if labels.ndim != 1:
         raise ValueError(f"labels must be (N,) or (N, 1) class ids, got shape {labels.shape}")
     return labels.astype(np.int64)
+
+
+def check_fit(y: np.ndarray, scores: np.ndarray, want: tuple[int, ...], what: str) -> None:
+    """A ValueError unless `scores` has shape `want` and as many rows as `y`."""
+    if scores.shape != want or len(y) != len(scores):
+        raise ValueError(
+            f"labels {y.shape} and scores {scores.shape} do not fit: expected {what}, "
+            f"scores {want} for the given class names"
+        )
+
+
+def ratio(num: float, den: float) -> float:
+    """num / den, NaN where the denominator is 0."""
+    return float(num / den) if den > 0 else float("nan")
 
 
 def safe_auc(y: np.ndarray, scores: np.ndarray, **kwargs) -> float:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from trainables.kinds.base import THRESHOLD, Kind, class_ids, safe_auc
+from trainables.kinds.base import THRESHOLD, Kind, check_fit, class_ids, ratio, safe_auc
 
 
 class Binary(Kind):
@@ -40,6 +40,33 @@ class Binary(Kind):
 
     def auroc_columns(self, n_classes: int) -> list[int]:
         return [1]  # the positive class's AUROC; the negative's is the same curve mirrored
+
+    def test_columns(
+        self, y_true: np.ndarray, scores: np.ndarray, n_classes: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Scores are P(class 1), (N,); an (N, 2) softmax is accepted and its column 1 used."""
+        if scores.ndim == 2 and scores.shape[1] == 2:
+            scores = scores[:, 1]
+        y = class_ids(y_true)
+        check_fit(y, scores, (len(y),), "(N,) 0/1 labels and (N,) P(class 1) scores")
+        if n_classes != 2:
+            raise ValueError(f"binary needs 2 class names (negative, positive), got {n_classes}")
+        return self.indicators(y, n_classes), self.score_columns(scores)
+
+    def predicted_columns(self, scores: np.ndarray) -> np.ndarray:
+        """Positive where P(class 1) >= THRESHOLD (a tie at 0.5 is positive, unlike argmax)."""
+        return np.eye(2, dtype=bool)[(scores[:, 1] >= THRESHOLD).astype(np.int64)]
+
+    def test_extras(
+        self, y_ind: np.ndarray, pred_ind: np.ndarray, tp: np.ndarray, fn: np.ndarray,
+        fp: np.ndarray, tn: np.ndarray,
+    ) -> dict:  # fmt: skip
+        """The positive class's sensitivity and specificity, and the threshold."""
+        return {
+            "sensitivity": ratio(tp[1], tp[1] + fn[1]),
+            "specificity": ratio(tn[1], tn[1] + fp[1]),
+            "threshold": THRESHOLD,
+        }
 
     def explain_targets(self, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, list]:
         return np.arange(len(labels)), [0] * len(labels)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
+from sklearn.metrics import accuracy_score, f1_score
 
-from trainables.kinds.base import THRESHOLD, Kind, safe_auc
+from trainables.kinds.base import THRESHOLD, Kind, check_fit, safe_auc
 from trainables.kinds.binary import _pos_weight
 
 
 class Multilabel(Kind):
     name = "multilabel"
     explains = "each true positive label"
+    exclusive = False
 
     def label_width(self, n_classes: int) -> int:
         return n_classes
@@ -24,7 +25,8 @@ class Multilabel(Kind):
         labels = np.asarray(labels).reshape(len(labels), -1)
         if labels.shape[1] != n_classes or not np.isin(labels, (0, 1)).all():
             raise ValueError(
-                f"multilabel labels must be (N, {n_classes}) 0/1, got shape {labels.shape}"
+                f"multilabel labels must be (N, {n_classes}) and hold only 0 and 1 (one "
+                f"column per label), got shape {labels.shape}"
             )
         return labels.astype(bool)
 
@@ -48,6 +50,22 @@ class Multilabel(Kind):
             "f1": float(f1_score(y, preds, average="macro", zero_division=0)),
             "auc": float(np.mean(finite)) if finite else float("nan"),
         }
+
+    def test_columns(
+        self, y_true: np.ndarray, scores: np.ndarray, n_classes: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        check_fit(y_true, scores, (len(y_true), n_classes), "(N, L) 0/1 labels and (N, L) scores")
+        return self.indicators(y_true, n_classes), self.score_columns(scores)
+
+    def predicted_columns(self, scores: np.ndarray) -> np.ndarray:
+        return scores >= THRESHOLD
+
+    def test_extras(
+        self, y_ind: np.ndarray, pred_ind: np.ndarray, tp: np.ndarray, fn: np.ndarray,
+        fp: np.ndarray, tn: np.ndarray,
+    ) -> dict:  # fmt: skip
+        """`exact_match`: the share of images with every label right (subset accuracy)."""
+        return {"exact_match": accuracy_score(y_ind, pred_ind), "threshold": THRESHOLD}
 
     def fold_strata(self, labels: np.ndarray) -> np.ndarray | None:
         return None  # stratifying on one label would balance it and skew the others

@@ -1,0 +1,152 @@
+"""The bench's record and sizes: settings, the shared Ray state, and the results table.
+
+    b = Bench(args, device, sizes_for(args.quick, args.smoke_test, device))
+    add = b.rows("data")                       # add(figure, value, unit, note="", vs=None)
+    add("x/new", 2.0, "img/s", "what it is", vs="x/base")   # ratio = 2.0 / x/base's value
+    start_ray(b)                               # once per run, for the sections that use Ray
+
+`search.benchmarks.runner` runs the sections (one module each, or one per pair) over a `Bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+CLASSES = 8  # the `blood` task: 8 classes, RGB
+NO_GPU = "skipped: no GPU"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each section measures; `--quick` on CPU keeps the whole run near 4 minutes."""
+
+    n_train: int
+    epochs: int
+    model: str
+    precision: tuple[tuple[int, int], ...]
+    """(image size, batch) pairs of the precision and MFU sections."""
+    steps: int
+    compile_sizes: tuple[int, ...]
+    matmul_n: int
+    packing: tuple[int, ...]
+    memory_images: int
+    memory_trials: int
+    tiny_trials: int
+    workers: int
+    rounds: int
+    """Turns each contender gets in interleaved timings (the best one counts)."""
+    batch: int = 128
+    n_val: int = 256
+
+
+def sizes_for(quick: bool, smoke: bool, device: torch.device) -> Sizes:
+    """GPU: resnet18 trials and full-size steps; CPU: simple_cnn trials and small steps."""
+    cpus, tiny, epochs = os.cpu_count() or 1, 30 if quick else 200, 3 if quick else 5
+    if smoke:  # every code path, the least work: for tests, not for figures
+        return Sizes(
+            n_train=512, epochs=2, model="simple_cnn", precision=((28, 8), (224, 2)), steps=1,
+            compile_sizes=(28,), matmul_n=512, packing=(1, 2), memory_images=4096,
+            memory_trials=min(2, cpus), tiny_trials=6, workers=2, rounds=1,
+        )  # fmt: skip
+    if device.type == "cuda":
+        return Sizes(
+            n_train=32768 if quick else 65536, epochs=epochs, model="resnet18",
+            precision=((28, 256), (224, 128)), steps=10 if quick else 30,
+            compile_sizes=(28, 224), matmul_n=8192, packing=(1, 2, 4, 8),
+            memory_images=65536, memory_trials=4, tiny_trials=tiny, workers=min(8, cpus),
+            rounds=3,
+        )  # fmt: skip
+    return Sizes(
+        n_train=2048, epochs=epochs, model="simple_cnn",
+        precision=((28, 32), (224, 8)) if quick else ((28, 64), (224, 16)),
+        steps=3 if quick else 6, compile_sizes=(28,) if quick else (28, 224),
+        matmul_n=2048 if quick else 4096, packing=(1, 2), memory_images=16384,
+        memory_trials=min(2, cpus), tiny_trials=tiny, workers=2, rounds=2,
+    )  # fmt: skip
+
+
+def synthetic_data(n_train: int, n_val: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random uint8 RGB images in the MedMNIST layout, labels cycling over 8 classes."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % CLASSES).reshape(-1, 1).astype(np.uint8)
+    return arrays
+
+
+@dataclass
+class Bench:
+    """One run's settings, shared Ray state and results: {section: {figure: row}}."""
+
+    args: argparse.Namespace
+    device: torch.device
+    sizes: Sizes
+    results: dict = field(default_factory=dict)
+    storage: str = ""
+    data_ref: list | None = None
+    ray_init_s: float | None = None
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def threads(self) -> int | None:
+        """CPU steps run on 1 thread, as a trial's worker does (1 CPU: OMP_NUM_THREADS=1); it
+        also keeps their ratios steadier on a shared host."""
+        return None if self.gpu else 1
+
+    def rows(self, section: str) -> Callable:
+        """`add(figure, value, unit, note="", vs=None)` for `section`; the ratio is `value`
+        over the value of figure `vs` of the same section."""
+        table = self.results.setdefault(section, {})
+
+        def add(figure: str, value: float | None, unit: str, note: str = "", vs=None) -> None:
+            if value is not None and not math.isfinite(value):
+                value, note = None, f"not finite ({value}); {note}"
+            base = table.get(vs, {}).get("value") if vs else None
+            ratio = value / base if value is not None and base else None
+            table[figure] = {"value": value, "unit": unit, "ratio": ratio, "vs": vs, "note": note}
+
+        return add
+
+    def trial_config(self, **overrides) -> dict:
+        fixed = {"task": "blood", "model": self.sizes.model, "weights": "none", "image_size": 28}
+        run = {"epochs": self.sizes.epochs, "batch_size": self.sizes.batch, "lr": 1e-3, "seed": 0}
+        return {**fixed, **run, **overrides}
+
+
+def start_ray(b: Bench) -> None:
+    """Ray started as run.py starts it, and the overhead data put once, as run.py puts data."""
+    if b.data_ref is not None:
+        return
+    import ray
+
+    from search.driver.session import connect_ray
+
+    started = time.perf_counter()
+    connect_ray(None)  # a fresh local instance with its own dashboard port, never another's
+    b.ray_init_s = time.perf_counter() - started
+    b.storage = tempfile.mkdtemp(prefix="medsweep-bench-")
+    b.data_ref = [ray.put(synthetic_data(b.sizes.n_train, b.sizes.n_val, 28))]
+
+
+def stop_ray(b: Bench) -> None:
+    """Shut down the Ray instance `start_ray` started (if it did) and remove its storage."""
+    if b.data_ref is None:
+        return
+    import ray
+
+    ray.shutdown()  # only the local instance this run started; never `ray stop`
+    shutil.rmtree(b.storage, ignore_errors=True)

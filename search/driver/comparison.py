@@ -1,0 +1,130 @@
+"""Run a searcher comparison: one `search/run.py` search per (searcher, repeat), then its rows,
+table and page (`search.reporting.comparison`, `compare_table`, `compare_page`).
+
+    code = run_comparison(args, passthrough)     # args: search/compare.py's parsed flags
+
+Each search runs in a subprocess with seed = repeat, named `compare-<task>-<searcher>-r<k>`
+under `args.out`, its log beside it; a finished one (its search.json exists) is reused. W&B
+stays off in the searches so it is out of the timing; `--wandb-sweep` reads a sweep run on
+W&B's service afterwards (`read_sweep`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from search.experiment.tables import write_table
+from search.reporting.compare_page import write_html
+from search.reporting.compare_table import format_table, searcher_table, searchers
+from search.reporting.comparison import TEST_FIGURE, summarise, sweep_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN_PY = ROOT / "search" / "run.py"
+
+
+def run_name(task: str, searcher: str, repeat: int) -> str:
+    return f"compare-{task}-{searcher}-r{repeat}"
+
+
+def search_command(args, searcher: str, repeat: int, passthrough: list[str]) -> list[str]:
+    """The `search/run.py` command line of one (searcher, repeat)."""
+    cmd = [
+        sys.executable, str(RUN_PY), "--task", args.task,
+        "--name", run_name(args.task, searcher, repeat), "--storage", args.out,
+        "--searcher", searcher, "--seed", str(repeat), "--trials", str(args.trials),
+        "--launcher", args.launcher, "--gpus-per-trial", str(args.gpus_per_trial),
+        "--explain-top", "0",
+    ]  # fmt: skip
+    for flag, value in (("--epochs", args.epochs), ("--data-dir", args.data_dir),
+                        ("--space", args.space)):  # fmt: skip
+        if value is not None:
+            cmd += [flag, str(value)]
+    cmd += ["--wandb", "off"]  # W&B stays out of the timing
+    return cmd + passthrough
+
+
+def search_env(passthrough: list[str]) -> dict[str, str]:
+    """The environment of a search: its own local Ray unless an address is given.
+
+    `ray.init()` without an address joins the newest cluster started on this machine (found
+    through /tmp/ray), another user's included; RAY_ADDRESS=local makes it start its own.
+    """
+    env = dict(os.environ)
+    if "RAY_ADDRESS" not in env and not any(a.startswith("--address") for a in passthrough):
+        env["RAY_ADDRESS"] = "local"
+    return env
+
+
+def run_search(args, searcher: str, repeat: int, passthrough: list[str]) -> str:
+    """Run one search (or reuse a finished one); its folder."""
+    name = run_name(args.task, searcher, repeat)
+    folder = os.path.join(args.out, name)
+    if os.path.isfile(os.path.join(folder, "search.json")):
+        print(f"{name}: reusing the finished search in {folder} (delete it to rerun)")
+        return folder
+    log_path = os.path.join(args.out, f"{name}.log")
+    print(f"{name}: running, log in {log_path}", flush=True)
+    with open(log_path, "w") as log:
+        cmd = search_command(args, searcher, repeat, passthrough)
+        proc = subprocess.run(
+            cmd, env=search_env(passthrough), stdout=log, stderr=subprocess.STDOUT
+        )
+    if proc.returncode != 0:
+        tail = Path(log_path).read_text().splitlines()[-15:]
+        print(f"{name}: exit code {proc.returncode}; last lines of {log_path}:\n  "
+              + "\n  ".join(tail))  # fmt: skip
+    return folder
+
+
+def read_sweep(path: str, metric: str, mode: str, limit: int | None = None) -> list[dict]:
+    """A W&B sweep's rows, or [] with a message when W&B is offline or unreachable."""
+    from search.tracking.runs import resolve_mode
+
+    if resolve_mode(None) != "online":
+        print(
+            f"--wandb-sweep {path}: skipped, W&B is offline here (no API key, or "
+            "WANDB_MODE=offline); run `wandb login` and compare again"
+        )
+        return []
+    import wandb
+
+    try:
+        return sweep_rows(wandb.Api(timeout=30).sweep(path).runs, metric, mode, limit)
+    except Exception as err:  # no network, a wrong path, no access: the rest still stands
+        print(f"--wandb-sweep {path}: skipped ({type(err).__name__}: {err})")
+        return []
+
+
+def run_comparison(args, passthrough: list[str]) -> int:
+    """Every (searcher, repeat) search, then compare.parquet, compare.html and the table on
+    stdout; the exit code (1 when no search produced trials)."""
+    from search.driver.space import default_space_path, load_space
+    from trainables.tasks import get_task
+
+    task = get_task(args.task)
+    space = load_space(args.space or default_space_path(task), task)
+    args.out = os.path.abspath(args.out or os.path.join("runs", f"compare-{task.name}"))
+    os.makedirs(args.out, exist_ok=True)
+    if args.gpus_per_trial is None:
+        import torch
+
+        args.gpus_per_trial = 1.0 if torch.cuda.is_available() else 0.0
+    run_dirs = {(searcher, k): run_search(args, searcher, k, passthrough)
+                for k in range(args.repeats) for searcher in args.searchers}  # fmt: skip
+    rows = summarise(run_dirs, space.metric, space.mode)
+    if args.wandb_sweep:
+        rows += read_sweep(args.wandb_sweep, space.metric, space.mode, args.trials)
+    if not rows:
+        print("no search produced trials; see the logs in", args.out)
+        return 1
+    parquet = os.path.join(args.out, "compare.parquet")
+    page = os.path.join(args.out, "compare.html")
+    write_table(rows, parquet)
+    title = f"{task.name}: {', '.join(searchers(rows))}, {args.trials} trials"
+    write_html(rows, page, space.metric, title)
+    table = format_table(searcher_table(rows), space.metric, TEST_FIGURE.get(space.metric))
+    print(f"\n{table}\n\n{page}\n{parquet}")
+    return 0

@@ -1,0 +1,98 @@
+"""What a search reads before Ray starts: the data file, the arrays, the weights, the space.
+
+    task, path = locate_data(task, image_size, args)   # MedMNIST npz, or a converted folder
+    data = load_arrays(path, task, folds=0)             # train + val (test waits for the end)
+    values = param_space(args, space)                   # domains + command-line settings
+    fetch_weights(values, task)                         # ImageNet weights, once, on the driver
+
+`args` needs `data_dir`, `split` and `seed` for `locate_data` (search/wandb_trial.py passes
+just those), and the command line's fixed settings for `param_space`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+
+from search.driver.downloads import ensure_dataset
+from search.driver.folder_split import small_data_warnings
+from search.driver.folders import convert_folder
+from search.driver.folds import file_arrays
+from search.driver.space import Space
+from trainables.data import load_npz
+from trainables.kinds import kind_for_classes
+from trainables.models import PRETRAINED, load_imagenet_state
+from trainables.tasks import Task
+from trainables.train import TrainConfig
+
+log = logging.getLogger("medsweep")
+SMOKE_SETTINGS = {"epochs": 1, "max_batches": 3}
+SEARCH_SPLITS = ("train", "val")  # the test split is read once, after the search
+
+
+def locate_data(task: Task, image_size: int, args: argparse.Namespace) -> tuple[Task, str]:
+    """(task, npz path): a MedMNIST file, or a folder per class converted once (cached).
+
+    A folder task comes back with its classes, kind and channels from the folder."""
+    if task.source != "folder":
+        return task, ensure_dataset(task, image_size, args.data_dir)
+    if not args.data_dir:
+        raise SystemExit(
+            f"--task {task.name} reads a folder per class: pass --data-dir DIR (for malaria, "
+            "the NIH cell_images/ folder holding Parasitized/ and Uninfected/)"
+        )
+    fixed = list(task.classes) or None  # malaria fixes its order; folder takes the folders'
+    path, classes, info = convert_folder(
+        args.data_dir, image_size, split=args.split, seed=args.seed, classes=fixed
+    )
+    for line in small_data_warnings(info["counts"]):
+        log.warning("small data: %s", line)
+    log.info("%s: %s split, images per split %s", args.data_dir, info["split"],
+             {k: sum(v.values()) for k, v in info["counts"].items()})  # fmt: skip
+    kind = task.kind if task.classes else kind_for_classes(len(classes))
+    task = dataclasses.replace(task, classes=tuple(classes), kind=kind,
+                               channels=info["channels"])  # fmt: skip
+    return task, path
+
+
+def load_arrays(path: str, task: Task, folds: int = 0) -> dict:
+    """The train and val arrays; under `--folds`, also the file names (patient ids keep each
+    patient in one fold)."""
+    data = load_npz(path, task, splits=SEARCH_SPLITS)
+    if folds > 1:
+        data.update(file_arrays(path))
+    return data
+
+
+def param_space(args: argparse.Namespace, space: Space) -> dict:
+    """The space's domains with the command line's fixed settings laid over them."""
+    overrides = {
+        "weights": args.weights,
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+    }
+    values = {**space.domains, **{k: v for k, v in overrides.items() if v is not None}}
+    values["seed"] = args.seed
+    if args.smoke_test:
+        values.update(SMOKE_SETTINGS)
+    fixed = {k: v for k, v in values.items() if k not in space.searched}
+    TrainConfig.from_dict(fixed)  # a bad fixed setting fails here, before Ray starts
+    return values
+
+
+def planned_epochs(values: dict) -> int:
+    """Epochs per trial (a trial that ran fewer was stopped early)."""
+    return int(values.get("epochs", TrainConfig.epochs))
+
+
+def fetch_weights(values: dict, task: Task) -> None:
+    """Fetch ImageNet weights once, on the driver, before any trial starts."""
+    if values.get("weights") != "imagenet":
+        return
+    model = values.get("model") or task.model
+    names = model.categories if hasattr(model, "categories") else [model]
+    for name in names:
+        if name in PRETRAINED:
+            load_imagenet_state(name)

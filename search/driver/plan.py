@@ -1,0 +1,129 @@
+"""How one search runs: the `Plan` the command line decides (everything but the searched knobs).
+
+    plan = make_plan(args, space, name, task)      # args: search.driver.options.parse_args
+    plan.experiment_path                           # <storage>/<name>, a local path or a URI
+    plan.launcher                                  # "function" or "train" (after `auto`)
+
+`make_plan` resolves `--launcher auto` and `--max-concurrent` (default: as many trials as the
+cluster holds, from what each trial's workers ask for), so call it after Ray is connected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+
+from search.driver.space import Space
+from search.experiment.storage import absolute, join_path
+from trainables.tasks import Task
+
+DRIVER_CPU = 0.01  # a trial driver must not starve its own Train workers; 0 is rejected
+SEARCHERS = ("optuna", "random", "wandb-bayes")
+LAUNCHERS = ("train", "function")
+SMOKE_TRIALS = 2
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the search runs: everything the CLI decides that is not a searched knob."""
+
+    name: str
+    storage: str
+    trials: int
+    metric: str
+    mode: str
+    searcher: str = "optuna"
+    launcher: str = "train"
+    seed: int = 0
+    max_concurrent: int = 1
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_failures: int = 0
+    time_budget_s: float | None = None
+    verbose: int = 1
+    task: Task | None = None
+    """The task record trials train (a `folder` task's classes come from its data)."""
+    folds: int = 0
+    """k-fold cross-validation over train+val inside each trial (0 = the given split)."""
+
+    def __post_init__(self) -> None:
+        if self.searcher not in SEARCHERS:
+            raise ValueError(f"--searcher {self.searcher!r}: choose one of {SEARCHERS}")
+        if self.launcher not in LAUNCHERS:
+            raise ValueError(f"--launcher {self.launcher!r}: choose one of {LAUNCHERS}")
+        if self.folds == 1 or self.folds < 0:
+            raise ValueError(f"--folds {self.folds}: use 0 (the given split) or K >= 2")
+        if self.folds > 1 and self.workers_per_trial > 1:
+            raise ValueError("--folds runs each fold on one worker; drop --workers-per-trial")
+        if self.launcher == "function" and self.workers_per_trial > 1:
+            raise ValueError(
+                f"--workers-per-trial {self.workers_per_trial} needs --launcher train "
+                "(only Ray Train runs a trial on several workers)"
+            )
+
+    @property
+    def experiment_path(self) -> str:
+        return join_path(self.storage, self.name)
+
+    @property
+    def resources_per_trial(self) -> dict:
+        """What one trial's workers hold together (for search.json and the report)."""
+        return {"cpu": self.cpus_per_worker * self.workers_per_trial, "gpu": self.gpus_per_trial}
+
+
+def resolve_launcher(launcher: str, workers_per_trial: int) -> str:
+    """`auto`: Ray Train only where it is needed (DDP). search/bench.py measured, on 2 CPU
+    cores, 14-30 s from trial start to first step under Ray Train against 0.2-0.9 s in a Tune
+    function."""
+    if launcher != "auto":
+        return launcher
+    return "train" if workers_per_trial > 1 else "function"
+
+
+def make_plan(args: argparse.Namespace, space: Space, name: str, task: Task) -> Plan:
+    """The plan from the parsed command line; asks Ray what fits for `--max-concurrent`."""
+    gpus = args.gpus_per_trial
+    if gpus is None:
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() and not args.smoke_test else 0.0
+    plan = Plan(
+        name=name,
+        storage=absolute(args.storage),
+        trials=SMOKE_TRIALS if args.smoke_test else args.trials,
+        metric=space.metric,
+        mode=space.mode,
+        searcher=args.searcher,
+        launcher=resolve_launcher(args.launcher, args.workers_per_trial),
+        seed=args.seed,
+        workers_per_trial=args.workers_per_trial,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_trial=gpus,
+        max_failures=args.max_failures,
+        time_budget_s=args.time_budget,
+        task=task,
+        folds=args.folds,
+    )
+    return with_concurrency(plan, args.max_concurrent)
+
+
+def default_concurrency(plan: Plan) -> int:
+    """How many trials the cluster can hold at once, from what each trial's workers need."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if plan.gpus_per_trial > 0:
+        fit = resources.get("GPU", 0) / plan.gpus_per_trial
+    else:
+        per_trial = plan.cpus_per_worker * plan.workers_per_trial
+        spare = resources.get("CPU", 1) - (DRIVER_CPU if plan.launcher == "train" else 0)
+        fit = spare / per_trial
+    if plan.folds > 1:  # a trial's folds fill up to K slots
+        fit = fit / plan.folds
+    return max(1, int(fit + 1e-9))
+
+
+def with_concurrency(plan: Plan, max_concurrent: int | None) -> Plan:
+    return dataclasses.replace(plan, max_concurrent=max_concurrent or default_concurrency(plan))

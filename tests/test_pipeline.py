@@ -1,0 +1,124 @@
+"""The driver's and the experiment folder's own pieces, without Ray: the command line, the plan,
+the trials/history rows, attribution and test evaluation on real checkpoints, search.json, and
+the exit code. Fast: the experiment folder trains a few tiny trials once per session."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search.driver.inputs import param_space
+from search.driver.launch import trial_resources
+from search.driver.options import parse_args
+from search.driver.pipeline import summarise
+from search.driver.plan import DRIVER_CPU, Plan, resolve_launcher
+from search.driver.space import parse_space
+from search.experiment import after
+from search.experiment.manifest import Manifest
+from search.experiment.tables import (
+    ERRORED,
+    FINISHED,
+    HISTORY_FILE,
+    STOPPED_EARLY,
+    TRIAL_COLUMNS,
+    TRIALS_FILE,
+    config_of,
+    read_table,
+)
+from trainables.checkpoint import load_checkpoint, model_from_checkpoint, predict
+from trainables.scores import best_of
+from trainables.tasks import get_task
+
+
+def _plan(**overrides) -> Plan:
+    return Plan(**{"name": "x", "storage": "/tmp", "trials": 2, "metric": "val_auc",
+                   "mode": "max", **overrides})  # fmt: skip
+
+
+def test_exit_code_only_fails_when_every_trial_failed():
+    ok = {"trial_id": "a", "status": FINISHED, "val_auc": 0.9, "best_epoch": 1,
+          "checkpoint_path": "p", "error": None}  # fmt: skip
+    bad = {"trial_id": "b", "status": ERRORED, "val_auc": None, "error": "boom"}
+    assert summarise([ok, bad], _plan(), 1.0) == 0
+    assert summarise([bad, {**bad, "trial_id": "c"}], _plan(), 1.0) == 1
+
+
+def test_command_line_needs_a_task_or_resume(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--trials", "3"])
+    assert "--task is required" in capsys.readouterr().err
+    args = parse_args(["--task", "blood", "--epochs", "3"])
+    assert args.argv == ["--task", "blood", "--epochs", "3"] and args.launcher == "auto"
+
+
+def test_param_space_lays_the_command_line_over_the_space():
+    space = parse_space({"parameters": {"lr": {"min": 1e-4, "max": 1e-2},
+                                        "epochs": {"value": 8}}}, get_task("blood"))  # fmt: skip
+    values = param_space(parse_args(["--task", "blood", "--epochs", "3", "--seed", "5"]), space)
+    assert values["epochs"] == 3 and values["seed"] == 5 and "lr" in values
+    smoke = param_space(parse_args(["--task", "blood", "--smoke-test"]), space)
+    assert smoke["epochs"] == 1 and smoke["max_batches"] == 3
+    with pytest.raises(ValueError, match="batch_size 0 must be >= 1"):
+        param_space(parse_args(["--task", "blood", "--batch-size", "0"]), space)
+
+
+def test_launcher_and_resources_follow_the_plan():
+    assert resolve_launcher("auto", 1) == "function"
+    assert resolve_launcher("auto", 2) == "train"
+    assert trial_resources(_plan(launcher="train")) == {"cpu": DRIVER_CPU}
+    assert trial_resources(_plan(launcher="function", folds=3)) == {"cpu": DRIVER_CPU}
+    assert trial_resources(_plan(launcher="function", gpus_per_trial=0.5)) == {
+        "cpu": 1.0, "gpu": 0.5}  # fmt: skip
+    with pytest.raises(ValueError, match="needs --launcher train"):
+        _plan(launcher="function", workers_per_trial=2)
+    with pytest.raises(ValueError, match="--folds 1"):
+        _plan(folds=1)
+
+
+@pytest.mark.parametrize("kind", ["multiclass", "binary", "multilabel"])
+def test_checkpoint_fixture_is_a_trained_checkpoint(make_checkpoint, kind):
+    ckpt = load_checkpoint(make_checkpoint(kind, channels=1, image_size=16))
+    assert ckpt["kind"] == kind and ckpt["epoch"] == 1 and ckpt["image_size"] == 16
+    images = np.zeros((5, 16, 16), np.uint8)
+    probs = predict(ckpt, model_from_checkpoint(ckpt), images)
+    assert probs.shape == (5, 1 if kind == "binary" else len(ckpt["classes"]))
+
+
+def test_experiment_tables_rows_and_checkpoints(experiment_dir):
+    trials = read_table(str(experiment_dir / TRIALS_FILE))
+    history = read_table(str(experiment_dir / HISTORY_FILE))
+    assert [t["status"] for t in trials] == [FINISHED, STOPPED_EARLY, FINISHED, ERRORED]
+    assert "training loss is nan" in trials[-1]["error"]
+    assert len(history) == sum(t["epochs_run"] for t in trials)
+    assert all(set(TRIAL_COLUMNS) <= set(t) for t in trials)
+    for t in trials[:-1]:
+        assert Path(t["checkpoint_path"]).parts[-2:] == (t["trial_id"], "checkpoint")
+        ckpt = load_checkpoint(experiment_dir / t["trial_id"] / "checkpoint")
+        assert ckpt["epoch"] == t["best_epoch"]
+        assert ckpt["metrics"]["val_auc"] == pytest.approx(t["val_auc"])
+        assert config_of(t)["lr"] == pytest.approx(ckpt["config"]["lr"])
+        maps = experiment_dir / t["trial_id"] / after.ATTRIBUTION_DIR
+        assert (maps / after.GRADCAM_PNG).is_file() and (maps / after.IG_PNG).is_file()
+        assert 0.0 <= t["attr_focus"] <= 1.0
+
+
+def test_experiment_test_metrics_are_the_best_trials(experiment_dir):
+    trials = read_table(str(experiment_dir / TRIALS_FILE))
+    best = best_of(trials, "val_auc", "max")
+    recorded = json.loads((experiment_dir / after.TEST_METRICS_FILE).read_text())
+    assert recorded["best_trial"] == best["trial_id"]
+    with np.load(experiment_dir / best["trial_id"] / after.TEST_PREDICTIONS_FILE) as npz:
+        assert len(npz["labels"]) == len(npz["probs"])
+    m = Manifest.read(str(experiment_dir))
+    assert m.finished and m.kind == "multiclass" and m.trials == len(trials)
+    assert set(m.split_counts) == {"train", "val"}
+    assert sum(m.split_counts["train"].values()) == 64
+
+
+def test_focus_warnings_flag_the_outlier_only():
+    flagged = after.focus_warnings({"a": 0.8, "b": 0.75, "c": 0.3, "d": float("nan")})
+    assert flagged == {"a": False, "b": False, "c": True, "d": False}
+    assert after.focus_warnings({"a": 0.1}) == {"a": False}
