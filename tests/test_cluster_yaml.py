@@ -26,7 +26,8 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).parents[1]
 CLUSTER_DIR = ROOT / "cluster"
-YAMLS = sorted(CLUSTER_DIR.glob("*.yaml"))
+REHEARSAL = CLUSTER_DIR / "local.yaml"  # Ray's fake provider on one machine: nothing to sync
+YAMLS = sorted(p for p in CLUSTER_DIR.glob("*.yaml") if p != REHEARSAL)
 ALL_FILES = sorted(p for p in CLUSTER_DIR.iterdir() if p.is_file())
 
 # Keys that would put a secret in the file instead of in the user's own AWS/SSH configuration.
@@ -100,6 +101,27 @@ def test_the_launcher_files_are_found():
 @by_name(YAMLS)
 def test_valid_for_rays_schema(path):
     validate_config(prepared(path))
+
+
+def test_the_rehearsal_has_the_node_types_of_the_real_cluster():
+    """local.yaml mirrors cluster.yaml's shape (a GPU-less head, a GPU worker type from zero)
+    and gives the fake provider's monitor every key it reads; the resource rule plans from it
+    as from the real file (search.driver.resources.node_types_of)."""
+    from search.driver.resources import node_types_of
+
+    local, real = load(REHEARSAL), load(CLUSTER_DIR / "cluster.yaml")
+    validate_config(local)  # prepare_config needs the provider's example file, not in the wheel
+    assert local["provider"]["type"] == "fake_multinode"
+    assert local["head_node_type"] == "ray.head.default"  # the fake provider's fixed head type
+    assert "GPU" not in local["available_node_types"]["ray.head.default"]["resources"]
+    for config in (local, real):
+        (worker,) = node_types_of(config)
+        assert worker.name == "gpu_worker" and worker.resources["GPU"] == 1
+        assert config["available_node_types"]["gpu_worker"]["min_workers"] == 0
+    assert node_types_of(local)[0].max_workers == 2
+    for key in ("file_mounts", "cluster_synced_files", "head_start_ray_commands",
+                "worker_start_ray_commands", "setup_commands", "auth"):  # fmt: skip
+        assert key in local, f"the fake provider's monitor fails without {key!r}"
 
 
 @by_name(YAMLS)

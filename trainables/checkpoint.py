@@ -75,8 +75,12 @@ def normalised_input(ckpt: dict, images) -> torch.Tensor:
 def predict(ckpt: dict, model: Classifier, images, batch_size: int = 256) -> np.ndarray:
     """Probabilities for uint8 images (N, H, W[, C]) at the checkpoint's size, normalised as in
     training, after the kind's activation (`trainables.kinds`): (N, outputs) float32.
-    """
-    images = np.asarray(images)
-    out = [model(normalised_input(ckpt, images[i : i + batch_size]))
-           for i in range(0, len(images), batch_size)]  # fmt: skip
+
+    `images` may be an array, a memmap or `trainables.stream.Rows`: it is read one batch at a
+    time, and each batch goes to the model's device."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size])
+        out.append(model(normalised_input(ckpt, batch).to(device)).float().cpu())
     return get_kind(ckpt["kind"]).probabilities(torch.cat(out))

@@ -51,17 +51,66 @@ def load_npz(
         raise ValueError(f"{path}: not a readable npz file ({err}); re-download it") from err
     with npz:
         keys = [f"{s}_{part}" for s in splits for part in ("images", "labels")]
-        missing = [k for k in keys if k not in npz.files]
-        if missing:
-            raise ValueError(
-                f"{path}: missing arrays {missing}; a MedMNIST-layout file has "
-                f"{{train,val,test}}_images and {{train,val,test}}_labels, this one has "
-                f"{sorted(npz.files)}"
-            )
+        _check_keys(path, keys, npz.files)
         arrays = {k: npz[k] for k in keys}
     for split in splits:
         validate_split(path, task, split, arrays[f"{split}_images"], arrays[f"{split}_labels"])
     return arrays
+
+
+def npz_headers(path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{array name: (shape, dtype)} of an npz (a path or a seekable binary file), read from
+    each member's .npy header only."""
+    path = os.fspath(path) if isinstance(path, str | os.PathLike) else path
+    try:
+        with zipfile.ZipFile(path) as zf:
+            out = {}
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    major, _ = np.lib.format.read_magic(f)
+                    read = (np.lib.format.read_array_header_1_0 if major == 1
+                            else np.lib.format.read_array_header_2_0)  # fmt: skip
+                    shape, _, dtype = read(f)
+                out[info.filename[:-4]] = (tuple(shape), np.dtype(dtype))
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a readable npz file ({err}); re-download it") from err
+    return out
+
+
+def inspect_npz(
+    path, task: Task, splits: Sequence[str] = ("train", "val"), name: str | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """(labels of `splits`, image bytes per split), validated as `load_npz` does, without
+    reading a single image: what the driver of a streamed search needs. `path` may be a
+    seekable binary file (a remote one: only the labels and headers are read), `name` what
+    errors call it."""
+    source = os.fspath(path) if isinstance(path, str | os.PathLike) else path
+    headers = npz_headers(source)
+    path = name or str(source)
+    keys = [f"{s}_{part}" for s in splits for part in ("images", "labels")]
+    _check_keys(path, keys, headers)
+    with zipfile.ZipFile(source) as zf:
+        labels = {f"{s}_labels": np.lib.format.read_array(zf.open(f"{s}_labels.npy"))
+                  for s in splits}  # fmt: skip
+    sizes = {}
+    for split in splits:
+        shape, dtype = headers[f"{split}_images"]
+        images = np.broadcast_to(np.zeros((), dtype), shape)  # shape and dtype, no memory
+        validate_split(path, task, split, images, labels[f"{split}_labels"])
+        sizes[split] = int(np.prod(shape)) * dtype.itemsize
+    return labels, sizes
+
+
+def _check_keys(path: str, keys: Sequence[str], present) -> None:
+    missing = [k for k in keys if k not in present]
+    if missing:
+        raise ValueError(
+            f"{path}: missing arrays {missing}; a MedMNIST-layout file has "
+            f"{{train,val,test}}_images and {{train,val,test}}_labels, this one has "
+            f"{sorted(present)}"
+        )
 
 
 def validate_split(
@@ -122,15 +171,25 @@ def to_device_images(images: np.ndarray, device: torch.device | str) -> torch.Te
     return x.contiguous().to(device)
 
 
-def channel_stats(images: np.ndarray, max_images: int = 2048) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units from (a seeded sample of) training images."""
-    if len(images) > max_images:
-        pick = np.random.default_rng(0).choice(len(images), max_images, replace=False)
-        images = images[np.sort(pick)]
-    x = images.astype(np.float32) / 255.0
-    axes = (0, 1, 2)
-    x = x[..., None] if x.ndim == 3 else x
-    mean, std = x.mean(axis=axes), x.std(axis=axes)
+def channel_stats(images, max_images: int = 2048) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units from (a seeded sample of) training images.
+
+    `images`: an array, a memmap or `trainables.stream.Rows`; read 256 rows at a time."""
+    from trainables.stream import as_rows
+
+    rows = as_rows(images)
+    pick = np.arange(len(rows))
+    if len(rows) > max_images:
+        pick = np.sort(np.random.default_rng(0).choice(len(rows), max_images, replace=False))
+    total = total_sq = 0.0
+    for start in range(0, len(pick), 256):
+        x = rows.take(pick[start : start + 256]).astype(np.float64) / 255.0
+        x = x.reshape(*x.shape[:3], -1)
+        total = total + x.sum(axis=(0, 1, 2))
+        total_sq = total_sq + (x * x).sum(axis=(0, 1, 2))
+    count = len(pick) * int(np.prod(rows.row_shape[:2]))
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean * mean, 0.0))
     return [float(m) for m in mean], [float(max(s, 1e-3)) for s in std]
 
 

@@ -20,7 +20,10 @@ The loop is flat: `setup` builds a `Trial` once, `run_epoch` trains and evaluate
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import logging
 import math
+import os
 import random
 import tempfile
 import time
@@ -43,15 +46,26 @@ from trainables.data import (
 from trainables.kinds import Kind
 from trainables.models import PRETRAINED, Classifier, build_model, set_backbone_frozen, train_mode
 from trainables.scores import improves
+from trainables.stream import RESIDENT, STREAM, Streamed, as_rows, device_batches, is_streamed
 from trainables.tasks import Task, get_task
 
 __all__ = ["KNOBS", "SCHEDULES", "Step", "TrainConfig", "Trial", "evaluate", "train_loop",
            "train_one_epoch"]  # fmt: skip
 Report = Callable[[dict, "str | None"], None]
+log = logging.getLogger("medsweep")
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def pick_device(device: torch.device | None = None) -> torch.device:
+    """`device`, or CUDA when there is one; the CPU (said once, here) when Ray gave this trial
+    a GPU that has no CUDA behind it (a fake autoscaling cluster's GPU)."""
+    device = torch.device(device) if device is not None else None
+    if torch.cuda.is_available():
+        return device or torch.device("cuda")
+    if (device is not None and device.type == "cuda") or os.environ.get("CUDA_VISIBLE_DEVICES"):
+        log.warning("this trial was given GPU %s (CUDA_VISIBLE_DEVICES=%r) but CUDA is not "
+                    "available; training on the CPU", device or "",
+                    os.environ.get("CUDA_VISIBLE_DEVICES"))  # fmt: skip
+    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -88,11 +102,11 @@ class Trial:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
     augment: torch.nn.Module
-    x_train: torch.Tensor
-    """uint8 (N, C, H, W) training images on the device."""
+    x_train: torch.Tensor | Streamed
+    """uint8 (N, C, H, W) training images on the device (resident), or streamed to it."""
     y_train: torch.Tensor
     """Stored training labels on the device."""
-    x_val: torch.Tensor
+    x_val: torch.Tensor | Streamed
     y_val: np.ndarray
     """Stored validation labels (numpy: the metrics are scikit-learn's)."""
     stats: tuple[list[float], list[float]]
@@ -113,14 +127,18 @@ def train_loop(
     device: torch.device | None = None,
     resume_from: str | None = None,
     task: Task | None = None,
+    data_path: str = "auto",
 ) -> None:
     """Train one trial, reporting after every epoch. See the module docstring.
 
     `resume_from` is a checkpoint directory this trial wrote before (a retried trial or a
     restarted worker): model, optimizer, scheduler, epoch and best score continue from it.
     `task` overrides the registry's record (a `folder` task's classes come from its data).
+    `data_path`: `resident` (images copied to the device once), `stream` (batches read from
+    `data`'s arrays, memmaps or `trainables.stream.Rows` as they are needed), or `auto`:
+    stream memmaps and `Rows`, keep arrays resident.
     """
-    trial = setup(config, data, rank, world_size, device, resume_from, task)
+    trial = setup(config, data, rank, world_size, device, resume_from, task, data_path)
     cfg, metric, mode = trial.cfg, trial.task.metric, trial.task.mode
     start, best = _restore(resume_from, trial)
     net, net_frozen = None, None
@@ -146,15 +164,16 @@ def setup(
     device: torch.device | None = None,
     resume_from: str | None = None,
     task: Task | None = None,
+    data_path: str = "auto",
 ) -> Trial:
-    """Config, data on the device, model, loss, optimizer and scheduler of one trial.
-
-    Seeds from `cfg.seed + rank` first, so the model's initial weights follow the seed.
+    """Config, data on (or streaming to) the device, model, loss, optimizer and scheduler of
+    one trial. Seeds from `cfg.seed + rank` first, so initial weights follow the seed.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     task = task or get_task(cfg.task)
     cfg = cfg.resolved(task)
-    device = device or pick_device()
+    device = pick_device(device)
+    place = _placer(data, data_path, device)
     seed_everything(cfg.seed + rank)
     mean, std = channel_stats(data["train_images"])
     weights = "none" if resume_from else cfg.weights  # the checkpoint holds the weights
@@ -173,12 +192,24 @@ def setup(
         cfg=cfg, task=task, step=step, model=model, optimizer=optimizer,
         scheduler=_scheduler(optimizer, cfg),
         augment=make_augment(task.augment, task.channels, cfg.image_size).to(device),
-        x_train=to_device_images(data["train_images"], device),
-        y_train=torch.from_numpy(data["train_labels"]).to(device),
-        x_val=to_device_images(data["val_images"], device), y_val=data["val_labels"],
+        x_train=place(data["train_images"]),
+        y_train=torch.from_numpy(np.asarray(data["train_labels"])).to(device),
+        x_val=place(data["val_images"]), y_val=np.asarray(data["val_labels"]),
         stats=(mean, std), pretrained=cfg.model in PRETRAINED and cfg.weights != "none",
         device=device, rank=rank, world_size=world_size,
     )  # fmt: skip
+
+
+def _placer(data: dict, data_path: str, device: torch.device) -> Callable:
+    """How this trial holds its images: copied to the device once, or streamed to it."""
+    if data_path not in ("auto", RESIDENT, STREAM):
+        raise ValueError(f"data_path {data_path!r}: choose auto, {RESIDENT} or {STREAM}")
+    stream = data_path == STREAM or (data_path == "auto" and is_streamed(data["train_images"]))
+    n = len(data["train_images"]) + len(data["val_images"])
+    log.info("data: %s, %d train+val images, on %s", STREAM if stream else RESIDENT, n, device)
+    if stream:
+        return lambda images: Streamed(as_rows(images), device)
+    return lambda images: to_device_images(np.asarray(images), device)
 
 
 def run_epoch(
@@ -213,6 +244,7 @@ def run_epoch(
         "frozen": int(frozen),
         "augmented": int(augmenting),
         "images_per_s": seen * trial.world_size / max(elapsed, 1e-9),
+        "streamed": int(isinstance(trial.x_train, Streamed)),
     }
 
 
@@ -252,7 +284,7 @@ def _seed_epoch(seed: int, rank: int, epoch: int) -> torch.Generator:
 def train_one_epoch(
     net: torch.nn.Module,
     step: Step,
-    x: torch.Tensor,
+    x: torch.Tensor | Streamed,
     y: torch.Tensor,
     *,
     optimizer: torch.optim.Optimizer,
@@ -262,15 +294,15 @@ def train_one_epoch(
     rank: int = 0,
     world_size: int = 1,
 ) -> tuple[float, int]:
-    """One pass over this rank's shard of uint8 images `x` and stored labels `y` (at most
-    `max_batches` batches when it is > 0); returns (mean loss, images seen)."""
+    """One pass over this rank's shard of uint8 images `x` (on the device, or `Streamed`) and
+    stored labels `y` (at most `max_batches` batches when it is > 0); (mean loss, images seen).
+    """
     total, seen = 0.0, 0
     batches = batch_indices(len(x), step.batch_size, True, generator, rank, world_size)
-    for i, idx in enumerate(batches):
-        if max_batches and i >= max_batches:
-            break
-        idx = idx.to(x.device)
-        images = x[idx].float().div_(255.0)
+    batches = list(itertools.islice(batches, max_batches or None))
+    for idx, images in zip(batches, device_batches(x, batches), strict=True):
+        idx = idx.to(y.device)
+        images = images.float().div_(255.0)
         if augment is not None:
             images = augment(images)
         images = step.normalise(images)
@@ -289,14 +321,14 @@ def train_one_epoch(
 def evaluate(
     model: torch.nn.Module, step: Step, x: torch.Tensor, labels: np.ndarray
 ) -> dict[str, float]:
-    """Loss and the kind's metrics over the whole split of uint8 images `x` and stored
-    `labels` (every rank evaluates all of it); the model's mode is restored."""
+    """Loss and the kind's metrics over the whole split of uint8 images `x` (on the device, or
+    `Streamed`) and stored `labels` (every rank evaluates all of it); the mode is restored."""
     was_training = model.training
     model.eval()
     logits = []
-    for idx in batch_indices(len(x), max(step.batch_size, 256), shuffle=False):
+    for images in device_batches(x, batch_indices(len(x), max(step.batch_size, 256), False)):
         with step.autocast():
-            logits.append(model(step.normalise(x[idx.to(x.device)].float().div_(255.0))).float())
+            logits.append(model(step.normalise(images.float().div_(255.0))).float())
     out = torch.cat(logits)
     target = step.kind.loss_targets(torch.as_tensor(labels, device=out.device))
     loss = float(step.loss_fn(out, target))

@@ -22,13 +22,31 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from search.benchmarks.probes import bf16_probe
+
 CLASSES = 8  # the `blood` task: 8 classes, RGB
 NO_GPU = "skipped: no GPU"
 
 
 @dataclass(frozen=True)
+class StreamSizes:
+    """The stream section's sizes: a 224-px dataset on disk, rates, trials."""
+
+    train: int
+    val: int
+    """Images of the 224-px RGB dataset written to disk (20,000 = 3.0 GB in the full bench)."""
+    rates: tuple[tuple[int, str, int, int, int], ...]
+    """(image size, model, images, batch, batches per turn): streamed against resident."""
+    trial: tuple[str, int, int, int]
+    """(model, batch, batches per epoch (0: all), epochs) of the trials on the 224-px set."""
+    trials: int = 4
+    """Concurrent trials of the node-memory rows (against 1)."""
+
+
+@dataclass(frozen=True)
 class Sizes:
-    """How much each section measures; `--quick` on CPU keeps the whole run near 4 minutes."""
+    """How much each section measures; `--quick` on CPU keeps the whole run under 5 minutes
+    on 2 cores (torch.compile left out: a cold compile takes minutes there)."""
 
     n_train: int
     epochs: int
@@ -45,18 +63,21 @@ class Sizes:
     workers: int
     rounds: int
     """Turns each contender gets in interleaved timings (the best one counts)."""
+    stream: StreamSizes
     batch: int = 128
     n_val: int = 256
+    memory_epochs: int = 6
 
 
 def sizes_for(quick: bool, smoke: bool, device: torch.device) -> Sizes:
     """GPU: resnet18 trials and full-size steps; CPU: simple_cnn trials and small steps."""
     cpus, tiny, epochs = os.cpu_count() or 1, 30 if quick else 200, 3 if quick else 5
+    stream = stream_sizes(quick, smoke, device)
     if smoke:  # every code path, the least work: for tests, not for figures
         return Sizes(
             n_train=512, epochs=2, model="simple_cnn", precision=((28, 8), (224, 2)), steps=1,
             compile_sizes=(28,), matmul_n=512, packing=(1, 2), memory_images=4096,
-            memory_trials=min(2, cpus), tiny_trials=6, workers=2, rounds=1,
+            memory_trials=min(2, cpus), tiny_trials=6, workers=2, rounds=1, stream=stream,
         )  # fmt: skip
     if device.type == "cuda":
         return Sizes(
@@ -64,15 +85,44 @@ def sizes_for(quick: bool, smoke: bool, device: torch.device) -> Sizes:
             precision=((28, 256), (224, 128)), steps=10 if quick else 30,
             compile_sizes=(28, 224), matmul_n=8192, packing=(1, 2, 4, 8),
             memory_images=65536, memory_trials=4, tiny_trials=tiny, workers=min(8, cpus),
-            rounds=3,
+            rounds=3, stream=stream,
+        )  # fmt: skip
+    if quick:  # measured: 2 cores, 1 thread per step, whole run under 5 minutes
+        return Sizes(
+            n_train=1024, epochs=3, model="simple_cnn", precision=((28, 16), (224, 4)),
+            steps=2, compile_sizes=(), matmul_n=1024, packing=(1, 2), memory_images=8192,
+            memory_trials=min(2, cpus), tiny_trials=20, workers=2, rounds=2, stream=stream,
+            memory_epochs=4,
         )  # fmt: skip
     return Sizes(
-        n_train=2048, epochs=epochs, model="simple_cnn",
-        precision=((28, 32), (224, 8)) if quick else ((28, 64), (224, 16)),
-        steps=3 if quick else 6, compile_sizes=(28,) if quick else (28, 224),
-        matmul_n=2048 if quick else 4096, packing=(1, 2), memory_images=16384,
-        memory_trials=min(2, cpus), tiny_trials=tiny, workers=2, rounds=2,
+        n_train=2048, epochs=epochs, model="simple_cnn", precision=((28, 64), (224, 16)),
+        steps=6, compile_sizes=(28, 224), matmul_n=4096, packing=(1, 2), memory_images=16384,
+        memory_trials=min(2, cpus), tiny_trials=tiny, workers=2, rounds=2, stream=stream,
     )  # fmt: skip
+
+
+def stream_sizes(quick: bool, smoke: bool, device: torch.device) -> StreamSizes:
+    """Full: 18,000 + 2,000 images (3.0 GB) on disk; `--quick` and `--smoke-test`: small sets
+    (the rows say the size)."""
+    if smoke:
+        return StreamSizes(
+            train=96,
+            val=8,
+            trials=2,
+            trial=("simple_cnn", 4, 1, 2),
+            rates=((28, "simple_cnn", 256, 64, 2), (224, "resnet18", 8, 2, 1)),
+        )
+    if device.type == "cuda":  # trials read every image: the memory rows hold the whole set
+        big = (28, "simple_cnn", 65536, 512, 64), (224, "resnet18", 4096, 128, 16)
+        train = 4000 if quick else 18000
+        return StreamSizes(train=train, val=train // 9, trial=("simple_cnn", 128, 0, 2),
+                           rates=big)  # fmt: skip
+    rates = ((28, "simple_cnn", 2048, 128, 4), (224, "resnet18", 256, 4, 2))
+    if quick:
+        return StreamSizes(train=1000, val=32, trial=("simple_cnn", 8, 2, 3), rates=rates)
+    full = ((28, "simple_cnn", 4096, 128, 16), (224, "resnet18", 512, 8, 4))
+    # a small validation split: every epoch of a trial evaluates it all (minutes on a CPU)
+    return StreamSizes(train=19800, val=200, trial=("simple_cnn", 8, 4, 3), rates=full)
 
 
 def synthetic_data(n_train: int, n_val: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -96,10 +146,23 @@ class Bench:
     storage: str = ""
     data_ref: list | None = None
     ray_init_s: float | None = None
+    bf16_probe: dict | None = None
+    """`probes.bf16_probe` of the device, once per run (see `bf16`)."""
 
     @property
     def gpu(self) -> bool:
         return self.device.type == "cuda"
+
+    @property
+    def bf16(self) -> dict:
+        """Whether bf16 is fast here and how that was decided: bf16 rows are timed only then
+        (a CPU that emulates bf16 takes minutes per row)."""
+        if self.bf16_probe is None:
+            self.bf16_probe = bf16_probe(self.device)
+        return self.bf16_probe
+
+    def bf16_skipped(self) -> str:
+        return f"skipped: no fast bf16 on this {self.device.type} ({self.bf16['how']})"
 
     @property
     def threads(self) -> int | None:

@@ -33,7 +33,8 @@ def memory(b: Bench) -> None:
     ref = [ray.put(arrays)]
     del arrays  # the driver keeps no copy of its own
     peak = {}
-    config, probes = b.trial_config(epochs=6, max_batches=2), {"mem": node_memory}
+    config = b.trial_config(epochs=b.sizes.memory_epochs, max_batches=2)
+    probes = {"mem": node_memory}
     for k in (1, n):
         gpus = 1.0 / k if b.gpu else 0.0
         run = run_trials(b.storage, "function", config, ref, k, gpus=gpus, probes=probes)

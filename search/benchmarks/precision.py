@@ -26,6 +26,9 @@ from search.benchmarks.core import CLASSES, Bench
 from search.benchmarks.timing import images_per_s, interleaved, sync, torch_threads
 from trainables.models import build_model
 
+VARIANTS = ("fp32", "bf16", "bf16_cl")
+"""The eager variants; all but fp32 need fast bf16 (`Bench.bf16`)."""
+
 
 def precision(b: Bench) -> None:
     """fp32 vs bf16 autocast vs bf16 + channels_last vs torch.compile, resnet18 train steps."""
@@ -37,20 +40,23 @@ def precision(b: Bench) -> None:
     ):
         for size, batch in b.sizes.precision:
             runs = {}
-            for variant in ("fp32", "bf16", "bf16_cl"):
+            for variant in VARIANTS if b.bf16["fast"] else VARIANTS[:1]:
                 step = variant_step(variant, size, batch, b.device)
                 step()  # warm-up
                 runs[variant] = partial(images_per_s, step, batch, b.device, steps, 30.0)
             rates = interleaved(runs, b.sizes.rounds, warmup=0)
-            for variant, rate in rates.items():
-                add(f"{size}px/{variant}", rate, "img/s", f"batch {batch}{cpu}", f"{size}px/fp32")
+            for variant in VARIANTS:
+                note = f"batch {batch}{cpu}" if variant in rates else b.bf16_skipped()
+                add(f"{size}px/{variant}", rates.get(variant), "img/s", note, f"{size}px/fp32")
             _compile_rows(b, add, size, batch, cache)  # a fresh cache: a cold compile
 
 
 def _compile_rows(b: Bench, add: Callable, size: int, batch: int, cache: str) -> None:
     figure, budget = f"{size}px/compile", b.args.compile_budget
+    if not b.bf16["fast"]:  # the compiled step is bf16 + channels_last
+        return add(figure, None, "img/s", b.bf16_skipped())
     if size not in b.sizes.compile_sizes or budget <= 0:
-        why = "--compile-budget 0" if budget <= 0 else "224 px not compiled with --quick on CPU"
+        why = "--compile-budget 0" if budget <= 0 else f"{size} px not compiled in this mode"
         return add(figure, None, "img/s", f"skipped: {why}")
     spec = {"size": size, "batch": batch, "device": b.device.type, "steps": b.sizes.steps,
             "rounds": b.sizes.rounds, "budget_s": 30.0, "threads": b.threads}  # fmt: skip
@@ -68,6 +74,13 @@ def mfu(b: Bench) -> None:
     """Achieved FLOP/s of a resnet18 training step over the matmul rate, timed in turns."""
     add, n = b.rows("mfu"), b.sizes.matmul_n
     dtypes = {"bf16": torch.bfloat16} if b.gpu else {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if not b.bf16["fast"]:
+        del dtypes["bf16"]
+        for figure in (
+            "matmul_bf16_tflops",
+            *(f"{s}px_bf16_cl_tflops" for s, _ in b.sizes.precision[: 2 if b.gpu else 1]),
+        ):
+            add(figure, None, "TFLOP/s", b.bf16_skipped())
     for name, dtype in dtypes.items():
         variant, runs, flops = "bf16_cl" if name == "bf16" else "fp32", {}, {}
         runs["matmul"] = matmul_run(b.device, dtype, n)

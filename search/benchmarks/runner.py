@@ -4,7 +4,7 @@
     code = run(args)   # args as `search/bench.py` parses them; 1 when a section failed
 
 `search/bench.py` is the command; each section lives in its own module (`overhead` and
-`packing`, `data`, `precision` and `mfu`, `memory`).
+`packing`, `data`, `precision` and `mfu`, `memory`, `stream`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from search.benchmarks.overhead import overhead, packing
 from search.benchmarks.pipelines import data
 from search.benchmarks.precision import mfu, precision
 from search.benchmarks.probes import machine_info
+from search.benchmarks.stream import stream
 
-SECTIONS = ("overhead", "data", "packing", "precision", "mfu", "memory")
-RAY_SECTIONS = ("packing", "memory", "overhead")  # run in this order: see `overhead`
-RUNNERS = {f.__name__: f for f in (overhead, data, packing, precision, mfu, memory)}
+SECTIONS = ("overhead", "data", "packing", "precision", "mfu", "memory", "stream")
+RAY_SECTIONS = ("packing", "memory", "stream", "overhead")  # run in this order: see `overhead`
+RUNNERS = {f.__name__: f for f in (overhead, data, packing, precision, mfu, memory, stream)}
 
 
 def pick_device(choice: str) -> torch.device:
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console output only: the table
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     machine, started = machine_info(device), time.perf_counter()
+    machine["bf16"] = b.bf16  # measured once; the bf16 rows run only where it is fast
     # Ray relays its workers' prints to this stdout: while sections run, keep it for the table
     with contextlib.redirect_stdout(sys.stderr):
         host, failed = run_sections(b)

@@ -1,6 +1,7 @@
 """Trials run for timing: through the search's real tuner, and as a plain call of `train_loop`.
 
     run = run_trials(storage, "function", config, data_ref, n_trials=2)   # driver-side clock
+    run = run_trials(storage, "function", config, [source], n_trials=4)   # streamed: a DataSource
     run["trials"][0]["rates"], run["trials"][0]["start_to_first_step_s"], run["wall_s"]
     plain = plain_call(config, data, device, threads=1)                  # the same loop, here
 
@@ -18,6 +19,7 @@ import torch
 
 from search.benchmarks.probes import sampling
 from search.benchmarks.timing import torch_threads
+from search.driver.node_data import DataSource
 
 
 def first_step_time(report_times: list[float], rates: list[float], seen: int) -> float:
@@ -52,8 +54,9 @@ def plain_call(config: dict, data: dict, device: torch.device, threads: int) -> 
     }
 
 
-def _seen(config: dict, data: dict) -> int:
-    n = len(data["train_images"])
+def _seen(config: dict, data) -> int:
+    """Training images an epoch sees: of arrays, or of a streamed `DataSource` (its labels)."""
+    n = len(data.labels["train_labels"] if isinstance(data, DataSource) else data["train_images"])
     cap = config.get("max_batches", 0) * config["batch_size"]
     return min(n, cap) if cap else n
 
@@ -164,8 +167,9 @@ def overlap(trials: list[dict]) -> float:
     return max(together, 0.0) / mean
 
 
-def ray_get(data_ref: list) -> dict:
-    """The dataset behind `data_ref` (zero-copy from the object store, as a trial reads it)."""
+def ray_get(data_ref: list):
+    """The dataset behind `data_ref` (zero-copy from the object store, as a trial reads it),
+    or the `DataSource` a streamed search hands its trials in its place."""
     import ray
 
-    return ray.get(data_ref[0])
+    return data_ref[0] if isinstance(data_ref[0], DataSource) else ray.get(data_ref[0])

@@ -18,7 +18,8 @@ Splits, over train+val concatenated in that order (test is never touched):
 The seed is the search's (`--seed`), so every trial is scored on the same folds.
 
 How a trial runs (`folds_driver`, the Tune trainable when `plan.folds > 1`): the driver holds a
-sliver of a CPU; each fold is a Ray task that runs `trainables.train.train_loop` on its split
+sliver of a CPU; each fold is a Ray task (streamed data: it maps its node's cache and indexes
+the memmaps, `fold_data`) that runs `trainables.train.train_loop` on its split
 and returns its per-epoch metrics and its best checkpoint (`model.pt` bytes). A fold asks for
 what one trial asks for otherwise: `--gpus-per-trial` GPUs and `--cpus-per-worker` CPUs, less
 the driver's sliver (so a driver and its folds fill whole CPUs: with 1 CPU per fold, the two
@@ -54,10 +55,12 @@ from ray import tune
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from search.driver.folder_split import patient_id
+from search.driver.node_data import DataSource, node_arrays
 from search.driver.plan import DRIVER_CPU, Plan
 from trainables.checkpoint import FILENAME
 from trainables.kinds import get_kind
 from trainables.scores import sort_key
+from trainables.stream import Rows, is_streamed
 from trainables.tasks import Task, get_task
 from trainables.train import train_loop
 
@@ -172,13 +175,17 @@ def take(arrays: Mapping[str, np.ndarray], part: str, idx: np.ndarray) -> np.nda
     )
 
 
-def fold_data(arrays: Mapping[str, np.ndarray], train_idx, val_idx) -> dict[str, np.ndarray]:
-    """The train/val arrays of one fold, in the layout `train_loop` reads."""
-    return {
-        f"{split}_{part}": take(arrays, part, idx)
-        for split, idx in (("train", train_idx), ("val", val_idx))
-        for part in ("images", "labels")
-    }
+def fold_data(arrays: Mapping[str, np.ndarray], train_idx, val_idx) -> dict:
+    """The train/val arrays of one fold, in the layout `train_loop` reads. Streamed images
+    (memmaps) stay where they are: the fold's images are `Rows` of them, in the same order."""
+    streamed = is_streamed(arrays["train_images"])
+    pooled = Rows([arrays["train_images"], arrays["val_images"]])
+    out = {}
+    for split, idx in (("train", train_idx), ("val", val_idx)):
+        out[f"{split}_labels"] = take(arrays, "labels", idx)
+        out[f"{split}_images"] = (pooled.subset(np.sort(idx)) if streamed
+                                  else take(arrays, "images", idx))  # fmt: skip
+    return out
 
 
 def fold_resources(plan: Plan) -> dict:
@@ -203,6 +210,8 @@ def train_fold(
     import torch
 
     torch.set_num_threads(threads)
+    if isinstance(arrays, DataSource):  # streamed: this node's memory-mapped cache
+        arrays = node_arrays(arrays)
     history: list[dict] = []
     best: dict = {"key": None, "bytes": None, "epoch": None}
 
@@ -300,7 +309,8 @@ def folds_driver(config: dict, data_ref: list, plan: Plan) -> None:
             f"{plan.workers_per_trial} (DDP) cannot be combined with it"
         )
     task = plan.task or get_task(config["task"])
-    arrays = ray.get(data_ref[0])
+    source = data_ref[0]  # streamed: the descriptor carries labels and file names
+    arrays = source.labels if isinstance(source, DataSource) else ray.get(source)
     groups = patient_groups(arrays)
     if groups is None and task.source == "folder":
         log.warning("--folds: no patient ids reach the folds, so they split images, not patients")

@@ -1,7 +1,8 @@
 """What a search reads before Ray starts: the data file, the arrays, the weights, the space.
 
     task, path = locate_data(task, image_size, args)   # MedMNIST npz, or a converted folder
-    data = load_arrays(path, task, folds=0)             # train + val (test waits for the end)
+    source = describe_data(path, task, image_size, folds=0)   # streamed: labels, no image
+    data = load_arrays(path, task, folds=0)             # train + val (the resident path only)
     values = param_space(args, space)                   # domains + command-line settings
     fetch_weights(values, task)                         # ImageNet weights, once, on the driver
 
@@ -19,6 +20,7 @@ from search.driver.downloads import ensure_dataset
 from search.driver.folder_split import small_data_warnings
 from search.driver.folders import convert_folder
 from search.driver.folds import file_arrays
+from search.driver.node_data import DataSource, describe
 from search.driver.space import Space
 from trainables.data import load_npz
 from trainables.kinds import kind_for_classes
@@ -54,6 +56,12 @@ def locate_data(task: Task, image_size: int, args: argparse.Namespace) -> tuple[
     task = dataclasses.replace(task, classes=tuple(classes), kind=kind,
                                channels=info["channels"])  # fmt: skip
     return task, path
+
+
+def describe_data(path: str, task: Task, image_size: int, folds: int = 0) -> DataSource:
+    """The descriptor streamed trials get (`search.driver.node_data`): labels and sizes,
+    validated against the images' headers (no image is read); file names under `--folds`."""
+    return describe(path, task, image_size, file_arrays(path) if folds > 1 else None)
 
 
 def load_arrays(path: str, task: Task, folds: int = 0) -> dict:

@@ -10,8 +10,11 @@ Three drivers run the same `trainables.train.train_loop`:
   `TorchTrainer` (`--workers-per-trial`, `--gpus-per-trial`) with `TuneReportCallback`; its
   workers run `_worker`.
 - `search.driver.folds.folds_driver` (`--folds K`): the K folds as Ray tasks.
-The dataset reaches every trial as a nested object-store reference (`data_ref`), put once per
-search. Every result carries `node_id`, the Ray node the trial trained on.
+The dataset reaches every trial through `data_ref`, a one-element list: on the resident path a
+nested object-store reference to the arrays, put once per search; on the streaming path a
+`search.driver.node_data.DataSource` (a small descriptor), which each node turns into
+memory-mapped arrays of its own local cache (`open_data`). Every result carries `node_id`, the
+Ray node the trial trained on.
 """
 
 from __future__ import annotations
@@ -20,13 +23,10 @@ import ray
 from ray import tune
 
 from search.driver.folds import folds_driver
+from search.driver.node_data import open_data
 from search.driver.plan import DRIVER_CPU, Plan
 from search.experiment.storage import join_path
 from trainables.train import train_loop
-
-
-def _data(data_ref: list) -> dict:
-    return ray.get(data_ref[0])
 
 
 def _node_id() -> str:
@@ -40,7 +40,7 @@ def _worker(cfg: dict) -> None:
     import ray.train.torch
 
     cfg = dict(cfg)
-    data = _data(cfg.pop("_data_ref"))
+    data = open_data(cfg.pop("_data_ref"))
     task = cfg.pop("_task")
     ctx = ray.train.get_context()
 
@@ -95,9 +95,9 @@ def function_driver(config: dict, data_ref: list, plan: Plan) -> None:
 
     checkpoint = tune.get_checkpoint()  # set when Tune retried or restored this trial
     if checkpoint is None:
-        return train_loop(config, report, _data(data_ref), task=plan.task)
+        return train_loop(config, report, open_data(data_ref), task=plan.task)
     with checkpoint.as_directory() as resume_from:
-        train_loop(config, report, _data(data_ref), resume_from=resume_from, task=plan.task)
+        train_loop(config, report, open_data(data_ref), resume_from=resume_from, task=plan.task)
 
 
 def checkpoint_config(plan: Plan, cls):

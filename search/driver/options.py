@@ -14,6 +14,7 @@ import sys
 
 from search.driver.folder_split import SPLIT_CHOICES
 from search.driver.plan import LAUNCHERS, SEARCHERS
+from trainables.stream import DATA_PATHS
 from trainables.tasks import TASK_NAMES
 
 
@@ -54,6 +55,15 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
                    help="k-fold cross-validation over train+val inside each trial")  # fmt: skip
     p.add_argument("--weights", help="none | imagenet | PATH (default: the space file's)")
     p.add_argument("--image-size", type=int, help="28, 64, 128 or 224 (default: the space's)")
+    p.add_argument("--data-path", default="auto", choices=DATA_PATHS,
+                   help="resident: train+val images copied to each trial's device once; "
+                   "stream: memory-mapped from each node's local disk, batches read ahead; "
+                   "auto (default): resident when they fit the budget")  # fmt: skip
+    p.add_argument("--resident-budget-mb", type=float,
+                   default=os.environ.get("MEDSWEEP_RESIDENT_BUDGET_MB"),
+                   help="largest train+val (MB) kept resident under --data-path auto "
+                   "(default: a share of the trial's device and node memory; "
+                   "$MEDSWEEP_RESIDENT_BUDGET_MB)")  # fmt: skip
 
 
 def _budget_flags(p: argparse.ArgumentParser) -> None:

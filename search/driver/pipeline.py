@@ -5,14 +5,17 @@
 
 `main` runs the steps below in order, each once:
 1. `read_inputs`: the task, the space file, the command line's settings, ImageNet weights,
-   and the train/val arrays (`search.driver.inputs`);
+   and the data's descriptor: train/val labels and sizes, no image (`search.driver.inputs`);
 2. `start_ray`: connect (`search.driver.session`), check the storage, make the `Plan`;
-3. `fit`: the arrays go into the object store once; a new `Tuner` (search.json written
-   first), or `Tuner.restore` under `--resume`; `tuner.fit()`;
+   `place_data`: the data path (`--data-path`; `auto`: resident when train+val fit the
+   budget, `trainables.stream.resident_budget`), and on the resident path the arrays;
+3. `fit`: resident arrays go into the object store once (streamed trials get the descriptor
+   and read their node's cache); a new `Tuner` (search.json written first), or
+   `Tuner.restore` under `--resume`; `tuner.fit()`;
 4. `collect`: `trials.parquet`, `history.parquet` and each trial's best checkpoint
    (`search.experiment.tables`);
 5. `after_search`: attribution maps and focus scores, then the test split for the best
-   trial(s) (`search.experiment.after`);
+   trial(s) (`search.experiment.after`), as Ray tasks with a trial's accelerator;
 6. the finished `search.json` (`search.experiment.manifest`), `report.html`
    (`search.reporting.report`), W&B media (`search.tracking.runs`), and a summary on the log.
 The exit code is 0 unless every trial failed.
@@ -26,12 +29,14 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import ray
 from ray import tune
 
 from search.driver.inputs import (
     SEARCH_SPLITS,
+    describe_data,
     fetch_weights,
     load_arrays,
     locate_data,
@@ -39,6 +44,7 @@ from search.driver.inputs import (
     planned_epochs,
 )
 from search.driver.launch import build_trainable
+from search.driver.node_data import DataSource, node_arrays
 from search.driver.options import ig_settings, parse_args
 from search.driver.plan import Plan, make_plan
 from search.driver.resume import resumed_args
@@ -59,6 +65,7 @@ from search.experiment.tables import (
 )
 from search.tracking.runs import log_media, make_callbacks, resolve_mode
 from trainables.scores import best_of
+from trainables.stream import RESIDENT, STREAM, choose_path, resident_budget
 from trainables.tasks import Task, get_task
 
 log = logging.getLogger("medsweep")
@@ -75,9 +82,14 @@ class Inputs:
     space: Space
     values: dict
     """The Tuner's param_space: the space's domains with the command line's settings."""
-    data_path: str
-    data: dict
-    """The train and val arrays (the test split is read after the search)."""
+    data_file: str
+    """The npz every split is read from (a MedMNIST file, or a converted folder)."""
+    source: DataSource
+    """The data's descriptor: train/val labels (and file names under --folds), sizes."""
+    data_path: str = STREAM
+    """`resident` or `stream` (`place_data`)."""
+    data: dict | None = None
+    """The train and val arrays on the resident path (the test split is read after)."""
 
 
 def main(argv: list[str] | None = None, description: str | None = None) -> int:
@@ -90,6 +102,7 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
         resume_path, args = resumed_args(args)
     inputs = read_inputs(args)
     plan = start_ray(args, inputs.task, inputs.space)
+    place_data(args, plan, inputs)
     started = time.time()
     wandb_mode = "off" if args.smoke_test and args.wandb is None else resolve_mode(args.wandb)
     grid = fit(args, plan, inputs, wandb_mode, started, resume_path)
@@ -107,8 +120,41 @@ def read_inputs(args: argparse.Namespace) -> Inputs:
     space = load_space(args.space or default_space_path(task), task)
     values = param_space(args, space)
     fetch_weights(values, task)
-    task, data_path = locate_data(task, values.get("image_size") or task.image_size, args)
-    return Inputs(task, space, values, data_path, load_arrays(data_path, task, args.folds))
+    size = values.get("image_size") or task.image_size
+    task, data_file = locate_data(task, size, args)
+    return Inputs(task, space, values, data_file, describe_data(data_file, task, size, args.folds))
+
+
+def place_data(args, plan: Plan, inputs: Inputs) -> None:
+    """Choose the data path (see the module docstring); load the arrays when resident."""
+    nbytes = inputs.source.nbytes
+    if args.resident_budget_mb is not None:
+        budget, why = args.resident_budget_mb * 2**20, "--resident-budget-mb"
+    else:
+        budget, why = default_budget(plan)
+    inputs.data_path = choose_path(nbytes, budget, args.data_path)
+    log.info("data: train+val images %.1f MB, resident budget %.1f MB (%s) -> %s%s",
+             nbytes / 2**20, budget / 2**20, why, inputs.data_path,
+             "" if args.data_path == "auto" else " (--data-path)")  # fmt: skip
+    if inputs.data_path == RESIDENT:
+        inputs.data = load_arrays(inputs.data_file, inputs.task, args.folds)
+
+
+def default_budget(plan: Plan) -> tuple[float, str]:
+    """(bytes, how) from the smallest Ray node's memory and, for GPU trials, this machine's
+    GPU when it has one (`trainables.stream.RESIDENT_SHARES`)."""
+    import torch
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    ram = min(r.get("memory", 0) + r.get("object_store_memory", 0) for r in nodes)
+    cpus = min(r.get("CPU", 1) for r in nodes)
+    per_node = max(1, min(plan.max_concurrent, int(cpus / max(plan.cpus_per_worker, 1e-3))))
+    gpu = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
+    budget = resident_budget(ram, per_node, gpu, plan.gpus_per_trial / plan.workers_per_trial)
+    gb = 2**30
+    if plan.gpus_per_trial > 0 and gpu:
+        return budget, f"{plan.gpus_per_trial:g} x {gpu / gb:.0f} GB GPU, node {ram / gb:.0f} GB"
+    return budget, f"node memory {ram / gb:.0f} GB over {per_node} trial(s) + object store"
 
 
 def start_ray(args: argparse.Namespace, task: Task, space: Space) -> Plan:
@@ -125,7 +171,8 @@ def start_ray(args: argparse.Namespace, task: Task, space: Space) -> Plan:
 
 def fit(args, plan: Plan, inputs: Inputs, wandb_mode: str, started: float, resume_path):
     """Run the trials (a new search, or the rest of an interrupted one); the ResultGrid."""
-    data_ref = [ray.put(inputs.data)]  # once per search; trials read it zero-copy
+    # once per search: trials read resident arrays zero-copy, streamed ones their node's cache
+    data_ref = [ray.put(inputs.data)] if inputs.data is not None else [inputs.source]
     tags = [plan.task.name, plan.searcher]
     callbacks = make_callbacks(wandb_mode, args.wandb_project, plan.name, tags,
                                wandb_dir=plan.experiment_path)  # fmt: skip
@@ -150,11 +197,14 @@ def collect_results(grid, plan: Plan, inputs: Inputs) -> list[dict]:
 def after_search(args, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
     """Attribution maps (Ray tasks), focus scores, then the test split for the best trials."""
     t0 = time.time()
-    focus = {}
+    focus, resources = {}, after_resources(plan)
+    streamed = inputs.data is None
     if args.explain_top != 0:
+        val = inputs.source.labels if streamed else inputs.data
         focus = after.explain_trials(
-            trials, plan.experiment_path, inputs.task, inputs.data, plan.metric, plan.mode,
-            plan.seed, args.explain_top, ig=ig_settings(args),
+            trials, plan.experiment_path, inputs.task, val, plan.metric, plan.mode,
+            plan.seed, args.explain_top, ig=ig_settings(args), resources=resources,
+            open_val=partial(node_arrays, inputs.source, ("val",)) if streamed else None,
         )  # fmt: skip
     for trial_id in after.attach_focus(trials, focus):
         log.warning("trial %s: attribution focus %.2f is far below the others' (is it "
@@ -162,8 +212,15 @@ def after_search(args, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
     log.info("attribution maps for %d trials in %.1f s", len(focus), time.time() - t0)
     write_table(trials, join_path(plan.experiment_path, TRIALS_FILE))
     if args.test_top:
-        after.evaluate_on_test(trials, plan.experiment_path, inputs.task, inputs.data_path,
-                               plan.metric, plan.mode, args.test_top, plan.seed)  # fmt: skip
+        test = partial(node_arrays, inputs.source, ("test",)) if streamed else inputs.data_file
+        after.evaluate_on_test(trials, plan.experiment_path, inputs.task, test, plan.metric,
+                               plan.mode, args.test_top, plan.seed, resources)  # fmt: skip
+
+
+def after_resources(plan: Plan) -> dict:
+    """Ray task options of the after-search work: one trial worker's CPUs and accelerator."""
+    return {"num_cpus": plan.cpus_per_worker,
+            "num_gpus": plan.gpus_per_trial / plan.workers_per_trial}  # fmt: skip
 
 
 def manifest(args, plan: Plan, inputs: Inputs, started: float, wall: float | None) -> Manifest:
@@ -175,7 +232,7 @@ def manifest(args, plan: Plan, inputs: Inputs, started: float, wall: float | Non
         trials=plan.trials, epochs=planned_epochs(inputs.values), launcher=plan.launcher,
         knobs=list(inputs.space.searched), space=inputs.space.sweep_config,
         started_at=started, finished_at=None if wall is None else time.time(),
-        wall_time_s=wall, split_counts=split_counts(task, inputs.data), argv=args.argv,
+        wall_time_s=wall, split_counts=split_counts(task, inputs.source.labels), argv=args.argv,
         resources_per_trial=plan.resources_per_trial,
     )  # fmt: skip
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from dataclasses import dataclass
 
+from search.driver.resources import ClusterView, concurrency, default_gpus, read_cluster
 from search.driver.space import Space
 from search.experiment.storage import absolute, join_path
 from trainables.tasks import Task
@@ -22,6 +24,7 @@ DRIVER_CPU = 0.01  # a trial driver must not starve its own Train workers; 0 is 
 SEARCHERS = ("optuna", "random", "wandb-bayes")
 LAUNCHERS = ("train", "function")
 SMOKE_TRIALS = 2
+log = logging.getLogger("medsweep")
 
 
 @dataclass(frozen=True)
@@ -83,12 +86,10 @@ def resolve_launcher(launcher: str, workers_per_trial: int) -> str:
 
 
 def make_plan(args: argparse.Namespace, space: Space, name: str, task: Task) -> Plan:
-    """The plan from the parsed command line; asks Ray what fits for `--max-concurrent`."""
-    gpus = args.gpus_per_trial
-    if gpus is None:
-        import torch
-
-        gpus = 1.0 if torch.cuda.is_available() and not args.smoke_test else 0.0
+    """The plan from the parsed command line; asks Ray what the cluster has and can add for
+    the default `--gpus-per-trial` and `--max-concurrent` (search.driver.resources)."""
+    view = read_cluster(local=args.address is None)
+    gpus, why = choose_gpus(args, view, image_size_of(args, space, task))
     plan = Plan(
         name=name,
         storage=absolute(args.storage),
@@ -106,24 +107,65 @@ def make_plan(args: argparse.Namespace, space: Space, name: str, task: Task) -> 
         task=task,
         folds=args.folds,
     )
-    return with_concurrency(plan, args.max_concurrent)
+    plan = with_concurrency(plan, args.max_concurrent, view)
+    where = "--max-concurrent" if args.max_concurrent else "what the cluster holds at its largest"
+    log.info("each trial asks for %s (%s); %d trial(s) at once (%s)", _asks(plan), why,
+             plan.max_concurrent, where)  # fmt: skip
+    return plan
 
 
-def default_concurrency(plan: Plan) -> int:
-    """How many trials the cluster can hold at once, from what each trial's workers need."""
-    import ray
+def image_size_of(args: argparse.Namespace, space: Space, task: Task) -> int:
+    """The image side trials train at: the flag, else the space's fixed value, else the task's."""
+    fixed = space.domains.get("image_size")
+    if args.image_size:
+        return int(args.image_size)
+    return int(fixed) if isinstance(fixed, int | float) else task.image_size
 
-    resources = ray.cluster_resources()
+
+def choose_gpus(args: argparse.Namespace, view: ClusterView, image_size: int) -> tuple[float, str]:
+    """GPUs per trial and why: `--gpus-per-trial` if given, CPU for a smoke test, else the rule."""
+    if args.gpus_per_trial is not None:
+        return float(args.gpus_per_trial), "--gpus-per-trial"
+    if args.smoke_test:
+        return 0.0, "--smoke-test runs on the CPU"
+    local_cuda = False
+    if view.local:
+        import torch
+
+        local_cuda = torch.cuda.is_available()
+    return default_gpus(view, image_size, local_cuda)
+
+
+def worker_request(plan: Plan) -> dict:
+    """What one worker (or fold task) of a trial holds."""
+    request = {"CPU": plan.cpus_per_worker}
     if plan.gpus_per_trial > 0:
-        fit = resources.get("GPU", 0) / plan.gpus_per_trial
-    else:
-        per_trial = plan.cpus_per_worker * plan.workers_per_trial
-        spare = resources.get("CPU", 1) - (DRIVER_CPU if plan.launcher == "train" else 0)
-        fit = spare / per_trial
-    if plan.folds > 1:  # a trial's folds fill up to K slots
-        fit = fit / plan.folds
-    return max(1, int(fit + 1e-9))
+        request["GPU"] = plan.gpus_per_trial / plan.workers_per_trial
+    return request
 
 
-def with_concurrency(plan: Plan, max_concurrent: int | None) -> Plan:
-    return dataclasses.replace(plan, max_concurrent=max_concurrent or default_concurrency(plan))
+def default_concurrency(plan: Plan, view: ClusterView | None = None) -> int:
+    """How many trials the cluster can hold at once, grown to its largest (node types x
+    max_workers), from what each trial's workers need."""
+    view = view or read_cluster(local=False)
+    slots = plan.workers_per_trial * max(1, plan.folds)  # a trial's folds fill up to K slots
+    request = worker_request(plan)
+    n = concurrency(view, request, slots_per_trial=slots)
+    if plan.launcher == "train" or plan.folds > 1:  # each trial's driver holds DRIVER_CPU too
+        cpus = view.total("CPU")
+        while n > 1 and n * (slots * request["CPU"] + DRIVER_CPU) > cpus + 1e-9:
+            n -= 1
+    return n
+
+
+def _asks(plan: Plan) -> str:
+    per = worker_request(plan)
+    what = ", ".join(f"{v:g} {k}" for k, v in per.items())
+    return what if plan.workers_per_trial == 1 else f"{plan.workers_per_trial} x ({what})"
+
+
+def with_concurrency(
+    plan: Plan, max_concurrent: int | None, view: ClusterView | None = None
+) -> Plan:
+    fit = max_concurrent or default_concurrency(plan, view)
+    return dataclasses.replace(plan, max_concurrent=fit)

@@ -20,6 +20,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from search.driver.deadline import DeadlineSearcher, DeadlineVariants
 from search.driver.launch import build_trainable, checkpoint_config
 from search.driver.plan import Plan
 from search.driver.space import Space
@@ -27,10 +28,16 @@ from trainables.train import KNOBS
 
 
 def build_searcher(plan: Plan, space: Space):
+    """The searcher behind a ConcurrencyLimiter; with `--time-budget`, one that stops
+    suggesting at the deadline (search.driver.deadline)."""
+    budget = plan.time_budget_s
     if plan.searcher == "random" or not space.searched:  # nothing to search: repeat the config
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=plan.seed, max_concurrent=plan.max_concurrent)
+        kwargs = {"random_state": plan.seed, "max_concurrent": plan.max_concurrent}
+        if budget is None:
+            return BasicVariantGenerator(**kwargs)
+        return DeadlineVariants(budget, **kwargs)
     if plan.searcher == "wandb-bayes":
         from search.tracking.engine import WandbSweepSearcher
 
@@ -44,6 +51,8 @@ def build_searcher(plan: Plan, space: Space):
         from ray.tune.search.optuna import OptunaSearch
 
         searcher = OptunaSearch(sampler=TPESampler(seed=plan.seed))
+    if budget is not None:
+        searcher = DeadlineSearcher(searcher, budget)
     return ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
 
 
@@ -73,7 +82,6 @@ def build_tuner(
             search_alg=searcher,
             scheduler=build_scheduler(plan, space, epochs),
             num_samples=plan.trials,
-            time_budget_s=plan.time_budget_s,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=run_config(plan, callbacks),

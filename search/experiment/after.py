@@ -1,19 +1,28 @@
 """After the search: attribution maps for every trial (as Ray tasks), then the test split, once.
 
-    focus = explain_trials(trials, experiment_path, task, val_arrays, "val_auc", "max", seed=0)
+    focus = explain_trials(trials, experiment_path, task, val_arrays, "val_auc", "max", seed=0,
+                           resources={"num_cpus": 1, "num_gpus": 0.25}, open_val=None)
     flagged = attach_focus(trials, focus)       # attr_focus / attr_focus_warning columns
     evaluate_on_test(trials, experiment_path, task, data_path, "val_auc", "max", top_k=1)
+    evaluate_on_test(trials, experiment_path, task, open_test, "val_auc", "max", 1, 0, resources)
 
-Attribution runs one Ray task per trial's best checkpoint (a GPU fraction when the cluster has
-GPUs), on the same panel of validation images for every trial (a few per class, chosen with the
-search seed); `explain_checkpoint` is the same work as a plain call. It writes
+Attribution runs one Ray task per trial's best checkpoint, asking for `resources` (what a trial's
+worker asks for: its GPU share and CPUs, so it runs where trials run, not on the driver), on the
+same panel of validation images for every trial (a few per class, chosen with the search seed
+from the labels); `explain_checkpoint` is the same work as a plain call. The panel's images are
+sliced from `val_arrays` on the driver, or, when `open_val` is given (a picklable callable that
+returns the val arrays, memory-mapped, on the node where it is called: the streaming path),
+read by each task on its own node: only the panel's rows are read. It writes
 `<trial>/attribution/{gradcam.png, integrated_gradients.png, maps.npz}` and returns the focus
 score per trial: the share of positive Integrated-Gradients mass on the image's foreground
 (Otsu). What is explained, and the captions, come from the task's kind
 (`trainables.kinds`: `explain_targets`, `caption`).
 
 The test split is read here and nowhere else: for the top-K trials by the search metric it
-writes `test_metrics.json` (with bootstrap 95% CIs) and `<trial>/test_predictions.npz`.
+writes `test_metrics.json` (with bootstrap 95% CIs) and `<trial>/test_predictions.npz`. The
+split comes from an npz path (read on the driver) or from `open_test`, a callable as above,
+called where the prediction runs; with `resources`, each prediction is a Ray task asking for
+them and streams the images in batches to its device; without, it runs in this process.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 
 import numpy as np
 import ray
@@ -62,15 +72,19 @@ def explain_trials(
     top_k: int | None = None,
     per_class: int = 2,
     ig: dict | None = None,
+    resources: dict | None = None,
+    open_val: Callable[[], dict] | None = None,
 ) -> dict[str, float]:
     """Attribution maps for the best `top_k` trials (all by default); {trial_id: focus}."""
     chosen = with_checkpoints(trials, metric, mode)[: top_k or None]
     if not chosen:
         return {}
     panel = A.choose_panel(val["val_labels"], task.kind, per_class, seed)
-    panel_ref = ray.put((val["val_images"][panel], val["val_labels"][panel]))
-    gpus = 0.25 if ray.cluster_resources().get("GPU", 0) else 0
-    remote = explain_one.options(num_cpus=1, num_gpus=gpus)
+    if open_val is None:
+        panel_ref = ray.put((val["val_images"][panel], val["val_labels"][panel]))
+    else:
+        panel_ref = ray.put((open_val, np.asarray(panel)))  # each task reads the rows itself
+    remote = explain_one.options(**(resources or {"num_cpus": 1}))
     futures = {
         t["trial_id"]: remote.remote(
             t["checkpoint_path"], join_path(experiment_path, t["trial_id"], ATTRIBUTION_DIR),
@@ -89,7 +103,10 @@ def explain_trials(
 
 @ray.remote
 def explain_one(checkpoint_path: str, out_dir: str, panel: tuple, ig: dict) -> float:
-    """`explain_checkpoint` as a Ray task."""
+    """`explain_checkpoint` as a Ray task; `panel` is (images, labels) or (open_val, rows)."""
+    if callable(panel[0]):
+        val, rows = panel[0](), panel[1]
+        panel = (np.asarray(val["val_images"][rows]), val["val_labels"][rows])
     return explain_checkpoint(checkpoint_path, out_dir, panel, ig)
 
 
@@ -150,22 +167,29 @@ def evaluate_on_test(
     trials: list[dict],
     experiment_path: str,
     task: Task,
-    data_path: str,
+    test: str | Callable[[], dict],
     metric: str,
     mode: str,
     top_k: int = 1,
     seed: int = 0,
+    resources: dict | None = None,
 ) -> dict | None:
-    """Test metrics (with CIs) of the best `top_k` trials; writes test_metrics.json."""
+    """Test metrics (with CIs) of the best `top_k` trials; writes test_metrics.json. `test`:
+    the npz path, or a callable giving the test arrays where it is called (module docstring);
+    `resources`: run each prediction as a Ray task asking for them."""
     chosen = with_checkpoints(trials, metric, mode)[:top_k]
     if not chosen:
         return None
-    test = load_npz(data_path, task, splits=("test",))  # the only read of the test split
-    images, labels = test["test_images"], test["test_labels"]
+    if isinstance(test, str):  # the only read of the test split
+        arrays = load_npz(test, task, splits=("test",))
+        test = ray.put(arrays) if resources is not None else (lambda: arrays)
+    if resources is None:
+        predictions = [predict_test(t["checkpoint_path"], test) for t in chosen]
+    else:
+        remote = predict_test_task.options(**resources)
+        predictions = ray.get([remote.remote(t["checkpoint_path"], test) for t in chosen])
     results = {}
-    for t in chosen:
-        ckpt = load_checkpoint(local_copy(t["checkpoint_path"]))
-        probs = predict(ckpt, model_from_checkpoint(ckpt), images)
+    for t, (labels, probs) in zip(chosen, predictions, strict=True):
         y, scores = task.kind_ops.test_inputs(labels, probs)
         results[t["trial_id"]] = evaluate_predictions(task.kind, y, scores, list(task.classes),
                                                       seed=seed)  # fmt: skip
@@ -175,3 +199,21 @@ def evaluate_on_test(
     text = json.dumps(to_jsonable(out), indent=2, allow_nan=False)
     write_text(join_path(experiment_path, TEST_METRICS_FILE), text)
     return out
+
+
+def predict_test(checkpoint_path: str, test) -> tuple[np.ndarray, np.ndarray]:
+    """(test labels, probabilities) of one checkpoint; `test` is the arrays or a callable
+    giving them. Batches go to this process's GPU when it has one."""
+    import torch
+
+    arrays = test() if callable(test) else test
+    ckpt = load_checkpoint(local_copy(checkpoint_path))
+    model = model_from_checkpoint(ckpt)
+    model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return np.asarray(arrays["test_labels"]), predict(ckpt, model, arrays["test_images"])
+
+
+@ray.remote
+def predict_test_task(checkpoint_path: str, test) -> tuple[np.ndarray, np.ndarray]:
+    """`predict_test` as a Ray task (where the trials run: it asks for a trial's resources)."""
+    return predict_test(checkpoint_path, test)

@@ -38,7 +38,7 @@ BEST_PREFIX = "best/"
 FOLD_COLUMNS = ("folds", "best_fold", "best_fold_epoch")
 TRIAL_COLUMNS = (
     "trial_id", "status", "error", "best_epoch", "epochs_run", "wall_time_s",
-    "checkpoint_path", "trial_path",
+    "checkpoint_path", "trial_path", "node_id", "nodes",
 )  # fmt: skip
 """Columns of every trials row, beside config/*, the metric, best/* and (after the search)
 `attr_focus` and `attr_focus_warning`."""
@@ -114,7 +114,16 @@ def trial_row(
         "wall_time_s": _num(rows[-1].get("time_total_s")) if rows else None,
         "checkpoint_path": _checkpoint_path(trial_path, best),
         "trial_path": trial_path,
+        "node_id": rows[-1].get("node_id") if rows else None,
+        "nodes": _nodes(rows),
     }
+
+
+def _nodes(rows: list[dict]) -> str | None:
+    """The Ray nodes a trial trained on, in order, comma-separated (several after a retry on
+    another node)."""
+    seen = [r["node_id"] for r in rows if isinstance(r.get("node_id"), str)]
+    return ",".join(dict.fromkeys(seen)) or None
 
 
 def config_of(row: dict) -> dict:

@@ -1,0 +1,1 @@
+"""report.html and the comparison page, built from experiment folders only (never the driver)."""

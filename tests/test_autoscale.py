@@ -1,0 +1,240 @@
+"""The cluster for real: cluster/local.yaml under Ray's fake autoscaling provider.
+
+A real autoscaler (Ray's `fake_multinode` provider) adds `gpu_worker` nodes (1 CPU, 1 fake
+GPU) to a CPU-only head when trials ask for GPUs, and removes them when idle. The documented
+cluster command runs against it with no `--gpus-per-trial`: trials must ask for a GPU share,
+land on the added workers (never on the head), and the workers must go once the search ends.
+Then a worker is killed mid-trial (a spot reclaim): the trial resumes from its checkpoint on
+another node and no epoch is trained twice. Everything started is stopped by its processes
+(never `ray stop`, which would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.experiment.tables import read_table
+from trainables.tasks import get_task
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's head node id
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _node_ip() -> str:
+    from ray._private.services import get_node_ip_address
+
+    return get_node_ip_address()
+
+
+class FakeCluster:
+    """`RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=cluster/local.yaml` in a temp
+    dir of its own, on free ports, stopped by the processes that mention that dir or port."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.port = root, _free_port()
+        self.temp_dir = str(root / "ray")
+        self.address = f"{_node_ip()}:{self.port}"
+        self.env = {**os.environ, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled",
+                    "RAY_FAKE_CLUSTER": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        config = yaml.safe_load((ROOT / "cluster" / "local.yaml").read_text())
+        config["provider"]["gcs_address"] = self.address  # workers join this head
+        self.config_path = root / "local.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def start(self) -> None:
+        cmd = ["ray", "start", "--head", "--port", str(self.port), "--num-cpus", "1",
+               "--num-gpus", "0", f"--autoscaling-config={self.config_path}",
+               "--temp-dir", self.temp_dir, "--dashboard-port", str(_free_port()),
+               "--ray-client-server-port", str(_free_port()), "--disable-usage-stats"]  # fmt: skip
+        exe = str(Path(sys.executable).with_name("ray"))
+        out = subprocess.run([exe, *cmd[1:]], env=self.env, capture_output=True, text=True,
+                             timeout=180)  # fmt: skip
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+    def nodes(self) -> list[dict]:
+        """Live nodes as [{"id", "gpu"}], asked by a fresh driver (this process keeps its own Ray)."""
+        code = ("import json, ray; ray.init(logging_level='ERROR'); print(json.dumps([{'id': "
+                "n['NodeID'], 'gpu': n['Resources'].get('GPU', 0)} for n in ray.nodes() "
+                "if n['Alive']]))")  # fmt: skip
+        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def monitor_log(self) -> str:
+        logs = sorted(Path(self.temp_dir).glob("session_*/logs/monitor.log"))
+        return logs[-1].read_text() if logs else ""
+
+    def kill_node(self, node_id: str) -> int:
+        """SIGKILL every process of one fake node (raylet, workers, agents): a reclaimed VM."""
+        return _kill(lambda cmd, env: env.get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id)
+
+    def stop(self) -> None:
+        pattern = re.compile(re.escape(self.temp_dir) + "|:" + str(self.port) + r"\b")
+        _kill(lambda cmd, env: bool(pattern.search(cmd)))
+
+
+def _kill(match) -> int:
+    me, killed = os.getpid(), 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == me:
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        env = dict(e.decode(errors="replace").split("=", 1) for e in raw if b"=" in e)
+        if match(cmd, env):
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+    return killed
+
+
+@pytest.fixture(scope="module")
+def fake_cluster():
+    root = Path(tempfile.mkdtemp(prefix="medsweep-fake-"))
+    cluster = FakeCluster(root)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A synthetic PneumoniaMNIST-shaped npz, large enough for epochs of a few seconds."""
+    import numpy as np
+
+    from trainables.data import npz_name
+
+    rng = np.random.default_rng(0)
+    root = tmp_path_factory.mktemp("data")
+    arrays = {}
+    for split, n in (("train", 1500), ("val", 200), ("test", 200)):
+        labels = rng.integers(0, 2, size=(n, 1))
+        images = rng.integers(0, 120, size=(n, 28, 28)) + 100 * labels[:, :, None]
+        arrays[f"{split}_images"] = images.astype(np.uint8)
+        arrays[f"{split}_labels"] = labels.astype(np.uint8)
+    np.savez_compressed(root / npz_name(get_task("pneumonia").flag, 28), **arrays)
+    return root
+
+
+def _space(path: Path, epochs: int) -> str:
+    path.write_text(yaml.safe_dump({
+        "metric": {"name": "val_auc", "goal": "maximize"},
+        "parameters": {
+            "model": {"value": "simple_cnn"}, "weights": {"value": "none"},
+            "batch_size": {"value": 64},
+            "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 5e-3},
+        },
+        "early_terminate": {"type": "hyperband", "min_iter": epochs, "eta": 2},
+    }))  # fmt: skip
+    return str(path)
+
+
+def _search(cluster: FakeCluster, data_dir: Path, runs: Path, name: str, *extra: str):
+    """The documented cluster command (cluster/README.md): no --gpus-per-trial."""
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--task", "pneumonia",
+           "--data-dir", str(data_dir), "--address", "auto", "--storage", str(runs),
+           "--name", name, "--wandb", "off", *extra]  # fmt: skip
+    log = tempfile.TemporaryFile(mode="w+")  # a file: a full pipe would block the search
+    return subprocess.Popen(cmd, cwd=ROOT, env=cluster.env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True), log  # fmt: skip
+
+
+def _finish(proc, log, timeout: int = 600) -> str:
+    proc.wait(timeout=timeout)
+    log.seek(0)
+    out = log.read()
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def test_trials_go_to_the_gpu_workers_the_autoscaler_adds(fake_cluster, data_dir, tmp_path):
+    assert [n["id"] for n in fake_cluster.nodes()] == [FAKE_HEAD_NODE_ID]  # cold: head only
+    started = time.time()
+    proc, log = _search(fake_cluster, data_dir, tmp_path / "runs", "scale",
+                        "--space", _space(tmp_path / "space.yaml", 2), "--trials", "4",
+                        "--epochs", "2")  # fmt: skip
+    out = _finish(proc, log)
+    ended = time.time()
+    assert re.search(r"each trial asks for 1 CPU, 0.25 GPU \(0.25 GPU per trial at 28 px", out)
+    assert "2 trial(s) at once" in out  # 2 gpu_workers of 1 CPU each, none up at the start
+    trials = read_table(str(tmp_path / "runs" / "scale" / "trials.parquet"))
+    history = read_table(str(tmp_path / "runs" / "scale" / "history.parquet"))
+    assert len(trials) == 4 and all(t["status"] == "finished" for t in trials)
+    workers = {t["node_id"] for t in trials}
+    assert FAKE_HEAD_NODE_ID not in workers and None not in workers
+    assert FAKE_HEAD_NODE_ID not in {h["node_id"] for h in history}
+    added = re.findall(r"Adding (\d+) node\(s\) of type gpu_worker", fake_cluster.monitor_log())
+    assert added, "the autoscaler launched no gpu_worker"
+    gone = _wait_for_scale_down(fake_cluster, timeout=150)
+    per_node = {w: sum(t["node_id"] == w for t in trials) for w in workers}
+    print(f"autoscale: workers launched {sum(map(int, added))} in {len(added)} launch(es); "
+          f"trials per node {sorted(per_node.values())}; search {ended - started:.0f} s; "
+          f"workers gone {gone:.0f} s after the search ended")  # fmt: skip
+
+
+def _wait_for_scale_down(cluster: FakeCluster, timeout: float) -> float:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if [n["id"] for n in cluster.nodes()] == [FAKE_HEAD_NODE_ID]:
+            return time.time() - t0
+        time.sleep(3)
+    raise AssertionError(f"workers still up {timeout} s after the search: {cluster.nodes()}")
+
+
+def _trial_nodes(exp: Path) -> dict[str, tuple[str, int]]:
+    """{trial: (node it last reported from, epochs reported)} from the trials' result.json."""
+    found = {}
+    for result in exp.glob("*/result.json"):
+        lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
+        if lines and lines[-1].get("node_id"):
+            found[result.parent.name] = (lines[-1]["node_id"], len(lines))
+    return found
+
+
+def test_a_lost_worker_costs_no_epoch(fake_cluster, data_dir, tmp_path):
+    exp = tmp_path / "runs" / "lost"
+    proc, log = _search(fake_cluster, data_dir, tmp_path / "runs", "lost",
+                        "--space", _space(tmp_path / "space.yaml", 4), "--trials", "2",
+                        "--epochs", "4", "--max-failures", "2", "--explain-top", "0")  # fmt: skip
+    deadline = time.time() + 300
+    while not any(n >= 1 for _, n in _trial_nodes(exp).values()):
+        assert proc.poll() is None and time.time() < deadline, "no trial reported an epoch"
+        time.sleep(0.5)
+    victim_trial, (victim, _) = next(iter(_trial_nodes(exp).items()))
+    assert fake_cluster.kill_node(victim) > 0
+    _finish(proc, log)
+    trials = read_table(str(exp / "trials.parquet"))
+    history = read_table(str(exp / "history.parquet"))
+    assert len(trials) == 2
+    assert all(t["status"] == "finished" and t["epochs_run"] == 4 for t in trials)
+    moved = next(t for t in trials if t["trial_id"] == victim_trial)
+    assert victim in moved["nodes"] and moved["node_id"] != victim, moved["nodes"]
+    redone = len(history) - len({(h["trial_id"], h["epoch"]) for h in history})
+    print(f"lost worker: trial {victim_trial} moved {moved['nodes']}; epochs redone {redone}")
+    assert redone == 0
