@@ -1,8 +1,9 @@
 """Measure the search against plain PyTorch and the device's limit; print a table, write JSON.
 
-    python search/bench.py --quick                     # CPU: about 4 minutes on 2 cores
+    python search/bench.py --quick                     # CPU: under 5 minutes on 2 cores
     python search/bench.py --device cuda --out bench.json
     python search/bench.py --quick --sections data,precision,mfu
+    python search/bench.py --sections stream           # the streaming path on a 3.0 GB set
     python search/bench.py --smoke-test                # every path at its smallest (tests)
 
 Every figure is measured side by side in one run and given as a ratio to its baseline:
@@ -13,8 +14,15 @@ Every figure is measured side by side in one run and given as a ratio to its bas
 - packing: 1, 2, 4, 8 trials sharing one GPU, utilisation through NVML (CPU: 1 vs 2 trials).
 - precision: fp32, bf16 autocast, bf16 + channels_last, torch.compile; resnet18, 28 and 224 px.
 - mfu: FLOP/s of a resnet18 training step over the device's matmul rate measured here.
+  bf16 rows run only where bf16 is fast: a short measured probe (bf16 against fp32 matmul and
+  convolution; the CPU's avx512_bf16 / amx_bf16 flags are named beside it), else they say why.
+  `--quick` on a CPU compiles nothing (a cold torch.compile takes minutes there).
 - memory: the Ray node's memory with 1 and N trials (the dataset sits once in the object
   store), and the Tune driver's memory after many tiny trials.
+- stream: on a synthetic 224-px set written to disk (20,000 images, 3.0 GB; `--quick` a small
+  set): node memory with 1 and 4 streamed trials against the set's size, images/s streamed
+  against resident (28 and 224 px), time to first step with the node cache warm and cold
+  against a small-data trial's, GPU busy % on a GPU.
 A benchmark, not a test: nothing is asserted (`tests/test_bench.py` checks that it runs).
 The sections live in search/benchmarks/ (one module each, or one per pair).
 """
@@ -29,7 +37,8 @@ from search.benchmarks.runner import SECTIONS, run
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes (CPU: about 4 minutes)")
+    p.add_argument("--quick", action="store_true", help="small sizes (CPU: under 5 minutes on "
+                   "2 cores)")  # fmt: skip
     p.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks every path "
                    "runs, in about a minute on CPU; its figures mean little")  # fmt: skip
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

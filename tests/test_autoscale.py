@@ -14,12 +14,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -71,7 +73,7 @@ class FakeCluster:
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
     def nodes(self) -> list[dict]:
-        """Live nodes as [{"id", "gpu"}], asked by a fresh driver (this process keeps its own Ray)."""
+        """Live nodes as [{"id", "gpu"}], asked by a fresh driver (this process has its Ray)."""
         code = ("import json, ray; ray.init(logging_level='ERROR'); print(json.dumps([{'id': "
                 "n['NodeID'], 'gpu': n['Resources'].get('GPU', 0)} for n in ray.nodes() "
                 "if n['Alive']]))")  # fmt: skip
@@ -87,9 +89,12 @@ class FakeCluster:
         """SIGKILL every process of one fake node (raylet, workers, agents): a reclaimed VM."""
         return _kill(lambda cmd, env: env.get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id)
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """Kill what `start` began; returns how many of its processes are still there."""
         pattern = re.compile(re.escape(self.temp_dir) + "|:" + str(self.port) + r"\b")
         _kill(lambda cmd, env: bool(pattern.search(cmd)))
+        time.sleep(2)
+        return _kill(lambda cmd, env: bool(pattern.search(cmd)))
 
 
 def _kill(match) -> int:
@@ -120,7 +125,9 @@ def fake_cluster():
         cluster.start()
         yield cluster
     finally:
-        cluster.stop()
+        left = cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    assert left == 0, f"{left} process(es) of the fake cluster outlived the stop"
 
 
 @pytest.fixture(scope="module")
@@ -189,11 +196,15 @@ def test_trials_go_to_the_gpu_workers_the_autoscaler_adds(fake_cluster, data_dir
     workers = {t["node_id"] for t in trials}
     assert FAKE_HEAD_NODE_ID not in workers and None not in workers
     assert FAKE_HEAD_NODE_ID not in {h["node_id"] for h in history}
-    added = re.findall(r"Adding (\d+) node\(s\) of type gpu_worker", fake_cluster.monitor_log())
-    assert added, "the autoscaler launched no gpu_worker"
+    launches = re.findall(r"^(\S+ \S+),\d+.*Adding (\d+) node\(s\) of type gpu_worker",
+                          fake_cluster.monitor_log(), flags=re.M)  # fmt: skip
+    assert launches, "the autoscaler launched no gpu_worker"
+    added = [n for _, n in launches]
+    first = datetime.strptime(launches[0][0], "%Y-%m-%d %H:%M:%S").timestamp() - started
     gone = _wait_for_scale_down(fake_cluster, timeout=150)
     per_node = {w: sum(t["node_id"] == w for t in trials) for w in workers}
-    print(f"autoscale: workers launched {sum(map(int, added))} in {len(added)} launch(es); "
+    print(f"autoscale: first gpu_worker launch {first:.0f} s after the search started; "
+          f"workers launched {sum(map(int, added))} in {len(added)} launch(es); "
           f"trials per node {sorted(per_node.values())}; search {ended - started:.0f} s; "
           f"workers gone {gone:.0f} s after the search ended")  # fmt: skip
 

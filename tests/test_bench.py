@@ -1,27 +1,35 @@
 """`search/bench.py` runs and writes what it promises. Not a timed test: no figure is judged.
 
-    pytest tests/test_bench.py -m "not slow"   # the table, ratios, flags: seconds
-    pytest tests/test_bench.py                 # plus the bench's cheap sections, run for real
+    pytest tests/test_bench.py -m "not slow"   # the table, ratios, flags, probes: seconds
+    pytest tests/test_bench.py                 # plus the cheap sections and `stream`, for real
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT
 
 from search.bench import parse_args
 from search.benchmarks.core import Bench, sizes_for
+from search.benchmarks.ondisk import evict, resident_mb, write_npz
+from search.benchmarks.precision import mfu, precision
+from search.benchmarks.probes import bf16_probe
 from search.benchmarks.runner import SECTIONS, format_table
 from search.benchmarks.trials import first_step_time
+from search.driver.node_data import describe, node_arrays
+from trainables.tasks import get_task
 
 CHEAP = ("data", "precision", "mfu")  # no Ray, no GPU: the sections cheap enough for CI
+SMOKED = (*CHEAP, "stream")  # stream's memory rows start Ray: 2 tiny trials, then 1
 EXPECTED = {
     "data": {
         "augment_images_per_s/loader_v2",
@@ -31,12 +39,19 @@ EXPECTED = {
     },
     "precision": {f"{px}px/{v}" for px in (28, 224) for v in ("fp32", "bf16", "bf16_cl")},
     "mfu": {"matmul_fp32_tflops", "28px_fp32_tflops", "matmul_bf16_tflops"},
+    "stream": {
+        "dataset_mb", "first_step_s/small_data", "first_step_s/cold", "first_step_s/warm",
+        "node_mb/1_trial", "node_mb/2_trials", "target_mb/2_trials", "fixed_mb_per_trial",
+        "dataset_resident_mb/2_trials", "summed_rss_dataset_mb/2_trials",
+        *(f"images_per_s/{px}px_{path}" for px in (28, 224) for path in ("resident", "stream")),
+        *(f"gpu_busy_pct/{px}px_resident" for px in (28, 224)),
+    },
 }
 
 
-def _bench() -> Bench:
+def _bench(**settings) -> Bench:
     device = torch.device("cpu")
-    return Bench(argparse.Namespace(), device, sizes_for(True, True, device))
+    return Bench(argparse.Namespace(**settings), device, sizes_for(True, True, device))
 
 
 def test_a_row_is_a_ratio_to_its_baseline_and_never_a_non_finite_value():
@@ -86,31 +101,80 @@ def test_flags_choose_sections_and_the_compile_budget():
         parse_args(["--sections", "data,nope"])
 
 
+def test_the_full_bench_streams_a_set_of_20000_images_and_quick_compiles_nothing_on_cpu():
+    for device in (torch.device("cpu"), torch.device("cuda")):
+        stream = sizes_for(False, False, device).stream
+        assert stream.train + stream.val >= 20_000 and stream.trials == 4, device
+        assert {px for px, *_ in stream.rates} == {28, 224}
+    quick = sizes_for(True, False, torch.device("cpu"))
+    assert quick.compile_sizes == () and quick.stream.train + quick.stream.val < 20_000
+
+
+def test_the_bf16_probe_measures_and_names_the_cpu_flags():
+    probe = bf16_probe(torch.device("cpu"), budget_s=0.01)
+    assert isinstance(probe["fast"], bool) and probe["ratio"] > 0
+    assert probe["how"].startswith("measured: bf16 matmul") and "CPU flags: " in probe["how"]
+
+
+def test_without_fast_bf16_its_rows_say_so_and_fp32_is_still_timed():
+    b = _bench(compile_budget=0.0)
+    b = dataclasses.replace(b, sizes=dataclasses.replace(b.sizes, precision=((28, 2),)))
+    b.bf16_probe = {"fast": False, "ratio": 0.07, "how": "measured: bf16 matmul 0.07x fp32"}
+    precision(b)
+    mfu(b)
+    rows = {f"{s}/{f}": row for s, table in b.results.items() for f, row in table.items()}
+    for figure in ("precision/28px/bf16", "precision/28px/bf16_cl", "precision/28px/compile",
+                   "mfu/matmul_bf16_tflops", "mfu/28px_bf16_cl_tflops"):  # fmt: skip
+        assert rows[figure]["value"] is None, figure
+        assert rows[figure]["note"].startswith("skipped: no fast bf16 on this cpu (measured: ")
+    for figure in ("precision/28px/fp32", "mfu/matmul_fp32_tflops", "mfu/28px_fp32_tflops"):
+        assert rows[figure]["value"] > 0, figure
+
+
+def test_a_written_npz_is_a_medmnist_set_the_node_cache_reads_and_evict_drops_it(tmp_path):
+    path = str(tmp_path / "set.npz")
+    write_npz(path, n_train=300, n_val=20, size=28)  # 300 > the 256 images drawn once
+    with np.load(path) as npz:
+        images, labels = npz["train_images"], npz["train_labels"]
+        assert images.shape == (300, 28, 28, 3) and npz["val_images"].shape == (20, 28, 28, 3)
+        assert images.dtype == np.uint8 and not np.array_equal(images[0], images[256])
+        assert labels.ravel().tolist() == [i % 8 for i in range(300)]
+    source = dataclasses.replace(describe(path, get_task("blood"), 28),
+                                 cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    arrays = node_arrays(source)
+    assert isinstance(arrays["train_images"], np.memmap)
+    assert np.array_equal(arrays["train_images"], images)
+    assert resident_mb([path]) > 0
+    evict([path])
+    if resident_mb([path]) > 0:
+        pytest.skip("this filesystem keeps the pages (tmpfs?): eviction is not checked here")
+
+
 @pytest.mark.slow
-def test_cheap_sections_write_positive_finite_figures(tmp_path):
-    """--smoke-test (the --quick path at its smallest) --sections data,precision,mfu on CPU:
-    exit 0, a table, and a bench.json whose every figure is a positive finite number or says
-    why it was skipped."""
+def test_cheap_sections_and_stream_write_positive_finite_figures(tmp_path):
+    """--smoke-test (the --quick path at its smallest) --sections data,precision,mfu,stream on
+    CPU: exit 0, a table, and a bench.json whose every figure is a positive finite number or
+    says why it was skipped."""
     out = tmp_path / "bench.json"
     cmd = [
         sys.executable, str(ROOT / "search" / "bench.py"), "--quick", "--smoke-test",
-        "--device", "cpu", "--sections", ",".join(CHEAP), "--out", str(out),
+        "--device", "cpu", "--sections", ",".join(SMOKED), "--out", str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     print(proc.stdout[-4000:], proc.stderr[-4000:])
     assert proc.returncode == 0
     report = json.loads(out.read_text())
     assert {"cpu_count", "torch", "device", "device_name"} <= report["machine"].keys()
-    assert report["machine"]["device"] == "cpu"
-    assert set(report["results"]) == set(CHEAP)
+    assert report["machine"]["device"] == "cpu" and "how" in report["machine"]["bf16"]
+    assert set(report["results"]) == set(SMOKED)
     for section, figures in EXPECTED.items():
         assert figures <= report["results"][section].keys(), section
     for section, rows in report["results"].items():
         for figure, row in rows.items():
             where = f"{section}/{figure}: {row}"
-            if row["value"] is None:  # torch.compile: --smoke-test leaves it out
+            if row["value"] is None:  # torch.compile (--smoke-test), bf16 here, GPU rows
                 assert row["note"].startswith("skipped"), where
                 continue
             assert math.isfinite(row["value"]) and row["value"] > 0, where
             assert row["ratio"] is None or (math.isfinite(row["ratio"]) and row["ratio"] > 0)
-    assert "28px/bf16_cl" in proc.stdout and "matmul_fp32_tflops" in proc.stdout
+    assert "28px/bf16_cl" in proc.stdout and "first_step_s/warm" in proc.stdout

@@ -115,6 +115,29 @@ def test_fold_data_takes_rows_of_train_plus_val():
     assert data["val_labels"][:, 0].tolist() == [1, 8]
 
 
+def test_streamed_folds_index_the_memmaps_in_the_same_order(tmp_path):
+    from trainables.stream import Rows
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train_images": rng.integers(0, 255, (9, 4, 4), dtype=np.uint8),
+        "val_images": rng.integers(0, 255, (3, 4, 4), dtype=np.uint8),
+        "train_labels": np.arange(9).reshape(-1, 1),
+        "val_labels": np.arange(9, 12)[:, None],
+    }
+    mapped = dict(arrays)
+    for split in ("train", "val"):
+        np.save(tmp_path / f"{split}.npy", arrays[f"{split}_images"])
+        mapped[f"{split}_images"] = np.load(tmp_path / f"{split}.npy", mmap_mode="r")
+    tr, va = np.array([10, 0, 4, 11]), np.array([9, 2])
+    resident, streamed = fold_data(arrays, tr, va), fold_data(mapped, tr, va)
+    for key in ("train_images", "val_images"):
+        assert isinstance(streamed[key], Rows)  # indexes the memmaps: nothing copied
+        np.testing.assert_array_equal(streamed[key][:], resident[key])
+    for key in ("train_labels", "val_labels"):
+        np.testing.assert_array_equal(streamed[key], resident[key])
+
+
 def test_fold_metrics_mean_std_and_per_fold():
     histories = [
         [{"epoch": 1, "val_auc": 0.6, "train_loss": 1.0}, {"epoch": 2, "val_auc": 0.8}],

@@ -78,7 +78,7 @@ def test_real_pneumonia_search_beats_090_test_auroc(
     )
     started = time.time()
     proc = run_search("--task", "pneumonia", "--data-dir", str(pneumonia_path.parent),
-                      "--space", space, "--trials", "6", "--epochs", "6", "--launcher",
+                      "--space", space, "--trials", "4", "--epochs", "5", "--launcher",
                       "function", "--storage", str(tmp_path / "runs"), "--name", "real",
                       "--seed", "0")  # fmt: skip
     wall = time.time() - started

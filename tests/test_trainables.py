@@ -248,3 +248,36 @@ def test_nan_loss_stops_the_trial(make_npz):
     data = load_npz(make_npz(task, n=32), task)
     with pytest.raises(FloatingPointError, match="training loss is nan"):
         _run({"task": "pneumonia", "model": "simple_cnn", "epochs": 2, "lr": 1e30}, data)
+
+
+def test_a_gpu_without_cuda_falls_back_to_the_cpu_once(make_npz, monkeypatch, caplog):
+    """A fake autoscaling cluster's GPU: Ray sets CUDA_VISIBLE_DEVICES, CUDA is absent."""
+    import logging
+
+    from trainables.train import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    task = get_task("pneumonia")
+    config = {"task": "pneumonia", "model": "simple_cnn", "epochs": 2, "max_batches": 1}
+    with caplog.at_level(logging.WARNING, logger="medsweep"):
+        reports = _run(config, load_npz(make_npz(task, n=16), task))
+    assert len(reports) == 2
+    said = [r for r in caplog.records if "CUDA is not available" in r.getMessage()]
+    assert len(said) == 1 and "training on the CPU" in said[0].getMessage()
+    assert pick_device(torch.device("cuda:0")).type == "cpu"  # Ray Train's device, too
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    caplog.clear()
+    assert pick_device().type == "cpu" and not caplog.records  # no GPU given: nothing to say
+
+
+def test_predict_streams_rows_like_an_array(make_checkpoint):
+    from trainables.checkpoint import predict
+    from trainables.stream import Rows
+
+    ckpt = load_checkpoint(make_checkpoint("multiclass", channels=3, image_size=28))
+    model = model_from_checkpoint(ckpt)
+    images = np.random.default_rng(0).integers(0, 255, (21, 28, 28, 3), dtype=np.uint8)
+    whole = predict(ckpt, model, images, batch_size=8)
+    rows = predict(ckpt, model, Rows([images[:10], images[10:]]), batch_size=8)
+    np.testing.assert_allclose(rows, whole, rtol=1e-6, atol=1e-7)

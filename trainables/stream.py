@@ -97,6 +97,8 @@ class Rows:
         """Rows `idx` in that order, read in ascending order (one pass over the file)."""
         idx = np.asarray(idx, dtype=np.int64)
         rows = idx if self.index is None else self.index[idx]
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.offsets[-1]):
+            raise IndexError(f"rows {rows.min()}..{rows.max()} out of 0..{self.offsets[-1] - 1}")
         order = np.argsort(rows, kind="stable")
         ordered = rows[order]
         out = np.empty((len(idx), *self.row_shape), np.uint8) if out is None else out

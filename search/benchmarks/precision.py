@@ -57,6 +57,8 @@ def _compile_rows(b: Bench, add: Callable, size: int, batch: int, cache: str) ->
         return add(figure, None, "img/s", b.bf16_skipped())
     if size not in b.sizes.compile_sizes or budget <= 0:
         why = "--compile-budget 0" if budget <= 0 else f"{size} px not compiled in this mode"
+        if budget > 0 and not b.gpu and not b.sizes.compile_sizes:
+            why = "--quick on a CPU compiles nothing (a cold compile takes minutes there)"
         return add(figure, None, "img/s", f"skipped: {why}")
     spec = {"size": size, "batch": batch, "device": b.device.type, "steps": b.sizes.steps,
             "rounds": b.sizes.rounds, "budget_s": 30.0, "threads": b.threads}  # fmt: skip

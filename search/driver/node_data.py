@@ -146,7 +146,7 @@ def _fill(source: DataSource, folder: str, names: list[str]) -> None:
     finally:
         if fetched:
             os.remove(npz)
-    log.warning("node cache: %s -> %s (%.0f MB) in %.1f s", os.path.basename(source.path),
+    log.warning("node cache: %s -> %s (%.1f MB) in %.1f s", os.path.basename(source.path),
                 folder, need / 2**20, time.perf_counter() - started)  # fmt: skip
 
 
@@ -176,6 +176,7 @@ def _extract(zf: zipfile.ZipFile, member: str, target: str) -> None:
     try:
         with zf.open(member) as src, os.fdopen(fd, "wb") as dst:
             shutil.copyfileobj(src, dst, _CHUNK)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,133 @@
+"""A real search whose data is above the resident budget (set low): trials stream from one
+node-local copy, attribution and test metrics run as Ray tasks, the report is written; the node's
+memory (PSS of the processes that map the cache, psutil) shows the data was not copied per trial.
+
+    pytest -m slow tests/test_streaming_search.py -s     # prints the memory figures
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from search.experiment.tables import FINISHED, TRIALS_FILE, read_table
+
+TRIALS = 2  # --smoke-test: 2 trials, 1 epoch, 3 batches each
+N_TRAIN, N_VAL, N_TEST, SIZE = 16_000, 600, 300, 64  # 64-px RGB: 197 MB of train+val images
+
+
+def _write_dataset(path: Path) -> int:
+    """A synthetic 64-px RGB PathMNIST-layout npz (9 classes); train+val image bytes."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", N_TRAIN), ("val", N_VAL), ("test", N_TEST)):
+        labels = (np.arange(n) % 9).reshape(-1, 1).astype(np.uint8)
+        images = rng.integers(0, 60, (n, SIZE, SIZE, 3), dtype=np.uint8)
+        for c in range(9):  # each class a bright square in its own place
+            r, q = divmod(c, 3)
+            images[labels[:, 0] == c, r * 20 : r * 20 + 16, q * 20 : q * 20 + 16] = 220
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    np.savez(path, **arrays)  # stored, not deflated: what a 224-px MedMNIST member is like
+    return arrays["train_images"].nbytes + arrays["val_images"].nbytes
+
+
+class MemorySampler:
+    """Every 0.3 s: each process that maps a file under `cache`, its PSS, USS and the PSS of
+    its cache mappings; keeps the largest figures seen."""
+
+    def __init__(self, cache: Path):
+        self.cache, self.stop = str(cache), threading.Event()
+        self.peak_total_pss = self.peak_cache_pss = self.peak_uss = 0
+        self.pids: set[int] = set()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil  # Ray's bundled copy: importable once ray is
+
+        total = cache_pss = 0
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                maps = [m for m in proc.memory_maps(grouped=True)
+                        if m.path.startswith(self.cache)]  # fmt: skip
+                if not maps:
+                    continue
+                full = proc.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError):
+                continue
+            self.pids.add(proc.pid)
+            total += full.pss
+            cache_pss += sum(m.pss for m in maps)
+            self.peak_uss = max(self.peak_uss, full.uss)
+        self.peak_total_pss = max(self.peak_total_pss, total)
+        self.peak_cache_pss = max(self.peak_cache_pss, cache_pss)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.3):
+            self._sample()
+
+    def __enter__(self):
+        import ray  # noqa: F401  (puts its bundled psutil on the path)
+
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+@pytest.mark.slow
+def test_a_search_above_the_budget_streams_from_one_copy_per_node(tmp_path, write_space):
+    data_dir, cache = tmp_path / "data", tmp_path / "node-cache"
+    data_dir.mkdir()
+    dataset = _write_dataset(data_dir / "pathmnist_64.npz")
+    lr = {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2}
+    space = write_space(tmp_path / "space.yaml", image_size={"value": SIZE}, lr=lr)
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
+           "MEDSWEEP_NODE_CACHE": str(cache)}  # fmt: skip
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--task", "pathology",
+           "--data-dir", str(data_dir), "--space", space, "--smoke-test",
+           "--storage", str(tmp_path / "runs"), "--name", "big", "--resident-budget-mb", "20",
+           "--wandb", "off", "--ig-samples", "1", "--ig-steps", "4"]  # fmt: skip
+    with MemorySampler(cache) as memory:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+    print(proc.stdout[-3000:], proc.stderr[-4000:])
+    assert proc.returncode == 0
+    log = proc.stdout + proc.stderr
+    assert "resident budget 20.0 MB (--resident-budget-mb) -> stream" in log
+
+    exp = tmp_path / "runs" / "big"
+    trials = read_table(str(exp / TRIALS_FILE))
+    assert [t["status"] for t in trials] == [FINISHED] * TRIALS
+    for t in trials:
+        result = json.loads((exp / t["trial_id"] / "result.json").read_text().splitlines()[-1])
+        assert result["streamed"] == 1
+        assert (exp / t["trial_id"] / "attribution" / "gradcam.png").is_file()
+    assert json.loads((exp / "test_metrics.json").read_text())["best_trial"]
+    assert (exp / "report.html").is_file()
+
+    # one copy on the node: the cache holds each array once, and every reader maps it
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
+    images = sorted(p.name for p in folder.glob("*_images.npy"))
+    assert images == ["test_images.npy", "train_images.npy", "val_images.npy"]
+    cached = sum((folder / f"{s}_images.npy").stat().st_size for s in ("train", "val"))
+    assert dataset <= cached < dataset * 1.01
+    mb = 2**20
+    print(
+        f"dataset {dataset / mb:.0f} MB; {len(memory.pids)} processes mapped the cache; peak "
+        f"PSS of them all {memory.peak_total_pss / mb:.0f} MB, of their cache mappings "
+        f"{memory.peak_cache_pss / mb:.0f} MB; peak USS of one {memory.peak_uss / mb:.0f} MB"
+    )
+    assert len(memory.pids) >= TRIALS and memory.peak_cache_pss > 0  # the sampler saw them
+    assert memory.peak_cache_pss <= cached * 1.05  # the mapped data counts once, not per trial
+    assert memory.peak_uss < dataset  # no process holds a private copy
+    assert memory.peak_total_pss < dataset * TRIALS
