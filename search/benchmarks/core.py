@@ -109,7 +109,7 @@ def stream_sizes(quick: bool, smoke: bool, device: torch.device) -> StreamSizes:
             train=96,
             val=8,
             trials=2,
-            trial=("simple_cnn", 4, 1, 2),
+            trial=("simple_cnn", 4, 1, 1),
             rates=((28, "simple_cnn", 256, 64, 2), (224, "resnet18", 8, 2, 1)),
         )
     if device.type == "cuda":  # trials read every image: the memory rows hold the whole set
@@ -119,7 +119,7 @@ def stream_sizes(quick: bool, smoke: bool, device: torch.device) -> StreamSizes:
                            rates=big)  # fmt: skip
     rates = ((28, "simple_cnn", 2048, 128, 4), (224, "resnet18", 256, 4, 2))
     if quick:
-        return StreamSizes(train=1000, val=32, trial=("simple_cnn", 8, 2, 3), rates=rates)
+        return StreamSizes(train=1000, val=32, trial=("simple_cnn", 8, 1, 2), rates=rates)
     full = ((28, "simple_cnn", 4096, 128, 16), (224, "resnet18", 512, 8, 4))
     # a small validation split: every epoch of a trial evaluates it all (minutes on a CPU)
     return StreamSizes(train=19800, val=200, trial=("simple_cnn", 8, 4, 3), rates=full)

@@ -31,8 +31,9 @@ from search.benchmarks.core import NO_GPU, Bench, start_ray, synthetic_data
 from search.benchmarks.ondisk import evict, files_under, resident_mb, write_npz
 from search.benchmarks.probes import node_memory, nvml_probes, sampling
 from search.benchmarks.timing import interleaved, sync, torch_threads
-from search.benchmarks.trials import first_step_time, run_trials
+from search.benchmarks.trials import run_trials
 from search.driver.node_data import DataSource, cache_root, describe, node_arrays
+from trainables.data import channel_stats
 from trainables.stream import RESIDENT, STREAM
 from trainables.tasks import get_task
 from trainables.train import setup, train_loop, train_one_epoch
@@ -78,10 +79,11 @@ def _rate_rows(b: Bench, add: Callable, big: DataSource, tmp: str) -> None:
         busy: dict[str, list[float]] = {}
         turns = {k: partial(_epoch_rate, t, batches, busy.setdefault(k, []), b.gpu)
                  for k, t in trials.items()}  # fmt: skip
+        rounds = b.sizes.rounds + 1  # a turn is short: one more steadies the best of each
         with torch_threads(b.threads):
-            rates = interleaved(turns, b.sizes.rounds)
+            rates = interleaved(turns, rounds)
         what = (f"{model}, {size} px, batch {batch}, {batches} batches per turn, best of "
-                f"{b.sizes.rounds}; {len(resident['train_images'])} images")  # fmt: skip
+                f"{rounds}; {len(resident['train_images'])} images")  # fmt: skip
         base = f"images_per_s/{size}px_{RESIDENT}"
         add(base, rates[RESIDENT], "img/s", f"uint8 on {b.device.type} (today's path); {what}")
         add(f"images_per_s/{size}px_{STREAM}", rates[STREAM], "img/s", "memmap -> thread -> "
@@ -133,10 +135,10 @@ def _first_step_rows(b: Bench, add: Callable, big: DataSource) -> None:
     """Call -> first training step of `train_loop` on the node: small data in memory (today's
     path), the 224-px set with the node cache written first (cold), and with it there (warm).
     Plain calls in this process: a launcher adds the same actor start to each."""
-    model, batch, batches, _ = b.sizes.stream.trial
+    model, batch, _, _ = b.sizes.stream.trial
     small = synthetic_data(b.sizes.n_train, b.sizes.n_val, 28)
     folder = os.path.join(cache_root(big), big.key)
-    config = b.trial_config(model=model, batch_size=batch, epochs=2, max_batches=batches or 2)
+    config = b.trial_config(model=model, batch_size=batch, epochs=1, max_batches=1)
     starts = {"small": _first_step(b, {**config, "image_size": 28}, lambda: small)}
     shutil.rmtree(folder, ignore_errors=True)  # the node holds no cache of the set ...
     evict([big.path])  # ... and the npz is read from disk, as from a shared filesystem
@@ -149,22 +151,37 @@ def _first_step_rows(b: Bench, add: Callable, big: DataSource) -> None:
         "dropped from the page cache), then streamed", "first_step_s/small_data")  # fmt: skip
     add("first_step_s/warm", starts["warm"], "s", "224-px set already in the node cache (a "
         "second trial on the node); target <= 1.20x", "first_step_s/small_data")  # fmt: skip
+    images = node_arrays(big)["train_images"]
+    started = time.perf_counter()
+    channel_stats(images)
+    add("channel_stats_s/warm", time.perf_counter() - started, "s", "of which trainables.data."
+        f"channel_stats over {min(len(images), 2048)} of the set's images", "first_step_s/warm")
+
+
+class _FirstStep(Exception):
+    """Raised by the hook at the first module call: the trial's first step has begun."""
 
 
 def _first_step(b: Bench, config: dict, open_data: Callable[[], dict]) -> float:
-    """Seconds from the call (data opened first, as a launcher does) to the first step."""
-    times, rates, seen = [], [], []
+    """Seconds from the call (data opened first, as a launcher does) to the first step's first
+    module call (augmentation or the model); the trial stops there."""
 
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        times.append(time.perf_counter())
-        rates.append(metrics["images_per_s"])
+    def hook(module, args):
+        raise _FirstStep
 
-    with torch_threads(b.threads):
-        started = time.perf_counter()
-        data = open_data()
-        seen.append(min(len(data["train_images"]), config["max_batches"] * config["batch_size"]))
-        train_loop(config, report, data, device=b.device, task=get_task(TASK))
-    return max(first_step_time(times, rates, seen[0]) - started, 0.0)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        with torch_threads(b.threads), contextlib.suppress(_FirstStep):
+            started = time.perf_counter()
+            train_loop(config, _no_report, open_data(), device=b.device, task=get_task(TASK))
+            raise RuntimeError("train_loop finished without a training step")
+        return time.perf_counter() - started
+    finally:
+        handle.remove()
+
+
+def _no_report(metrics: dict, checkpoint_dir: str | None) -> None:
+    return None
 
 
 def _memory_rows(b: Bench, add: Callable, big: DataSource) -> None:
@@ -178,15 +195,18 @@ def _memory_rows(b: Bench, add: Callable, big: DataSource) -> None:
     probe = partial(_held, folder, files_under(folder))
     config = b.trial_config(model=model, image_size=224, batch_size=batch, epochs=epochs,
                             max_batches=batches)  # fmt: skip
-    idle, peaks, busy = probe(), {}, []
+    idle, peaks, busy, walls = probe(), {}, [], {}
     for k in (1, s.trials):
         cpus = min(1.0, (os.cpu_count() or 1) / k)
         probes = {"mem": probe, **(_nvml() if b.gpu else {})}
         run = run_trials(b.storage, "function", config, [big], k, cpus=cpus,
                          gpus=1.0 / k if b.gpu else 0.0, probes=probes)  # fmt: skip
         peaks[k] = max(run["samples"]["mem"], key=lambda m: (m["file_readers"], m["held_mb"]))
-        busy = run["samples"].get("gpu_util", [])
+        busy, walls[k] = run["samples"].get("gpu_util", []), run["wall_s"]
     _memory_table(add, dataset, idle, peaks, s.trials, cpus)
+    what = f"{model} at 224 px, {epochs} epochs of {batches or 'all'} batches of {batch}"
+    add("trial_wall_s/1_trial", walls[1], "s", f"Tuner.fit(), launcher function; {what}")
+    add(f"trial_wall_s/{s.trials}_trials", walls[s.trials], "s", "at once", "trial_wall_s/1_trial")
     _busy_row(b, add, f"gpu_busy_pct/{s.trials}_trials", busy, "while they ran")
 
 
