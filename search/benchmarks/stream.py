@@ -39,6 +39,9 @@ from trainables.tasks import get_task
 from trainables.train import setup, train_loop, train_one_epoch
 
 TASK = "blood"  # 8 classes, RGB: what `synthetic_data` and `write_npz` label
+MEMORY_EVERY_S = 2.0
+"""Seconds between node-memory samples: one reads every process's smaps (about 60 ms for a
+process with torch loaded), so sampling every 0.5 s would take most of a core of 2."""
 MEMORY_TARGET = 1.3
 """Node memory with N trials <= idle + 1.3 x the dataset + N x one trial's fixed cost."""
 
@@ -155,7 +158,8 @@ def _first_step_rows(b: Bench, add: Callable, big: DataSource) -> None:
     started = time.perf_counter()
     channel_stats(images)
     add("channel_stats_s/warm", time.perf_counter() - started, "s", "of which trainables.data."
-        f"channel_stats over {min(len(images), 2048)} of the set's images", "first_step_s/warm")
+        f"channel_stats over {min(len(images), 2048)} of the set's images",
+        "first_step_s/warm")  # fmt: skip
 
 
 class _FirstStep(Exception):
@@ -200,7 +204,8 @@ def _memory_rows(b: Bench, add: Callable, big: DataSource) -> None:
         cpus = min(1.0, (os.cpu_count() or 1) / k)
         probes = {"mem": probe, **(_nvml() if b.gpu else {})}
         run = run_trials(b.storage, "function", config, [big], k, cpus=cpus,
-                         gpus=1.0 / k if b.gpu else 0.0, probes=probes)  # fmt: skip
+                         gpus=1.0 / k if b.gpu else 0.0, probes=probes,
+                         every_s=MEMORY_EVERY_S)  # fmt: skip
         peaks[k] = max(run["samples"]["mem"], key=lambda m: (m["file_readers"], m["held_mb"]))
         busy, walls[k] = run["samples"].get("gpu_util", []), run["wall_s"]
     _memory_table(add, dataset, idle, peaks, s.trials, cpus)

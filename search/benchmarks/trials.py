@@ -90,13 +90,14 @@ def run_trials(
     cpus: float = 1.0,
     gpus: float = 0.0,
     probes: dict | None = None,
+    every_s: float = 0.5,
 ) -> dict:
     """`n_trials` identical trials at once through `search.driver.tuner`'s real path; per-trial
-    timings from a driver-side clock (a Tune callback)."""
+    timings from a driver-side clock (a Tune callback); `probes` sampled every `every_s`."""
     clock = _clock()
     tuner = _fixed_tuner(storage, launcher, config, data_ref, n_trials, cpus, gpus, clock)
     held_cpus(wait_s=20.0)  # the last run's actors give their CPUs back asynchronously
-    with sampling(probes or {}) as samples:
+    with sampling(probes or {}, every_s) as samples:
         started = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - started
