@@ -21,7 +21,7 @@ from search.driver.node_data import (
     node_arrays,
     open_data,
 )
-from trainables.data import batch_indices, load_npz
+from trainables.data import STATS_KEY, batch_indices, channel_stats, load_npz
 from trainables.stream import (
     RESIDENT,
     RESIDENT_SHARES,
@@ -105,6 +105,8 @@ def test_node_cache_holds_the_npz_arrays_once(pneumonia_path, node_cache):
     assert isinstance(arrays["train_images"], np.memmap)
     assert not arrays["train_images"].flags.writeable
     test = node_arrays(source, ("test",))  # after the search, where the test task runs
+    stats = arrays.pop(STATS_KEY)  # computed once per node, equal to a trial's own
+    assert tuple(stats) == channel_stats(expected["train_images"])
     for key, value in {**arrays, **test}.items():
         np.testing.assert_array_equal(value, expected[key], err_msg=key)
     names = [f"{s}_{p}.npy" for s in SPLITS for p in ("images", "labels")]

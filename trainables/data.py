@@ -171,6 +171,11 @@ def to_device_images(images: np.ndarray, device: torch.device | str) -> torch.Te
     return x.contiguous().to(device)
 
 
+STATS_KEY = "train_channel_stats"
+"""Optional key of a data dict: (mean, std) of its training images, computed once elsewhere
+(the streaming path's node cache) so a trial need not read the images again for them."""
+
+
 def channel_stats(images, max_images: int = 2048) -> tuple[list[float], list[float]]:
     """Per-channel mean and std in [0, 1] units from (a seeded sample of) training images.
 

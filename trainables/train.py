@@ -37,6 +37,7 @@ import torch
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import KNOBS, SCHEDULES, TrainConfig
 from trainables.data import (
+    STATS_KEY,
     batch_indices,
     channel_stats,
     make_augment,
@@ -175,7 +176,7 @@ def setup(
     device = pick_device(device)
     place = _placer(data, data_path, device)
     seed_everything(cfg.seed + rank)
-    mean, std = channel_stats(data["train_images"])
+    mean, std = data.get(STATS_KEY) or channel_stats(data["train_images"])
     weights = "none" if resume_from else cfg.weights  # the checkpoint holds the weights
     model = build_model(
         cfg.model, task.num_outputs, task.channels, cfg.image_size, cfg.dropout, weights,
