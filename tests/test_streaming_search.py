@@ -140,9 +140,10 @@ def test_a_search_above_the_budget_streams_from_one_copy_per_node(tmp_path, writ
         f"MB); peak private memory of one process beside the cache {memory.peak_private / mb:.0f} "
         "MB (the model's activations at 224 px)"
     )
-    assert len(memory.pids) >= TRIALS and memory.peak_cache_pss > 0  # the sampler saw them
-    # the data is in the node's memory once, however many processes read it: the PSS of the
-    # cache's pages never exceeds the cache, while their RSS summed over the readers (what
-    # a copy per reader would hold) does
+    # every trial read the node's one copy (a file mapping, not a private array) ...
+    assert len(memory.pids) >= TRIALS and memory.peak_cache_pss > 0
+    # ... and the data is in the node's memory once, however many processes read it: the PSS
+    # of the cache's pages, summed over its readers, never exceeds the cache itself. (Their
+    # summed RSS, what a copy per reader would hold, exceeds it only when the readers overlap
+    # in time, which a 3-batch smoke trial need not: printed above, not asserted.)
     assert memory.peak_cache_pss <= cached * 1.05
-    assert memory.peak_cache_rss > memory.peak_cache_pss * 1.3
