@@ -135,14 +135,14 @@ def make_malaria():
 # --- running search/run.py ------------------------------------------------------------------
 
 
-def _write_space(path: Path, **parameters) -> str:
+def _write_space(path: Path, min_iter: int = 1, **parameters) -> str:
     base = {"model": {"value": "simple_cnn"}, "weights": {"value": "none"},
             "batch_size": {"value": 32}}  # fmt: skip
     config = {
         "method": "bayes",
         "metric": {"name": "val_auc", "goal": "maximize"},
         "parameters": {**base, **parameters},
-        "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+        "early_terminate": {"type": "hyperband", "min_iter": min_iter, "eta": 2},
     }
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -158,8 +158,9 @@ def _run_search(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def write_space():
-    """`write_space(path, **parameters) -> str`: a space file (simple_cnn, no weights, batch
-    32, val_auc, hyperband eta 2) with `parameters` laid over it."""
+    """`write_space(path, min_iter=1, **parameters) -> str`: a space file (simple_cnn, no
+    weights, batch 32, val_auc, hyperband eta 2 from `min_iter`; min_iter = epochs: ASHA stops
+    nothing) with `parameters` laid over it."""
     return _write_space
 
 

@@ -33,6 +33,7 @@ from trainables.tasks import get_task
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's head node id
+LR = {"distribution": "log_uniform_values", "min": 1e-3, "max": 5e-3}
 
 
 def _free_port() -> int:
@@ -149,19 +150,6 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def _space(path: Path, epochs: int) -> str:
-    path.write_text(yaml.safe_dump({
-        "metric": {"name": "val_auc", "goal": "maximize"},
-        "parameters": {
-            "model": {"value": "simple_cnn"}, "weights": {"value": "none"},
-            "batch_size": {"value": 64},
-            "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 5e-3},
-        },
-        "early_terminate": {"type": "hyperband", "min_iter": epochs, "eta": 2},
-    }))  # fmt: skip
-    return str(path)
-
-
 def _search(cluster: FakeCluster, data_dir: Path, runs: Path, name: str, *extra: str):
     """The documented cluster command (cluster/README.md): no --gpus-per-trial."""
     cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--task", "pneumonia",
@@ -180,12 +168,19 @@ def _finish(proc, log, timeout: int = 600) -> str:
     return out
 
 
-def test_trials_go_to_the_gpu_workers_the_autoscaler_adds(fake_cluster, data_dir, tmp_path):
+def _space(write_space, path: Path, epochs: int) -> str:
+    """simple_cnn, batch 64, lr searched; ASHA's grace period is the whole run."""
+    return write_space(path, min_iter=epochs, batch_size={"value": 64}, lr=LR)
+
+
+def test_trials_go_to_the_gpu_workers_the_autoscaler_adds(
+    fake_cluster, data_dir, tmp_path, write_space
+):
     assert [n["id"] for n in fake_cluster.nodes()] == [FAKE_HEAD_NODE_ID]  # cold: head only
     started = time.time()
     proc, log = _search(fake_cluster, data_dir, tmp_path / "runs", "scale",
-                        "--space", _space(tmp_path / "space.yaml", 2), "--trials", "4",
-                        "--epochs", "2")  # fmt: skip
+                        "--space", _space(write_space, tmp_path / "space.yaml", 2),
+                        "--trials", "4", "--epochs", "2")  # fmt: skip
     out = _finish(proc, log)
     ended = time.time()
     assert re.search(r"each trial asks for 1 CPU, 0.25 GPU \(0.25 GPU per trial at 28 px", out)
@@ -228,11 +223,12 @@ def _trial_nodes(exp: Path) -> dict[str, tuple[str, int]]:
     return found
 
 
-def test_a_lost_worker_costs_no_epoch(fake_cluster, data_dir, tmp_path):
+def test_a_lost_worker_costs_no_epoch(fake_cluster, data_dir, tmp_path, write_space):
     exp = tmp_path / "runs" / "lost"
     proc, log = _search(fake_cluster, data_dir, tmp_path / "runs", "lost",
-                        "--space", _space(tmp_path / "space.yaml", 4), "--trials", "2",
-                        "--epochs", "4", "--max-failures", "2", "--explain-top", "0")  # fmt: skip
+                        "--space", _space(write_space, tmp_path / "space.yaml", 4),
+                        "--trials", "2", "--epochs", "4", "--max-failures", "2",
+                        "--explain-top", "0")  # fmt: skip
     deadline = time.time() + 300
     while not any(n >= 1 for _, n in _trial_nodes(exp).values()):
         assert proc.poll() is None and time.time() < deadline, "no trial reported an epoch"

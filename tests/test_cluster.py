@@ -92,27 +92,14 @@ def blood_npz(make_npz):
     return make_npz(get_task("blood"), n=1200)  # epochs of ~1 s on one core
 
 
-def _space(tmp_path, epochs: int) -> str:
-    import yaml
-
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump({
-        "metric": {"name": "val_auc", "goal": "maximize"},
-        "parameters": {
-            "model": {"value": "deeper_cnn"}, "weights": {"value": "none"},
-            "batch_size": {"value": 64},
-            "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 5e-3},
-        },
-        "early_terminate": {"type": "hyperband", "min_iter": epochs, "eta": 2},
-    }))  # fmt: skip
-    return str(path)
-
-
-def test_kill_the_driver_then_resume(cluster, tmp_path, blood_npz):
+def test_kill_the_driver_then_resume(cluster, tmp_path, blood_npz, write_space):
     """SIGKILL the driver mid-search; `--resume` completes it: all trials, none twice."""
     exp = str(tmp_path / "runs" / "killed")
     args = ["--task", "blood", "--data-dir", str(blood_npz.parent), "--space",
-            _space(tmp_path, 3), "--trials", "2", "--epochs", "3", "--launcher", "function",
+            write_space(tmp_path / "space.yaml", min_iter=3, model={"value": "deeper_cnn"},
+                        batch_size={"value": 64},
+                        lr={"distribution": "log_uniform_values", "min": 1e-3, "max": 5e-3}),
+            "--trials", "2", "--epochs", "3", "--launcher", "function",
             "--storage", str(tmp_path / "runs"), "--name", "killed", "--address",
             cluster.address, "--max-concurrent", "1", "--explain-top", "0"]  # fmt: skip
     proc = start_search(*args)
