@@ -2,7 +2,7 @@
 
     python search/run.py --task pathology
     python search/run.py --task blood --trials 32 --gpus-per-trial 0.25
-    python search/run.py --task pneumonia --data-dir ../shared/data --weights none --smoke-test
+    python search/run.py --task pneumonia --data-dir data --weights none --smoke-test
 
 Leaves `runs/<name>/trials.parquet`, `history.parquet` and `<trial>/checkpoint/model.pt`, and
 prints the best trial. Exit code 0 unless every trial failed.

@@ -1,13 +1,13 @@
 """One trial for `wandb agent`: the `program:` of every `spaces/<task>.yaml`.
 
     wandb sweep spaces/pneumonia.yaml                 # prints the sweep id
-    MEDSWEEP_DATA_DIR=../shared/data wandb agent ENTITY/PROJECT/SWEEP_ID
+    MEDSWEEP_DATA_DIR=data wandb agent ENTITY/PROJECT/SWEEP_ID
 
 or by hand, as the agent calls it (its default command is `${env} ${interpreter} ${program}
 ${args}`, each parameter as `--name=value`):
 
     WANDB_MODE=offline python search/wandb_trial.py --task=pneumonia --model=simple_cnn \\
-        --weights=none --epochs=3 --lr=0.002 --data-dir ../shared/data
+        --weights=none --epochs=3 --lr=0.002 --data-dir data
 
 The config W&B hands the run (the agent's, laid over the command line's) must name the `task`;
 every space file fixes it (`task: {value: ...}`). The data come from `--data-dir`, else

@@ -1,8 +1,8 @@
 """Shared fixtures: synthetic data, the real sample, one Ray cluster, real checkpoints and a real
 experiment folder, and the helpers that run search/run.py.
 
-Tests make their own data (`make_npz`, `make_malaria`) or read `../shared/data/` (skipped with a
-reason when it is absent); nothing is downloaded. Ray-backed tests share one local cluster
+Tests make their own data (`make_npz`, `make_malaria`) or read the real samples shipped in `data/`;
+nothing is downloaded. Ray-backed tests share one local cluster
 (`ray_cluster`). Checkpoints (`make_checkpoint`) come from `trainables.train.train_loop`, and
 experiment folders (`experiment_factory`, `experiment_dir`) from the writers the search itself
 uses (`search.experiment.tables`, `.after`, `.manifest`), fed by real training runs.
@@ -23,8 +23,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-PNEUMONIA = SHARED_DATA / "pneumoniamnist.npz"
+DATA = ROOT / "data"
+PNEUMONIA = DATA / "pneumoniamnist.npz"
+ISBI = DATA / "isbi2012-membranes"
 FAKE_CLASSES = {"multiclass": ("basophil", "eosinophil", "lymphocyte"),
                 "binary": ("normal", "pneumonia"),
                 "multilabel": ("effusion", "nodule", "mass")}  # fmt: skip
@@ -79,9 +80,16 @@ def make_npz(tmp_path):
 
 @pytest.fixture
 def pneumonia_path() -> Path:
-    if not PNEUMONIA.is_file():
-        pytest.skip(f"real sample {PNEUMONIA} is absent (it ships in shared/data beside the repo)")
+    """The real PneumoniaMNIST sample shipped in data/ (a missing file fails, never skips)."""
+    assert PNEUMONIA.is_file(), f"{PNEUMONIA} is missing: it ships with the repository"
     return PNEUMONIA
+
+
+@pytest.fixture
+def isbi_path() -> Path:
+    """The ISBI 2012 membranes sample shipped in data/ (30 EM images + masks)."""
+    assert (ISBI / "images").is_dir(), f"{ISBI} is missing: it ships with the repository"
+    return ISBI
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """One trial as `wandb agent` runs it (search/wandb_trial.py): no Ray, the loop in this process.
 
-    code = run_trial(settings, data_dir="../shared/data", project="medsweep", split="auto")
+    code = run_trial(settings, data_dir="data", project="medsweep", split="auto")
 
 The config W&B hands the run (the agent's, laid over `settings`) must name the `task`; the
 data are found as search/run.py finds them (`search.driver.inputs.locate_data`: a MedMNIST npz,

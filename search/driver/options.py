@@ -115,6 +115,14 @@ def _after_flags(p: argparse.ArgumentParser) -> None:
         help="attribution maps for the K best trials (default all; 0 = none)",
     )
     p.add_argument("--test-top", type=int, default=1, help="evaluate the K best on test")
+    p.add_argument("--operating-point", default="youden",
+                   help="binary/multilabel threshold, chosen on validation: youden (default, "
+                   "Youden's J), a number such as 0.5, sens=0.95 or spec=0.95")  # fmt: skip
+    p.add_argument("--temperature-scaling", action="store_true",
+                   help="fit a temperature on validation before choosing the threshold")
+    p.add_argument("--repeat-best", type=int, default=0, metavar="N",
+                   help="retrain the best configuration with N new seeds after the search "
+                   "(test metrics as mean +/- sd over seeds)")  # fmt: skip
     p.add_argument("--ig-samples", type=int, default=4, help="SmoothGrad samples for IG")
     p.add_argument("--ig-steps", type=int, default=16, help="integration steps for IG")
     p.add_argument("--ig-baseline", default="zero", help="IG baseline: zero, mean or a number")

@@ -5,6 +5,8 @@
       <trial>/checkpoint/model.pt
       <trial>/attribution/gradcam.png, integrated_gradients.png, maps.npz
       <trial>/test_predictions.npz
+      optuna.db            the Optuna study (optuna-dashboard sqlite:///runs/<experiment>/optuna.db)
+      repeats/             --repeat-best: the best configuration retrained with new seeds
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ MAPS_FILE = "maps.npz"
 ATTRIBUTION_TITLES = {GRADCAM_PNG: "Grad-CAM", IG_PNG: "Integrated Gradients"}
 TEST_PREDICTIONS_FILE = "test_predictions.npz"
 """In each tested trial's folder."""
+OPTUNA_FILE = "optuna.db"
+"""The Optuna study on disk (SQLite; `optuna-dashboard sqlite:///<experiment>/optuna.db`)."""
+REPEATS_DIR = "repeats"
+"""--repeat-best N: the Tune experiment retraining the best configuration with N seeds."""
 
 FOCUS_GAP = 0.2
 """A trial whose attribution focus is this far below the median of all is flagged."""
