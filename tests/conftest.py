@@ -58,6 +58,8 @@ def synthetic_arrays(
             for c in classes:
                 r, q = divmod(int(c) % 16, 4)
                 images[i, r * cell : (r + 1) * cell, q * cell : (q + 1) * cell] = 220
+        if kind == "segmentation":  # the painted squares are the masks, (N, H, W) 0/1
+            labels = (images if channels == 1 else images[..., 0]) == 220
         arrays[f"{split}_images"] = images
         arrays[f"{split}_labels"] = labels.astype(np.uint8)
     return arrays
@@ -307,7 +309,7 @@ def _space_config(task) -> dict:
 def build_experiment(root: Path, kind: str = "multiclass", trials: int = 4) -> Path:
     """A finished search's folder at `root`, written by the search's own writers (see
     `experiment_factory`)."""
-    from search.driver.pipeline import split_counts
+    from search.driver.steps import split_counts
     from search.experiment import after
     from search.experiment.manifest import Manifest
     from search.experiment.tables import export_checkpoints, write_tables
@@ -368,3 +370,28 @@ def experiment_dir(tmp_path, experiment_factory) -> Path:
     original's folders."""
     source = experiment_factory()
     return Path(shutil.copytree(source, tmp_path / source.name))
+
+
+# --- a small slice of the real sample (searcher and repeat tests) ---------------------------
+
+
+@pytest.fixture
+def pneumonia_subset(tmp_path, pneumonia_path):
+    """`pneumonia_subset(train=400, val=160, test=160, seed=0) -> Path`: random rows of the real
+    PneumoniaMNIST sample as `<tmp>/subset/pneumoniamnist.npz` (pass its folder as
+    --data-dir): seconds per epoch, and validation scores that neither saturate nor tie."""
+
+    def make(train: int = 400, val: int = 160, test: int = 160, seed: int = 0) -> Path:
+        rng = np.random.default_rng(seed)
+        out = {}
+        with np.load(pneumonia_path) as npz:
+            for split, n in (("train", train), ("val", val), ("test", test)):
+                rows = np.sort(rng.choice(len(npz[f"{split}_labels"]), n, replace=False))
+                out[f"{split}_images"] = npz[f"{split}_images"][rows]
+                out[f"{split}_labels"] = npz[f"{split}_labels"][rows]
+        path = tmp_path / "subset" / "pneumoniamnist.npz"
+        path.parent.mkdir(exist_ok=True)
+        np.savez(path, **out)
+        return path
+
+    return make

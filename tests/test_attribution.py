@@ -343,3 +343,29 @@ def test_save_maps_round_trip(tmp_path):
         assert np.array_equal(saved["gradcam"], cams)
         assert saved["panel"].tolist() == [0, 1, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.npz"]
+
+
+def test_no_focus_score_and_no_warning_where_the_task_defines_no_foreground(
+    tmp_path, make_checkpoint
+):
+    """Issue 13: tissue tiles and X-rays have no foreground a threshold finds (Task.foreground
+    None): the maps are drawn, focus is NaN, and no trial is flagged; cells (otsu) get one."""
+    import math
+
+    from search.experiment.after import attach_focus, explain_checkpoint
+
+    ckpt = make_checkpoint("multiclass", 3, 28)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, (4, 28, 28, 3), dtype=np.uint8)
+    images[:, 8:20, 8:20] = 220  # a bright object on a dark background
+    labels = np.arange(4).reshape(-1, 1) % 3
+    ig = {"n_samples": 1, "steps": 4}
+    focus = {}
+    for i, foreground in enumerate((None, None, "otsu")):
+        out = tmp_path / f"t{i}"
+        focus[f"t{i}"] = explain_checkpoint(str(ckpt), str(out), (images, labels), ig, foreground)
+        assert (out / "gradcam.png").is_file()
+    assert math.isnan(focus["t0"]) and math.isnan(focus["t1"]) and 0 <= focus["t2"] <= 1
+    trials = [{"trial_id": "t0"}, {"trial_id": "t1"}]
+    assert attach_focus(trials, {k: focus[k] for k in ("t0", "t1")}) == []
+    assert all(t["attr_focus_warning"] is False for t in trials)

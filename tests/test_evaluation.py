@@ -202,3 +202,21 @@ def test_errors_name_the_problem():
         evaluate_predictions("multiclass", y, probs * np.nan, list("abc"))
     with pytest.raises(ValueError, match="only 0 and 1"):
         evaluate_predictions("multilabel", 2 * np.ones((20, 3)), probs, list("abc"))
+
+
+def test_a_threshold_moves_the_predictions_and_is_reported():
+    y, p = np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9])
+    half = evaluate_predictions("binary", y, p, ["neg", "pos"], n_boot=50)
+    low = evaluate_predictions("binary", y, p, ["neg", "pos"], n_boot=50, threshold=0.35)
+    assert half["threshold"] == 0.5 and low["threshold"] == 0.35
+    assert half["accuracy"]["value"] == 0.5 and low["accuracy"]["value"] == 0.75
+    assert (low["sensitivity"], low["specificity"]) == (1.0, 0.5)
+    assert low["operating"]["sensitivity"]["value"] == 1.0
+    assert low["operating"]["specificity"]["value"] == 0.5
+    assert low["auroc"] == half["auroc"]  # the ranking does not depend on the threshold
+    yl = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    pl = np.array([[0.9, 0.2], [0.3, 0.3], [0.6, 0.4], [0.1, 0.1]])
+    ml = evaluate_predictions("multilabel", yl, pl, ["a", "b"], n_boot=50,
+                              threshold=np.array([0.5, 0.25]))  # fmt: skip
+    assert ml["threshold"] == {"a": 0.5, "b": 0.25} and ml["exact_match"] == 1.0
+    assert ml["auroc_missing"] == [] and ml["bootstrap"]["unit"] == "image"

@@ -273,3 +273,26 @@ def test_small_data_warnings_flag_thin_classes():
     assert any("never sees it" in line for line in lines)
     arrays = {"val_labels": np.array([[0], [1], [1]])}
     assert split_counts(arrays, ["a", "b"]) == {"val": {"a": 1, "b": 2}}
+
+
+def test_the_unpacked_archive_root_is_accepted(tmp_path, make_malaria):
+    """The folder the NIH archive unpacks into (holding only cell_images/) reads as the dataset."""
+    make_malaria(tmp_path / "download")
+    path, classes, info = convert_folder(str(tmp_path / "download"), image_size=16)
+    assert classes == ["Parasitized", "Uninfected"]
+    assert info["source"] == str(tmp_path / "download" / "cell_images")
+    direct, _, _ = convert_folder(str(tmp_path / "download" / "cell_images"), image_size=16)
+    assert direct == path
+
+
+def test_a_root_with_two_datasets_is_not_guessed(tmp_path, make_generic):
+    make_generic(tmp_path / "root" / "a")
+    make_generic(tmp_path / "root" / "b")
+    with pytest.raises(ValueError, match="empty class folder"):
+        convert_folder(str(tmp_path / "root"), image_size=16)
+
+
+def test_a_single_class_is_refused_before_any_image_is_read(tmp_path, make_generic):
+    make_generic(tmp_path / "one", classes=("cat",))
+    with pytest.raises(ValueError, match="at least 2"):
+        convert_folder(str(tmp_path / "one"), image_size=16)

@@ -13,9 +13,9 @@ import pytest
 from search.driver.inputs import param_space
 from search.driver.launch import trial_resources
 from search.driver.options import parse_args
-from search.driver.pipeline import summarise
 from search.driver.plan import DRIVER_CPU, Plan, resolve_launcher
 from search.driver.space import parse_space
+from search.driver.steps import summarise
 from search.experiment import after
 from search.experiment.manifest import Manifest
 from search.experiment.tables import (
@@ -122,3 +122,101 @@ def test_focus_warnings_flag_the_outlier_only():
     flagged = after.focus_warnings({"a": 0.8, "b": 0.75, "c": 0.3, "d": float("nan")})
     assert flagged == {"a": False, "b": False, "c": True, "d": False}
     assert after.focus_warnings({"a": 0.1}) == {"a": False}
+
+
+def test_the_command_line_choices_match_their_registries():
+    """options.py keeps literal copies (so --help imports nothing heavy): they must match."""
+    from search.driver import folder_split, options, plan
+    from trainables import stream, tasks
+
+    assert options.TASK_NAMES == tasks.TASK_NAMES
+    assert options.SPLIT_CHOICES == folder_split.SPLIT_CHOICES
+    assert (options.LAUNCHERS, options.SEARCHERS) == (plan.LAUNCHERS, plan.SEARCHERS)
+    assert options.DATA_PATHS == stream.DATA_PATHS
+
+
+def test_help_is_grouped_shows_defaults_and_imports_nothing_heavy():
+    import subprocess
+    import sys
+
+    probe = (
+        "import runpy, sys\n"
+        "sys.argv = ['search/run.py', '--help']; sys.path.insert(0, 'search')\n"
+        "try:\n    runpy.run_path('search/run.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'ray', 'medmnist') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True,
+                         text=True, timeout=120).stdout  # fmt: skip
+    assert "HEAVY []" in out
+    for group in ("task and data:", "search:", "resources:", "outputs and after the search:",
+                  "explain (attribution maps):", "W&B:"):  # fmt: skip
+        assert group in out
+    assert "(default: 20)" in out  # --trials
+
+
+def test_manifest_status_and_files_from_before_it():
+    m = Manifest(name="x", task="blood", kind="multiclass", classes=["a", "b"], metric="val_auc",
+                 mode="max", searcher="optuna", seed=0, trials=2, epochs=1, launcher="function",
+                 knobs=[], space={}, started_at=1.0)  # fmt: skip
+    assert m.status == "running" and not m.finished
+    old = {k: v for k, v in m.to_dict().items() if k != "status"}
+    assert Manifest.from_dict({**old, "finished_at": 2.0}).finished
+    assert Manifest.from_dict({**old, "status": "interrupted"}).status == "interrupted"
+    with pytest.raises(ValueError, match="status"):
+        Manifest.from_dict({**old, "status": "paused"})
+
+
+def test_progress_estimates_the_time_left_from_epoch_times():
+    from types import SimpleNamespace
+
+    from search.driver.progress import Progress
+
+    p = Progress(trials=4, epochs=5, max_concurrent=2, time_budget_s=None)
+    p.setup()
+    for trial in ("a", "b"):
+        p.on_trial_result(1, [], SimpleNamespace(trial_id=trial),
+                          {"training_iteration": 1, "time_this_iter_s": 3.0})  # fmt: skip
+    assert p.remaining_s(p.started) == pytest.approx(18 * 3.0 / 2)
+    assert "2 of 20 epochs" in p.line(p.started)
+    p.time_budget_s = 10.0  # no new trial after the budget: at most one trial's epochs beyond
+    assert p.remaining_s(p.started) == pytest.approx(10.0 + 5 * 3.0)
+
+
+def test_requests_no_node_can_hold_are_refused():
+    from search.driver.checks import UserError, check_cluster
+    from search.driver.resources import ClusterView, NodeType
+
+    cpu_only = ClusterView(local=True, nodes=({"CPU": 2.0},))
+    check_cluster(_plan(), cpu_only)
+    with pytest.raises(UserError, match="--gpus-per-trial 1: this Ray cluster has no GPU"):
+        check_cluster(_plan(gpus_per_trial=1.0), cpu_only)
+    with pytest.raises(UserError, match="more than any node"):
+        check_cluster(_plan(cpus_per_worker=8.0), cpu_only)
+    gpu_type = NodeType("gpu", {"CPU": 4.0, "GPU": 1.0}, max_workers=2)
+    autoscaling = ClusterView(local=False, nodes=({"CPU": 2.0},), node_types=(gpu_type,))
+    check_cluster(_plan(gpus_per_trial=1.0, cpus_per_worker=4.0), autoscaling)  # can be added
+
+
+def test_interrupts_hand_the_first_signal_to_tune_and_record_it():
+    """Real signals to this process: inside `fitting()` the first goes to the handler Tune
+    installs for SIGUSR1 (a graceful stop); outside it, or a second one, KeyboardInterrupt."""
+    import os
+    import signal
+
+    from search.driver.session import Interrupts, interrupted_code
+
+    stops = []
+    with Interrupts() as stop:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signal == signal.SIGTERM and interrupted_code(stop.signal) == 143
+    with Interrupts() as stop, stop.fitting():
+        signal.signal(signal.SIGUSR1, lambda sig, frame: stops.append(sig))  # as tune.run does
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stops == [signal.SIGINT] and stop.signal == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert interrupted_code(signal.SIGINT) == 130
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL

@@ -308,3 +308,31 @@ def test_report_of_a_real_search(experiment_dir):
     on_disk = {p.read_bytes() for p in experiment_dir.glob("*/attribution/*.png")}
     assert on_disk and on_disk <= set(page.pngs())
     assert "errored" in words and "Stopped early by ASHA" in words
+
+
+def test_operating_point_and_calibration_section(tmp_path):
+    """Issue 13: how the threshold was chosen, test at it and at 0.5 beside validation, what
+    the intervals resample, ECE with a reliability diagram, and a shifted test split flagged."""
+    from trainables.calibration import evaluate_split_pair
+
+    root = tmp_path / "binary"
+    root.mkdir()
+    info = make_experiment(root, kind="binary", n=4)
+    rng = np.random.default_rng(0)
+
+    def split(offset: float) -> tuple[np.ndarray, np.ndarray]:
+        y = (rng.random(400) < 0.5).astype(np.int64)
+        return y[:, None], (np.where(y == 1, 2.0, -2.0) + rng.normal(0, 1, 400) + offset)[:, None]
+
+    result, _ = evaluate_split_pair("binary", CLASSES["binary"], split(2.0), split(5.0))
+    assert result["shift"]["shifted"]
+    tests = {"best_trial": info["winner"], "trials": {info["winner"]: result}}
+    write_json(root / "test_metrics.json", tests)
+    text, page = read(build_report(root))
+    check_self_contained(root, text, page)
+    words = page.all_text
+    assert "Operating point and calibration" in words and "Youden's J" in words
+    assert "test, threshold 0.5" in words and "validation, chosen threshold" in words
+    assert "15 equal-width bins" in words and "reliability diagram" in text
+    assert "resamples of the 400 images of each split" in words
+    assert "test split looks shifted from validation" in words

@@ -97,3 +97,65 @@ def test_default_space_path_finds_the_tasks_file(name):
     path = default_space_path(get_task(name))
     assert path == str(ROOT / "spaces" / f"{name}.yaml")
     assert load_space(path, get_task(name)).path == path
+
+
+# --- knobs that cannot act are not searched ------------------------------------------------
+
+EPOCH_KNOBS = {"unfreeze_epoch": {"min": 0, "max": 3}, "aug_cutoff_epoch": {"min": 0, "max": 3}}
+
+
+def _knob_space(tmp_path, **fixed) -> str:
+    parameters = {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+                  **EPOCH_KNOBS, **{k: {"value": v} for k, v in fixed.items()}}  # fmt: skip
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({"metric": {"name": "val_auc", "goal": "maximize"},
+                                    "parameters": parameters}))  # fmt: skip
+    return str(path)
+
+
+def test_unfreeze_epoch_is_dropped_without_pretrained_weights(tmp_path, caplog):
+    """The quickstart's `--weights none` over a space that says imagenet: no backbone is ever
+    frozen, so unfreeze_epoch is fixed (one warning naming it and why), in the Tune domains and
+    in the sweep config the W&B engine reads alike."""
+    path = _knob_space(tmp_path, weights="imagenet", model="resnet18", epochs=4)
+    task = get_task("pneumonia")
+    assert "unfreeze_epoch" in load_space(path, task).searched  # imagenet: it acts
+    with caplog.at_level("WARNING", logger="medsweep"):
+        space = load_space(path, task, fixed={"weights": "none", "epochs": None, "task": "x"})
+    assert "unfreeze_epoch" not in space.searched and "lr" in space.searched
+    assert space.domains["unfreeze_epoch"] == 0
+    assert space.sweep_config["parameters"]["unfreeze_epoch"] == {"value": 0}
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "unfreeze_epoch" in warning.getMessage() and "weights none" in warning.getMessage()
+
+
+def test_unfreeze_epoch_is_dropped_for_a_model_without_pretrained_weights(tmp_path):
+    path = _knob_space(tmp_path, weights="imagenet", model="simple_cnn")
+    space = load_space(path, get_task("pneumonia"))
+    assert "unfreeze_epoch" not in space.searched and "aug_cutoff_epoch" in space.searched
+
+
+def test_aug_cutoff_is_dropped_for_a_task_without_augmentations(tmp_path, caplog):
+    import dataclasses
+
+    task = dataclasses.replace(get_task("blood"), augment=())
+    path = _knob_space(tmp_path, weights="none", model="resnet18")
+    with caplog.at_level("WARNING", logger="medsweep"):
+        space = load_space(path, task)
+    assert set(space.searched) == {"lr"}
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]  # one for both
+    assert "aug_cutoff_epoch (task blood has no augmentations" in warning.getMessage()
+
+
+def test_epoch_knobs_whose_every_value_is_past_the_last_epoch_are_dropped(tmp_path):
+    path = _knob_space(tmp_path, weights="imagenet", model="resnet18", epochs=2)
+    space = load_space(path, get_task("blood"), fixed={"epochs": 5})
+    assert {"unfreeze_epoch", "aug_cutoff_epoch"} <= set(space.searched)  # 0..3 < 5 acts
+    late = {"unfreeze_epoch": {"min": 2, "max": 6}}
+    space = parse_space({"parameters": {**late, "weights": {"value": "imagenet"},
+                                        "model": {"value": "resnet18"}, "epochs": {"value": 2}}},
+                        get_task("blood"))  # fmt: skip
+    assert "unfreeze_epoch" in space.searched  # parse_space converts only; load_space drops
+    from search.driver.space import drop_dead_knobs
+
+    assert drop_dead_knobs(space, get_task("blood")).domains["unfreeze_epoch"] == 2

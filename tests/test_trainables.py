@@ -12,7 +12,15 @@ from conftest import synthetic_arrays
 
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from trainables.data import load_npz, make_augment, npz_name
-from trainables.models import MODELS, PRETRAINED, build_model, set_backbone_frozen, train_mode
+from trainables.kinds import KIND_NAMES
+from trainables.models import (
+    MODELS,
+    PRETRAINED,
+    SEGMENTERS,
+    build_model,
+    set_backbone_frozen,
+    train_mode,
+)
 from trainables.tasks import TASK_NAMES, get_task
 from trainables.train import TrainConfig, train_loop
 
@@ -22,15 +30,16 @@ torch.set_num_threads(2)
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_every_task_record(name):
     task = get_task(name)
-    assert task.name == name and task.source in ("medmnist", "folder")
+    assert task.name == name and task.source in ("medmnist", "folder", "segfolder")
     if name == "folder":
         assert task.classes == ()  # filled in from the folders when the data is converted
         return
-    assert task.kind in ("multiclass", "binary", "multilabel")
+    assert task.kind in KIND_NAMES
     assert len(task.classes) >= 2 and all(isinstance(c, str) and c for c in task.classes)
-    assert task.model in MODELS and task.channels in (1, 3)
+    assert task.model in (*MODELS, *SEGMENTERS) and task.channels in (1, 3)
     assert task.metric.startswith("val_") and task.mode in ("max", "min")
-    assert task.num_outputs == (1 if task.kind == "binary" else len(task.classes))
+    one_logit = task.kind in ("binary", "segmentation")
+    assert task.num_outputs == (1 if one_logit else len(task.classes))
 
 
 def test_task_kinds_follow_medmnist():

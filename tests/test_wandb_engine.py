@@ -88,10 +88,59 @@ def test_sweep_runs_look_like_wandb_runs():
     ]
     assert runs["t0"].config == {name: {"value": value} for name, value in first.items()}
     score = objective(first)
-    assert runs["t0"].history == [{"val_auc": score - 1, "epoch": 0, "_step": 0}]
-    assert runs["t0"].summary_metrics == {"val_auc": score, "epoch": 1}
+    assert runs["t0"].history == [{"val_auc": score - 1, "epoch": 0, "_step": 0},
+                                  {"val_auc": score, "epoch": 1, "_step": 1}]  # fmt: skip
+    assert runs["t0"].summary_metrics == {"val_auc": score, "epoch": 1, "best_epoch": 1}
     assert runs["crashed"].summary_metrics == {"val_auc": -0.5, "epoch": 0}
     assert runs["running"].history == [] and runs["running"].summary_metrics == {}
+
+
+def _stopped_run(searcher: Searcher, trial_id: str, curve: list[float], stop: int) -> None:
+    """A trial as Tune feeds it when ASHA stops it after epoch `stop` (1-based): that epoch's
+    result reaches on_trial_complete only."""
+    searcher.suggest(trial_id)
+    for epoch, value in enumerate(curve[: stop - 1], start=1):
+        searcher.on_trial_result(trial_id, {"val_auc": value, "epoch": epoch, "lr_now": 0.1})
+    searcher.on_trial_complete(trial_id, {"val_auc": curve[stop - 1], "epoch": stop,
+                                          "lr_now": 0.1})  # fmt: skip
+
+
+def test_summary_holds_the_best_epoch_as_a_real_sweep_run_does(tmp_path):
+    """The engine's run summary: the metric's best value over every epoch (the stopping one
+    included) and its epoch, the last values of the rest: what search/wandb_trial.py leaves
+    in a real W&B run (BestKeeper, here on a real offline run fed the same epochs)."""
+    import wandb
+
+    from search.driver.agent import BestKeeper
+
+    curve = [0.70, 0.90, 0.80]
+    searcher = WandbSweepSearcher(SPACE, seed=0)
+    _stopped_run(searcher, "peaked", curve, stop=3)
+    _stopped_run(searcher, "last_best", [0.5, 0.6, 0.95], stop=3)  # the stopping epoch is best
+    runs = {run.name: run for run in searcher.runs}
+    assert [row["epoch"] for row in runs["peaked"].history] == [1, 2, 3]
+    assert runs["peaked"].summary_metrics == {"val_auc": 0.90, "epoch": 3, "lr_now": 0.1,
+                                              "best_epoch": 2}  # fmt: skip
+    assert runs["last_best"].summary_metrics["val_auc"] == 0.95
+    with wandb.init(project="t", dir=str(tmp_path), mode="offline") as run:
+        keeper = BestKeeper(run, "val_auc", "max")
+        for epoch, value in enumerate(curve, start=1):
+            keeper({"val_auc": value, "epoch": epoch}, None)
+    assert (keeper.best, keeper.best_epoch) == (0.90, 2)
+    summary = runs["peaked"].summary_metrics
+    assert (summary["val_auc"], summary["best_epoch"]) == (keeper.best, keeper.best_epoch)
+
+
+def test_summary_best_honours_mode_min():
+    config = {**SPACE, "metric": {"name": "val_loss", "goal": "minimize"}}
+    searcher = WandbSweepSearcher(config, seed=0)
+    searcher.suggest("t")
+    for epoch, loss in enumerate([0.9, 0.3, 0.5], start=1):
+        searcher.on_trial_result("t", {"val_loss": loss, "epoch": epoch})
+    searcher.on_trial_complete("t", {"val_loss": 0.5, "epoch": 3})  # the last, seen already
+    (run,) = searcher.runs
+    assert len(run.history) == 3
+    assert run.summary_metrics == {"val_loss": 0.3, "epoch": 3, "best_epoch": 2}
 
 
 def test_bayes_moves_toward_the_optimum():

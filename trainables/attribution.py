@@ -31,12 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.panels import choose_panel, save_grid, save_maps
+from trainables.panels import choose_panel, save_grid, save_maps, save_mask_grid
 
 __all__ = [
     "MIN_CAM_SIDE", "cam_layer", "choose_panel", "focus_score", "foreground_masks",
     "gradcam_maps", "integrated_gradients", "integrated_gradients_maps", "last_spatial_layer",
-    "reduce_channels", "save_grid", "save_maps",
+    "mask_focus", "mask_gradcam_maps", "reduce_channels", "save_grid", "save_mask_grid",
+    "save_maps",
 ]  # fmt: skip
 REDUCTIONS = ("abs", "positive", "sum")
 FOREGROUNDS = ("auto", "bright", "dark")
@@ -128,6 +129,39 @@ def gradcam_maps(
             cam.activations_and_grads.release()
             model.zero_grad(set_to_none=True)
     return np.concatenate(maps).astype(np.float32)
+
+
+def mask_gradcam_maps(
+    model: nn.Module, images: torch.Tensor, target_layer: nn.Module, masks: np.ndarray
+) -> np.ndarray:
+    """Grad-CAM of a segmentation model's summed foreground logits inside `masks` (N, H, W)
+    (pytorch-grad-cam's `SemanticSegmentationTarget`, output channel 0): (N, H, W) in [0, 1].
+    An empty mask explains the whole image's foreground logits instead."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
+
+    masks = np.asarray(masks, np.float32)
+    masks = np.where(masks.reshape(len(masks), -1).any(axis=1)[:, None, None], masks, 1.0)
+    with _eval_mode(model):
+        cam = GradCAM(model=model, target_layers=[target_layer])
+        try:
+            maps = [
+                cam(input_tensor=images[i : i + 1].detach().clone().requires_grad_(True),
+                    targets=[SemanticSegmentationTarget(0, masks[i])])
+                for i in range(len(images))
+            ]  # fmt: skip
+        finally:
+            cam.activations_and_grads.release()
+            model.zero_grad(set_to_none=True)
+    return np.concatenate(maps).astype(np.float32) if maps else np.zeros((0, *masks.shape[1:]))
+
+
+def mask_focus(masks: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """Per image, the share of positive map mass on the true mask (NaN: no mass or no mask)."""
+    masks, maps = np.asarray(masks, bool), np.clip(np.nan_to_num(maps), 0, None)
+    total, on = maps.sum(axis=(1, 2)), (maps * masks).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((total > 0) & masks.any(axis=(1, 2)), on / total, np.nan)
 
 
 def integrated_gradients_maps(

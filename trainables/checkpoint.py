@@ -6,8 +6,10 @@
 
 A payload holds `format`, `task`, `kind`, `classes`, `channels`, `model`, `image_size`,
 `config`, `normalisation` (mean, std), `epoch`, `metrics` and `state_dict`; the training loop
-adds `optimizer`, `scheduler` and `metric` (the task metric, whose `best_<metric>` in `metrics`
-a resumed trial continues from). Only tensors, numbers, strings, lists and dicts: it loads
+adds `optimizer`, `scheduler`, `metric` (the task metric, whose `best_<metric>` in `metrics`
+a resumed trial continues from) and `data` (the data fingerprint: npz MD5 or converted folder
+hash, split rule, seed, folds, fold; `search.driver.fingerprint`; {} when the driver set none).
+Only tensors, numbers, strings, lists and dicts: it loads
 with `weights_only=True`.
 """
 
@@ -72,9 +74,12 @@ def normalised_input(ckpt: dict, images) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(ckpt: dict, model: Classifier, images, batch_size: int = 256) -> np.ndarray:
+def predict(
+    ckpt: dict, model: Classifier, images, batch_size: int = 256, logits: bool = False
+) -> np.ndarray:
     """Probabilities for uint8 images (N, H, W[, C]) at the checkpoint's size, normalised as in
-    training, after the kind's activation (`trainables.kinds`): (N, outputs) float32.
+    training, after the kind's activation (`trainables.kinds`): (N, outputs) float32; with
+    `logits`, the raw outputs before it (for a temperature fit: `trainables.calibration`).
 
     `images` may be an array, a memmap or `trainables.stream.Rows`: it is read one batch at a
     time, and each batch goes to the model's device."""
@@ -83,4 +88,6 @@ def predict(ckpt: dict, model: Classifier, images, batch_size: int = 256) -> np.
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start : start + batch_size])
         out.append(model(normalised_input(ckpt, batch).to(device)).float().cpu())
+    if logits:
+        return torch.cat(out).numpy()
     return get_kind(ckpt["kind"]).probabilities(torch.cat(out))

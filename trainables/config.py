@@ -30,7 +30,8 @@ class TrainConfig:
     model: str = ""
     """Model name from `trainables.models.MODELS`; empty means the task's default."""
     weights: str = "none"
-    """`none`, `imagenet`, or a path to a torchvision state-dict file."""
+    """`none`, `imagenet`, or a path to a torchvision state-dict file (a U-Net's encoder also
+    takes a medsweep classification checkpoint of the same backbone: `trainables.unet`)."""
     image_size: int = 0
     """Image size in pixels; 0 means the task's default."""
     epochs: int = 10
@@ -54,12 +55,19 @@ class TrainConfig:
     val_loss, as the malaria seed did)."""
     head_hidden: int = 0
     """Hidden width of a two-layer head (Linear-ReLU-Dropout-Linear); 0 = one linear layer."""
+    bce_weight: float = 0.5
+    """Segmentation: weight of the per-pixel BCE in the loss (the seed's 0.5)."""
+    dice_weight: float = 1.25
+    """Segmentation: weight of the soft Dice loss (the seed's 1.25)."""
     seed: int = 0
     """Seed for weights, shuffling and augmentation."""
     max_batches: int = 0
     """Stop each epoch after this many batches (0 = all); for smoke tests."""
     precision: str = "auto"
     """`auto` (bf16 autocast on GPU, fp32 on CPU), `fp32` or `bf16`."""
+    data_fingerprint: dict = field(default_factory=dict)
+    """Which data this trial trains on (npz MD5 or converted folder hash, split rule, seed,
+    fold), set by the driver (`search.driver.fingerprint`) and saved in every checkpoint."""
     extra: dict = field(default_factory=dict)
     """Launcher-owned values (data references, paths) that training ignores."""
 
@@ -77,6 +85,13 @@ class TrainConfig:
                 f"lr_schedule {self.lr_schedule!r}: one of {SCHEDULES}",
             ),
             (self.head_hidden >= 0, f"head_hidden {self.head_hidden} must be >= 0"),
+            (
+                self.bce_weight >= 0
+                and self.dice_weight >= 0
+                and self.bce_weight + self.dice_weight > 0,
+                f"bce_weight {self.bce_weight} and dice_weight {self.dice_weight} must be "
+                ">= 0, not both 0",
+            ),
             (self.precision in ("auto", "fp32", "bf16"), "precision: auto, fp32 or bf16"),
         ]
         for ok, message in checks:

@@ -133,20 +133,12 @@ def validate_split(
         )
     if len(images) == 0:
         raise ValueError(f"{where}: no images")
-    if labels.ndim != 2 or len(labels) != len(images):
-        raise ValueError(
-            f"{where}: labels have shape {labels.shape}, expected ({len(images)}, L) "
-            "(one row per image)"
-        )
+    kind, n_classes = task.kind_ops, len(task.classes)
+    problem = kind.label_problem(images.shape, labels.shape, n_classes)  # masks: (N, H, W)
+    if problem:
+        raise ValueError(f"{where}: {problem}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{where}: labels are {labels.dtype}, expected integers")
-    kind, n_classes = task.kind_ops, len(task.classes)
-    width = kind.label_width(n_classes)
-    if labels.shape[1] != width:
-        raise ValueError(
-            f"{where}: labels have {labels.shape[1]} column(s), a {task.kind} task with "
-            f"{len(task.classes)} classes expects {width}"
-        )
     high = kind.label_max(n_classes)
     if labels.min() < 0 or labels.max() > high:
         raise ValueError(
@@ -217,10 +209,15 @@ def batch_indices(
 AUGMENTATIONS = ("hflip", "vflip", "rotate", "crop", "color", "contrast")
 
 
-def make_augment(names: Sequence[str], channels: int, image_size: int) -> torch.nn.Module:
+def make_augment(
+    names: Sequence[str], channels: int, image_size: int, masks: bool = False
+) -> torch.nn.Module:
     """A kornia pipeline over float images in [0, 1], drawing its parameters per image.
 
-    (torchvision.transforms.v2 applied to a batch draws once for the whole batch.)
+    (torchvision.transforms.v2 applied to a batch draws once for the whole batch.) With
+    `masks`, it is called as `augment(images, masks)` and moves each (N, 1, H, W) mask with its
+    image (`data_keys=["input", "mask"]`: geometric draws shared, masks resampled nearest,
+    colour changes on the image only).
     """
     import kornia.augmentation as K
 
@@ -238,4 +235,5 @@ def make_augment(names: Sequence[str], channels: int, image_size: int) -> torch.
         "contrast": lambda: K.ColorJitter(0.15, 0.15, p=0.5),
     }
     chosen = [ops[n]() for n in names if not (n == "color" and channels == 1)]
-    return K.AugmentationSequential(*chosen, same_on_batch=False)
+    keys = ["input", "mask"] if masks else ["input"]
+    return K.AugmentationSequential(*chosen, data_keys=keys, same_on_batch=False)

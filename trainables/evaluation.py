@@ -11,26 +11,34 @@ Scores and labels by kind (``Kind.test_inputs`` makes them from a model's output
 - "multiclass": ``y_true`` (N,) class ids (or MedMNIST's (N, 1)), ``scores`` (N, K)
   softmax probabilities; the prediction is the argmax.
 - "binary": ``y_true`` (N,) 0/1, ``scores`` (N,) probability of class 1 (an (N, 2)
-  softmax is accepted and its column 1 used); the prediction is ``p >= 0.5``.
+  softmax is accepted and its column 1 used); the prediction is ``p >= threshold`` (0.5
+  unless a threshold is given).
 - "multilabel": ``y_true`` (N, L) 0/1, ``scores`` (N, L) sigmoid probabilities; label j is
-  predicted when ``p_j >= 0.5``.
+  predicted when ``p_j >= threshold_j`` (0.5 unless given).
+
+After a search, `trainables.calibration.evaluate_split_pair` calls this for the test split at
+the operating point chosen on validation and at 0.5, adds ECE and reliability bins, and flags a
+test split whose sensitivity or specificity interval is disjoint from validation's.
 
 Point estimates come from scikit-learn. The bootstrap (``n_boot`` resamples of the test
-set with a seeded numpy Generator, 95% percentile intervals) recomputes the headline
-figures for all resamples at once from resample weights: confusion counts are one matrix
-product, AUROC is the Mann-Whitney statistic with tied scores counted as half (what
-``roc_auc_score`` computes). Resamples in which the AUROC is undefined (a class with no
-positives or no negatives) are dropped for every figure and counted in
+set with a seeded numpy Generator, 95% percentile intervals; with ``groups``, whole patients
+are resampled and each image counts as often as its patient is drawn: ``bootstrap.unit``)
+recomputes the headline figures for all resamples at once from resample weights: confusion
+counts are one matrix product, AUROC is the Mann-Whitney statistic with tied scores counted
+as half (what ``roc_auc_score`` computes). Resamples in which the AUROC is undefined (a
+class with no positives or no negatives) are dropped for every figure and counted in
 ``bootstrap.n_skipped``.
 
 Multi-label figures average over labels: accuracy is the mean per-label accuracy (the
 MedMNIST ACC; ``exact_match`` is the subset accuracy), balanced accuracy the mean of
-(sensitivity + specificity) / 2, AUROC the mean over labels with both classes present.
+(sensitivity + specificity) / 2, AUROC the mean over labels with both classes present. AUROC is
+the mean over the classes present for every kind (``auroc_missing`` names those left out).
 """
 
 import json
 import math
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -49,6 +57,9 @@ from trainables.kinds import Kind, get_kind
 from trainables.kinds.base import ratio
 
 HEADLINE = ("accuracy", "balanced_accuracy", "auroc", "macro_f1")
+OPERATING = ("sensitivity", "specificity")
+"""Bootstrapped at the threshold used, under `operating`: binary the positive class's, else
+the mean over classes (labels)."""
 LEVEL = 0.95
 MAX_CELLS = 4_000_000  # resample weights held at once (n_boot chunk x N), bounds memory
 
@@ -60,6 +71,8 @@ def evaluate_predictions(
     class_names: list[str],
     n_boot: int = 1000,
     seed: int = 0,
+    threshold=None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All test figures as a JSON-serialisable dict (undefined values are None).
 
@@ -68,25 +81,36 @@ def evaluate_predictions(
     (= sensitivity), macro_specificity; per_class (precision, recall, specificity, f1,
     support, auroc per class or label); confusion_matrix (rows true, columns predicted;
     multi-label: ``[[tn, fp], [fn, tp]]`` per label); bootstrap (n_boot, n_used, n_skipped,
-    seed, level). Binary adds the positive class's sensitivity and specificity, multi-label
-    adds exact_match (``Kind.test_extras``).
+    seed, level, method, unit: "image" or "patient", n_units). Binary adds the positive
+    class's sensitivity and specificity, multi-label adds exact_match (``Kind.test_extras``);
+    ``operating`` holds sensitivity and specificity with CIs (`OPERATING`), ``threshold`` the
+    threshold used (``threshold``: what ``Kind.choose_threshold`` returns; None: 0.5),
+    ``auroc_missing`` the classes (labels) left out of the AUROC.
+    ``groups``: one patient id per row; the bootstrap then resamples patients.
     """
     ops = get_kind(kind)
-    y_ind, pred_ind, s_ind = _prepare(ops, y_true, scores, class_names)
+    y_ind, pred_ind, s_ind = _prepare(ops, y_true, scores, class_names, threshold)
     mcm = multilabel_confusion_matrix(y_ind, pred_ind)
     tn, fp, fn, tp = (mcm[:, i, j].astype(float) for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
     per_auc = _per_class_auroc(y_ind, s_ind)
-    auc_used = np.zeros(len(per_auc), bool)
-    auc_used[ops.auroc_columns(len(class_names))] = True  # binary: the positive class only
-    auc_used &= ~np.isnan(per_auc)
+    op_used = np.zeros(len(per_auc), bool)
+    op_used[ops.auroc_columns(len(class_names))] = True  # binary: the positive class only
+    auc_used = op_used & ~np.isnan(per_auc)
     point = _point(ops.exclusive, y_ind, pred_ind, tp, fn, fp, tn, per_auc[auc_used])
-    boot, n_used = _bootstrap(ops.exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed)
+    point |= _operating(tp, fn, fp, tn, op_used)
+    unit, index = _units(groups, len(y_ind))
+    boot, n_used = _bootstrap(ops.exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed,
+                              index, op_used)  # fmt: skip
     result: dict[str, Any] = {"kind": ops.name, "n": len(y_ind)}
     for name in HEADLINE:
         result[name] = _interval(point[name], boot[name])
+    result["operating"] = {name: _interval(point[name], boot[name]) for name in OPERATING}
+    result["threshold"] = ops.threshold_record(threshold, list(class_names))
     result |= _per_class(y_ind, pred_ind, tn, fp, per_auc, class_names)
     result |= ops.test_extras(y_ind, pred_ind, tp, fn, fp, tn)
     result["confusion_matrix"] = _confusion(ops.exclusive, y_ind, pred_ind, mcm, class_names)
+    missing = [class_names[c] for c in np.flatnonzero(op_used & np.isnan(per_auc))]
+    result["auroc_missing"] = missing
     result["bootstrap"] = {
         "n_boot": n_boot,
         "n_used": n_used,
@@ -94,6 +118,8 @@ def evaluate_predictions(
         "seed": seed,
         "level": LEVEL,
         "method": "percentile",
+        "unit": unit,
+        "n_units": int(index.max()) + 1 if index is not None else len(y_ind),
     }
     return to_jsonable(result)
 
@@ -118,14 +144,37 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def _prepare(kind: Kind, y_true, scores, class_names: list[str]):
+def _prepare(kind: Kind, y_true, scores, class_names: list[str], threshold=None):
     """(labels, predictions, scores) with one column per class (binary: two), the layout of
     every figure: bool, bool and float64, each (N, classes)."""
     y_true, scores = np.asarray(y_true), np.asarray(scores, np.float64)
     if not np.isfinite(scores).all():
         raise ValueError("scores hold NaN or infinity: did the model diverge?")
     y_ind, s_ind = kind.test_columns(y_true, scores, len(class_names))
-    return y_ind, kind.predicted_columns(s_ind), s_ind
+    return y_ind, kind.predicted_columns(s_ind, threshold), s_ind
+
+
+def _units(groups, n: int) -> tuple[str, np.ndarray | None]:
+    """("patient", row -> patient index) when every row has a patient id, else ("image",
+    None)."""
+    if groups is None:
+        return "image", None
+    groups = np.asarray(groups).astype(str)
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} ids for {n} rows; pass one id per row")
+    if (groups == "").any():
+        return "image", None
+    return "patient", np.unique(groups, return_inverse=True)[1].reshape(-1)
+
+
+def _operating(tp, fn, fp, tn, used: np.ndarray) -> dict[str, float]:
+    """Sensitivity and specificity over the `used` columns (the mean where several)."""
+    cols = np.flatnonzero(used)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column without positives
+        sens = np.nanmean((tp / (tp + fn))[..., cols], axis=-1)
+        spec = np.nanmean((tn / (tn + fp))[..., cols], axis=-1)
+    return {"sensitivity": sens, "specificity": spec}
 
 
 def _per_class_auroc(y_ind: np.ndarray, s_ind: np.ndarray) -> np.ndarray:
@@ -194,35 +243,47 @@ def _confusion(exclusive, y_ind, pred_ind, mcm, class_names) -> Any:
     return {"labels": list(class_names), "matrix": matrix.tolist()}
 
 
-def _bootstrap(exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed):
-    """Headline figures for ``n_boot`` resamples: ({name: (n_used,) values}, n_used)."""
+def _bootstrap(exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed, groups=None,
+               op_used=None):  # fmt: skip
+    """Headline (and operating) figures for ``n_boot`` resamples of the images, or of whole
+    patients (``groups``: row -> patient index): ({name: (n_used,) values}, n_used)."""
     rng = np.random.default_rng(seed)
     n = len(y_ind)
     chunk = max(1, min(n_boot, MAX_CELLS // max(n, 1)))
     parts = []
     for start in range(0, n_boot, chunk):
-        w = _resample_weights(rng, min(chunk, n_boot - start), n)
-        parts.append(_replicates(exclusive, w, y_ind, pred_ind, s_ind, auc_used))
-    reps = {name: np.concatenate([p[name] for p in parts] or [[]]) for name in HEADLINE}
+        w = _resample_weights(rng, min(chunk, n_boot - start), n, groups)
+        parts.append(_replicates(exclusive, w, y_ind, pred_ind, s_ind, auc_used, op_used))
+    names = HEADLINE + OPERATING
+    reps = {name: np.concatenate([p[name] for p in parts] or [[]]) for name in names}
     if auc_used.any():
         keep = ~np.isnan(reps["auroc"])
         reps = {name: values[keep] for name, values in reps.items()}
     return reps, len(reps["accuracy"])
 
 
-def _resample_weights(rng: np.random.Generator, b: int, n: int) -> np.ndarray:
-    """(n, b) counts: how often each test sample is drawn in each of b resamples.
+def _resample_weights(
+    rng: np.random.Generator, b: int, n: int, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """(n, b) counts: how often each test sample is drawn in each of b resamples; with
+    ``groups`` (row -> patient index), patients are drawn and a row counts its patient's draws.
 
     One column per resample keeps the per-sample work (sorting by score, summing tied
     groups) on contiguous rows; float32 holds the counts exactly at half the memory."""
-    idx = rng.integers(0, n, size=(b, n)) + n * np.arange(b)[:, None]
-    counts = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n)
+    units = n if groups is None else int(groups.max()) + 1
+    idx = rng.integers(0, units, size=(b, units)) + units * np.arange(b)[:, None]
+    counts = np.bincount(idx.ravel(), minlength=b * units).reshape(b, units)
+    if groups is not None:
+        counts = counts[:, groups]
     return np.ascontiguousarray(counts.T, dtype=np.float32)
 
 
-def _replicates(exclusive, w, y_ind, pred_ind, s_ind, auc_used) -> dict[str, np.ndarray]:
+def _replicates(
+    exclusive, w, y_ind, pred_ind, s_ind, auc_used, op_used=None
+) -> dict[str, np.ndarray]:
     """The headline figures for every column of resample weights ``w`` (N, b), as `_point`
-    defines them for one class per image (``exclusive``) or per label."""
+    defines them for one class per image (``exclusive``) or per label, and `OPERATING` over
+    the ``op_used`` columns (default all)."""
     yf, pf = y_ind.astype(w.dtype), pred_ind.astype(w.dtype)
     cells = [yf * pf, yf * (1 - pf), (1 - yf) * pf, (1 - yf) * (1 - pf)]
     tp, fn, fp, tn = ((w.T @ c).astype(np.float64) for c in cells)  # each (b, classes)
@@ -238,11 +299,13 @@ def _replicates(exclusive, w, y_ind, pred_ind, s_ind, auc_used) -> dict[str, np.
             balanced = np.nanmean(_balanced_per_label(tp, fn, fp, tn), axis=1)
     aucs = [_weighted_auroc(y_ind[:, c], s_ind[:, c], w) for c in np.flatnonzero(auc_used)]
     auroc = np.mean(aucs, axis=0, dtype=np.float64) if aucs else np.full(w.shape[1], np.nan)
+    op_used = np.ones(y_ind.shape[1], bool) if op_used is None else op_used
     return {
         "accuracy": accuracy,
         "balanced_accuracy": balanced,
         "auroc": auroc,
         "macro_f1": f1.mean(axis=1),
+        **_operating(tp, fn, fp, tn, op_used),
     }
 
 

@@ -21,6 +21,8 @@ import torch
 import torchvision
 from torch import nn
 
+from trainables.unet import ENCODERS, IMAGENET_ARCH, build_unet
+
 SMALL_STEM_MAX = 64
 
 
@@ -140,7 +142,9 @@ MODELS: dict[str, Callable[..., tuple[nn.Module, int, nn.Module]]] = {
     "resnet50": _resnet("resnet50"),
     "efficientnet_b3": _efficientnet("efficientnet_b3"),
 }
-PRETRAINED = ("resnet18", "resnet50", "efficientnet_b3")
+PRETRAINED = ("resnet18", "resnet50", "efficientnet_b3", *IMAGENET_ARCH)
+SEGMENTERS = tuple(ENCODERS)
+"""U-Nets (`trainables.unet`): one logit per pixel, for segmentation tasks."""
 
 
 def build_model(
@@ -157,10 +161,14 @@ def build_model(
     The head is dropout then a linear layer, or with `head_hidden` > 0 the malaria seed's
     Linear(width, hidden) - ReLU - Dropout - Linear(hidden, outputs).
     """
-    if name not in MODELS:
-        raise ValueError(f"{name!r} is not a model; choose one of: {', '.join(MODELS)}")
+    if name not in MODELS and name not in SEGMENTERS:
+        choices = ", ".join([*MODELS, *SEGMENTERS])
+        raise ValueError(f"{name!r} is not a model; choose one of: {choices}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout {dropout} must lie in [0, 1)")
+    if name in SEGMENTERS:
+        return build_unet(name, num_outputs, channels, image_size, dropout, weights,
+                          imagenet=load_imagenet_state)  # fmt: skip
     backbone, width, cam_layer = MODELS[name](channels, image_size, weights)
     if head_hidden:
         head = nn.Sequential(
@@ -195,7 +203,9 @@ def _torchvision_model(arch: str, weights: str) -> nn.Module:
 
 
 def load_imagenet_state(arch: str) -> dict[str, torch.Tensor]:
-    """ImageNet weights through torchvision's own cache; offline, an error saying what to do."""
+    """ImageNet weights through torchvision's own cache; offline, an error saying what to do.
+    A U-Net's name stands for its encoder's torchvision architecture."""
+    arch = IMAGENET_ARCH.get(arch, arch)
     enum = imagenet_weights(arch)
     cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(enum.url))
     try:

@@ -29,7 +29,7 @@ def choose_panel(labels: np.ndarray, kind: str, per_class: int, seed: int) -> np
     positive label are never chosen. Classes with fewer images contribute what they have.
     """
     exclusive = get_kind(kind).exclusive
-    labels = np.asarray(labels)
+    labels = get_kind(kind).panel_labels(np.asarray(labels))  # masks: grouped by foreground
     if labels.ndim == 1:
         labels = labels[:, None]
     rng = np.random.default_rng(seed)
@@ -92,6 +92,43 @@ def save_grid(
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             ax.set_axis_off()
         right.imshow(_map_unit(m), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
+
+
+def save_mask_grid(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    masks: np.ndarray | None,
+    predicted: np.ndarray,
+    maps: np.ndarray,
+    captions: Sequence[str],
+    title: str,
+) -> None:
+    """PNG grid for segmentation, one row per image: the image | the true mask over it (left
+    out when `masks` is None) | the predicted mask over it | the map over it. Masks (N, H, W)
+    0/1, maps as in `save_grid`. Written atomically."""
+    from matplotlib.figure import Figure
+
+    if not len(images) == len(predicted) == len(maps) == len(captions):
+        raise ValueError("pass one prediction, map and caption per image")
+    columns = [("true mask", masks, "Greens")] if masks is not None else []
+    columns.append(("predicted", predicted, "Reds"))
+    n = max(len(images), 1)
+    fig = Figure(figsize=(2.0 * (len(columns) + 2), 2.2 * n + 0.4), layout="constrained")
+    fig.suptitle(title)
+    rows = fig.subfigures(n, 1, squeeze=False)[: len(images), 0]
+    for i, (row, img) in enumerate(zip(rows, _display(images), strict=True)):
+        row.suptitle(captions[i], fontsize=9)
+        axes = row.subplots(1, len(columns) + 2)
+        names = ["image", *(c[0] for c in columns), "Grad-CAM"]
+        for ax, name in zip(axes, names, strict=True):
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(name, fontsize=8)
+            ax.set_axis_off()
+        for ax, (_, mask, colour) in zip(axes[1:], columns, strict=False):
+            ax.imshow(np.ma.masked_equal(np.asarray(mask[i], np.float32), 0), cmap=colour,
+                      alpha=0.6, vmin=0, vmax=1)  # fmt: skip
+        axes[-1].imshow(_map_unit(maps[i]), cmap="jet", alpha=0.5, vmin=0, vmax=1)
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 

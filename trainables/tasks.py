@@ -31,7 +31,7 @@ class Task:
     flag: str
     """MedMNIST flag; the file is `<flag>.npz` (28 px) or `<flag>_<size>.npz`."""
     kind: str
-    """`multiclass` | `binary` | `multilabel`."""
+    """`multiclass` | `binary` | `multilabel` | `segmentation`."""
     classes: tuple[str, ...]
     """Class (or label) names in label-index order."""
     channels: int
@@ -48,7 +48,13 @@ class Task:
     """Augmentations used for epochs `< aug_cutoff_epoch` (see `trainables.data.AUGMENTATIONS`)."""
     description: str = ""
     source: str = "medmnist"
-    """`medmnist` (an npz by flag and size) or `folder` (a folder per class, converted once)."""
+    """`medmnist` (an npz by flag and size), `folder` (a folder per class, converted once) or
+    `segfolder` (images/ + masks/, converted once: `search.driver.segfolders`)."""
+    foreground: str | None = None
+    """What the attribution focus score counts as the object: `otsu` (Otsu's threshold
+    separates one cell from a plain background), or None where no foreground is defined
+    (tissue tiles, cropped X-rays, skin lesions, an unknown folder dataset): no focus score
+    and no low-focus warning."""
 
     def __post_init__(self) -> None:
         if self.kind not in KIND_NAMES:
@@ -92,7 +98,7 @@ _XRAY_AUG = ("rotate", "crop", "contrast")  # chest X-rays are not mirror-symmet
 
 _REGISTRY = {
     "pathology": lambda: _medmnist_task("pathology", "pathmnist", augment=_RGB_AUG),
-    "blood": lambda: _medmnist_task("blood", "bloodmnist", augment=_RGB_AUG),
+    "blood": lambda: _medmnist_task("blood", "bloodmnist", augment=_RGB_AUG, foreground="otsu"),
     "chest": lambda: _medmnist_task("chest", "chestmnist", augment=_XRAY_AUG),
     "derma": lambda: _medmnist_task("derma", "dermamnist", augment=_RGB_AUG),
     "pneumonia": lambda: _medmnist_task("pneumonia", "pneumoniamnist", augment=_XRAY_AUG),
@@ -107,11 +113,21 @@ _REGISTRY["malaria"] = lambda: Task(
     augment=_RGB_AUG,
     source="folder",
     description="NIH malaria cell images (thin blood smears, a folder per class)",
+    foreground="otsu",  # one segmented cell on a black background
 )
 # Any folder-per-class dataset: classes, kind and channels come from the folder when converted.
 _REGISTRY["folder"] = lambda: Task(
     name="folder", flag="folder", kind="multiclass", classes=(), channels=3, image_size=64,
     augment=_RGB_AUG, source="folder", description="a folder per class",
+)  # fmt: skip
+# Images and their masks (DIR/images/, DIR/masks/, the same file names): a U-Net whose encoder
+# unfreezes at a searched epoch (the fifth seed); channels come from the images when converted.
+_REGISTRY["segfolder"] = lambda: Task(
+    name="segfolder", flag="segfolder", kind="segmentation", classes=("background", "foreground"),
+    channels=1, model="unet-resnet18", image_size=128, metric="val_dice",
+    augment=("hflip", "vflip", "rotate", "crop", "contrast"), source="segfolder",
+    description="images/ and masks/ of the same names (mask > 0 = foreground)",
+    foreground="mask",  # focus: the share of Grad-CAM on the true mask
 )  # fmt: skip
 TASK_NAMES = tuple(sorted(_REGISTRY))
 

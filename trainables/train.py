@@ -186,13 +186,14 @@ def setup(
         model = model.to(memory_format=torch.channels_last)
     kind = task.kind_ops
     class_w = kind.class_weights(data["train_labels"], len(task.classes), cfg.class_weight_power)
-    step = Step(kind, kind.make_loss(class_w.to(device)), normaliser(mean, std, device),
+    loss_fn = kind.make_loss(class_w.to(device), **kind.loss_settings(cfg))
+    step = Step(kind, loss_fn, normaliser(mean, std, device),
                 _autocast(cfg.precision, device), cfg.batch_size)  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return Trial(
         cfg=cfg, task=task, step=step, model=model, optimizer=optimizer,
         scheduler=_scheduler(optimizer, cfg),
-        augment=make_augment(task.augment, task.channels, cfg.image_size).to(device),
+        augment=make_augment(task.augment, task.channels, cfg.image_size, kind.dense).to(device),
         x_train=place(data["train_images"]),
         y_train=torch.from_numpy(np.asarray(data["train_labels"])).to(device),
         x_val=place(data["val_images"]), y_val=np.asarray(data["val_labels"]),
@@ -304,12 +305,13 @@ def train_one_epoch(
     for idx, images in zip(batches, device_batches(x, batches), strict=True):
         idx = idx.to(y.device)
         images = images.float().div_(255.0)
-        if augment is not None:
-            images = augment(images)
+        targets = step.kind.loss_targets(y[idx])
+        if augment is not None:  # a mask moves with its image (the kind knows)
+            images, targets = step.kind.augment_batch(augment, images, targets)
         images = step.normalise(images)
         with step.autocast():
             logits = net(images)
-        loss = step.loss_fn(logits.float(), step.kind.loss_targets(y[idx]))
+        loss = step.loss_fn(logits.float(), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -322,8 +324,9 @@ def train_one_epoch(
 def evaluate(
     model: torch.nn.Module, step: Step, x: torch.Tensor, labels: np.ndarray
 ) -> dict[str, float]:
-    """Loss and the kind's metrics over the whole split of uint8 images `x` (on the device, or
-    `Streamed`) and stored `labels` (every rank evaluates all of it); the mode is restored."""
+    """Loss (the kind's unweighted loss, so trials with different class weights compare) and
+    the kind's metrics over the whole split of uint8 images `x` (on the device, or `Streamed`)
+    and stored `labels` (every rank evaluates all of it); the mode is restored."""
     was_training = model.training
     model.eval()
     logits = []
@@ -332,7 +335,7 @@ def evaluate(
             logits.append(model(step.normalise(images.float().div_(255.0))).float())
     out = torch.cat(logits)
     target = step.kind.loss_targets(torch.as_tensor(labels, device=out.device))
-    loss = float(step.loss_fn(out, target))
+    loss = float(step.kind.make_loss()(out, target))  # unweighted: comparable across trials
     model.train(was_training)
     return {"loss": loss, **step.kind.metrics(labels, step.kind.probabilities(out))}
 
@@ -379,4 +382,5 @@ def _payload(trial: Trial, epoch: int, result: dict) -> dict:
         "optimizer": trial.optimizer.state_dict(),
         "scheduler": trial.scheduler.state_dict(),
         "metric": task.metric,
+        "data": dict(cfg.data_fingerprint),
     }

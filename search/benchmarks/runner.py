@@ -4,7 +4,7 @@
     code = run(args)   # args as `search/bench.py` parses them; 1 when a section failed
 
 `search/bench.py` is the command; each section lives in its own module (`overhead` and
-`packing`, `data`, `precision` and `mfu`, `memory`, `stream`).
+`packing`, `data`, `precision` and `mfu`, `memory`, `stream`, `unet`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ from search.benchmarks.pipelines import data
 from search.benchmarks.precision import mfu, precision
 from search.benchmarks.probes import machine_info
 from search.benchmarks.stream import stream
+from search.benchmarks.unet import unet
 
-SECTIONS = ("overhead", "data", "packing", "precision", "mfu", "memory", "stream")
+SECTIONS = ("overhead", "data", "packing", "precision", "mfu", "memory", "stream", "unet")
 RAY_SECTIONS = ("packing", "memory", "stream", "overhead")  # run in this order: see `overhead`
-RUNNERS = {f.__name__: f for f in (overhead, data, packing, precision, mfu, memory, stream)}
+RUNNERS = {f.__name__: f for f in (overhead, data, packing, precision, mfu, memory, stream,
+                                    unet)}  # fmt: skip
 
 
 def pick_device(choice: str) -> torch.device:

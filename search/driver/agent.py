@@ -30,7 +30,8 @@ def run_config(run) -> dict:
 
 
 class BestKeeper:
-    """The `report` handed to `train_loop`: logs each epoch, keeps the best checkpoint."""
+    """The `report` handed to `train_loop`: logs each epoch, keeps the best epoch's checkpoint
+    (ties keep the earlier epoch, as `trainables.scores.improves` rules)."""
 
     def __init__(self, run, metric: str, mode: str):
         self.run, self.metric, self.mode = run, metric, mode
@@ -41,11 +42,12 @@ class BestKeeper:
     def __call__(self, metrics: dict, checkpoint_dir: str | None) -> None:
         self.run.log(metrics, step=int(metrics["epoch"]))
         score = metrics.get(self.metric)
-        if checkpoint_dir is not None:  # train_loop saves one exactly when the metric improved
+        if not (is_finite(score) and improves(score, self.best, self.mode)):
+            return  # train_loop hands over a checkpoint every epoch: keep the best one only
+        self.best, self.best_epoch = float(score), int(metrics["epoch"])
+        if checkpoint_dir is not None:
             shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
             shutil.copytree(checkpoint_dir, self.checkpoint_dir)
-        if is_finite(score) and improves(score, self.best, self.mode):
-            self.best, self.best_epoch = float(score), int(metrics["epoch"])
 
 
 def run_trial(settings: dict, data_dir: str | None, project: str, split: str) -> int:

@@ -105,7 +105,7 @@ def run_comparison(args, passthrough: list[str]) -> int:
     from trainables.tasks import get_task
 
     task = get_task(args.task)
-    space = load_space(args.space or default_space_path(task), task)
+    space = load_space(args.space or default_space_path(task), task, fixed=vars(args))
     args.out = os.path.abspath(args.out or os.path.join("runs", f"compare-{task.name}"))
     os.makedirs(args.out, exist_ok=True)
     if args.gpus_per_trial is None:

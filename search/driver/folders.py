@@ -9,8 +9,10 @@
 
 Layouts: `src/<class>/*.png` (also .jpg .jpeg .bmp .tif .tiff; images sit directly in the class
 folder), or pre-made splits `src/train/<class>/`, `src/val/<class>/`, `src/test/<class>/`
-(val or test may be missing: it is then carved out of train). Folders starting with `.` or `__`
-and non-image files (Thumbs.db, README) are ignored.
+(val or test may be missing: it is then carved out of train). At least two classes. `src` may
+also be the folder an archive was unpacked into when it holds exactly one dataset folder and
+nothing else (NIH malaria: `src/cell_images/{Parasitized,Uninfected}/`): that folder is used.
+Folders starting with `.` or `__` and non-image files (Thumbs.db, README) are ignored.
 
 Classes: label i is `classes[i]`; by default the sorted folder names (Python string order, in
 which upper case sorts first; NIH malaria gives Parasitized=0, Uninfected=1). Pass
@@ -34,7 +36,9 @@ Cache: `<src>/.medsweep/<name>_<size>_<split>_s<seed>.npz`, or
 is read-only (default `$XDG_CACHE_HOME/medsweep/folders`). It is written atomically under a
 `FileLock` and reused until the fingerprint stored in it (relative path, size and mtime of every
 image, plus the conversion settings) changes. Beside the MedMNIST arrays the npz holds
-`{split}_files` (each row's path relative to src), `classes`, `fingerprint` and `info` (JSON).
+`{split}_files` (each row's path relative to src), `{split}_patients` (`patient_id` of each
+file name, "" where it has none: the test bootstrap resamples patients when all have one),
+`classes`, `fingerprint` and `info` (JSON).
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from search.driver.folder_split import (
 )
 from trainables.data import SPLITS
 
-FORMAT_VERSION = 1  # part of the fingerprint: bump it when the conversion changes
+FORMAT_VERSION = 2  # part of the fingerprint: bump it when the conversion changes (2: patients)
 
 
 def convert_folder(
@@ -78,6 +82,7 @@ def convert_folder(
     "source", "channels", "image_size"}."""
     src = os.path.abspath(os.path.expanduser(src))
     _check_arguments(src, image_size, split, val_frac, test_frac, channels)
+    src = dataset_root(src)
     layout = _scan(src)
     order = _class_order(layout, classes)
     split = resolve_split(split, "all" not in layout, all_files(layout))
@@ -122,6 +127,18 @@ def _check_arguments(
         )
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None (infer), got {channels!r}")
+
+
+def dataset_root(src: str) -> str:
+    """`src`, or its only subfolder when `src` holds nothing else (no image) and that subfolder
+    holds folders (classes or splits) rather than images: an unpacked archive's root."""
+    inner = _subfolders(src)
+    if len(inner) != 1 or _images_in(src):
+        return src
+    candidate = os.path.join(src, inner[0])
+    if _subfolders(candidate) and not _images_in(candidate):
+        return candidate
+    return src
 
 
 def _subfolders(folder: str) -> list[str]:
@@ -193,6 +210,11 @@ def _check_layout(src: str, layout: Layout) -> None:
 
 def _class_order(layout: Layout, classes: list[str] | None) -> list[str]:
     found = sorted(next(iter(layout.values())))
+    if len(found) < 2:
+        raise ValueError(
+            f"one class folder ({found}); a classifier needs at least 2: add a folder of "
+            "images per class (for malaria, Parasitized/ and Uninfected/)"
+        )
     if classes is None:
         return found
     if sorted(classes) != found:
@@ -266,6 +288,7 @@ def _build(
         arrays[f"{split}_images"] = images[start : start + len(names)]
         arrays[f"{split}_labels"] = np.asarray(labels, dtype=dtype).reshape(-1, 1)
         arrays[f"{split}_files"] = np.array(names, dtype=str)
+        arrays[f"{split}_patients"] = np.array([patient_id(f) or "" for f in names], dtype=str)
         start += len(names)
     info = {
         "split": settings["split"],
@@ -276,4 +299,3 @@ def _build(
     if settings["split"] == "patient":
         info["patients"] = {s: len({patient_id(f) for f in parts[s][0]}) for s in SPLITS}
     return arrays, info
-

@@ -226,14 +226,21 @@ def train_fold(
     return history, best["bytes"], best["epoch"]
 
 
+def fold_config(config: dict, fold: int) -> dict:
+    """A fold's trial config: its checkpoint's data fingerprint names the fold."""
+    fingerprint = config.get("data_fingerprint") or {}
+    return {**config, "data_fingerprint": {**fingerprint, "fold": fold}}
+
+
 def run_folds(config: dict, data_ref: list, splits: list, plan: Plan, task: Task) -> list:
     """Every fold as a Ray task; their results in fold order. A failed fold cancels the rest
     and raises `RuntimeError: fold i of K failed: <its error>`."""
     threads = max(1, round(plan.cpus_per_worker))
     remote = train_fold.options(**fold_resources(plan))
     futures = [
-        remote.remote(data_ref[0], tr, va, config, task, plan.metric, plan.mode, threads)
-        for tr, va in splits
+        remote.remote(data_ref[0], tr, va, fold_config(config, i), task, plan.metric, plan.mode,
+                      threads)  # fmt: skip
+        for i, (tr, va) in enumerate(splits)
     ]
     pending = {f: i for i, f in enumerate(futures)}
     results: list = [None] * len(futures)

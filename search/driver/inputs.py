@@ -21,6 +21,7 @@ from search.driver.folder_split import small_data_warnings
 from search.driver.folders import convert_folder
 from search.driver.folds import file_arrays
 from search.driver.node_data import DataSource, describe
+from search.driver.segfolders import convert_segfolder
 from search.driver.space import Space
 from trainables.data import load_npz
 from trainables.kinds import kind_for_classes
@@ -37,6 +38,8 @@ def locate_data(task: Task, image_size: int, args: argparse.Namespace) -> tuple[
     """(task, npz path): a MedMNIST file, or a folder per class converted once (cached).
 
     A folder task comes back with its classes, kind and channels from the folder."""
+    if task.source in CONVERTERS:
+        return CONVERTERS[task.source](task, image_size, args)
     if task.source != "folder":
         return task, ensure_dataset(task, image_size, args.data_dir)
     if not args.data_dir:
@@ -56,6 +59,22 @@ def locate_data(task: Task, image_size: int, args: argparse.Namespace) -> tuple[
     task = dataclasses.replace(task, classes=tuple(classes), kind=kind,
                                channels=info["channels"])  # fmt: skip
     return task, path
+
+
+def locate_segfolder(task: Task, image_size: int, args) -> tuple[Task, str]:
+    """(task with the images' channels, npz path) of an images/ + masks/ folder."""
+    if not args.data_dir:
+        raise SystemExit(f"--task {task.name} reads images/ and masks/ of the same names: "
+                         "pass --data-dir DIR (e.g. data/isbi2012-membranes)")  # fmt: skip
+    path, info = convert_segfolder(args.data_dir, image_size, seed=args.seed)
+    log.info("%s: %s split, images per split %s, foreground share %s", args.data_dir,
+             info["split"], {k: max(v.values()) for k, v in info["counts"].items()},
+             {k: round(v, 3) for k, v in info["foreground"].items()})  # fmt: skip
+    return dataclasses.replace(task, channels=info["channels"]), path
+
+
+CONVERTERS = {"segfolder": locate_segfolder}
+"""`Task.source` -> how its data is found and converted (besides medmnist and folder)."""
 
 
 def describe_data(path: str, task: Task, image_size: int, folds: int = 0) -> DataSource:

@@ -1,24 +1,19 @@
-"""One search, start to finish: inputs -> Ray -> fit -> collect -> after -> report -> W&B.
+"""One search, start to finish: checks -> inputs -> Ray -> fit -> collect -> after -> report.
 
     from search.driver.pipeline import main
     sys.exit(main(["--task", "blood", "--trials", "8"]))   # what search/run.py does
 
-`main` runs the steps below in order, each once:
-1. `read_inputs`: the task, the space file, the command line's settings, ImageNet weights,
-   and the data's descriptor: train/val labels and sizes, no image (`search.driver.inputs`);
-2. `start_ray`: connect (`search.driver.session`), check the storage, make the `Plan`;
-   `place_data`: the data path (`--data-path`; `auto`: resident when train+val fit the
-   budget, `trainables.stream.resident_budget`), and on the resident path the arrays;
-3. `fit`: resident arrays go into the object store once (streamed trials get the descriptor
-   and read their node's cache); a new `Tuner` (search.json written first), or
-   `Tuner.restore` under `--resume`; `tuner.fit()`;
-4. `collect`: `trials.parquet`, `history.parquet` and each trial's best checkpoint
-   (`search.experiment.tables`);
-5. `after_search`: attribution maps and focus scores, then the test split for the best
-   trial(s) (`search.experiment.after`), as Ray tasks with a trial's accelerator;
-6. the finished `search.json` (`search.experiment.manifest`), `report.html`
-   (`search.reporting.report`), W&B media (`search.tracking.runs`), and a summary on the log.
-The exit code is 0 unless every trial failed.
+`main` parses and checks the command line (`search.driver.checks`) before anything heavy is
+imported, then runs the steps of `search.driver.steps` in order, each once. Exit codes:
+- 0: the search finished (or `--resume` of a finished one: nothing is redone); 1: every trial
+  failed;
+- 2: a mistake in the command, a file or the request, refused in one line `error: ...; ...`
+  before Ray starts (resources: right after it connects); `--debug` shows the traceback;
+- 130 (SIGINT, Ctrl-C) / 143 (SIGTERM): interrupted; the trials stop, the search state is
+  saved, search.json says `interrupted`, the `--resume` line is printed, and nothing runs on a
+  partial search (no test split, attribution or report): the test split is read once per
+  experiment, at its real end.
+Any other error is internal: its traceback is kept and the Ray session's logs are named.
 """
 
 from __future__ import annotations
@@ -26,255 +21,152 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import time
 import warnings
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 
-import ray
-from ray import tune
-
-from search.driver.inputs import (
-    SEARCH_SPLITS,
-    describe_data,
-    fetch_weights,
-    load_arrays,
-    locate_data,
-    param_space,
-    planned_epochs,
-)
-from search.driver.launch import build_trainable
-from search.driver.node_data import DataSource, node_arrays
-from search.driver.options import ig_settings, parse_args
-from search.driver.plan import Plan, make_plan
-from search.driver.resume import resumed_args
-from search.driver.session import check_storage, connect_ray
-from search.driver.space import Space, default_space_path, load_space
-from search.driver.tuner import build_tuner
-from search.experiment import after
-from search.experiment.manifest import Manifest
-from search.experiment.storage import is_uri, join_path
-from search.experiment.tables import (
-    ERRORED,
-    TRIALS_FILE,
-    collect,
-    config_of,
-    export_checkpoints,
-    write_table,
-    write_tables,
-)
-from search.tracking.runs import log_media, make_callbacks, resolve_mode
-from trainables.scores import best_of
-from trainables.stream import RESIDENT, STREAM, choose_path, resident_budget
-from trainables.tasks import Task, get_task
+from search.driver.checks import UserError, check_flags
+from search.driver.options import parse_args
+from search.driver.resume import has_tune_state, resume_command, resumed_args
+from search.driver.session import Interrupts, close_ray, interrupted_code, session_dir
+from search.experiment.manifest import FINISHED, INTERRUPTED, RUNNING, Manifest
 
 log = logging.getLogger("medsweep")
-# Every epoch checkpoints (best + latest are kept), so Tune snapshots often; that is intended.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
 @dataclass
-class Inputs:
-    """What the search reads before Ray starts."""
+class Run:
+    """What one invocation has got to (for the interrupt and error paths)."""
 
-    task: Task
-    """The task record (a folder task's classes, kind and channels from its data)."""
-    space: Space
-    values: dict
-    """The Tuner's param_space: the space's domains with the command line's settings."""
-    data_file: str
-    """The npz every split is read from (a MedMNIST file, or a converted folder)."""
-    source: DataSource
-    """The data's descriptor: train/val labels (and file names under --folds), sizes."""
-    data_path: str = STREAM
-    """`resident` or `stream` (`place_data`)."""
-    data: dict | None = None
-    """The train and val arrays on the resident path (the test split is read after)."""
+    args: argparse.Namespace
+    resume_path: str | None = None
+    previous: Manifest | None = None
+    """search.json of the search being resumed."""
+    plan: object | None = None
+    inputs: object | None = None
+    started: float = field(default_factory=time.time)
+
+    @property
+    def first_started(self) -> float:
+        return self.previous.started_at if self.previous else self.started
+
+    def searched_s(self) -> float:
+        """Seconds searched, over every part of a resumed search."""
+        earlier = (self.previous.wall_time_s or 0.0) if self.previous else 0.0
+        return earlier + time.time() - self.started
 
 
 def main(argv: list[str] | None = None, description: str | None = None) -> int:
-    """Run one search from a command line (search/run.py's); the exit code."""
+    """Run one search from a command line (search/run.py's); the exit code (see above)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = parse_args(argv, description)
-    resume_path = None
-    if args.resume:
-        resume_path, args = resumed_args(args)
-    inputs = read_inputs(args)
-    plan = start_ray(args, inputs.task, inputs.space)
-    place_data(args, plan, inputs)
-    started = time.time()
-    wandb_mode = "off" if args.smoke_test and args.wandb is None else resolve_mode(args.wandb)
-    grid = fit(args, plan, inputs, wandb_mode, started, resume_path)
-    trials = collect_results(grid, plan, inputs)
-    search_wall = time.time() - started
-    after_search(args, plan, inputs, trials)
-    manifest(args, plan, inputs, started, search_wall).write(plan.experiment_path)
-    write_report(plan.experiment_path)
-    log_media(wandb_mode, args.wandb_project, plan.name, plan.experiment_path, trials)
-    return summarise(trials, plan, search_wall)
-
-
-def read_inputs(args: argparse.Namespace) -> Inputs:
-    task = get_task(args.task)
-    space = load_space(args.space or default_space_path(task), task)
-    values = param_space(args, space)
-    fetch_weights(values, task)
-    size = values.get("image_size") or task.image_size
-    task, data_file = locate_data(task, size, args)
-    return Inputs(task, space, values, data_file, describe_data(data_file, task, size, args.folds))
-
-
-def place_data(args, plan: Plan, inputs: Inputs) -> None:
-    """Choose the data path (see the module docstring); load the arrays when resident."""
-    nbytes = inputs.source.nbytes
-    if args.resident_budget_mb is not None:
-        budget, why = args.resident_budget_mb * 2**20, "--resident-budget-mb"
-    else:
-        budget, why = default_budget(plan)
-    inputs.data_path = choose_path(nbytes, budget, args.data_path)
-    log.info("data: train+val images %.1f MB, resident budget %.1f MB (%s) -> %s%s",
-             nbytes / 2**20, budget / 2**20, why, inputs.data_path,
-             "" if args.data_path == "auto" else " (--data-path)")  # fmt: skip
-    if inputs.data_path == RESIDENT:
-        inputs.data = load_arrays(inputs.data_file, inputs.task, args.folds)
-
-
-def default_budget(plan: Plan) -> tuple[float, str]:
-    """(bytes, how) from the smallest Ray node's memory and, for GPU trials, this machine's
-    GPU when it has one (`trainables.stream.RESIDENT_SHARES`)."""
-    import torch
-
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    ram = min(r.get("memory", 0) + r.get("object_store_memory", 0) for r in nodes)
-    cpus = min(r.get("CPU", 1) for r in nodes)
-    per_node = max(1, min(plan.max_concurrent, int(cpus / max(plan.cpus_per_worker, 1e-3))))
-    gpu = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
-    budget = resident_budget(ram, per_node, gpu, plan.gpus_per_trial / plan.workers_per_trial)
-    gb = 2**30
-    if plan.gpus_per_trial > 0 and gpu:
-        return budget, f"{plan.gpus_per_trial:g} x {gpu / gb:.0f} GB GPU, node {ram / gb:.0f} GB"
-    return budget, f"node memory {ram / gb:.0f} GB over {per_node} trial(s) + object store"
-
-
-def start_ray(args: argparse.Namespace, task: Task, space: Space) -> Plan:
-    """Connect to Ray, check the storage, and plan the search (concurrency asks Ray)."""
-    connect_ray(args.address)
-    check_storage(args)
-    name = args.name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    plan = make_plan(args, space, name, task)
-    log.info("search %s: task %s, %d trials, %d at once, searcher %s, launcher %s -> %s",
-             name, task.name, plan.trials, plan.max_concurrent, plan.searcher, plan.launcher,
-             plan.experiment_path)  # fmt: skip
-    return plan
-
-
-def fit(args, plan: Plan, inputs: Inputs, wandb_mode: str, started: float, resume_path):
-    """Run the trials (a new search, or the rest of an interrupted one); the ResultGrid."""
-    # once per search: trials read resident arrays zero-copy, streamed ones their node's cache
-    data_ref = [ray.put(inputs.data)] if inputs.data is not None else [inputs.source]
-    tags = [plan.task.name, plan.searcher]
-    callbacks = make_callbacks(wandb_mode, args.wandb_project, plan.name, tags,
-                               wandb_dir=plan.experiment_path)  # fmt: skip
-    if resume_path:
-        tuner = tune.Tuner.restore(resume_path, build_trainable(plan, data_ref),
-                                   resume_unfinished=True, resume_errored=False)  # fmt: skip
-    else:
-        manifest(args, plan, inputs, started, None).write(plan.experiment_path)
-        tuner = build_tuner(plan, inputs.space, data_ref, inputs.values, callbacks)
-    return tuner.fit()
-
-
-def collect_results(grid, plan: Plan, inputs: Inputs) -> list[dict]:
-    """The tables and the trials' best checkpoints in the experiment folder; the trial rows."""
-    epochs = planned_epochs(inputs.values)
-    trials, history = collect(grid, plan.metric, plan.mode, epochs, plan.experiment_path)
-    export_checkpoints(trials, plan.experiment_path)
-    write_tables(plan.experiment_path, trials, history)
-    return trials
-
-
-def after_search(args, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
-    """Attribution maps (Ray tasks), focus scores, then the test split for the best trials."""
-    t0 = time.time()
-    focus, resources = {}, after_resources(plan)
-    streamed = inputs.data is None
-    if args.explain_top != 0:
-        val = inputs.source.labels if streamed else inputs.data
-        focus = after.explain_trials(
-            trials, plan.experiment_path, inputs.task, val, plan.metric, plan.mode,
-            plan.seed, args.explain_top, ig=ig_settings(args), resources=resources,
-            open_val=partial(node_arrays, inputs.source, ("val",)) if streamed else None,
-        )  # fmt: skip
-    for trial_id in after.attach_focus(trials, focus):
-        log.warning("trial %s: attribution focus %.2f is far below the others' (is it "
-                    "looking at the background?)", trial_id, focus[trial_id])  # fmt: skip
-    log.info("attribution maps for %d trials in %.1f s", len(focus), time.time() - t0)
-    write_table(trials, join_path(plan.experiment_path, TRIALS_FILE))
-    if args.test_top:
-        test = partial(node_arrays, inputs.source, ("test",)) if streamed else inputs.data_file
-        after.evaluate_on_test(trials, plan.experiment_path, inputs.task, test, plan.metric,
-                               plan.mode, args.test_top, plan.seed, resources)  # fmt: skip
-
-
-def after_resources(plan: Plan) -> dict:
-    """Ray task options of the after-search work: one trial worker's CPUs and accelerator."""
-    return {"num_cpus": plan.cpus_per_worker,
-            "num_gpus": plan.gpus_per_trial / plan.workers_per_trial}  # fmt: skip
-
-
-def manifest(args, plan: Plan, inputs: Inputs, started: float, wall: float | None) -> Manifest:
-    """`search.json`: what the report, compare.py and --resume need to know of this search."""
-    task = inputs.task
-    return Manifest(
-        name=plan.name, task=task.name, kind=task.kind, classes=list(task.classes),
-        metric=plan.metric, mode=plan.mode, searcher=plan.searcher, seed=plan.seed,
-        trials=plan.trials, epochs=planned_epochs(inputs.values), launcher=plan.launcher,
-        knobs=list(inputs.space.searched), space=inputs.space.sweep_config,
-        started_at=started, finished_at=None if wall is None else time.time(),
-        wall_time_s=wall, split_counts=split_counts(task, inputs.source.labels), argv=args.argv,
-        resources_per_trial=plan.resources_per_trial,
-    )  # fmt: skip
-
-
-def split_counts(task: Task, data: dict) -> dict[str, dict[str, int]]:
-    """{split: {class: images}} (multilabel: positives per label) of the splits searched."""
-    n = len(task.classes)
-    return {
-        split: {c: int(k) for c, k in zip(
-            task.classes, task.kind_ops.class_counts(data[f"{split}_labels"], n), strict=True)}
-        for split in SEARCH_SPLITS
-    }  # fmt: skip
-
-
-def write_report(experiment_path: str) -> None:
-    """report.html beside the results (local storage; rebuild it from a copy otherwise)."""
-    if is_uri(experiment_path):
-        log.info("report: copy the folder locally and run python search/report.py <folder>")
-        return
-    from search.reporting.report import build_report
-
+    run, keep_logs = Run(args), False
     try:
-        log.info("  report: %s", build_report(experiment_path))
-    except Exception as err:  # the results are written already; a plot must not fail the run
-        log.warning("report could not be built (%s); rebuild: python search/report.py %s",
-                    err, experiment_path)  # fmt: skip
+        with Interrupts() as stop:
+            try:
+                return search(run, stop)
+            except KeyboardInterrupt:
+                return interrupted(run, stop.signal)
+    except UserError as err:
+        if args.debug:
+            raise
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    except Exception:
+        keep_logs = True
+        logs = session_dir()
+        log.error("internal error (not a mistake in the command): the traceback follows%s",
+                  f"; Ray's logs: {os.path.join(logs, 'logs')}" if logs else "")  # fmt: skip
+        raise
+    finally:
+        close_ray(remove_session=not keep_logs)
 
 
-def summarise(trials: list[dict], plan: Plan, wall_s: float) -> int:
-    """Print the best trial and any failures; the exit code (1 only if every trial failed)."""
-    errored = [t for t in trials if t["status"] == ERRORED]
-    for t in errored:
-        log.warning("trial %s errored: %s", t["trial_id"], (t["error"] or "").splitlines()[-1:])
-    best = best_of(trials, plan.metric, plan.mode)
-    if best is None:
-        log.error("no trial produced a %s (%d errored of %d)", plan.metric, len(errored),
-                  len(trials))  # fmt: skip
-        return 1
-    log.info("\n%d trials in %.0f s (%d errored). Best trial %s: %s = %.4f at epoch %s",
-             len(trials), wall_s, len(errored), best["trial_id"], plan.metric,
-             best[plan.metric], best["best_epoch"])  # fmt: skip
-    log.info("  config: %s", config_of(best))
-    log.info("  checkpoint: %s", best["checkpoint_path"])
-    log.info("  results: %s", join_path(plan.experiment_path, TRIALS_FILE))
+def search(run: Run, stop: Interrupts) -> int:
+    """The steps, in order (search.driver.steps); returns the exit code."""
+    check_flags(run.args)
+    if run.args.resume:
+        run.resume_path, run.args, run.previous = resumed_args(run.args)
+        if run.previous.finished:
+            return already_finished(run.resume_path, run.previous)
+        check_flags(run.args)
+    from search.driver import progress, steps  # Ray and torch: only once the flags are good
+
+    args = run.args
+    inputs = run.inputs = steps.read_inputs(args)
+    plan, dashboard = steps.start_ray(args, inputs.task, inputs.space)
+    run.plan = plan
+    progress.log_start(plan, dashboard)
+    steps.place_data(args, plan, inputs)
+    progress.warn_if_slow(plan, inputs, inputs.space.path)
+    run.started = time.time()
+    wandb_mode = "off" if args.smoke_test and args.wandb is None else _wandb_mode(args)
+    start = steps.manifest(args, plan, inputs, run.first_started, _earlier(run), RUNNING)
+    with stop.fitting():
+        grid = steps.fit(args, plan, inputs, wandb_mode, run.resume_path, start)
+    if stop.signal is not None:
+        return interrupted(run, stop.signal)
+    return finish(run, grid, wandb_mode)
+
+
+def finish(run: Run, grid, wandb_mode: str) -> int:
+    """After a search that ran to its end: tables, attribution, test split, report, W&B."""
+    from search.driver import steps
+    from search.tracking.runs import log_media
+
+    args, plan, inputs = run.args, run.plan, run.inputs
+    trials = steps.collect_results(grid, plan, inputs)
+    wall = run.searched_s()
+    steps.after_search(args, plan, inputs, trials)
+    if args.repeat_best:
+        from search.driver.repeat import repeat_best
+
+        repeat_best(args, plan, inputs, trials)
+    steps.manifest(args, plan, inputs, run.first_started, wall, FINISHED).write(
+        plan.experiment_path)  # fmt: skip
+    report = steps.write_report(plan.experiment_path)
+    log_media(wandb_mode, args.wandb_project, plan.name, plan.experiment_path, trials)
+    code = steps.summarise(trials, plan, wall)
+    if report:
+        log.info("  report: %s", report)
+    return code
+
+
+def interrupted(run: Run, sig: int | None) -> int:
+    """Mark the search interrupted, say how to continue it; 130 (SIGINT) or 143 (SIGTERM)."""
+    from search.driver import steps
+
+    plan, code = run.plan, interrupted_code(sig)
+    if plan is None or run.inputs is None:
+        log.warning("interrupted before the search started: nothing to resume")
+        return code
+    path = plan.experiment_path
+    if run.resume_path is None and not has_tune_state(path):
+        log.warning("interrupted before Ray Tune saved any state: nothing to resume; start the "
+                    "command again")  # fmt: skip
+        return code
+    steps.manifest(run.args, plan, run.inputs, run.first_started, run.searched_s(),
+                   INTERRUPTED).write(path)  # fmt: skip
+    log.warning("\ninterrupted: the search state is saved in %s (no test evaluation, "
+                "attribution or report of a partial search). Continue it with:\n  %s",
+                path, resume_command(path))  # fmt: skip
+    return code
+
+
+def already_finished(path: str, previous: Manifest) -> int:
+    log.info("%s: this search finished already (%d trials); nothing to resume. Its report: "
+             "%s", path, previous.trials, os.path.join(path, "report.html"))  # fmt: skip
     return 0
+
+
+def _earlier(run: Run) -> float | None:
+    return run.previous.wall_time_s if run.previous else None
+
+
+def _wandb_mode(args) -> str:
+    from search.tracking.runs import resolve_mode
+
+    return resolve_mode(args.wandb)
+

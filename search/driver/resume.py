@@ -1,6 +1,7 @@
 """`--resume`: find an interrupted search and replay its command line from search.json.
 
-    path, args = resumed_args(args)     # args: the new command line (--resume [EXPERIMENT])
+    path, args, previous = resumed_args(args)   # args: the new command line (--resume [EXP])
+    previous.finished                           # a finished search: nothing left to do
 
 The experiment folder is `--resume EXPERIMENT`, or `<--storage>/<--name>` with a bare
 `--resume`; the original arguments come from its manifest (`search.experiment.manifest`), and
@@ -13,32 +14,58 @@ import argparse
 import logging
 import os
 
+from search.driver.checks import UserError
 from search.driver.options import parse_args
 from search.experiment.manifest import Manifest
-from search.experiment.storage import absolute, join_path
+from search.experiment.storage import absolute, is_uri, join_path
 
 log = logging.getLogger("medsweep")
 
 
-def resumed_args(args: argparse.Namespace) -> tuple[str, argparse.Namespace]:
-    """The experiment folder and the original command's arguments, from its search.json."""
-    from ray import tune
-
+def resumed_args(args: argparse.Namespace) -> tuple[str, argparse.Namespace, Manifest]:
+    """The experiment folder, the original command's arguments, and its search.json."""
     if isinstance(args.resume, str):
         path = args.resume
     elif args.name:
         path = join_path(args.storage or "runs", args.name)
     else:
-        raise SystemExit("--resume needs the experiment folder (runs/<name>) or --name")
-    path = absolute(path)
-    if not tune.Tuner.can_restore(path):
-        raise SystemExit(f"--resume {path}: no Ray Tune experiment state there; is it the "
-                         "folder of a search (runs/<name>)?")  # fmt: skip
-    original = Manifest.read(path).argv
-    restored = parse_args(original)
-    restored.name = os.path.basename(path.rstrip("/"))
-    restored.storage = path.rstrip("/").rsplit("/", 1)[0]
+        raise UserError("--resume needs the experiment folder; pass --resume runs/<name> (or "
+                        "--resume --name NAME)")  # fmt: skip
+    path = absolute(path).rstrip("/")
+    previous = Manifest.read_optional(path)
+    if previous is None:
+        raise UserError(f"--resume {path}: no search.json there; pass the folder of a search "
+                        "(runs/<name>, printed when it started)")  # fmt: skip
+    if previous.finished:
+        return path, args, previous
+    if not has_tune_state(path):
+        raise UserError(
+            f"--resume {path}: the search stopped before Ray Tune saved any state; "
+            f"nothing to resume: run it again ({' '.join(previous.argv)})"
+        )
+    restored = parse_args(previous.argv)
+    restored.name = os.path.basename(path)
+    restored.storage = path.rsplit("/", 1)[0]
     if args.address:
         restored.address = args.address
-    log.info("resuming %s (%s)", path, " ".join(original))
-    return path, restored
+    restored.debug = restored.debug or args.debug
+    log.info("resuming %s (%s)", path, " ".join(previous.argv))
+    return path, restored, previous
+
+
+def has_tune_state(path: str) -> bool:
+    """Whether Ray Tune saved the state of a search there: `tuner.pkl` (written when the Tuner
+    is built) and, locally, an `experiment_state-*.json` (written once its loop runs: without
+    one, a restore starts an empty search)."""
+    import glob
+
+    from ray import tune
+
+    if not tune.Tuner.can_restore(path):
+        return False
+    return is_uri(path) or bool(glob.glob(os.path.join(path, "experiment_state-*.json")))
+
+
+def resume_command(experiment_path: str) -> str:
+    """The line that continues an interrupted search."""
+    return f"python search/run.py --resume {experiment_path}"

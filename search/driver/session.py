@@ -1,18 +1,33 @@
-"""Connect to Ray (a fresh local instance, or a cluster) and check the search can store there.
+"""Connect to Ray (a fresh local instance, or a cluster), check the search can store there, catch
+interrupts, and leave no session folder of a local run behind.
 
-    connect_ray(None)       # a fresh local Ray with its own dashboard port
-    connect_ray("auto")     # the cluster `ray start` / `ray up` made
-    check_storage(args)     # a multi-node cluster needs --storage that every node reaches
+    url = connect_ray(None)       # a fresh local Ray with its own dashboard port; its URL
+    url = connect_ray("auto")     # the cluster `ray start` / `ray up` made
+    check_storage(args)           # a multi-node cluster needs --storage that every node reaches
+    with Interrupts() as stop:    # SIGINT / SIGTERM end Tune's run gracefully (state saved)
+        grid = tuner.fit()
+    stop.signal                   # None, or the signal that ended the run
+    close_ray(remove_session=True)  # ray.shutdown(); a local Ray's /tmp/ray/session_* removed
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
+from collections.abc import Iterator
+
+from search.driver.checks import UserError
+
+log = logging.getLogger("medsweep")
+_STARTED = {"session_dir": None}  # the session folder of the local Ray this process started
 
 
-def connect_ray(address: str | None) -> None:
-    """Join `address` (`auto`: the cluster `ray start` made), or start a fresh local Ray.
+def connect_ray(address: str | None) -> str | None:
+    """Join `address` (`auto`: the cluster `ray start` made), or start a fresh local Ray; the
+    dashboard's URL (None when the cluster runs none).
 
     Plain `ray.init()` would join whatever cluster was started last on this machine. Locally,
     the dashboard gets a free port and every worker is told its URL: Ray Train's placement-group
@@ -25,14 +40,53 @@ def connect_ray(address: str | None) -> None:
 
     quiet = {"log_to_driver": True, "logging_level": logging.WARNING}
     if address:
-        ray.init(address=address, **quiet)
-        return
+        context = ray.init(address=address, **quiet)
+        return _url(context.dashboard_url)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-    ray.init(address="local", include_dashboard=True, dashboard_port=port,
-             runtime_env={"env_vars": env}, **quiet)  # fmt: skip
+    context = ray.init(address="local", include_dashboard=True, dashboard_port=port,
+                       runtime_env={"env_vars": env}, **quiet)  # fmt: skip
+    _STARTED["session_dir"] = session_dir()
+    return _url(context.dashboard_url)
+
+
+def _url(address: str | None) -> str | None:
+    if not address:
+        return None
+    return address if "://" in address else f"http://{address}"
+
+
+def session_dir() -> str | None:
+    """This process's Ray session folder (its logs are under `logs/`), if Ray is connected."""
+    try:
+        import ray._private.worker as worker
+
+        node = worker._global_node
+        return node.get_session_dir_path() if node is not None else None
+    except Exception:  # no Ray, or an internal API that moved: nothing to name
+        return None
+
+
+def close_ray(remove_session: bool) -> None:
+    """Shut Ray down; for a local Ray this process started, remove its session folder
+    (2 MB of logs per run, kept by Ray forever) when `remove_session`."""
+    import shutil
+    import sys
+
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    ray.shutdown()
+    folder = _STARTED["session_dir"]
+    _STARTED["session_dir"] = None
+    if remove_session and folder and os.path.basename(folder).startswith("session_"):
+        shutil.rmtree(folder, ignore_errors=True)
+        latest = os.path.join(os.path.dirname(folder), "session_latest")
+        if os.path.islink(latest) and os.readlink(latest).rstrip("/") == folder.rstrip("/"):
+            os.unlink(latest)
 
 
 def check_storage(args: argparse.Namespace) -> None:
@@ -41,10 +95,63 @@ def check_storage(args: argparse.Namespace) -> None:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     if len(nodes) > 1 and args.storage is None:
-        raise SystemExit(
+        raise UserError(
             f"this Ray cluster has {len(nodes)} nodes: checkpoints on this machine's disk are "
             "out of the other nodes' reach. Pass --storage s3://bucket/path (or gs://, or a "
             "shared filesystem path such as /mnt/nfs/runs), or set MEDSWEEP_STORAGE."
         )
     if args.storage is None:
         args.storage = "runs"
+
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Interrupts:
+    """SIGINT (Ctrl-C) and SIGTERM. Inside `fitting()`, the first one makes Tune stop its
+    trials and save the experiment state, as on its own SIGINT (the signal is handed to the
+    SIGUSR1 handler Tune installs for exactly that), and `tuner.fit()` returns; elsewhere, or
+    on a second signal, KeyboardInterrupt. `signal` records the first. Sets
+    TUNE_DISABLE_SIGINT_HANDLER=1: Tune's own handler would hide that the run was interrupted.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict = {}
+        self._fitting = False
+
+    def __enter__(self) -> Interrupts:
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+        for sig in EXIT_CODES:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    @contextlib.contextmanager
+    def fitting(self) -> Iterator[None]:
+        self._fitting = True
+        try:
+            yield
+        finally:
+            self._fitting = False
+            if hasattr(signal, "SIGUSR1"):  # Tune leaves its handler behind after fit
+                signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+
+    def _handle(self, sig: int, frame) -> None:
+        first = self.signal is None
+        self.signal = self.signal or sig
+        tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        if first and self._fitting and callable(tune_stop):
+            log.warning("\n%s: stopping the trials and saving the search state (send it again "
+                        "to stop at once)", signal.Signals(sig).name)  # fmt: skip
+            tune_stop(sig, frame)
+            return
+        raise KeyboardInterrupt
+
+
+def interrupted_code(sig: int | None) -> int:
+    """The exit code of a search ended by `sig` (SIGINT 130, SIGTERM 143)."""
+    return EXIT_CODES.get(sig, 130)

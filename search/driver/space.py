@@ -13,18 +13,22 @@ log bound <= 0 is an error that names the file, the key and the fix.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from dataclasses import dataclass
 
 import yaml
 from ray import tune
-from ray.tune.search.sample import Domain
+from ray.tune.search.sample import Categorical, Domain
 
 from search.experiment.sweep import infer_distribution
 from search.experiment.tables import VAL_METRICS
+from trainables.models import PRETRAINED
 from trainables.tasks import Task
 from trainables.train import TrainConfig
+
+log = logging.getLogger("medsweep")
 
 METHODS = ("bayes", "random", "grid")
 GOALS = {"maximize": "max", "minimize": "min"}
@@ -65,8 +69,10 @@ def default_space_path(task: Task) -> str:
     return os.path.join(root, "spaces", f"{task.name}.yaml")
 
 
-def load_space(path: str | os.PathLike, task: Task) -> Space:
-    """Read and convert a space file; every problem is a ValueError naming `path`."""
+def load_space(path: str | os.PathLike, task: Task, fixed: dict | None = None) -> Space:
+    """Read and convert a space file; every problem is a ValueError naming `path`. `fixed`:
+    the command line's settings (e.g. `vars(args)`; None = not given), laid over the space's
+    when deciding which searched knobs can act (`drop_dead_knobs`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"space file {path} does not exist; pass --space FILE")
@@ -74,8 +80,8 @@ def load_space(path: str | os.PathLike, task: Task) -> Space:
         try:
             cfg = yaml.safe_load(f)
         except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from err
-    return parse_space(cfg, task, path)
+            raise ValueError(f"{path}: not valid YAML; fix it there: {err}") from err
+    return drop_dead_knobs(parse_space(cfg, task, path), task, fixed)
 
 
 def parse_space(cfg: dict, task: Task, path: str = "<space>") -> Space:
@@ -107,8 +113,9 @@ def _metric(cfg: dict, task: Task, path: str) -> tuple[str, str]:
     block = cfg.get("metric") or {}
     name = block.get("name", task.metric)
     goal = block.get("goal", "maximize" if task.mode == "max" else "minimize")
-    if name not in REPORTED:
-        raise ValueError(f"{path}: metric {name!r} is not reported; choose one of {REPORTED}")
+    reported = tuple(dict.fromkeys((*REPORTED, task.metric)))  # e.g. segmentation's val_dice
+    if name not in reported:
+        raise ValueError(f"{path}: metric {name!r} is not reported; choose one of {reported}")
     if goal not in GOALS:
         raise ValueError(f"{path}: metric goal {goal!r} must be 'maximize' or 'minimize'")
     return name, GOALS[goal]
@@ -172,5 +179,67 @@ def _bounds(spec: dict, where: str) -> tuple[float, float]:
         raise ValueError(f"{where}: min/max must be numbers, got {spec.get('min')!r}, "
                          f"{spec.get('max')!r}") from err  # fmt: skip
     if low >= high:
-        raise ValueError(f"{where}: min {low} must be below max {high}")
+        raise ValueError(f"{where}: min {low} must be below max {high}; swap or fix the bounds")
     return low, high
+
+
+def drop_dead_knobs(space: Space, task: Task, fixed: dict | None = None) -> Space:
+    """The space without the searched knobs that cannot act under the fixed settings (one
+    warning names them); each is fixed at its lowest value (`dead_knobs` says why)."""
+    dead = dead_knobs(space, task, fixed)
+    if not dead:
+        return space
+    domains, parameters = dict(space.domains), dict(space.sweep_config["parameters"])
+    for name in dead:
+        domains[name] = _lowest(space.domains[name])
+        parameters[name] = {"value": domains[name]}
+    reasons = "; ".join(f"{k} ({why}, fixed at {domains[k]})" for k, why in dead.items())
+    log.warning("%s: not searching %s: they cannot change a trial here", space.path, reasons)
+    config = {**space.sweep_config, "parameters": parameters}
+    return dataclasses.replace(space, sweep_config=config, domains=domains)
+
+
+def dead_knobs(space: Space, task: Task, fixed: dict | None = None) -> dict[str, str]:
+    """{searched knob: why it cannot act} under the space's fixed values with `fixed` (the
+    command line's, None = not given) laid over them:
+    - `unfreeze_epoch` without a pretrained backbone (`weights: none`, or no model with
+      pretrained weights): only a pretrained backbone is ever frozen (trainables.train);
+    - `aug_cutoff_epoch` for a task with no augmentations;
+    - `unfreeze_epoch` / `aug_cutoff_epoch` whose every value is >= epochs: all act alike."""
+    given = {k: v for k, v in (fixed or {}).items() if v is not None}
+    setting = {**{k: v for k, v in space.domains.items() if k not in space.searched}, **given}
+    defaults = TrainConfig()
+    weights = setting.get("weights", defaults.weights)
+    models = _values(space.domains.get("model", setting.get("model") or task.model))
+    epochs = setting.get("epochs", defaults.epochs)
+    dead = {}
+    if "unfreeze_epoch" in space.searched:
+        if weights == "none":
+            dead["unfreeze_epoch"] = "weights none: no pretrained backbone to unfreeze"
+        elif models is not None and not set(models) & set(PRETRAINED):
+            named = "/".join(map(str, models))
+            dead["unfreeze_epoch"] = f"model {named} has no pretrained backbone"
+    if "aug_cutoff_epoch" in space.searched and not task.augment:
+        dead["aug_cutoff_epoch"] = f"task {task.name} has no augmentations"
+    for name in ("unfreeze_epoch", "aug_cutoff_epoch"):
+        if name in dead or name not in space.searched or not isinstance(epochs, int | float):
+            continue
+        if _lowest(space.domains[name]) >= epochs:
+            dead[name] = f"every value is >= epochs {epochs}"
+    return dead
+
+
+def _values(domain) -> list | None:
+    """The values a setting can take (None: a continuous domain, or not known)."""
+    if isinstance(domain, Categorical):
+        return list(domain.categories)
+    return None if isinstance(domain, Domain) else [domain]
+
+
+def _lowest(domain):
+    """A domain's smallest value (a constant is its own)."""
+    if isinstance(domain, Categorical):
+        return min(domain.categories)
+    if isinstance(domain, Domain):
+        return domain.lower
+    return domain

@@ -16,6 +16,8 @@ Scheduler: ASHA on the plan's metric, its grace period and reduction factor from
 
 from __future__ import annotations
 
+import logging
+
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
@@ -24,13 +26,19 @@ from search.driver.deadline import DeadlineSearcher, DeadlineVariants
 from search.driver.launch import build_trainable, checkpoint_config
 from search.driver.plan import Plan
 from search.driver.space import Space
-from trainables.train import KNOBS
+from trainables.train import KNOBS, TrainConfig
+
+log = logging.getLogger("medsweep")
 
 
-def build_searcher(plan: Plan, space: Space):
+def build_searcher(plan: Plan, space: Space, epochs: int | None = None):
     """The searcher behind a ConcurrencyLimiter; with `--time-budget`, one that stops
-    suggesting at the deadline (search.driver.deadline)."""
+    suggesting at the deadline (search.driver.deadline). `epochs`: what a trial that ran its
+    budget ran (default: the space's, else TrainConfig's); Optuna and the W&B engine learn each
+    trial's best epoch (search.driver.searcher)."""
     budget = plan.time_budget_s
+    if epochs is None:
+        epochs = int(space.domains.get("epochs", TrainConfig.epochs))
     if plan.searcher == "random" or not space.searched:  # nothing to search: repeat the config
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -48,9 +56,13 @@ def build_searcher(plan: Plan, space: Space):
         searcher = WandbSweepSearcher(config, method="bayes", seed=plan.seed)
     else:
         from optuna.samplers import TPESampler
-        from ray.tune.search.optuna import OptunaSearch
 
-        searcher = OptunaSearch(sampler=TPESampler(seed=plan.seed))
+        from search.driver.searcher import BestEpochOptuna, study_storage
+
+        storage, where = study_storage(plan.experiment_path, plan.name)
+        log.info("Optuna study: optuna-dashboard %s", where)
+        searcher = BestEpochOptuna(epochs, sampler=TPESampler(seed=plan.seed), storage=storage,
+                                   study_name=plan.name)  # fmt: skip
     if budget is not None:
         searcher = DeadlineSearcher(searcher, budget)
     return ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
@@ -70,7 +82,7 @@ def build_tuner(
 ) -> tune.Tuner:
     """The search; `callbacks` (W&B logging) stay out of `Plan`, which every trial receives."""
     epochs = int(param_space.get("epochs", 1))
-    searcher = build_searcher(plan, space)
+    searcher = build_searcher(plan, space, epochs)
     if plan.searcher == "wandb-bayes":  # the engine holds the space; Tune keeps the rest
         param_space = {k: v for k, v in param_space.items() if k not in space.searched}
     return tune.Tuner(

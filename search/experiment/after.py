@@ -14,15 +14,20 @@ sliced from `val_arrays` on the driver, or, when `open_val` is given (a picklabl
 returns the val arrays, memory-mapped, on the node where it is called: the streaming path),
 read by each task on its own node: only the panel's rows are read. It writes
 `<trial>/attribution/{gradcam.png, integrated_gradients.png, maps.npz}` and returns the focus
-score per trial: the share of positive Integrated-Gradients mass on the image's foreground
-(Otsu). What is explained, and the captions, come from the task's kind
-(`trainables.kinds`: `explain_targets`, `caption`).
+score per trial: the share of positive Integrated-Gradients mass on the image's foreground, where
+the task record defines one (`Task.foreground`: "otsu" for single cells; None, as for pathology
+tiles and X-rays, gives NaN, so no trial is flagged). What is explained, and the captions, come
+from the task's kind (`trainables.kinds`: `explain_targets`, `caption`).
 
 The test split is read here and nowhere else: for the top-K trials by the search metric it
-writes `test_metrics.json` (with bootstrap 95% CIs) and `<trial>/test_predictions.npz`. The
-split comes from an npz path (read on the driver) or from `open_test`, a callable as above,
+writes `test_metrics.json` (with bootstrap 95% CIs) and `<trial>/test_predictions.npz` (labels,
+probabilities, logits, `ids`: file names or row numbers, and `patients` where the npz has them).
+The split comes from an npz path (read on the driver) or from `open_test`, a callable as above,
 called where the prediction runs; with `resources`, each prediction is a Ray task asking for
-them and streams the images in batches to its device; without, it runs in this process.
+them and streams the images in batches to its device; without, it runs in this process. The
+same task predicts the validation split with the same checkpoint: the threshold is chosen there
+(`--operating-point`, optional `--temperature-scaling`: `trainables.calibration`), and the
+bootstrap resamples patients where the npz names them (`{split}_patients`).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from search.experiment.layout import (
 )
 from search.experiment.storage import join_path, local_copy, local_dir, write_npz, write_text
 from trainables import attribution as A
+from trainables.calibration import evaluate_split_pair
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, normalised_input, predict
 from trainables.data import load_npz
 from trainables.evaluation import evaluate_predictions, to_jsonable
@@ -88,7 +94,7 @@ def explain_trials(
     futures = {
         t["trial_id"]: remote.remote(
             t["checkpoint_path"], join_path(experiment_path, t["trial_id"], ATTRIBUTION_DIR),
-            panel_ref, ig or {},
+            panel_ref, ig or {}, task.foreground,
         )
         for t in chosen
     }  # fmt: skip
@@ -102,17 +108,22 @@ def explain_trials(
 
 
 @ray.remote
-def explain_one(checkpoint_path: str, out_dir: str, panel: tuple, ig: dict) -> float:
+def explain_one(
+    checkpoint_path: str, out_dir: str, panel: tuple, ig: dict, foreground: str | None = "otsu"
+) -> float:
     """`explain_checkpoint` as a Ray task; `panel` is (images, labels) or (open_val, rows)."""
     if callable(panel[0]):
         val, rows = panel[0](), panel[1]
         panel = (np.asarray(val["val_images"][rows]), val["val_labels"][rows])
-    return explain_checkpoint(checkpoint_path, out_dir, panel, ig)
+    return explain_checkpoint(checkpoint_path, out_dir, panel, ig, foreground)
 
 
-def explain_checkpoint(checkpoint_path: str, out_dir: str, panel: tuple, ig: dict) -> float:
+def explain_checkpoint(
+    checkpoint_path: str, out_dir: str, panel: tuple, ig: dict, foreground: str | None = "otsu"
+) -> float:
     """Grad-CAM + IG grids and raw maps for one checkpoint on `panel` (images, labels);
-    returns the mean focus score (NaN when no map has one)."""
+    returns the mean focus score (NaN when no map has one, or `foreground` is None: the task
+    defines no foreground)."""
     import torch
 
     images, labels = panel
@@ -121,11 +132,14 @@ def explain_checkpoint(checkpoint_path: str, out_dir: str, panel: tuple, ig: dic
     model = model_from_checkpoint(ckpt)
     probs = predict(ckpt, model, images)
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if kind.dense:  # masks: image / true / predicted mask / Grad-CAM in one grid, no IG
+        return _explain_masks(ckpt, model, out_dir, (images, labels, probs), foreground)
     rows, targets = kind.explain_targets(labels, probs)
     x = normalised_input(ckpt, images[rows]).to(next(model.parameters()).device)
     cams = A.gradcam_maps(model, x, A.cam_layer(model, x), targets)
     igs = A.integrated_gradients_maps(model, x, targets, **ig)
-    focus = A.focus_score(images[rows], igs)
+    defined = foreground == "otsu"
+    focus = A.focus_score(images[rows], igs) if defined else np.full(len(rows), np.nan)
     classes = [_short(c) for c in ckpt["classes"]]
     captions = [kind.caption(labels[r], probs[r], t, classes)
                 for r, t in zip(rows, targets, strict=True)]  # fmt: skip
@@ -137,6 +151,28 @@ def explain_checkpoint(checkpoint_path: str, out_dir: str, panel: tuple, ig: dic
             os.path.join(local, MAPS_FILE), rows=rows, targets=np.asarray(targets),
             gradcam=cams, integrated_gradients=igs, focus=focus, probs=probs[rows],
         )  # fmt: skip
+    finite = focus[np.isfinite(focus)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
+def _explain_masks(ckpt: dict, model, out_dir: str, panel: tuple, foreground) -> float:
+    """A segmentation checkpoint's panel grid (`gradcam.png`: image | true mask | predicted
+    mask | Grad-CAM of the predicted foreground) and maps; the mean share of Grad-CAM on the
+    true masks (NaN where the task defines no foreground). Integrated Gradients is skipped:
+    a summed-foreground IG costs steps x samples U-Net passes per image on the CPU."""
+    images, labels, probs = panel
+    kind = get_kind(ckpt["kind"])
+    predicted = kind.predictions(probs)
+    x = normalised_input(ckpt, images).to(next(model.parameters()).device)
+    cams = A.mask_gradcam_maps(model, x, model.cam_layer, predicted)
+    focus = A.mask_focus(labels, cams) if foreground else np.full(len(images), np.nan)
+    classes = [_short(c) for c in ckpt["classes"]]
+    captions = [kind.caption(labels[i], probs[i], 0, classes) for i in range(len(images))]
+    with local_dir(out_dir) as local:
+        A.save_mask_grid(os.path.join(local, GRADCAM_PNG), images, labels, predicted, cams,
+                         captions, f"Grad-CAM of the predicted {classes[-1]}")  # fmt: skip
+        A.save_maps(os.path.join(local, MAPS_FILE), gradcam=cams, focus=focus,
+                    probs=probs, masks=labels)  # fmt: skip
     finite = focus[np.isfinite(focus)]
     return float(finite.mean()) if len(finite) else float("nan")
 
@@ -173,44 +209,129 @@ def evaluate_on_test(
     top_k: int = 1,
     seed: int = 0,
     resources: dict | None = None,
+    val: str | Callable[[], dict] | None = None,
+    operating_point: str = "youden",
+    temperature_scaling: bool = False,
+    ids_from: str | None = None,
 ) -> dict | None:
     """Test metrics (with CIs) of the best `top_k` trials; writes test_metrics.json. `test`:
     the npz path, or a callable giving the test arrays where it is called (module docstring);
-    `resources`: run each prediction as a Ray task asking for them."""
+    `val`: the same for the validation split (default: `test` when it is a path; None with a
+    callable: the threshold stays 0.5); `ids_from`: the npz whose `test_files` and
+    `{val,test}_patients` name the rows (default: `test` when a path); `resources`: run each
+    prediction as a Ray task asking for them."""
     chosen = with_checkpoints(trials, metric, mode)[:top_k]
     if not chosen:
         return None
+    ids_from = ids_from or (test if isinstance(test, str) else None)
     if isinstance(test, str):  # the only read of the test split
+        val = val or test
         arrays = load_npz(test, task, splits=("test",))
         test = ray.put(arrays) if resources is not None else (lambda: arrays)
+    if isinstance(val, str):
+        val_arrays = load_npz(val, task, splits=("val",))
+        val = ray.put(val_arrays) if resources is not None else (lambda: val_arrays)
     if resources is None:
-        predictions = [predict_test(t["checkpoint_path"], test) for t in chosen]
+        predictions = [predict_pair(t["checkpoint_path"], test, val) for t in chosen]
     else:
-        remote = predict_test_task.options(**resources)
-        predictions = ray.get([remote.remote(t["checkpoint_path"], test) for t in chosen])
+        remote = predict_pair_task.options(**resources)
+        predictions = ray.get([remote.remote(t["checkpoint_path"], test, val) for t in chosen])
+    ids = row_ids(ids_from)
     results = {}
-    for t, (labels, probs) in zip(chosen, predictions, strict=True):
-        y, scores = task.kind_ops.test_inputs(labels, probs)
-        results[t["trial_id"]] = evaluate_predictions(task.kind, y, scores, list(task.classes),
-                                                      seed=seed)  # fmt: skip
+    for t, (test_out, val_out) in zip(chosen, predictions, strict=True):
+        result, probs = _evaluate(task, test_out, val_out, ids, operating_point,
+                                  temperature_scaling, seed)  # fmt: skip
+        results[t["trial_id"]] = result
+        extra = {"patients": ids["test_patients"]} if ids.get("test_patients") is not None else {}
         write_npz(join_path(experiment_path, t["trial_id"], TEST_PREDICTIONS_FILE),
-                  labels=labels, probs=probs)  # fmt: skip
+                  labels=test_out[0], probs=probs, logits=test_out[1],
+                  ids=_image_ids(ids, len(test_out[0])), **extra)  # fmt: skip
     out = {"best_trial": chosen[0]["trial_id"], "trials": results}
     text = json.dumps(to_jsonable(out), indent=2, allow_nan=False)
     write_text(join_path(experiment_path, TEST_METRICS_FILE), text)
     return out
 
 
+def _evaluate(task: Task, test_out, val_out, ids: dict, point: str, scaling: bool, seed: int):
+    """(test figures, test probabilities) of one checkpoint's (labels, logits) per split."""
+    if task.kind_ops.dense:  # masks: the kind's figures, CIs over images, threshold 0.5
+        import torch
+
+        probs = task.kind_ops.probabilities(torch.as_tensor(np.array(test_out[1])))
+        y, scores = task.kind_ops.test_inputs(test_out[0], probs)
+        return task.kind_ops.test_figures(y, scores, list(task.classes), seed=seed), probs
+    groups = (ids.get("val_patients"), ids.get("test_patients"))
+    if val_out is not None:
+        return evaluate_split_pair(task.kind, list(task.classes), val_out, test_out, point,
+                                   scaling, seed, groups=groups)  # fmt: skip
+    import torch
+
+    kind = task.kind_ops
+    probs = kind.probabilities(torch.as_tensor(test_out[1]))
+    y, scores = kind.test_inputs(test_out[0], probs)
+    result = evaluate_predictions(task.kind, y, scores, list(task.classes), seed=seed,
+                                  groups=groups[1])  # fmt: skip
+    result["operating_point"] = {
+        "rule": "fixed", "value": 0.5, "chosen_on": None,
+        "how": "no validation predictions: the default threshold 0.5",
+    }  # fmt: skip
+    return result, probs
+
+
+def row_ids(path: str | None) -> dict:
+    """`test_files`, `val_patients` and `test_patients` of an npz where it has them (a
+    converted folder), each None where it does not (a MedMNIST file, or no local path)."""
+    out = dict.fromkeys(("test_files", "val_patients", "test_patients"))
+    if not path or not os.path.isfile(path):
+        return out
+    with np.load(path, allow_pickle=False) as npz:
+        for key in out:
+            if key in npz.files:
+                out[key] = np.asarray(npz[key]).astype(str)
+    for key in ("val_patients", "test_patients"):
+        if out[key] is not None and (out[key] == "").any():
+            out[key] = None  # some images name no patient: resample images
+    return out
+
+
+def _image_ids(ids: dict, n: int) -> np.ndarray:
+    files = ids.get("test_files")
+    return files if files is not None and len(files) == n else np.arange(n).astype(str)
+
+
 def predict_test(checkpoint_path: str, test) -> tuple[np.ndarray, np.ndarray]:
     """(test labels, probabilities) of one checkpoint; `test` is the arrays or a callable
     giving them. Batches go to this process's GPU when it has one."""
+    labels, logits = predict_split(checkpoint_path, test, "test")
     import torch
 
-    arrays = test() if callable(test) else test
+    kind = get_kind(load_checkpoint(local_copy(checkpoint_path))["kind"])
+    return labels, kind.probabilities(torch.as_tensor(logits))
+
+
+def predict_split(checkpoint_path: str, source, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(stored labels, logits) of one checkpoint on `split` of `source` (arrays or a callable
+    giving them, where this runs); batches go to this process's GPU when it has one."""
+    import torch
+
+    arrays = source() if callable(source) else source
     ckpt = load_checkpoint(local_copy(checkpoint_path))
     model = model_from_checkpoint(ckpt)
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    return np.asarray(arrays["test_labels"]), predict(ckpt, model, arrays["test_images"])
+    images = arrays[f"{split}_images"]
+    return np.asarray(arrays[f"{split}_labels"]), predict(ckpt, model, images, logits=True)
+
+
+def predict_pair(checkpoint_path: str, test, val) -> tuple[tuple, tuple | None]:
+    """((test labels, logits), (val labels, logits) or None when `val` is None)."""
+    val_out = predict_split(checkpoint_path, val, "val") if val is not None else None
+    return predict_split(checkpoint_path, test, "test"), val_out
+
+
+@ray.remote
+def predict_pair_task(checkpoint_path: str, test, val) -> tuple[tuple, tuple | None]:
+    """`predict_pair` as a Ray task (where the trials run: it asks for a trial's resources)."""
+    return predict_pair(checkpoint_path, test, val)
 
 
 @ray.remote

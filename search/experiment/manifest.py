@@ -6,6 +6,9 @@ compare.py and `--resume`.
     m = Manifest.read(experiment_path)       # FileNotFoundError names the file when missing
 
 Unknown keys in an older or newer file are kept in `extra`, so reading never fails on them.
+`status` is `running` (written before the first trial), `interrupted` (Ctrl-C / SIGTERM: the
+state is saved, `--resume` continues it) or `finished`; a file without one is finished when it
+has `finished_at`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from dataclasses import dataclass, field
 
 from search.experiment.layout import MANIFEST_FILE as FILENAME
 from search.experiment.storage import join_path, read_json, write_text
+
+RUNNING, INTERRUPTED, FINISHED = "running", "interrupted", "finished"
+STATUSES = (RUNNING, INTERRUPTED, FINISHED)
 
 
 @dataclass
@@ -44,16 +50,28 @@ class Manifest:
     finished_at: float | None = None
     """None while the search runs (or after an interrupt)."""
     wall_time_s: float | None = None
+    """Seconds the search itself ran (over every resumed part), without the work after it."""
     split_counts: dict = field(default_factory=dict)
     """{split: {class: images}} of the splits the search read (train, val)."""
     argv: list[str] = field(default_factory=list)
     """The command line, replayed by `--resume`."""
     resources_per_trial: dict = field(default_factory=dict)
+    foreground: str | None = None
+    """What the attribution focus measures against (`Task.foreground`; None: no focus)."""
+    status: str | None = None
+    """running | interrupted | finished (None: finished if `finished_at` is set, else running,
+    as files written before the field existed read)."""
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status is None:
+            self.status = FINISHED if self.finished_at is not None else RUNNING
+        if self.status not in STATUSES:
+            raise ValueError(f"search.json status {self.status!r} is not one of {STATUSES}")
 
     @property
     def finished(self) -> bool:
-        return self.finished_at is not None
+        return self.status == FINISHED
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -28,7 +28,7 @@ from search.experiment.layout import CHECKPOINT_DIR, HISTORY_FILE, TRIALS_FILE
 from search.experiment.storage import copy_dir, filesystem, join_path, same_place
 from trainables.scores import is_finite, sort_key
 
-VAL_METRICS = ("val_loss", "val_acc", "val_f1", "val_auc")
+VAL_METRICS = ("val_loss", "val_acc", "val_f1", "val_auc", "val_dice", "val_iou", "val_pixel_acc")
 """The validation metrics every epoch reports (`trainables.train.train_loop`)."""
 FINISHED, STOPPED_EARLY, ERRORED = "finished", "stopped_early", "errored"
 STATUSES = (FINISHED, STOPPED_EARLY, ERRORED)

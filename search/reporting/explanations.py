@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from search.reporting.segmentation import explain_masks
 from trainables import attribution
 from trainables.checkpoint import (
     load_checkpoint,
@@ -49,6 +50,8 @@ def explain_images(
         raise ValueError(f"--steps {steps} and --samples {samples} must both be >= 1")
     ckpt = load_checkpoint(checkpoint_path)
     images = np.stack([read_image(p, ckpt["channels"], ckpt["image_size"]) for p in image_paths])
+    if get_kind(ckpt["kind"]).dense:  # masks: the predicted mask and its overlay, no IG
+        return explain_masks(ckpt, image_paths, images, out_dir)
     model = model_from_checkpoint(ckpt)
     probs = predict(ckpt, model, images)
     x = normalised_input(ckpt, images)
@@ -115,7 +118,8 @@ def describe(result: dict) -> str:
     lines = [f"{result['image']}: predicted {predicted}"]
     width = max(map(len, result["probabilities"]), default=0)
     lines += [f"  {name:<{width}}  {p:.4f}" for name, p in result["probabilities"].items()]
-    if not get_kind(result["kind"]).exclusive:  # each label its own yes/no
+    kind = get_kind(result["kind"])
+    if not kind.exclusive and not kind.dense:  # each label its own yes/no
         lines.append(f"  (one independent probability per label; present when >= {THRESHOLD})")
-    lines.append(f"  maps: {result['gradcam']}, {result['ig']}")
+    lines.append(f"  maps: {', '.join(result.get('files') or [result['gradcam'], result['ig']])}")
     return "\n".join(lines)

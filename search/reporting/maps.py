@@ -37,15 +37,29 @@ def attribution_section(exp: Experiment) -> str:
     if not shown:
         out.append(note("Not available: no trial has attribution maps."))
     else:
-        intro = (
-            "Focus: the share of Integrated Gradients attribution on the foreground (Otsu mask) "
-            f"of a fixed validation panel. Median over trials: {fmt(median)}. A model "
-            "focused far less than the others may be using background shortcuts."
-        )
-        out.insert(1, note(intro))
+        out.insert(1, note(focus_intro(exp, median)))
     if missing and shown:
         out.append(note(f"No attribution maps for: {', '.join(missing)}."))
     return "\n".join(out)
+
+
+FOCUS_TEXT = {
+    "otsu": "Focus: the share of Integrated Gradients attribution on the foreground (the cell, "
+    "by Otsu's threshold) of a fixed validation panel.",
+    "mask": "Focus: the share of Grad-CAM attribution on the true mask of a fixed validation "
+    "panel.",
+}
+
+
+def focus_intro(exp: Experiment, median: float) -> str:
+    """One sentence on what the focus score is for this task (none where it is undefined)."""
+    known = exp.meta.get("foreground", "otsu" if math.isfinite(median) else None)
+    if known not in FOCUS_TEXT or not math.isfinite(median):
+        return ("No focus score: this task defines no foreground (Otsu's threshold separates a "
+                "single cell from its background, not tissue or lungs from the rest of the "
+                "image), so only the maps are shown.")  # fmt: skip
+    return (f"{FOCUS_TEXT[known]} Median over trials: {fmt(median)}. A model focused far less "
+            "than the others may be using background shortcuts.")  # fmt: skip
 
 
 def _attribution_block(exp: Experiment, t: dict, images: list, median: float) -> str:

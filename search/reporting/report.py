@@ -26,12 +26,14 @@ from search.reporting.folder import Experiment, load_experiment
 from search.reporting.maps import attribution_section
 from search.reporting.markup import box, page
 from search.reporting.sections import experiment_section, search_section
+from search.reporting.segmentation import segmentation_section
 from search.reporting.winner import winner_section
 from trainables.files import write_atomic
 
 log = logging.getLogger("medsweep.report")
 
-SECTIONS = (experiment_section, search_section, winner_section, attribution_section)
+SECTIONS = (experiment_section, search_section, winner_section, segmentation_section,
+            attribution_section)  # fmt: skip
 
 
 def build_report(experiment_dir: str | os.PathLike) -> str:

@@ -17,8 +17,10 @@ from collections import Counter
 from search.experiment.sweep import infer_distribution
 from search.experiment.tables import BEST_PREFIX, STOPPED_EARLY, config_of
 from search.reporting import figures, measures
+from search.reporting.calibration import calibration_section
 from search.reporting.folder import Experiment
 from search.reporting.markup import box, duration, fmt, img, nan_if_missing, note, table
+from search.reporting.repeats import repeats_section
 from trainables.scores import is_finite
 
 TOP_CURVES = 5
@@ -78,6 +80,8 @@ def search_section(exp: Experiment) -> str:
     out.append("<h3>Parameter importances</h3>" + _importances(exp))
     out.append("<h3>Learning curves</h3>" + _curves(exp))
     out.append("<h3>All trials</h3>" + _trial_table(exp))
+    out.append(repeats_section(exp))  # --repeat-best: the best config over new seeds
+    out.append(calibration_section(exp))  # threshold chosen on val, ECE, shift
     return "\n".join(out)
 
 

@@ -5,7 +5,9 @@ it locally inside Ray Tune, so W&B Bayes, random search and Optuna TPE can be co
 same trainable, cluster and budget. The searcher keeps one `sweeps.SweepRun` per trial and
 fills it exactly as W&B's controller would see the run: name = trial id, config in W&B's
 `{"param": {"value": v}}` form, state running -> finished / failed, `history` with one dict of
-numeric metrics per reported result and `summary_metrics` with the last result's values.
+numeric metrics per reported result and `summary_metrics` with the last result's values, except
+the metric: its best value over the run (and `best_epoch`), as search/wandb_trial.py leaves it
+in a real W&B sweep's runs, so the engine learns what medsweep ranks by.
 
     import yaml
     from ray import tune
@@ -160,9 +162,25 @@ class WandbSweepSearcher(Searcher):
             return
         run.state = FAILED if error else FINISHED
         if result:
-            run.summary_metrics = _numeric(result)
+            last = _numeric(result)
+            if not run.history or _without_step(run.history[-1]) != last:
+                # Tune does not pass the result that made the scheduler stop a trial to
+                # on_trial_result: it is this one, and W&B would have logged it
+                run.history.append({**last, "_step": len(run.history)})
+            run.summary_metrics = {**last, **self._best_of(run)}
         elif run.history:  # W&B keeps the last logged values of a crashed run
-            run.summary_metrics = {k: v for k, v in run.history[-1].items() if k != "_step"}
+            run.summary_metrics = _without_step(run.history[-1])
+
+    def _best_of(self, run: sweeps.SweepRun) -> dict:
+        """The metric's best value over the run's history, and its epoch: what
+        search/wandb_trial.py leaves in a real W&B run's summary (empty without one)."""
+        best = scores.best_of(run.history, self._metric, self._mode) if self._metric else None
+        if best is None:
+            return {}
+        out = {self._metric: best[self._metric]}
+        if "epoch" in best:
+            out["best_epoch"] = best["epoch"]
+        return out
 
     def add_evaluated_point(
         self,
@@ -283,6 +301,10 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def _without_step(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "_step"}
 
 
 def _numeric(result: dict) -> dict[str, float | int]:

@@ -7,9 +7,9 @@
     metrics = kind.metrics(val_labels, probs)      # {"acc", "f1", "auc"}
 
 Labels arrive as stored in the MedMNIST npz layout: (N, 1) class ids for `multiclass` and
-`binary`, (N, L) 0/1 for `multilabel`. Every module outside this package asks the kind
-object instead of branching on the kind's name; a new kind is one new module here, one entry
-in `KINDS`, and its tests.
+`binary`, (N, L) 0/1 for `multilabel`, (N, H, W) 0/1 masks for `segmentation`. Every module
+outside this package asks the kind object instead of branching on the kind's name; a new kind
+is one new module here, one entry in `KINDS`, and its tests.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ from trainables.kinds.base import THRESHOLD, Kind
 from trainables.kinds.binary import Binary
 from trainables.kinds.multiclass import Multiclass
 from trainables.kinds.multilabel import Multilabel
+from trainables.kinds.segmentation import Segmentation
 
-KINDS: dict[str, Kind] = {k.name: k for k in (Multiclass(), Binary(), Multilabel())}
+KINDS: dict[str, Kind] = {
+    k.name: k for k in (Multiclass(), Binary(), Multilabel(), Segmentation())
+}
 KIND_NAMES = tuple(KINDS)
 
 

@@ -7,6 +7,7 @@ columns, negative and positive), the common view for counts, panels, curves and 
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 import numpy as np
@@ -14,7 +15,14 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 THRESHOLD = 0.5
-"""Probability at or above which a sigmoid output counts as positive."""
+"""Probability at or above which a sigmoid output counts as positive (unless a threshold
+chosen on validation is given: `trainables.calibration`)."""
+POS_WEIGHT_CAP = 10.0
+"""The largest raw `pos_weight` (n_neg / n_pos) ** power before normalisation: beyond it a
+handful of positives would dominate every batch's gradient (ChestMNIST's rarest label reaches
+hundreds at power 1), so the learning rate and the power would stand in for each other."""
+log = logging.getLogger("medsweep")
+_WARNED: set[str] = set()
 
 
 class Kind:
@@ -62,6 +70,26 @@ class Kind:
         """The indicator columns whose AUROC makes the headline figure."""
         return list(range(n_classes))
 
+    # --- operating point and calibration (trainables.calibration) -------------------------
+    def choose_threshold(self, y_ind: np.ndarray, s_ind: np.ndarray, rule) -> object:
+        """The threshold chosen on validation indicators and score columns, as
+        `predicted_columns` takes it, by `rule(truth, scores) -> float` applied to each
+        thresholded column (`trainables.calibration` supplies it); None: no threshold (one
+        class per image: the argmax)."""
+        return None
+
+    def threshold_record(self, threshold, class_names: list[str]) -> object:
+        """The threshold as test_metrics.json shows it (None where the argmax decides)."""
+        return None
+
+    def calibration_pairs(
+        self, y_ind: np.ndarray, s_ind: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(confidence, 0/1 outcome) pairs the ECE bins: here the top-label confidence (the
+        largest probability) and whether that class is the true one (Guo et al. 2017)."""
+        top = s_ind.argmax(axis=1)
+        return s_ind.max(axis=1), y_ind[np.arange(len(y_ind)), top]
+
     # --- training ------------------------------------------------------------------------
     def class_weights(self, labels: np.ndarray, n_classes: int, power: float) -> torch.Tensor:
         """Loss weights from the training labels (see the subclasses)."""
@@ -96,8 +124,9 @@ class Kind:
         check_fit(y, scores, (len(y), n_classes), "(N,) class ids and (N, K) probabilities")
         return self.indicators(y, n_classes), self.score_columns(scores)
 
-    def predicted_columns(self, scores: np.ndarray) -> np.ndarray:
-        """(N, n_classes) bool predictions from score columns: the argmax class."""
+    def predicted_columns(self, scores: np.ndarray, threshold=None) -> np.ndarray:
+        """(N, n_classes) bool predictions from score columns: the argmax class (`threshold`
+        is what `choose_threshold` returns; unused here)."""
         return np.eye(scores.shape[1], dtype=bool)[scores.argmax(axis=1)]
 
     def test_extras(
@@ -141,6 +170,39 @@ class Kind:
             "targets": [(top, classes[top], float(probs[top]))],
         }
 
+    # --- per-pixel labels (segmentation); the defaults are those of image labels ----------
+    dense: ClassVar[bool] = False
+    """Labels are masks, one per image (H x W): augmented with their image, scored per pixel,
+    explained as masks (`test_figures` replaces `trainables.evaluation`)."""
+
+    def label_problem(self, images_shape: tuple, labels_shape: tuple, n_classes: int):
+        """What is wrong with the stored labels' shape for these images, or None."""
+        if len(labels_shape) != 2 or labels_shape[0] != images_shape[0]:
+            return (f"labels have shape {tuple(labels_shape)}, expected ({images_shape[0]}, L) "
+                    "(one row per image)")  # fmt: skip
+        width = self.label_width(n_classes)
+        if labels_shape[1] != width:
+            return (f"labels have {labels_shape[1]} column(s), a {self.name} task with "
+                    f"{n_classes} classes expects {width}")  # fmt: skip
+        return None
+
+    def panel_labels(self, labels: np.ndarray) -> np.ndarray:
+        """The stored labels as `trainables.panels.choose_panel` groups them."""
+        return labels
+
+    def loss_settings(self, cfg) -> dict:
+        """Keyword arguments of `make_loss` taken from the trial's `TrainConfig`."""
+        return {}
+
+    def augment_batch(self, augment, images: torch.Tensor, targets: torch.Tensor):
+        """(images, loss targets) after augmentation; image labels do not move."""
+        return augment(images), targets
+
+    def test_figures(self, y_true, scores, class_names: list[str], n_boot: int = 1000,
+                     seed: int = 0) -> dict:  # fmt: skip
+        """A dense kind's test figures (image kinds use `trainables.evaluation`)."""
+        raise NotImplementedError
+
 
 def class_ids(labels: np.ndarray) -> np.ndarray:
     """(N,) int64 class ids from (N,) or (N, 1) stored labels."""
@@ -166,12 +228,65 @@ def ratio(num: float, den: float) -> float:
     return float(num / den) if den > 0 else float("nan")
 
 
+def macro_auroc(y_ind: np.ndarray, s_ind: np.ndarray) -> tuple[float, list[int]]:
+    """(mean one-vs-rest AUROC over the columns with positives and negatives, the columns
+    left out); NaN when none has both. The same rule on validation and test."""
+    y_ind = np.asarray(y_ind).astype(bool)
+    aucs, missing = [], []
+    for c in range(y_ind.shape[1]):
+        if 0 < y_ind[:, c].sum() < len(y_ind):
+            aucs.append(roc_auc_score(y_ind[:, c], s_ind[:, c]))
+        else:
+            missing.append(c)
+    return (float(np.mean(aucs)) if aucs else float("nan")), missing
+
+
+def warn_missing(missing: list[int], where: str, names: list[str] | None = None) -> str | None:
+    """Log (once per process and message) that AUROC leaves out classes `missing`; the line."""
+    if not missing:
+        return None
+    shown = ", ".join(names[c] if names else f"class {c}" for c in missing)
+    line = (f"{where}: no positive (or no negative) example of {shown}, so AUROC is "
+            "undefined there; the macro AUROC averages the other classes")  # fmt: skip
+    if line not in _WARNED:
+        _WARNED.add(line)
+        log.warning("%s", line)
+    return line
+
+
 def safe_auc(y: np.ndarray, scores: np.ndarray, **kwargs) -> float:
     """roc_auc_score, or NaN where it is undefined (a class absent from `y`)."""
     try:
         return float(roc_auc_score(y, scores, average="macro", **kwargs))
     except ValueError:
         return float("nan")
+
+
+def pos_weights(labels: np.ndarray, power: float) -> torch.Tensor:
+    """(2, L) float32 for BCE: row 0 the per-label scale, row 1 the `pos_weight`.
+
+    The raw pos_weight is `(n_neg / n_pos) ** power` (counts floored at 1), capped at
+    POS_WEIGHT_CAP (logged when it bites); the scale makes each label's loss weight average 1
+    over the training samples, so the loss scale (and the learning rate) means the same for
+    every power."""
+    labels = np.asarray(labels).reshape(len(labels), -1).astype(np.float64)
+    positives = labels.sum(axis=0)
+    negatives = len(labels) - positives
+    raw = (np.maximum(negatives, 1.0) / np.maximum(positives, 1.0)) ** power
+    capped = np.minimum(raw, POS_WEIGHT_CAP)
+    if (raw > POS_WEIGHT_CAP).any():
+        log.info("pos_weight capped at %g for label(s) %s (raw %s)", POS_WEIGHT_CAP,
+                 np.flatnonzero(raw > POS_WEIGHT_CAP).tolist(),
+                 np.round(raw[raw > POS_WEIGHT_CAP], 1).tolist())  # fmt: skip
+    scale = len(labels) / np.maximum(positives * capped + negatives, 1e-12)
+    return torch.as_tensor(np.stack([scale, capped]), dtype=torch.float32)
+
+
+def weighted_bce(weights: torch.Tensor | None) -> torch.nn.Module:
+    """BCEWithLogitsLoss from `pos_weights`' (2, L) tensor (None: unweighted)."""
+    if weights is None:
+        return torch.nn.BCEWithLogitsLoss()
+    return torch.nn.BCEWithLogitsLoss(weight=weights[0], pos_weight=weights[1])
 
 
 def inverse_frequency(counts: np.ndarray, power: float) -> np.ndarray:

@@ -6,7 +6,16 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from trainables.kinds.base import THRESHOLD, Kind, check_fit, class_ids, ratio, safe_auc
+from trainables.kinds.base import (
+    THRESHOLD,
+    Kind,
+    check_fit,
+    class_ids,
+    pos_weights,
+    ratio,
+    safe_auc,
+    weighted_bce,
+)
 
 
 class Binary(Kind):
@@ -17,11 +26,12 @@ class Binary(Kind):
         return 1
 
     def class_weights(self, labels: np.ndarray, n_classes: int, power: float) -> torch.Tensor:
-        """`pos_weight = (n_neg / n_pos) ** power` for the one output."""
-        return _pos_weight(labels.reshape(len(labels), -1), power)
+        """`pos_weight = (n_neg / n_pos) ** power`, capped, with a scale so the weights
+        average 1 over the training samples (`base.pos_weights`)."""
+        return pos_weights(labels, power)
 
     def make_loss(self, weights: torch.Tensor | None = None) -> torch.nn.Module:
-        return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
+        return weighted_bce(weights)
 
     def predictions(self, probs: np.ndarray) -> np.ndarray:
         return (np.asarray(probs)[:, 0] >= THRESHOLD).astype(np.int64)
@@ -53,19 +63,32 @@ class Binary(Kind):
             raise ValueError(f"binary needs 2 class names (negative, positive), got {n_classes}")
         return self.indicators(y, n_classes), self.score_columns(scores)
 
-    def predicted_columns(self, scores: np.ndarray) -> np.ndarray:
-        """Positive where P(class 1) >= THRESHOLD (a tie at 0.5 is positive, unlike argmax)."""
-        return np.eye(2, dtype=bool)[(scores[:, 1] >= THRESHOLD).astype(np.int64)]
+    def predicted_columns(self, scores: np.ndarray, threshold=None) -> np.ndarray:
+        """Positive where P(class 1) >= `threshold` (default THRESHOLD; a tie is positive)."""
+        t = THRESHOLD if threshold is None else float(threshold)
+        return np.eye(2, dtype=bool)[(scores[:, 1] >= t).astype(np.int64)]
+
+    def choose_threshold(self, y_ind: np.ndarray, s_ind: np.ndarray, rule) -> float:
+        """One threshold on P(class 1), chosen on validation by `rule`."""
+        return float(rule(y_ind[:, 1], s_ind[:, 1]))
+
+    def threshold_record(self, threshold, class_names: list[str]) -> float:
+        return THRESHOLD if threshold is None else float(threshold)
+
+    def calibration_pairs(
+        self, y_ind: np.ndarray, s_ind: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """P(class 1) against being class 1: the reliability of the score thresholded."""
+        return s_ind[:, 1], y_ind[:, 1]
 
     def test_extras(
         self, y_ind: np.ndarray, pred_ind: np.ndarray, tp: np.ndarray, fn: np.ndarray,
         fp: np.ndarray, tn: np.ndarray,
     ) -> dict:  # fmt: skip
-        """The positive class's sensitivity and specificity, and the threshold."""
+        """The positive class's sensitivity and specificity (at the threshold used)."""
         return {
             "sensitivity": ratio(tp[1], tp[1] + fn[1]),
             "specificity": ratio(tn[1], tn[1] + fp[1]),
-            "threshold": THRESHOLD,
         }
 
     def explain_targets(self, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, list]:
@@ -84,11 +107,3 @@ class Binary(Kind):
             "probabilities": {classes[0]: 1 - p, classes[1]: p},
             "targets": [(0, classes[1], p)],
         }
-
-
-def _pos_weight(labels: np.ndarray, power: float) -> torch.Tensor:
-    """`(n_neg / n_pos) ** power` per output column, counts floored at 1."""
-    positives = labels.sum(axis=0).astype(np.float64)
-    negatives = len(labels) - positives
-    weights = (np.maximum(negatives, 1.0) / np.maximum(positives, 1.0)) ** power
-    return torch.as_tensor(weights, dtype=torch.float32)

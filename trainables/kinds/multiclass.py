@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from trainables.kinds.base import Kind, class_ids, inverse_frequency, safe_auc
+from trainables.kinds.base import Kind, class_ids, inverse_frequency, macro_auroc, warn_missing
 
 
 class Multiclass(Kind):
@@ -35,7 +35,9 @@ class Multiclass(Kind):
 
     def metrics(self, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         y = class_ids(labels)
-        auc = safe_auc(y, probs, multi_class="ovr", labels=np.arange(probs.shape[1]))
+        probs = np.asarray(probs)
+        auc, missing = macro_auroc(self.indicators(y, probs.shape[1]), probs)
+        warn_missing(missing, "validation")
         return {
             "acc": float(accuracy_score(y, self.predictions(probs))),
             "f1": float(f1_score(y, self.predictions(probs), average="macro", zero_division=0)),

@@ -6,8 +6,15 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from trainables.kinds.base import THRESHOLD, Kind, check_fit, safe_auc
-from trainables.kinds.binary import _pos_weight
+from trainables.kinds.base import (
+    THRESHOLD,
+    Kind,
+    check_fit,
+    macro_auroc,
+    pos_weights,
+    warn_missing,
+    weighted_bce,
+)
 
 
 class Multilabel(Kind):
@@ -31,24 +38,25 @@ class Multilabel(Kind):
         return labels.astype(bool)
 
     def class_weights(self, labels: np.ndarray, n_classes: int, power: float) -> torch.Tensor:
-        """`pos_weight = (n_neg / n_pos) ** power` per label."""
-        return _pos_weight(labels.reshape(len(labels), -1), power)
+        """`pos_weight = (n_neg / n_pos) ** power` per label, capped, with a per-label scale so
+        each label's weights average 1 over the training samples (`base.pos_weights`)."""
+        return pos_weights(labels, power)
 
     def make_loss(self, weights: torch.Tensor | None = None) -> torch.nn.Module:
-        return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
+        return weighted_bce(weights)
 
     def predictions(self, probs: np.ndarray) -> np.ndarray:
         return (np.asarray(probs) >= THRESHOLD).astype(np.int64)
 
     def metrics(self, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         y = labels.reshape(len(labels), -1).astype(np.int64)
-        aucs = [safe_auc(y[:, j], probs[:, j]) for j in range(y.shape[1])]
-        finite = [a for a in aucs if np.isfinite(a)]
+        auc, missing = macro_auroc(y, np.asarray(probs))
+        warn_missing(missing, "validation")
         preds = self.predictions(probs)
         return {
             "acc": float((preds == y).mean()),
             "f1": float(f1_score(y, preds, average="macro", zero_division=0)),
-            "auc": float(np.mean(finite)) if finite else float("nan"),
+            "auc": auc,
         }
 
     def test_columns(
@@ -57,15 +65,31 @@ class Multilabel(Kind):
         check_fit(y_true, scores, (len(y_true), n_classes), "(N, L) 0/1 labels and (N, L) scores")
         return self.indicators(y_true, n_classes), self.score_columns(scores)
 
-    def predicted_columns(self, scores: np.ndarray) -> np.ndarray:
-        return scores >= THRESHOLD
+    def predicted_columns(self, scores: np.ndarray, threshold=None) -> np.ndarray:
+        """Label j present where p_j >= threshold[j] (default THRESHOLD for every label)."""
+        t = THRESHOLD if threshold is None else np.asarray(threshold, np.float64)
+        return scores >= t
+
+    def choose_threshold(self, y_ind: np.ndarray, s_ind: np.ndarray, rule) -> np.ndarray:
+        """One threshold per label, each chosen by `rule` on that label's validation column."""
+        return np.array([rule(y_ind[:, j], s_ind[:, j]) for j in range(y_ind.shape[1])])
+
+    def threshold_record(self, threshold, class_names: list[str]) -> dict:
+        t = np.full(len(class_names), THRESHOLD) if threshold is None else threshold
+        return {c: float(v) for c, v in zip(class_names, t, strict=True)}
+
+    def calibration_pairs(
+        self, y_ind: np.ndarray, s_ind: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every (image, label) probability against that label's truth, pooled."""
+        return s_ind.ravel(), y_ind.ravel()
 
     def test_extras(
         self, y_ind: np.ndarray, pred_ind: np.ndarray, tp: np.ndarray, fn: np.ndarray,
         fp: np.ndarray, tn: np.ndarray,
     ) -> dict:  # fmt: skip
         """`exact_match`: the share of images with every label right (subset accuracy)."""
-        return {"exact_match": accuracy_score(y_ind, pred_ind), "threshold": THRESHOLD}
+        return {"exact_match": accuracy_score(y_ind, pred_ind)}
 
     def fold_strata(self, labels: np.ndarray) -> np.ndarray | None:
         return None  # stratifying on one label would balance it and skew the others

@@ -1,0 +1,268 @@
+"""Every user mistake refused before Ray starts (or, for resources, right after it connects).
+
+    from search.driver.checks import UserError, check_flags, user_errors
+    check_flags(args)                 # flag values, --name, --storage, --data-dir: no import
+    with user_errors():               # ValueError / FileNotFoundError of the space and data
+        inputs = read_inputs(args)    # files -> UserError
+    check_space(space)                # non-numeric constants, named by file and key
+    check_data(path, task, size, source)   # image shape vs the image size, classes per split
+    check_cluster(plan, view)         # requests no node has or can add (after Ray connects)
+
+A `UserError` is what `search.driver.pipeline.main` prints as one line, `error: <what is
+wrong>; <what to do>`, with exit code 2 and no traceback (`--debug` shows it). Anything else
+is an internal error and keeps its traceback. This module imports nothing heavy at the top:
+`check_flags` must answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
+SEED_MAX = 2**32 - 1  # numpy's RandomState range
+FOLDER_TASKS = ("folder", "malaria", "segfolder")  # --data-dir is the dataset folder
+
+
+class UserError(Exception):
+    """A mistake in the command, its files or its request: one line, exit code 2."""
+
+    def __str__(self) -> str:
+        return " ".join(super().__str__().split())  # one line, whatever the message held
+
+
+@contextlib.contextmanager
+def user_errors(hint: str = "fix the file or flag it names") -> Iterator[None]:
+    """Turn the validation errors of the space and data readers into `UserError`s (they name
+    the file and the problem; `hint`, what to do, is added where the message has none); a
+    SystemExit with a message counts as one too."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+        raise UserError(_with_hint(str(err).strip("'\""), hint)) from err
+    except RuntimeError as err:  # a MedMNIST file that is missing and cannot be downloaded
+        raise UserError(_with_hint(str(err), hint)) from err
+    except SystemExit as err:
+        if isinstance(err.code, str):
+            raise UserError(_with_hint(err.code, hint)) from err
+        raise
+
+
+def _with_hint(message: str, hint: str) -> str:
+    return message if "; " in message else f"{message.rstrip('. ')}; {hint}"
+
+
+# --- flags ------------------------------------------------------------------------------------
+
+_AT_LEAST = (  # (attribute, flag, lowest value, what it means)
+    ("trials", "--trials", 1, "the number of trials"),
+    ("epochs", "--epochs", 1, "epochs per trial"),
+    ("batch_size", "--batch-size", 1, "images per batch"),
+    ("max_concurrent", "--max-concurrent", 1, "trials at once; leave it out for what fits"),
+    ("workers_per_trial", "--workers-per-trial", 1, "Ray Train workers per trial"),
+    ("gpus_per_trial", "--gpus-per-trial", 0, "GPUs per trial, 0 for CPU, 0.25 for a quarter"),
+    ("max_failures", "--max-failures", -1, "retries of a failed trial, -1 for forever"),
+    ("test_top", "--test-top", 0, "best trials evaluated on test, 0 for none"),
+    ("explain_top", "--explain-top", 0, "trials explained, 0 for none"),
+    ("repeat_best", "--repeat-best", 0, "seeds the best configuration is retrained with"),
+    ("ig_samples", "--ig-samples", 1, "SmoothGrad samples"),
+    ("ig_steps", "--ig-steps", 1, "integration steps"),
+    ("image_size", "--image-size", 8, "pixels a side"),
+)
+_ABOVE_ZERO = (
+    ("time_budget", "--time-budget", "seconds"),
+    ("cpus_per_worker", "--cpus-per-worker", "CPUs per worker"),
+    ("resident_budget_mb", "--resident-budget-mb", "MB"),
+)
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse flag values that can never run, before anything is imported or started."""
+    for attr, flag, low, what in _AT_LEAST:
+        value = getattr(args, attr, None)
+        if value is not None and value < low:
+            raise UserError(f"{flag} {value:g} must be >= {low} ({what}); pass {flag} {low} "
+                            "or more")  # fmt: skip
+    for attr, flag, what in _ABOVE_ZERO:
+        value = _number(getattr(args, attr, None), flag)
+        if value is not None and not value > 0:
+            raise UserError(f"{flag} {value:g} must be above 0 ({what}); pass a positive number")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UserError(f"--seed {args.seed}: numpy seeds lie in [0, {SEED_MAX}]; pass one there")
+    if args.folds == 1 or args.folds < 0:
+        raise UserError(f"--folds {args.folds}: K-fold needs K >= 2; pass --folds 0 (the "
+                        "given split) or --folds K with K >= 2")  # fmt: skip
+    _check_smoke(args)
+    _check_name(args.name)
+    _check_task_data(args)
+    check_storage_uri(args.storage)
+    _check_operating_point(args.operating_point)
+
+
+def _number(value, flag: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{flag} {value!r} is not a number; pass a number") from None
+
+
+def given(args: argparse.Namespace, flag: str) -> bool:
+    """Whether `flag` appears on the command line as typed (not just its default)."""
+    return any(a == flag or a.startswith(flag + "=") for a in getattr(args, "argv", []))
+
+
+def _check_smoke(args: argparse.Namespace) -> None:
+    if not args.smoke_test:
+        return
+    clash = [f for f in ("--trials", "--epochs") if given(args, f)]
+    if clash:
+        raise UserError(f"--smoke-test runs 2 trials of 1 epoch and a few batches, so it cannot "
+                        f"take {' and '.join(clash)}; drop {' and '.join(clash)} or drop "
+                        "--smoke-test")  # fmt: skip
+
+
+def _check_name(name: str | None) -> None:
+    if name is None:
+        return
+    if not name or name in (".", "..") or "/" in name or os.sep in name or "\\" in name:
+        raise UserError(f"--name {name!r}: an experiment name is one folder name (no '/', not "
+                        "'.' or '..'); pass e.g. --name pneumonia-cnn, and --storage for "
+                        "where it goes")  # fmt: skip
+
+
+def _check_task_data(args: argparse.Namespace) -> None:
+    data_dir = args.data_dir
+    if args.task in FOLDER_TASKS and not data_dir and not args.resume:
+        raise UserError(f"--task {args.task} reads a dataset folder and needs --data-dir; pass "
+                        "--data-dir DIR (for malaria, the NIH cell_images/ folder or the folder "
+                        "it was unpacked into)")  # fmt: skip
+    if args.space and not os.path.isfile(os.path.expanduser(args.space)):
+        raise UserError(
+            f"--space {args.space}: no such file; pass a space file (W&B sweep YAML, "
+            "e.g. spaces/pneumonia-cnn.yaml), or leave it out for spaces/<task>.yaml"
+        )
+    if data_dir and "://" not in data_dir:
+        path = os.path.expanduser(data_dir)
+        if not os.path.isdir(path):
+            what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
+            raise UserError(
+                f"--data-dir {data_dir} {what}; pass the folder that holds the "
+                "data (e.g. --data-dir data), or leave it out for ~/.medmnist"
+            )
+
+
+def check_storage_uri(storage: str | None) -> None:
+    """An unknown URI scheme, or a local folder this user cannot create or write."""
+    if storage is None:
+        storage = "runs"
+    if "://" in storage:
+        scheme = storage.split("://", 1)[0].lower()
+        if scheme not in STORAGE_SCHEMES:
+            raise UserError(f"--storage {storage}: {scheme}:// is not a storage Ray can use; "
+                            f"use a local folder or one of "
+                            f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}")  # fmt: skip
+        return
+    path = os.path.abspath(os.path.expanduser(storage))
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"--storage {storage}: {existing} is a file, not a folder; pass a folder")
+    try:  # os.access says yes for root on /proc; only creating something tells
+        shutil.rmtree(tempfile.mkdtemp(prefix=".medsweep-write-test-", dir=existing))
+    except OSError as err:
+        raise UserError(
+            f"--storage {storage}: cannot write in {existing} ({err.strerror}); "
+            "pass a folder you can write to, or an s3:// or gs:// URI"
+        ) from None
+
+
+def _check_operating_point(text: str | None) -> None:
+    if text is None or text == "youden":  # the default: no need to import the parser
+        return
+    from trainables.operating_point import parse_operating_point
+
+    try:
+        parse_operating_point(text)
+    except ValueError as err:
+        raise UserError(f"--operating-point {text}: {err}; pass one of those") from None
+
+
+# --- space and data files (after they are read, before Ray starts) ---------------------------
+
+
+def check_space(space) -> None:
+    """A numeric setting fixed (or listed) as something else: name the file and the key."""
+    import dataclasses
+
+    from trainables.train import TrainConfig
+
+    numeric = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+               if type(f.default) in (int, float)}  # fmt: skip
+    for key, spec in space.sweep_config["parameters"].items():
+        if key not in numeric or not isinstance(spec, dict):
+            continue
+        values = [spec["value"]] if "value" in spec else list(spec.get("values") or [])
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int | float)]
+        if bad:
+            raise UserError(
+                f"{space.path}: parameter {key!r}: {bad[0]!r} is not a number; "
+                f"write a number, e.g. {key}: {{value: {numeric[key]}}}"
+            )
+
+
+def check_data(path: str, task, image_size: int, labels: dict) -> None:
+    """The npz against the search: images at the image size, 2+ classes in train and val,
+    test labels in range (the test split is read only after the search)."""
+    from trainables.data import inspect_npz, npz_headers
+
+    for key, (shape, _) in sorted(npz_headers(path).items()):
+        if key.endswith("_images") and len(shape) >= 3 and tuple(shape[1:3]) != (
+            image_size, image_size):  # fmt: skip
+            raise UserError(f"{path}: {key} are {shape[1]}x{shape[2]} px but the search "
+                            f"trains at {image_size} px; pass --image-size {shape[1]} or a "
+                            f"file made at {image_size} px")  # fmt: skip
+    n = len(task.classes)
+    for name, split_labels in labels.items():
+        if not name.endswith("_labels"):
+            continue
+        counts = task.kind_ops.class_counts(split_labels, n)
+        present = [c for c, k in zip(task.classes, counts, strict=True) if k > 0]
+        if n >= 2 and len(present) < 2:
+            raise UserError(f"{path} [{name[:-7]}]: only {present or 'no'} class(es) present of "
+                            f"{list(task.classes)}; a search needs at least 2 classes in train "
+                            "and in val: add images of the other class(es)")  # fmt: skip
+    inspect_npz(path, task, splits=("test",))  # ValueError naming the file and split
+
+
+# --- resources (right after Ray connects) -----------------------------------------------------
+
+
+def check_cluster(plan, view) -> None:
+    """Refuse a trial whose worker no node of `view` (a `search.driver.resources.ClusterView`:
+    the nodes up and the node types the autoscaler can add) has room for: such trials would
+    wait PENDING forever."""
+    from search.driver.plan import worker_request
+    from search.driver.resources import fits
+
+    request = worker_request(plan)
+    capacity = view.capacity()
+    if any(fits(node, request) for node in capacity):
+        return
+    asks = ", ".join(f"{v:g} {k}" for k, v in request.items())
+    if request.get("GPU", 0) > 0 and view.total("GPU") <= 0:
+        raise UserError(f"--gpus-per-trial {plan.gpus_per_trial:g}: this Ray cluster has no GPU "
+                        f"and can add none ({view.describe()}); pass --gpus-per-trial 0 (CPU) "
+                        "or --address of a cluster with GPUs")  # fmt: skip
+    largest = max((n.get("CPU", 0) for n in capacity), default=0)
+    raise UserError(f"each trial worker asks for {asks}, more than any node has or can add "
+                    f"(largest: {largest:g} CPU; {view.describe()}); lower --cpus-per-worker "
+                    "or --gpus-per-trial")  # fmt: skip

@@ -1,0 +1,286 @@
+"""The steps of one search, each run once by `search.driver.pipeline.main` (which imports this
+module only after the command line passed its checks: it pulls in Ray and torch).
+
+1. `read_inputs`: the task, the space file, the command line's settings, ImageNet weights,
+   and the data's descriptor: train/val labels and sizes, no image (`search.driver.inputs`),
+   all checked (`search.driver.checks`) before Ray starts;
+2. `start_ray`: connect (`search.driver.session`), check the storage and what trials ask for
+   against the cluster, make the `Plan`; `place_data`: the data path (`--data-path`; `auto`:
+   resident when train+val fit the budget, `trainables.stream.resident_budget`), and on the
+   resident path the arrays;
+3. `fit`: resident arrays go into the object store once (streamed trials get the descriptor
+   and read their node's cache); a new `Tuner` (search.json written first), or
+   `Tuner.restore` under `--resume`; `tuner.fit()`, with a progress line (time left);
+4. `collect_results`: `trials.parquet`, `history.parquet` and each trial's best checkpoint
+   (`search.experiment.tables`);
+5. `after_search`: attribution maps and focus scores, then the test split for the best
+   trial(s) (`search.experiment.after`), as Ray tasks with a trial's accelerator;
+6. `manifest` (search.json), `write_report` (report.html), and `summarise` on the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import ray
+from ray import tune
+
+from search.driver.checks import check_cluster, check_data, check_space, user_errors
+from search.driver.fingerprint import data_fingerprint
+from search.driver.inputs import (
+    SEARCH_SPLITS,
+    describe_data,
+    fetch_weights,
+    load_arrays,
+    locate_data,
+    param_space,
+    planned_epochs,
+)
+from search.driver.launch import build_trainable
+from search.driver.node_data import DataSource, node_arrays
+from search.driver.options import ig_settings
+from search.driver.plan import Plan, make_plan
+from search.driver.progress import Progress
+from search.driver.resources import read_cluster
+from search.driver.session import check_storage, connect_ray
+from search.driver.space import Space, default_space_path, load_space
+from search.driver.tuner import build_tuner
+from search.experiment import after
+from search.experiment.manifest import Manifest
+from search.experiment.storage import is_uri, join_path
+from search.experiment.tables import (
+    ERRORED,
+    TRIALS_FILE,
+    collect,
+    config_of,
+    export_checkpoints,
+    write_table,
+    write_tables,
+)
+from search.tracking.runs import make_callbacks
+from trainables.scores import best_of
+from trainables.stream import RESIDENT, STREAM, choose_path, resident_budget
+from trainables.tasks import Task, get_task
+
+log = logging.getLogger("medsweep")
+# Every epoch checkpoints (best + latest are kept), so Tune snapshots often; that is intended.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+@dataclass
+class Inputs:
+    """What the search reads before Ray starts."""
+
+    task: Task
+    """The task record (a folder task's classes, kind and channels from its data)."""
+    space: Space
+    values: dict
+    """The Tuner's param_space: the space's domains with the command line's settings."""
+    data_file: str
+    """The npz every split is read from (a MedMNIST file, or a converted folder)."""
+    source: DataSource
+    """The data's descriptor: train/val labels (and file names under --folds), sizes."""
+    data_path: str = STREAM
+    """`resident` or `stream` (`place_data`)."""
+    data: dict | None = None
+    """The train and val arrays on the resident path (the test split is read after)."""
+
+
+def read_inputs(args: argparse.Namespace) -> Inputs:
+    """Everything read before Ray starts; a mistake in a file is a `UserError` naming it."""
+    with user_errors("fix the space file, or the flag that overrides it"):
+        task = get_task(args.task)
+        space = load_space(args.space or default_space_path(task), task, fixed=vars(args))
+        check_space(space)
+        values = param_space(args, space)
+    with user_errors("check that --data-dir holds the right data for --task (at --image-size)"):
+        fetch_weights(values, task)
+        size = values.get("image_size") or task.image_size
+        task, data_file = locate_data(task, size, args)
+        source = describe_data(data_file, task, size, args.folds)
+        check_data(data_file, task, size, source.labels)
+        values["data_fingerprint"] = data_fingerprint(data_file, seed=args.seed, folds=args.folds)
+    return Inputs(task, space, values, data_file, source)
+
+
+def place_data(args, plan: Plan, inputs: Inputs) -> None:
+    """Choose the data path (see the module docstring); load the arrays when resident."""
+    nbytes = inputs.source.nbytes
+    if args.resident_budget_mb is not None:
+        budget, why = float(args.resident_budget_mb) * 2**20, "--resident-budget-mb"
+    else:
+        budget, why = default_budget(plan)
+    inputs.data_path = choose_path(nbytes, budget, args.data_path)
+    log.info("data: train+val images %.1f MB, resident budget %.1f MB (%s) -> %s%s",
+             nbytes / 2**20, budget / 2**20, why, inputs.data_path,
+             "" if args.data_path == "auto" else " (--data-path)")  # fmt: skip
+    if inputs.data_path == RESIDENT:
+        inputs.data = load_arrays(inputs.data_file, inputs.task, args.folds)
+
+
+def default_budget(plan: Plan) -> tuple[float, str]:
+    """(bytes, how) from the smallest Ray node's memory and, for GPU trials, this machine's
+    GPU when it has one (`trainables.stream.RESIDENT_SHARES`)."""
+    import torch
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    ram = min(r.get("memory", 0) + r.get("object_store_memory", 0) for r in nodes)
+    cpus = min(r.get("CPU", 1) for r in nodes)
+    per_node = max(1, min(plan.max_concurrent, int(cpus / max(plan.cpus_per_worker, 1e-3))))
+    gpu = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
+    budget = resident_budget(ram, per_node, gpu, plan.gpus_per_trial / plan.workers_per_trial)
+    gb = 2**30
+    if plan.gpus_per_trial > 0 and gpu:
+        return budget, f"{plan.gpus_per_trial:g} x {gpu / gb:.0f} GB GPU, node {ram / gb:.0f} GB"
+    return budget, f"node memory {ram / gb:.0f} GB over {per_node} trial(s) + object store"
+
+
+def start_ray(args: argparse.Namespace, task: Task, space: Space) -> tuple[Plan, str | None]:
+    """Connect to Ray, check the storage and the trials' request, and plan the search
+    (concurrency asks Ray); the plan and the dashboard's URL."""
+    dashboard = connect_ray(args.address)
+    check_storage(args)
+    name = args.name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    plan = make_plan(args, space, name, task)
+    check_cluster(plan, read_cluster(local=args.address is None))
+    log.info("search %s: task %s, %d trials, %d at once, searcher %s, launcher %s -> %s",
+             name, task.name, plan.trials, plan.max_concurrent, plan.searcher, plan.launcher,
+             plan.experiment_path)  # fmt: skip
+    return plan, dashboard
+
+
+def fit(args, plan: Plan, inputs: Inputs, wandb_mode: str, resume_path, start: Manifest):
+    """Run the trials (a new search, or the rest of an interrupted one); the ResultGrid.
+    `start` is the search.json written before the first trial (status running)."""
+    # once per search: trials read resident arrays zero-copy, streamed ones their node's cache
+    data_ref = [ray.put(inputs.data)] if inputs.data is not None else [inputs.source]
+    tags = [plan.task.name, plan.searcher]
+    callbacks = make_callbacks(wandb_mode, args.wandb_project, plan.name, tags,
+                               wandb_dir=plan.experiment_path)  # fmt: skip
+    epochs = planned_epochs(inputs.values)
+    callbacks = [*callbacks, Progress(plan.trials, epochs, plan.max_concurrent,
+                                      plan.time_budget_s)]  # fmt: skip
+    start.write(plan.experiment_path)
+    if resume_path:
+        tuner = tune.Tuner.restore(resume_path, build_trainable(plan, data_ref),
+                                   resume_unfinished=True, resume_errored=False)  # fmt: skip
+    else:
+        tuner = build_tuner(plan, inputs.space, data_ref, inputs.values, callbacks)
+    return tuner.fit()
+
+
+def collect_results(grid, plan: Plan, inputs: Inputs) -> list[dict]:
+    """The tables and the trials' best checkpoints in the experiment folder; the trial rows."""
+    epochs = planned_epochs(inputs.values)
+    trials, history = collect(grid, plan.metric, plan.mode, epochs, plan.experiment_path)
+    export_checkpoints(trials, plan.experiment_path)
+    write_tables(plan.experiment_path, trials, history)
+    return trials
+
+
+def after_search(args, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
+    """Attribution maps (Ray tasks), focus scores, then the test split for the best trials."""
+    t0 = time.time()
+    focus, resources = {}, after_resources(plan)
+    streamed = inputs.data is None
+    if args.explain_top != 0:
+        val = inputs.source.labels if streamed else inputs.data
+        focus = after.explain_trials(
+            trials, plan.experiment_path, inputs.task, val, plan.metric, plan.mode,
+            plan.seed, args.explain_top, ig=ig_settings(args), resources=resources,
+            open_val=partial(node_arrays, inputs.source, ("val",)) if streamed else None,
+        )  # fmt: skip
+    for trial_id in after.attach_focus(trials, focus):
+        log.warning("trial %s: attribution focus %.2f is far below the others' (is it "
+                    "looking at the background?)", trial_id, focus[trial_id])  # fmt: skip
+    log.info("attribution maps for %d trials in %.1f s", len(focus), time.time() - t0)
+    write_table(trials, join_path(plan.experiment_path, TRIALS_FILE))
+    if args.test_top:
+        after.evaluate_on_test(trials, plan.experiment_path, inputs.task, split_source(inputs),
+                               plan.metric, plan.mode, args.test_top, plan.seed, resources,
+                               **operating_settings(args, inputs))  # fmt: skip
+
+
+def split_source(inputs: Inputs, split: str = "test"):
+    """The npz path (resident) or a callable that opens the node's cached split (streamed)."""
+    if inputs.data is None:
+        return partial(node_arrays, inputs.source, (split,))
+    return inputs.data_file
+
+
+def operating_settings(args, inputs: Inputs) -> dict:
+    """`evaluate_on_test`'s validation split, operating point and ids, from the flags."""
+    return {"val": split_source(inputs, "val"), "operating_point": args.operating_point,
+            "temperature_scaling": args.temperature_scaling, "ids_from": inputs.data_file}
+
+
+def after_resources(plan: Plan) -> dict:
+    """Ray task options of the after-search work: one trial worker's CPUs and accelerator."""
+    return {"num_cpus": plan.cpus_per_worker,
+            "num_gpus": plan.gpus_per_trial / plan.workers_per_trial}  # fmt: skip
+
+
+def manifest(args, plan: Plan, inputs: Inputs, started: float, wall: float | None,
+             status: str) -> Manifest:  # fmt: skip
+    """`search.json`: what the report, compare.py and --resume need to know of this search.
+    `started`: when it first started; `wall`: seconds searched so far (over resumed parts)."""
+    task = inputs.task
+    return Manifest(
+        name=plan.name, task=task.name, kind=task.kind, classes=list(task.classes),
+        metric=plan.metric, mode=plan.mode, searcher=plan.searcher, seed=plan.seed,
+        trials=plan.trials, epochs=planned_epochs(inputs.values), launcher=plan.launcher,
+        knobs=list(inputs.space.searched), space=inputs.space.sweep_config,
+        started_at=started, finished_at=time.time() if status == "finished" else None,
+        wall_time_s=wall, split_counts=split_counts(task, inputs.source.labels), argv=args.argv,
+        resources_per_trial=plan.resources_per_trial, status=status, foreground=task.foreground,
+    )  # fmt: skip
+
+
+def split_counts(task: Task, data: dict) -> dict[str, dict[str, int]]:
+    """{split: {class: images}} (multilabel: positives per label) of the splits searched."""
+    n = len(task.classes)
+    return {
+        split: {c: int(k) for c, k in zip(
+            task.classes, task.kind_ops.class_counts(data[f"{split}_labels"], n), strict=True)}
+        for split in SEARCH_SPLITS
+    }  # fmt: skip
+
+
+def write_report(experiment_path: str) -> str | None:
+    """report.html beside the results (local storage; rebuild it from a copy otherwise); its
+    path, or None."""
+    if is_uri(experiment_path):
+        log.info("report: copy the folder locally and run python search/report.py <folder>")
+        return None
+    from search.reporting.report import build_report
+
+    try:
+        return build_report(experiment_path)
+    except Exception as err:  # the results are written already; a plot must not fail the run
+        log.warning("report could not be built (%s); rebuild: python search/report.py %s",
+                    err, experiment_path)  # fmt: skip
+        return None
+
+
+def summarise(trials: list[dict], plan: Plan, wall_s: float) -> int:
+    """Print the best trial and any failures; the exit code (1 only if every trial failed)."""
+    errored = [t for t in trials if t["status"] == ERRORED]
+    for t in errored:
+        log.warning("trial %s errored: %s", t["trial_id"], (t["error"] or "").splitlines()[-1:])
+    best = best_of(trials, plan.metric, plan.mode)
+    if best is None:
+        log.error("no trial produced a %s (%d errored of %d)", plan.metric, len(errored),
+                  len(trials))  # fmt: skip
+        return 1
+    log.info("\n%d trials in %.0f s (%d errored). Best trial %s: %s = %.4f at epoch %s",
+             len(trials), wall_s, len(errored), best["trial_id"], plan.metric,
+             best[plan.metric], best["best_epoch"])  # fmt: skip
+    log.info("  config: %s", config_of(best))
+    log.info("  checkpoint: %s", best["checkpoint_path"])
+    log.info("  results: %s", join_path(plan.experiment_path, TRIALS_FILE))
+    return 0

@@ -1,0 +1,121 @@
+"""An interrupt is an interrupt: SIGINT during a search (before and after the first checkpoint)
+stops the trials, saves the state, prints the `--resume` line and exits 130, with no test
+evaluation, attribution or report; `--resume` then finishes the search and reads the test split
+once, and a second `--resume` of the finished search redoes nothing (exit 0).
+
+Small: a tiny npz, the simple CNN, the function launcher, one trial at a time.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from search.experiment.tables import read_table
+from trainables.tasks import get_task
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 2
+
+
+def start(*args: str) -> subprocess.Popen:
+    cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    log = tempfile.TemporaryFile(mode="w+")  # a file: a pipe nobody reads blocks the search
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    proc.stdout = log
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout: float = 400) -> tuple[int, str]:
+    proc.wait(timeout=timeout)
+    proc.stdout.seek(0)
+    out = proc.stdout.read()
+    print(out[-3000:])
+    return proc.returncode, out
+
+
+def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            proc.stdout.seek(0)
+            raise AssertionError(f"the search ended before {what}:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def checkpoints(exp: Path) -> list[str]:
+    return glob.glob(str(exp / "*" / "checkpoint_0*"))
+
+
+def started(exp: Path) -> bool:
+    """A trial's folder exists: Tune's loop runs (its interrupt handler is in place)."""
+    return exp.is_dir() and any(p.is_dir() for p in exp.iterdir())
+
+
+def status(exp: Path) -> str:
+    return json.loads((exp / "search.json").read_text())["status"]
+
+
+@pytest.fixture
+def search_args(tmp_path, make_npz, write_space):
+    def make(name: str) -> tuple[list[str], Path]:
+        data = make_npz(get_task("pneumonia"), n=600)
+        space = write_space(tmp_path / "space.yaml", min_iter=EPOCHS)
+        args = ["--task", "pneumonia", "--data-dir", str(data.parent), "--space", space,
+                "--trials", "2", "--epochs", str(EPOCHS), "--launcher", "function",
+                "--max-concurrent", "1", "--explain-top", "0", "--storage",
+                str(tmp_path / "runs"), "--name", name]  # fmt: skip
+        return args, tmp_path / "runs" / name
+
+    return make
+
+
+def interrupt_then_resume(args: list[str], exp: Path, ready, what: str) -> str:
+    """Start the search, SIGINT it once `ready()`, check the interrupt, resume; the resume's
+    output."""
+    proc = start(*args)
+    wait_for(ready, proc, what)
+    proc.send_signal(signal.SIGINT)
+    code, out = finish(proc)
+    assert code == 130, out[-3000:]
+    assert f"python search/run.py --resume {exp}" in out
+    assert status(exp) == "interrupted"
+    for partial in ("test_metrics.json", "report.html", "trials.parquet"):
+        assert not (exp / partial).exists(), f"{partial} of a partial search"
+    code, out = finish(start("--resume", str(exp)))
+    assert code == 0, out[-3000:]
+    assert status(exp) == "finished"
+    trials = read_table(str(exp / "trials.parquet"))
+    assert len(trials) == 2 and all(t["epochs_run"] == EPOCHS for t in trials)
+    assert (exp / "test_metrics.json").is_file() and (exp / "report.html").is_file()
+    return out
+
+
+def test_sigint_before_the_first_checkpoint_then_resume(search_args):
+    args, exp = search_args("early")
+    interrupt_then_resume(args, exp, lambda: started(exp) and not checkpoints(exp),
+                          "the first trial to start")  # fmt: skip
+
+
+def test_sigint_after_a_checkpoint_then_resume_twice(search_args):
+    args, exp = search_args("late")
+    interrupt_then_resume(args, exp, lambda: bool(checkpoints(exp)), "the first checkpoint")
+    tested = (exp / "test_metrics.json").stat().st_mtime_ns
+    code, out = finish(start("--resume", str(exp)), timeout=120)
+    assert code == 0 and "finished already" in out, out[-2000:]
+    assert (exp / "test_metrics.json").stat().st_mtime_ns == tested  # the test split read once

@@ -1,0 +1,242 @@
+"""A newcomer's mistakes, typed at search/run.py as a user would: each is refused before Ray
+starts, in one line `error: <what is wrong>; <what to do>`, with exit code 2 and no traceback,
+naming the flag or the file. Requests the cluster can never satisfy are refused right after Ray
+connects (slow: they start Ray).
+
+Every command runs in its own process with `RAY_TMPDIR` pointing into the test's folder, so
+"no Ray session started" is checked on disk. The commands run four at a time (most are flag
+mistakes, answered before torch or Ray is imported; file mistakes import them first).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+GOOD_SPACE = {"model": {"value": "simple_cnn"}, "weights": {"value": "none"},
+              "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2}}  # fmt: skip
+
+# id: (arguments after `--task pneumonia --data-dir data`, unless they start with `!`; what the
+# message must name). `{d}` is the test's folder of broken files.
+MISTAKES = {
+    "trials-zero": (["--trials", "0"], "--trials"),
+    "trials-negative": (["--trials", "-3"], "--trials"),
+    "trials-not-a-number": (["--trials", "abc"], "--trials"),
+    "epochs-zero": (["--epochs", "0"], "--epochs"),
+    "batch-size-zero": (["--batch-size", "0"], "--batch-size"),
+    "time-budget-negative": (["--time-budget", "-5"], "--time-budget"),
+    "time-budget-zero": (["--time-budget", "0"], "--time-budget"),
+    "max-concurrent-zero": (["--max-concurrent", "0"], "--max-concurrent"),
+    "workers-zero": (["--workers-per-trial", "0"], "--workers-per-trial"),
+    "gpus-negative": (["--gpus-per-trial", "-1"], "--gpus-per-trial"),
+    "cpus-zero": (["--cpus-per-worker", "0"], "--cpus-per-worker"),
+    "max-failures": (["--max-failures", "-5"], "--max-failures"),
+    "seed-negative": (["--seed", "-1"], "--seed"),
+    "seed-too-big": (["--seed", str(2**32)], "--seed"),
+    "folds-one": (["--folds", "1"], "--folds"),
+    "folds-negative": (["--folds", "-2"], "--folds"),
+    "image-size-zero": (["--image-size", "0"], "--image-size"),
+    "test-top-negative": (["--test-top", "-1"], "--test-top"),
+    "explain-top-negative": (["--explain-top", "-2"], "--explain-top"),
+    "repeat-best-negative": (["--repeat-best", "-1"], "--repeat-best"),
+    "ig-steps-zero": (["--ig-steps", "0"], "--ig-steps"),
+    "resident-budget-zero": (["--resident-budget-mb", "0"], "--resident-budget-mb"),
+    "name-with-slash": (["--name", "a/b"], "--name"),
+    "name-dot-dot": (["--name", ".."], "--name"),
+    "smoke-test-and-epochs": (["--smoke-test", "--epochs", "3"], "--epochs"),
+    "smoke-test-and-trials": (["--smoke-test", "--trials", "5"], "--trials"),
+    "operating-point-sens-2": (["--operating-point", "sens=2"], "--operating-point"),
+    "storage-ftp": (["--storage", "ftp://x/y"], "ftp://"),
+    "storage-proc": (["--storage", "/proc/foo"], "--storage"),
+    "storage-is-a-file": (["--storage", "{d}/a-file"], "--storage"),
+    "searcher-typo": (["--searcher", "optina"], "--searcher"),
+    "no-task": (["!", "--trials", "3"], "--task"),
+    "task-typo": (["!", "--task", "patology"], "--task"),
+    "data-dir-missing": (["!", "--task", "pneumonia", "--data-dir", "{d}/no-such"], "--data-dir"),
+    "folder-task-no-data-dir": (["!", "--task", "malaria"], "--data-dir"),
+    "resume-nothing-there": (["!", "--resume", "{d}/no-experiment"], "--resume"),
+    # files (the rest run in this process, below: each CLI call here imports torch and Ray)
+    "space-missing": (["--space", "{d}/nope.yaml"], "--space"),
+    "npz-32px-as-28": (
+        ["!", "--task", "pneumonia", "--data-dir", "{d}/big", "--space", "{d}/good.yaml"],
+        "big/pneumoniamnist.npz",
+    ),  # fmt: skip
+}
+
+
+def _arrays(size: int = 28, n: int = 40) -> dict:
+    rng = np.random.default_rng(0)
+    out = {}
+    for split in ("train", "val", "test"):
+        out[f"{split}_images"] = rng.integers(0, 255, (n, size, size), dtype=np.uint8)
+        out[f"{split}_labels"] = (np.arange(n) % 2).reshape(-1, 1).astype(np.uint8)
+    return out
+
+
+def _npz(folder: Path, **changes) -> None:
+    folder.mkdir()
+    np.savez(folder / "pneumoniamnist.npz", **{**_arrays(), **changes})
+
+
+def _broken_files(d: Path) -> None:
+    (d / "a-file").write_text("not a folder")
+    for name, lr in (("good", GOOD_SPACE["lr"]), ("abc", {"value": "abc"}),
+                     ("range", {"distribution": "uniform", "min": 0.1, "max": 0.01})):  # fmt: skip
+        params = {**GOOD_SPACE, "lr": lr}
+        (d / f"{name}.yaml").write_text(yaml.safe_dump({"parameters": params}))
+    (d / "bad.yaml").write_text("parameters: {lr: [1, 2\n")
+    (d / "key.yaml").write_text(
+        yaml.safe_dump({"parameters": {**GOOD_SPACE, "lrate": {"value": 1}}})
+    )
+    (d / "empty").mkdir()
+    (d / "empty" / "pneumoniamnist.npz").write_bytes(b"")
+    (d / "truncated").mkdir()
+    real = (DATA / "pneumoniamnist.npz").read_bytes()
+    (d / "truncated" / "pneumoniamnist.npz").write_bytes(real[: len(real) // 2])
+    _npz(d / "big", **{k: v for k, v in _arrays(size=32).items() if k.endswith("_images")})
+    _npz(d / "oneclass", val_labels=np.zeros((40, 1), np.uint8))
+    _npz(d / "labels", train_labels=np.full((40, 1), 5, np.uint8))
+    _npz(d / "testlabels", test_labels=np.full((40, 1), 7, np.uint8))
+    from PIL import Image
+
+    (d / "oneclass-folder" / "cat").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(
+            d / "oneclass-folder" / "cat" / f"{i}.png"
+        )
+
+
+def command(args: list[str], d: Path) -> list[str]:
+    args = [a.replace("{d}", str(d)) for a in args]
+    if args[:1] == ["!"]:
+        args = args[1:]
+    else:
+        args = ["--task", "pneumonia", "--data-dir", str(DATA), *args]
+    return [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
+
+
+def refuse(cmd: list[str], ray_tmp: Path) -> dict:
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "WANDB_MODE": "offline"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return {"code": proc.returncode, "stderr": proc.stderr, "stdout": proc.stdout,
+            "seconds": time.perf_counter() - t0}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def broken(tmp_path_factory) -> Path:
+    """A folder of broken spaces, npz files and folders (see `_broken_files`)."""
+    d = tmp_path_factory.mktemp("mistakes")
+    _broken_files(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def refusals(broken) -> dict:
+    d = broken
+    with ThreadPoolExecutor(4) as pool:
+        futures = {key: pool.submit(refuse, command(args, d), d / f"ray-{key}")
+                   for key, (args, _) in MISTAKES.items()}  # fmt: skip
+        found = {key: f.result() for key, f in futures.items()}
+    for key, r in found.items():
+        r["ray_tmp"], r["dir"] = d / f"ray-{key}", d
+    return found
+
+
+def assert_refused(result: dict, named: str) -> str:
+    """Exit code 2, one `error: ` line naming `named`, no traceback; the line."""
+    out = result["stderr"] + result["stdout"]
+    errors = [line for line in result["stderr"].splitlines() if line.startswith("error: ")]
+    assert result["code"] == 2, out[-3000:]
+    assert len(errors) == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert named in errors[0], errors[0]
+    assert "; " in errors[0], errors[0]  # what is wrong; what to do
+    return errors[0]
+
+
+@pytest.mark.parametrize("key", list(MISTAKES))
+def test_mistake_is_refused_in_one_line_before_ray(refusals, key):
+    result = refusals[key]
+    assert_refused(result, MISTAKES[key][1])
+    assert not (result["ray_tmp"] / "ray").exists(), "a Ray session was started"
+
+
+def test_a_mistyped_data_dir_is_not_created(refusals):
+    assert not (refusals["data-dir-missing"]["dir"] / "no-such").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = subprocess.run(
+        [*command(["--trials", "0"], tmp_path), "--debug"], cwd=ROOT, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpus_on_a_cluster_without_gpus_are_refused_once_ray_connects(tmp_path):
+    """`--gpus-per-trial 1` on this GPU-less machine would wait PENDING forever: refused after
+    Ray connects, and the local session folder this run started is removed."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the request can be met")
+    (tmp_path / "good.yaml").write_text(yaml.safe_dump({"parameters": GOOD_SPACE}))
+    # Ray's sockets live in its session folder: a pytest tmp_path is too long a path for them
+    ray_tmp = Path(tempfile.mkdtemp(prefix="msw-", dir="/tmp"))
+    try:
+        result = refuse(command(["--gpus-per-trial", "1", "--space", "{d}/good.yaml"], tmp_path),
+                        ray_tmp)  # fmt: skip
+        left = list((ray_tmp / "ray").glob("session_2*"))
+        started = (ray_tmp / "ray").is_dir()
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    line = assert_refused(result, "--gpus-per-trial 1")
+    assert "no GPU" in line
+    assert started, "Ray did start (RAY_TMPDIR is where its sessions go)"
+    assert not left, "the session folder was left behind"
+
+
+# The same checks, in this process (no import per case): the file and the problem are named.
+IN_PROCESS = {
+    "space-bad-range": (["--space", "{d}/range.yaml"], "range.yaml: parameter 'lr': min 0.1"),
+    "space-unknown-key": (["--space", "{d}/key.yaml"], "key.yaml: parameter 'lrate'"),
+    "space-not-yaml": (["--space", "{d}/bad.yaml"], "bad.yaml: not valid YAML"),
+    "npz-truncated": (["--data-dir", "{d}/truncated"], "truncated/pneumoniamnist.npz"),
+    "npz-label-out-of-range": (["--data-dir", "{d}/labels"], "labels/pneumoniamnist.npz [train]"),
+    "npz-test-labels": (["--data-dir", "{d}/testlabels"], "testlabels/pneumoniamnist.npz [test]"),
+    "space-not-a-number": (["--space", "{d}/abc.yaml"], "abc.yaml: parameter 'lr': 'abc'"),
+    "npz-empty": (["--data-dir", "{d}/empty"], "empty/pneumoniamnist.npz"),
+    "npz-one-class-in-val": (["--data-dir", "{d}/oneclass"], "oneclass/pneumoniamnist.npz [val]"),
+    "folder-one-class": (["--task", "folder", "--data-dir", "{d}/oneclass-folder"], "at least 2"),
+}
+
+
+@pytest.mark.parametrize("key", list(IN_PROCESS))  # (read_inputs, as main calls it)
+def test_file_mistakes_name_the_file(broken, key):
+    from search.driver.checks import UserError, check_flags
+    from search.driver.options import parse_args
+    from search.driver.steps import read_inputs
+
+    extra, named = IN_PROCESS[key]
+    base = {"--task": "pneumonia", "--data-dir": str(DATA), "--space": str(broken / "good.yaml")}
+    base.update(dict(zip(extra[::2], extra[1::2], strict=True)))
+    argv = [x.replace("{d}", str(broken)) for kv in base.items() for x in kv]
+    args = parse_args(argv)
+    check_flags(args)
+    with pytest.raises(UserError) as refused:
+        read_inputs(args)
+    assert named in str(refused.value) and "; " in str(refused.value), str(refused.value)

@@ -1,0 +1,142 @@
+"""Optuna learns each trial's best epoch (search.driver.searcher), and its study is on disk.
+
+The fast tests drive the searcher through Tune's Searcher protocol as the TuneController does
+(suggest, on_trial_result for every result but the one that made the scheduler stop the
+trial, on_trial_complete with the last result), against a real SQLite study. The slow test runs
+a real search and compares optuna.db with trials.parquet and history.parquet.
+"""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray import tune
+
+from search.driver.searcher import BestEpochOptuna, on_network_fs, study_storage
+from search.experiment.tables import read_table
+
+SPACE = {"lr": tune.loguniform(1e-4, 1e-2)}
+
+
+def _searcher(tmp_path, mode="max", epochs=3, name="s"):
+    storage, _ = study_storage(str(tmp_path), name)
+    return BestEpochOptuna(epochs, space=SPACE, metric="val_auc", mode=mode, storage=storage,
+                           study_name=name)  # fmt: skip
+
+
+def _result(epoch: int, value: float) -> dict:
+    return {"epoch": epoch, "training_iteration": epoch, "val_auc": value}
+
+
+def _run(searcher, trial_id: str, values: list[float], stop_after: int | None = None,
+         error: bool = False) -> None:  # fmt: skip
+    """Feed `values` as Tune would; with `stop_after`, the scheduler stops it at that epoch."""
+    assert searcher.suggest(trial_id)["lr"] > 0
+    last = len(values) if stop_after is None else stop_after
+    for epoch, value in enumerate(values[: last - 1], start=1):
+        searcher.on_trial_result(trial_id, _result(epoch, value))
+    final = _result(last, values[last - 1])
+    if stop_after is None and not error:  # a trial that ends by itself reports its last result
+        searcher.on_trial_result(trial_id, final)
+    searcher.on_trial_complete(trial_id, result=None if error else final, error=error)
+
+
+def _study(tmp_path, name="s") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def test_optuna_hears_the_best_epoch_pruned_for_asha_stops_fail_for_errors(tmp_path):
+    searcher = _searcher(tmp_path)
+    _run(searcher, "full", [0.6, 0.9, 0.8])  # best 0.9 at epoch 2; Ray would tell 0.8
+    _run(searcher, "stopped", [0.7, 0.75, 0.72], stop_after=1)
+    _run(searcher, "broken", [0.5, 0.6], error=True)
+    _run(searcher, "nan", [float("nan")] * 3)
+    _run(searcher, "at_max_t", [0.6, 0.95, 0.7], stop_after=3)  # ASHA's STOP at the last rung
+    trials = _study(tmp_path).get_trials(deepcopy=False)
+    by_state = [(t.state, t.value) for t in trials]
+    assert by_state[0] == (TrialState.COMPLETE, 0.9)
+    assert by_state[1] == (TrialState.PRUNED, 0.7)  # the last value seen, as an intermediate
+    assert trials[1].intermediate_values == {1: 0.7}
+    assert by_state[2] == (TrialState.FAIL, None)
+    assert by_state[3] == (TrialState.FAIL, None)  # never a finite score: never "complete"
+    assert trials[0].intermediate_values == {1: 0.6, 2: 0.9, 3: 0.8}
+    assert by_state[4] == (TrialState.COMPLETE, 0.95)  # ran its budget: complete, its best
+    assert trials[4].intermediate_values == {1: 0.6, 2: 0.95, 3: 0.7}
+
+
+def test_mode_min_keeps_the_lowest(tmp_path):
+    searcher = _searcher(tmp_path, mode="min")
+    _run(searcher, "a", [0.5, 0.2, 0.4])
+    (trial,) = _study(tmp_path).get_trials()
+    assert (trial.state, trial.value) == (TrialState.COMPLETE, 0.2)
+
+
+def test_save_and_restore_continue_the_study(tmp_path):
+    """--resume: Tune restores the searcher from its saved state; the study goes on on disk."""
+    searcher = _searcher(tmp_path)
+    _run(searcher, "a", [0.6, 0.7, 0.65])
+    searcher.suggest("b")
+    searcher.on_trial_result("b", _result(1, 0.8))  # interrupted mid-trial
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = BestEpochOptuna(3)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("b", _result(2, 0.85))
+    restored.on_trial_complete("b", result=_result(3, 0.82))
+    _run(restored, "c", [0.1, 0.2, 0.3])
+    values = [(t.state, t.value) for t in _study(tmp_path).get_trials()]
+    assert values == [(TrialState.COMPLETE, 0.7), (TrialState.COMPLETE, 0.85),
+                      (TrialState.COMPLETE, 0.3)]  # fmt: skip
+
+
+def test_study_storage_local_uri_and_network_filesystems(tmp_path, monkeypatch):
+    _, where = study_storage(str(tmp_path / "exp"), "exp")
+    assert where == f"sqlite:///{tmp_path / 'exp' / 'optuna.db'}"
+    monkeypatch.chdir(tmp_path)
+    _, where = study_storage("s3://bucket/medsweep/exp", "exp")  # no database on S3
+    assert where == f"sqlite:///{tmp_path / 'runs' / 'exp' / 'optuna.db'}"
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/x {tmp_path / 'nfs'} nfs4 rw 0 0\n")
+    assert on_network_fs(str(tmp_path / "nfs" / "exp"), str(mounts))
+    assert not on_network_fs(str(tmp_path / "exp"), str(mounts))
+    assert not on_network_fs(str(tmp_path / "nfsx"), str(mounts))
+
+
+@pytest.mark.slow
+def test_study_on_disk_matches_trials_parquet(tmp_path, pneumonia_subset, write_space,
+                                              run_search):  # fmt: skip
+    """A real search (ASHA from epoch 1, eta 2): every trial of optuna.db has the state and
+    value trials.parquet and history.parquet give it: finished -> COMPLETE with the best
+    epoch's metric, stopped early -> PRUNED with its last epoch's, errored -> FAIL."""
+    data = pneumonia_subset()
+    space = write_space(
+        tmp_path / "space.yaml",
+        min_iter=1,
+        lr={"distribution": "log_uniform_values", "min": 1e-5, "max": 3e-2},
+    )
+    proc = run_search("--task", "pneumonia", "--data-dir", str(data.parent), "--space", space,
+                      "--trials", "4", "--epochs", "3", "--launcher", "function",
+                      "--max-concurrent", "1", "--explain-top", "0", "--test-top", "0",
+                      "--storage", str(tmp_path / "runs"), "--name", "opt")  # fmt: skip
+    assert proc.returncode == 0
+    exp = tmp_path / "runs" / "opt"
+    rows = read_table(str(exp / "trials.parquet"))
+    history = read_table(str(exp / "history.parquet"))
+    study = optuna.load_study(study_name="opt", storage=f"sqlite:///{exp / 'optuna.db'}")
+    trials = study.get_trials()
+    assert len(trials) == len(rows) == 4
+    expected = {"finished": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED,
+                "errored": TrialState.FAIL}  # fmt: skip
+    for row in rows:
+        trial = next(t for t in trials if t.params["lr"] == pytest.approx(row["config/lr"]))
+        assert trial.state == expected[row["status"]], row
+        if row["status"] == "finished":
+            assert trial.value == pytest.approx(row["val_auc"])
+        elif row["status"] == "stopped_early":
+            epochs = [h for h in history if h["trial_id"] == row["trial_id"]]
+            last = max(epochs, key=lambda h: h["epoch"])
+            assert trial.value == pytest.approx(last["val_auc"])
+        if row["status"] != "errored":
+            assert max(trial.intermediate_values) == row["epochs_run"]
+    stopped = sum(r["status"] == "stopped_early" for r in rows)
+    print(f"optuna vs trials.parquet: {stopped} of {len(rows)} trials stopped by ASHA")
