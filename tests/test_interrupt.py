@@ -85,10 +85,9 @@ def search_args(tmp_path, make_npz, write_space):
     return make
 
 
-def interrupt_then_resume(args: list[str], exp: Path, ready, what: str) -> str:
-    """Start the search, SIGINT it once `ready()`, check the interrupt, resume; the resume's
-    output."""
-    proc = start(*args)
+def interrupt(proc: subprocess.Popen, exp: Path, ready, what: str) -> None:
+    """SIGINT the search once `ready()`; it exits 130 with the resume line and nothing of a
+    partial search."""
     wait_for(ready, proc, what)
     proc.send_signal(signal.SIGINT)
     code, out = finish(proc)
@@ -97,24 +96,22 @@ def interrupt_then_resume(args: list[str], exp: Path, ready, what: str) -> str:
     assert status(exp) == "interrupted"
     for partial in ("test_metrics.json", "report.html", "trials.parquet"):
         assert not (exp / partial).exists(), f"{partial} of a partial search"
+
+
+def test_sigint_before_and_after_a_checkpoint_each_resumed(search_args):
+    """One search interrupted twice (before its first checkpoint, then after one in the resumed
+    run), resumed to its end, then resumed once more: the test split is read once."""
+    args, exp = search_args("sig")
+    interrupt(start(*args), exp, lambda: started(exp) and not checkpoints(exp),
+              "the first trial to start")  # fmt: skip
+    interrupt(start("--resume", str(exp)), exp, lambda: bool(checkpoints(exp)),
+              "the first checkpoint")  # fmt: skip
     code, out = finish(start("--resume", str(exp)))
     assert code == 0, out[-3000:]
     assert status(exp) == "finished"
     trials = read_table(str(exp / "trials.parquet"))
     assert len(trials) == 2 and all(t["epochs_run"] == EPOCHS for t in trials)
     assert (exp / "test_metrics.json").is_file() and (exp / "report.html").is_file()
-    return out
-
-
-def test_sigint_before_the_first_checkpoint_then_resume(search_args):
-    args, exp = search_args("early")
-    interrupt_then_resume(args, exp, lambda: started(exp) and not checkpoints(exp),
-                          "the first trial to start")  # fmt: skip
-
-
-def test_sigint_after_a_checkpoint_then_resume_twice(search_args):
-    args, exp = search_args("late")
-    interrupt_then_resume(args, exp, lambda: bool(checkpoints(exp)), "the first checkpoint")
     tested = (exp / "test_metrics.json").stat().st_mtime_ns
     code, out = finish(start("--resume", str(exp)), timeout=120)
     assert code == 0 and "finished already" in out, out[-2000:]

@@ -79,9 +79,9 @@ def test_real_pneumonia_search_beats_090_test_auroc(
     )
     started = time.time()
     proc = run_search("--task", "pneumonia", "--data-dir", str(pneumonia_path.parent),
-                      "--space", space, "--trials", "4", "--epochs", "5", "--launcher",
+                      "--space", space, "--trials", "3", "--epochs", "4", "--launcher",
                       "function", "--storage", str(tmp_path / "runs"), "--name", "real",
-                      "--seed", "0")  # fmt: skip
+                      "--seed", "0", "--ig-samples", "1", "--ig-steps", "8")  # fmt: skip
     wall = time.time() - started
     assert proc.returncode == 0
     trials = read_table(str(tmp_path / "runs" / "real" / "trials.parquet"))

@@ -22,9 +22,9 @@ from conftest import ROOT
 from search.experiment.tables import FINISHED, TRIALS_FILE, read_table
 
 TRIALS = 2  # --smoke-test: 2 trials, 1 epoch, 3 batches each
-# 224-px RGB, as the seeds train: 1.2 GB of train+val images, more than a trial process's own
+# 224-px RGB, as the seeds train: 0.6 GB of train+val images, more than a trial process's own
 # memory, so a copy per trial would show; few steps (--smoke-test) keep it quick.
-N_TRAIN, N_VAL, N_TEST, SIZE = 8_000, 120, 60, 224
+N_TRAIN, N_VAL, N_TEST, SIZE = 4_000, 120, 60, 224
 
 
 def _write_dataset(path: Path) -> int:
