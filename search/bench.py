@@ -37,10 +37,15 @@ from search.benchmarks.runner import SECTIONS, run
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes (CPU: under 5 minutes on "
-                   "2 cores)")  # fmt: skip
-    p.add_argument("--smoke-test", action="store_true", help="tiny sizes: checks every path "
-                   "runs, in about a minute on CPU; its figures mean little")  # fmt: skip
+    p.add_argument(
+        "--quick", action="store_true", help="small sizes (CPU: under 5 minutes on 2 cores)"
+    )
+    p.add_argument(
+        "--smoke-test",
+        action="store_true",
+        help="tiny sizes: checks every path "
+        "runs, in about a minute on CPU; its figures mean little",
+    )
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", default="bench.json", help="JSON file to write (default bench.json)")
     p.add_argument(

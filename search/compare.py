@@ -51,8 +51,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the space's)")
     p.add_argument("--data-dir", help="folder with the npz files (run.py's default otherwise)")
     p.add_argument("--space", help="space file (default spaces/<task>.yaml)")
-    p.add_argument("--launcher", default="auto", choices=("auto", *LAUNCHERS),
-                   help="as in run.py (default auto); passed to every search")  # fmt: skip
+    p.add_argument(
+        "--launcher",
+        default="auto",
+        choices=("auto", *LAUNCHERS),
+        help="as in run.py (default auto); passed to every search",
+    )
     p.add_argument(
         "--gpus-per-trial",
         type=float,

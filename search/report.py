@@ -1,6 +1,6 @@
 """Rebuild report.html from an experiment folder (local, or a copy of one from S3/GCS).
 
-    python search/report.py runs/pathology-20250101-120000    # writes <folder>/report.html
+python search/report.py runs/pathology-20250101-120000    # writes <folder>/report.html
 """
 
 from __future__ import annotations

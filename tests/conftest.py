@@ -26,9 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 PNEUMONIA = DATA / "pneumoniamnist.npz"
 ISBI = DATA / "isbi2012-membranes"
-FAKE_CLASSES = {"multiclass": ("basophil", "eosinophil", "lymphocyte"),
-                "binary": ("normal", "pneumonia"),
-                "multilabel": ("effusion", "nodule", "mass")}  # fmt: skip
+FAKE_CLASSES = {
+    "multiclass": ("basophil", "eosinophil", "lymphocyte"),
+    "binary": ("normal", "pneumonia"),
+    "multilabel": ("effusion", "nodule", "mass"),
+}
 EXPERIMENT_EPOCHS = 2
 # NIH naming: infected patients give cells of both classes, healthy ones only Uninfected.
 MALARIA_INFECTED = ("C33P1thinF", "C100P61ThinF", "C39P4thinF_original", "C186P147NThinF")
@@ -146,8 +148,11 @@ def make_malaria():
 
 
 def _write_space(path: Path, min_iter: int = 1, **parameters) -> str:
-    base = {"model": {"value": "simple_cnn"}, "weights": {"value": "none"},
-            "batch_size": {"value": 32}}  # fmt: skip
+    base = {
+        "model": {"value": "simple_cnn"},
+        "weights": {"value": "none"},
+        "batch_size": {"value": 32},
+    }
     config = {
         "method": "bayes",
         "metric": {"name": "val_auc", "goal": "maximize"},
@@ -188,9 +193,15 @@ def fake_task(kind: str, channels: int = 3, image_size: int = 28, classes=None):
     """A task record of `kind` that is in no registry (`fake-<kind>`)."""
     from trainables.tasks import Task
 
-    return Task(name=f"fake-{kind}", flag=f"fake{kind}", kind=kind,
-                classes=tuple(classes or FAKE_CLASSES[kind]), channels=channels,
-                model="simple_cnn", image_size=image_size)  # fmt: skip
+    return Task(
+        name=f"fake-{kind}",
+        flag=f"fake{kind}",
+        kind=kind,
+        classes=tuple(classes or FAKE_CLASSES[kind]),
+        channels=channels,
+        model="simple_cnn",
+        image_size=image_size,
+    )
 
 
 def _train(task, arrays: dict, config: dict, report) -> BaseException | None:
@@ -220,8 +231,9 @@ def make_checkpoint(tmp_path_factory):
     synthetic data of a `fake-<kind>` task. Shared by the session: copy it before changing it."""
     made: dict[tuple, Path] = {}
 
-    def make(kind: str = "multiclass", channels: int = 3, image_size: int = 28,
-             classes=None) -> Path:  # fmt: skip
+    def make(
+        kind: str = "multiclass", channels: int = 3, image_size: int = 28, classes=None
+    ) -> Path:
         key = (kind, channels, image_size, tuple(classes or ()))
         if key not in made:
             task = fake_task(kind, channels, image_size, classes)
@@ -243,9 +255,14 @@ def _trial_config(i: int, n: int) -> tuple[dict, int | None]:
     """Trial i of n: its config, and the epoch after which it stops early (None: it does not).
     The last trial errors (lr 1e30: a NaN loss); every third from the second stops early."""
     rng = np.random.default_rng(i)
-    config = {"epochs": EXPERIMENT_EPOCHS, "seed": i, "lr": float(10 ** rng.uniform(-3, -2)),
-              "dropout": float(0.3 * rng.random()), "class_weight_power": float(rng.random()),
-              "aug_cutoff_epoch": int(rng.integers(0, 2))}  # fmt: skip
+    config = {
+        "epochs": EXPERIMENT_EPOCHS,
+        "seed": i,
+        "lr": float(10 ** rng.uniform(-3, -2)),
+        "dropout": float(0.3 * rng.random()),
+        "class_weight_power": float(rng.random()),
+        "aug_cutoff_epoch": int(rng.integers(0, 2)),
+    }
     if i == n - 1:
         config["lr"] = 1e30
     return config, (1 if i % 3 == 1 and i != n - 1 else None)
@@ -262,15 +279,23 @@ def _run_trial(root: Path, task, arrays: dict, i: int, n: int) -> tuple[dict, li
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         name = f"checkpoint_{int(metrics['epoch']) - 1:06d}"
         shutil.copytree(checkpoint_dir, trial_path / name)
-        rows.append({**metrics, "checkpoint_dir_name": name, "node_id": "node-0",
-                     "time_total_s": time.time() - started, "timestamp": time.time()})  # fmt: skip
+        rows.append(
+            {
+                **metrics,
+                "checkpoint_dir_name": name,
+                "node_id": "node-0",
+                "time_total_s": time.time() - started,
+                "timestamp": time.time(),
+            }
+        )
         if stop_after is not None and metrics["epoch"] >= stop_after:
             raise _StopTrial
 
     error = _train(task, arrays, config, report)
     full = {"task": task.name, "model": "simple_cnn", **config}
-    row = trial_row(trial_id, rows, full, error, str(trial_path), task.metric, task.mode,
-                    EXPERIMENT_EPOCHS)  # fmt: skip
+    row = trial_row(
+        trial_id, rows, full, error, str(trial_path), task.metric, task.mode, EXPERIMENT_EPOCHS
+    )
     return row, history_rows(trial_id, rows)
 
 
@@ -283,11 +308,13 @@ def _explain(root: Path, task, arrays: dict, trials: list[dict]) -> None:
     images, labels = arrays["val_images"][panel], arrays["val_labels"][panel]
     focus = {
         t["trial_id"]: after.explain_checkpoint(
-            t["checkpoint_path"], str(root / t["trial_id"] / after.ATTRIBUTION_DIR),
-            (images, labels), {"n_samples": 2, "steps": 4},
+            t["checkpoint_path"],
+            str(root / t["trial_id"] / after.ATTRIBUTION_DIR),
+            (images, labels),
+            {"n_samples": 2, "steps": 4},
         )
         for t in after.with_checkpoints(trials, task.metric, task.mode)
-    }  # fmt: skip
+    }
     after.attach_focus(trials, focus)
 
 
@@ -330,13 +357,26 @@ def build_experiment(root: Path, kind: str = "multiclass", trials: int = 4) -> P
     space = _space_config(task)
     knobs = [k for k in KNOBS if k in space["parameters"]]
     Manifest(
-        name=root.name, task=task.name, kind=kind, classes=list(task.classes),
-        metric=task.metric, mode=task.mode, searcher="optuna", seed=0, trials=trials,
-        epochs=EXPERIMENT_EPOCHS, launcher="function", knobs=knobs,
-        space=space, started_at=started, finished_at=time.time(),
-        wall_time_s=time.time() - started, split_counts=split_counts(task, arrays),
-        argv=["--task", task.name], resources_per_trial={"cpu": 1.0, "gpu": 0.0},
-    ).write(str(root))  # fmt: skip
+        name=root.name,
+        task=task.name,
+        kind=kind,
+        classes=list(task.classes),
+        metric=task.metric,
+        mode=task.mode,
+        searcher="optuna",
+        seed=0,
+        trials=trials,
+        epochs=EXPERIMENT_EPOCHS,
+        launcher="function",
+        knobs=knobs,
+        space=space,
+        started_at=started,
+        finished_at=time.time(),
+        wall_time_s=time.time() - started,
+        split_counts=split_counts(task, arrays),
+        argv=["--task", task.name],
+        resources_per_trial={"cpu": 1.0, "gpu": 0.0},
+    ).write(str(root))
     return root
 
 

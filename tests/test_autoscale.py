@@ -56,30 +56,54 @@ class FakeCluster:
         self.root, self.port = root, _free_port()
         self.temp_dir = str(root / "ray")
         self.address = f"{_node_ip()}:{self.port}"
-        self.env = {**os.environ, "RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "disabled",
-                    "RAY_FAKE_CLUSTER": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "RAY_ADDRESS": self.address,
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_FAKE_CLUSTER": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
         config = yaml.safe_load((ROOT / "cluster" / "local.yaml").read_text())
         config["provider"]["gcs_address"] = self.address  # workers join this head
         self.config_path = root / "local.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
 
     def start(self) -> None:
-        cmd = ["ray", "start", "--head", "--port", str(self.port), "--num-cpus", "1",
-               "--num-gpus", "0", f"--autoscaling-config={self.config_path}",
-               "--temp-dir", self.temp_dir, "--dashboard-port", str(_free_port()),
-               "--ray-client-server-port", str(_free_port()), "--disable-usage-stats"]  # fmt: skip
+        cmd = [
+            "ray",
+            "start",
+            "--head",
+            "--port",
+            str(self.port),
+            "--num-cpus",
+            "1",
+            "--num-gpus",
+            "0",
+            f"--autoscaling-config={self.config_path}",
+            "--temp-dir",
+            self.temp_dir,
+            "--dashboard-port",
+            str(_free_port()),
+            "--ray-client-server-port",
+            str(_free_port()),
+            "--disable-usage-stats",
+        ]
         exe = str(Path(sys.executable).with_name("ray"))
-        out = subprocess.run([exe, *cmd[1:]], env=self.env, capture_output=True, text=True,
-                             timeout=180)  # fmt: skip
+        out = subprocess.run(
+            [exe, *cmd[1:]], env=self.env, capture_output=True, text=True, timeout=180
+        )
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
     def nodes(self) -> list[dict]:
         """Live nodes as [{"id", "gpu"}], asked by a fresh driver (this process has its Ray)."""
-        code = ("import json, ray; ray.init(logging_level='ERROR'); print(json.dumps([{'id': "
-                "n['NodeID'], 'gpu': n['Resources'].get('GPU', 0)} for n in ray.nodes() "
-                "if n['Alive']]))")  # fmt: skip
-        out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True,
-                             text=True, timeout=120)  # fmt: skip
+        code = (
+            "import json, ray; ray.init(logging_level='ERROR'); print(json.dumps([{'id': "
+            "n['NodeID'], 'gpu': n['Resources'].get('GPU', 0)} for n in ray.nodes() "
+            "if n['Alive']]))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def monitor_log(self) -> str:
@@ -152,12 +176,27 @@ def data_dir(tmp_path_factory):
 
 def _search(cluster: FakeCluster, data_dir: Path, runs: Path, name: str, *extra: str):
     """The documented cluster command (cluster/README.md): no --gpus-per-trial."""
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--task", "pneumonia",
-           "--data-dir", str(data_dir), "--address", "auto", "--storage", str(runs),
-           "--name", name, "--wandb", "off", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "search" / "run.py"),
+        "--task",
+        "pneumonia",
+        "--data-dir",
+        str(data_dir),
+        "--address",
+        "auto",
+        "--storage",
+        str(runs),
+        "--name",
+        name,
+        "--wandb",
+        "off",
+        *extra,
+    ]
     log = tempfile.TemporaryFile(mode="w+")  # a file: a full pipe would block the search
-    return subprocess.Popen(cmd, cwd=ROOT, env=cluster.env, stdout=log, stderr=subprocess.STDOUT,
-                            text=True), log  # fmt: skip
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=cluster.env, stdout=log, stderr=subprocess.STDOUT, text=True
+    ), log
 
 
 def _finish(proc, log, timeout: int = 600) -> str:
@@ -178,9 +217,18 @@ def test_trials_go_to_the_gpu_workers_the_autoscaler_adds(
 ):
     assert [n["id"] for n in fake_cluster.nodes()] == [FAKE_HEAD_NODE_ID]  # cold: head only
     started = time.time()
-    proc, log = _search(fake_cluster, data_dir, tmp_path / "runs", "scale",
-                        "--space", _space(write_space, tmp_path / "space.yaml", 2),
-                        "--trials", "4", "--epochs", "2")  # fmt: skip
+    proc, log = _search(
+        fake_cluster,
+        data_dir,
+        tmp_path / "runs",
+        "scale",
+        "--space",
+        _space(write_space, tmp_path / "space.yaml", 2),
+        "--trials",
+        "4",
+        "--epochs",
+        "2",
+    )
     out = _finish(proc, log)
     ended = time.time()
     assert re.search(r"each trial asks for 1 CPU, 0.25 GPU \(0.25 GPU per trial at 28 px", out)
@@ -191,17 +239,22 @@ def test_trials_go_to_the_gpu_workers_the_autoscaler_adds(
     workers = {t["node_id"] for t in trials}
     assert FAKE_HEAD_NODE_ID not in workers and None not in workers
     assert FAKE_HEAD_NODE_ID not in {h["node_id"] for h in history}
-    launches = re.findall(r"^(\S+ \S+),\d+.*Adding (\d+) node\(s\) of type gpu_worker",
-                          fake_cluster.monitor_log(), flags=re.M)  # fmt: skip
+    launches = re.findall(
+        r"^(\S+ \S+),\d+.*Adding (\d+) node\(s\) of type gpu_worker",
+        fake_cluster.monitor_log(),
+        flags=re.M,
+    )
     assert launches, "the autoscaler launched no gpu_worker"
     added = [n for _, n in launches]
     first = datetime.strptime(launches[0][0], "%Y-%m-%d %H:%M:%S").timestamp() - started
     gone = _wait_for_scale_down(fake_cluster, timeout=150)
     per_node = {w: sum(t["node_id"] == w for t in trials) for w in workers}
-    print(f"autoscale: first gpu_worker launch {first:.0f} s after the search started; "
-          f"workers launched {sum(map(int, added))} in {len(added)} launch(es); "
-          f"trials per node {sorted(per_node.values())}; search {ended - started:.0f} s; "
-          f"workers gone {gone:.0f} s after the search ended")  # fmt: skip
+    print(
+        f"autoscale: first gpu_worker launch {first:.0f} s after the search started; "
+        f"workers launched {sum(map(int, added))} in {len(added)} launch(es); "
+        f"trials per node {sorted(per_node.values())}; search {ended - started:.0f} s; "
+        f"workers gone {gone:.0f} s after the search ended"
+    )
 
 
 def _wait_for_scale_down(cluster: FakeCluster, timeout: float) -> float:
@@ -225,10 +278,22 @@ def _trial_nodes(exp: Path) -> dict[str, tuple[str, int]]:
 
 def test_a_lost_worker_costs_no_epoch(fake_cluster, data_dir, tmp_path, write_space):
     exp = tmp_path / "runs" / "lost"
-    proc, log = _search(fake_cluster, data_dir, tmp_path / "runs", "lost",
-                        "--space", _space(write_space, tmp_path / "space.yaml", 4),
-                        "--trials", "2", "--epochs", "4", "--max-failures", "2",
-                        "--explain-top", "0")  # fmt: skip
+    proc, log = _search(
+        fake_cluster,
+        data_dir,
+        tmp_path / "runs",
+        "lost",
+        "--space",
+        _space(write_space, tmp_path / "space.yaml", 4),
+        "--trials",
+        "2",
+        "--epochs",
+        "4",
+        "--max-failures",
+        "2",
+        "--explain-top",
+        "0",
+    )
     deadline = time.time() + 300
     while not any(n >= 1 for _, n in _trial_nodes(exp).values()):
         assert proc.poll() is None and time.time() < deadline, "no trial reported an epoch"

@@ -1,7 +1,7 @@
 """`search/bench.py` runs and writes what it promises. Not a timed test: no figure is judged.
 
-    pytest tests/test_bench.py -m "not slow"   # the table, ratios, flags, probes: seconds
-    pytest tests/test_bench.py                 # plus the cheap sections, for real
+pytest tests/test_bench.py -m "not slow"   # the table, ratios, flags, probes: seconds
+pytest tests/test_bench.py                 # plus the cheap sections, for real
 """
 
 from __future__ import annotations
@@ -40,9 +40,16 @@ EXPECTED = {
     "precision": {f"{px}px/{v}" for px in (28, 224) for v in ("fp32", "bf16", "bf16_cl")},
     "mfu": {"matmul_fp32_tflops", "28px_fp32_tflops", "matmul_bf16_tflops"},
     "stream": {
-        "dataset_mb", "first_step_s/small_data", "first_step_s/cold", "first_step_s/warm",
-        "node_mb/1_trial", "node_mb/2_trials", "target_mb/2_trials", "fixed_mb_per_trial",
-        "dataset_resident_mb/2_trials", "summed_rss_dataset_mb/2_trials",
+        "dataset_mb",
+        "first_step_s/small_data",
+        "first_step_s/cold",
+        "first_step_s/warm",
+        "node_mb/1_trial",
+        "node_mb/2_trials",
+        "target_mb/2_trials",
+        "fixed_mb_per_trial",
+        "dataset_resident_mb/2_trials",
+        "summed_rss_dataset_mb/2_trials",
         *(f"images_per_s/{px}px_{path}" for px in (28, 224) for path in ("resident", "stream")),
         *(f"gpu_busy_pct/{px}px_resident" for px in (28, 224)),
     },
@@ -62,8 +69,13 @@ def test_a_row_is_a_ratio_to_its_baseline_and_never_a_non_finite_value():
     add("broken", float("nan"), "img/s", "why", vs="base")
     add("orphan", 3.0, "img/s", vs="missing")
     rows = b.results["data"]
-    assert rows["fast"] == {"value": 10.0, "unit": "img/s", "ratio": 2.5, "vs": "base",
-                            "note": "twice and a half"}  # fmt: skip
+    assert rows["fast"] == {
+        "value": 10.0,
+        "unit": "img/s",
+        "ratio": 2.5,
+        "vs": "base",
+        "note": "twice and a half",
+    }
     assert rows["broken"]["value"] is None and rows["broken"]["ratio"] is None
     assert rows["broken"]["note"] == "not finite (nan); why"
     assert rows["orphan"]["ratio"] is None
@@ -78,8 +90,11 @@ def test_the_table_lists_sections_in_order_with_values_and_ratios():
     lines = format_table(b.results, SECTIONS).splitlines()
     assert lines[0].split() == ["section", "figure", "value", "ratio", "note"]
     assert [line.split()[:2] for line in lines[1:]] == [
-        ["data", "a"], ["data", "b"], ["data", "c"], ["mfu", "matmul_fp32_tflops"],
-    ]  # fmt: skip
+        ["data", "a"],
+        ["data", "b"],
+        ["data", "c"],
+        ["mfu", "matmul_fp32_tflops"],
+    ]
     assert "2,469 img/s" in lines[2] and "2.00x a" in lines[2] and lines[2].endswith("more")
     assert lines[3].split()[2] == "-" and "0.123 TFLOP/s" in lines[4]
 
@@ -123,8 +138,13 @@ def test_without_fast_bf16_its_rows_say_so_and_fp32_is_still_timed():
     precision(b)
     mfu(b)
     rows = {f"{s}/{f}": row for s, table in b.results.items() for f, row in table.items()}
-    for figure in ("precision/28px/bf16", "precision/28px/bf16_cl", "precision/28px/compile",
-                   "mfu/matmul_bf16_tflops", "mfu/28px_bf16_cl_tflops"):  # fmt: skip
+    for figure in (
+        "precision/28px/bf16",
+        "precision/28px/bf16_cl",
+        "precision/28px/compile",
+        "mfu/matmul_bf16_tflops",
+        "mfu/28px_bf16_cl_tflops",
+    ):
         assert rows[figure]["value"] is None, figure
         assert rows[figure]["note"].startswith("skipped: no fast bf16 on this cpu (measured: ")
     for figure in ("precision/28px/fp32", "mfu/matmul_fp32_tflops", "mfu/28px_fp32_tflops"):
@@ -139,8 +159,9 @@ def test_a_written_npz_is_a_medmnist_set_the_node_cache_reads_and_evict_drops_it
         assert images.shape == (300, 28, 28, 3) and npz["val_images"].shape == (20, 28, 28, 3)
         assert images.dtype == np.uint8 and not np.array_equal(images[0], images[256])
         assert labels.ravel().tolist() == [i % 8 for i in range(300)]
-    source = dataclasses.replace(describe(path, get_task("blood"), 28),
-                                 cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    source = dataclasses.replace(
+        describe(path, get_task("blood"), 28), cache_dir=str(tmp_path / "cache")
+    )
     arrays = node_arrays(source)
     assert isinstance(arrays["train_images"], np.memmap)
     assert np.array_equal(arrays["train_images"], images)
@@ -157,9 +178,17 @@ def test_cheap_sections_write_positive_finite_figures(tmp_path):
     says why it was skipped."""
     out = tmp_path / "bench.json"
     cmd = [
-        sys.executable, str(ROOT / "search" / "bench.py"), "--quick", "--smoke-test",
-        "--device", "cpu", "--sections", ",".join(SMOKED), "--out", str(out),
-    ]  # fmt: skip
+        sys.executable,
+        str(ROOT / "search" / "bench.py"),
+        "--quick",
+        "--smoke-test",
+        "--device",
+        "cpu",
+        "--sections",
+        ",".join(SMOKED),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     print(proc.stdout[-4000:], proc.stderr[-4000:])
     assert proc.returncode == 0

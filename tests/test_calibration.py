@@ -48,10 +48,14 @@ def _scores(n: int, seed: int, offset: float = 0.0, scale: float = 1.0):
 
 @pytest.mark.parametrize(
     ("text", "want"),
-    [("youden", OperatingPoint("youden")), ("0.5", OperatingPoint("fixed", 0.5)),
-     ("sens=0.95", OperatingPoint("sens", 0.95)), (" Spec = 0.9 ", OperatingPoint("spec", 0.9)),
-     (0.25, OperatingPoint("fixed", 0.25))],
-)  # fmt: skip
+    [
+        ("youden", OperatingPoint("youden")),
+        ("0.5", OperatingPoint("fixed", 0.5)),
+        ("sens=0.95", OperatingPoint("sens", 0.95)),
+        (" Spec = 0.9 ", OperatingPoint("spec", 0.9)),
+        (0.25, OperatingPoint("fixed", 0.25)),
+    ],
+)
 def test_parse_operating_point_forms(text, want):
     assert parse_operating_point(text) == want
 
@@ -118,8 +122,9 @@ def test_binary_pair_threshold_from_validation_beats_half_and_flags_a_shift():
     y_v, z_v = _scores(600, 2, offset=2.5)
     y_t, z_t = _scores(600, 3, offset=2.5)
     names = ["normal", "pneumonia"]
-    r, probs = evaluate_split_pair("binary", names, (y_v[:, None], z_v[:, None]),
-                                   (y_t[:, None], z_t[:, None]))  # fmt: skip
+    r, probs = evaluate_split_pair(
+        "binary", names, (y_v[:, None], z_v[:, None]), (y_t[:, None], z_t[:, None])
+    )
     assert r["threshold"] > 0.8 and r["operating_point"]["rule"] == "youden"
     assert "Youden" in r["operating_point"]["how"]
     half = r["at_default_threshold"]
@@ -131,8 +136,9 @@ def test_binary_pair_threshold_from_validation_beats_half_and_flags_a_shift():
     assert r["calibration"]["temperature"] is None and not r["shift"]["shifted"]
     assert probs.shape == (600, 1)
     y_s, z_s = _scores(600, 4, offset=5.0)
-    shifted, _ = evaluate_split_pair("binary", names, (y_v[:, None], z_v[:, None]),
-                                     (y_s[:, None], z_s[:, None]))  # fmt: skip
+    shifted, _ = evaluate_split_pair(
+        "binary", names, (y_v[:, None], z_v[:, None]), (y_s[:, None], z_s[:, None])
+    )
     assert shifted["shift"]["shifted"] and "specificity" in shifted["shift"]["figures"]
 
 
@@ -140,8 +146,9 @@ def test_pair_with_temperature_lowers_validation_ece():
     y_v, z_v = _scores(800, 5, scale=8.0)
     y_t, z_t = _scores(800, 6, scale=8.0)
     plain, _ = evaluate_split_pair("binary", ["a", "b"], (y_v, z_v[:, None]), (y_t, z_t[:, None]))
-    scaled, probs = evaluate_split_pair("binary", ["a", "b"], (y_v, z_v[:, None]),
-                                        (y_t, z_t[:, None]), temperature_scaling=True)  # fmt: skip
+    scaled, probs = evaluate_split_pair(
+        "binary", ["a", "b"], (y_v, z_v[:, None]), (y_t, z_t[:, None]), temperature_scaling=True
+    )
     assert scaled["calibration"]["temperature"] > 3  # 8x logits: about 4x overconfident
     assert scaled["calibration"]["val"]["ece"] < plain["calibration"]["val"]["ece"] * 0.75
     assert scaled["calibration"]["test"]["ece"] < plain["calibration"]["test"]["ece"]
@@ -182,10 +189,18 @@ def test_class_missing_from_validation_is_averaged_out_and_named(caplog):
 
 
 def test_shift_check_needs_disjoint_intervals():
-    a = {"operating": {"sensitivity": {"ci_low": 0.8, "ci_high": 0.9},
-                       "specificity": {"ci_low": 0.7, "ci_high": 0.8}}}  # fmt: skip
-    b = {"operating": {"sensitivity": {"ci_low": 0.85, "ci_high": 0.95},
-                       "specificity": {"ci_low": 0.2, "ci_high": 0.3}}}  # fmt: skip
+    a = {
+        "operating": {
+            "sensitivity": {"ci_low": 0.8, "ci_high": 0.9},
+            "specificity": {"ci_low": 0.7, "ci_high": 0.8},
+        }
+    }
+    b = {
+        "operating": {
+            "sensitivity": {"ci_low": 0.85, "ci_high": 0.95},
+            "specificity": {"ci_low": 0.2, "ci_high": 0.3},
+        }
+    }
     assert shift_check(a, b) == {"shifted": True, "figures": ["specificity"]}
     assert shift_check(a, a) == {"shifted": False, "figures": []}
     assert not shift_check(a, {"operating": {}})["shifted"]
@@ -214,8 +229,9 @@ def test_patient_bootstrap_is_wider_when_patients_repeat_and_named():
     assert anonymous["bootstrap"]["unit"] == "image"
 
 
-def test_after_writes_patients_ids_and_the_operating_point(tmp_path, make_malaria,
-                                                           make_checkpoint):  # fmt: skip
+def test_after_writes_patients_ids_and_the_operating_point(
+    tmp_path, make_malaria, make_checkpoint
+):
     src = make_malaria(tmp_path)
     path, classes, _ = convert_folder(str(src), 28, split="patient", seed=0)
     ids = row_ids(path)
@@ -223,8 +239,9 @@ def test_after_writes_patients_ids_and_the_operating_point(tmp_path, make_malari
     task = get_task("malaria")
     ckpt = make_checkpoint("binary", 3, 28, classes=tuple(classes))
     trials = [{"trial_id": "t0", "checkpoint_path": str(ckpt), "val_auc": 0.9}]
-    out = evaluate_on_test(trials, str(tmp_path / "exp"), task, path, "val_auc", "max",
-                           operating_point="sens=0.9")  # fmt: skip
+    out = evaluate_on_test(
+        trials, str(tmp_path / "exp"), task, path, "val_auc", "max", operating_point="sens=0.9"
+    )
     r = out["trials"]["t0"]
     assert r["bootstrap"]["unit"] == "patient"
     assert r["bootstrap"]["n_units"] == len(set(ids["test_patients"]))
@@ -264,12 +281,17 @@ def test_foreground_is_defined_for_single_cells_only():
         assert get_task(name).foreground is None
 
 
-def test_data_fingerprint_of_an_npz_and_a_converted_folder(tmp_path, make_malaria,
-                                                           pneumonia_path):  # fmt: skip
+def test_data_fingerprint_of_an_npz_and_a_converted_folder(tmp_path, make_malaria, pneumonia_path):
     fp = data_fingerprint(str(pneumonia_path), seed=3, folds=0)
     assert fp["md5"] == hashlib.md5(pneumonia_path.read_bytes()).hexdigest()
-    assert fp | {"md5": None} == {"file": "pneumoniamnist.npz", "split": "medmnist", "seed": 3,
-                                  "folds": 0, "fold": None, "md5": None}  # fmt: skip
+    assert fp | {"md5": None} == {
+        "file": "pneumoniamnist.npz",
+        "split": "medmnist",
+        "seed": 3,
+        "folds": 0,
+        "fold": None,
+        "md5": None,
+    }
     path, _, _ = convert_folder(str(make_malaria(tmp_path)), 28, split="cell", seed=1)
     folder = data_fingerprint(path, seed=1, folds=5, fold=2)
     assert folder["split"] == "cell" and len(folder["folder_hash"]) == 64 and "md5" not in folder
@@ -280,14 +302,32 @@ def test_checkpoint_carries_the_data_fingerprint(tmp_path):
     from trainables.tasks import Task
     from trainables.train import train_loop
 
-    task = Task(name="fp", flag="fp", kind="binary", classes=("a", "b"), channels=1,
-                model="simple_cnn", image_size=28)  # fmt: skip
+    task = Task(
+        name="fp",
+        flag="fp",
+        kind="binary",
+        classes=("a", "b"),
+        channels=1,
+        model="simple_cnn",
+        image_size=28,
+    )
     rng = np.random.default_rng(0)
-    arrays = {f"{s}_{k}": v for s in ("train", "val") for k, v in (
-        ("images", rng.integers(0, 255, (16, 28, 28), dtype=np.uint8)),
-        ("labels", np.arange(16).reshape(-1, 1) % 2))}  # fmt: skip
-    fingerprint = {"file": "x.npz", "md5": "abc", "split": "medmnist", "seed": 0, "folds": 0,
-                   "fold": None}  # fmt: skip
+    arrays = {
+        f"{s}_{k}": v
+        for s in ("train", "val")
+        for k, v in (
+            ("images", rng.integers(0, 255, (16, 28, 28), dtype=np.uint8)),
+            ("labels", np.arange(16).reshape(-1, 1) % 2),
+        )
+    }
+    fingerprint = {
+        "file": "x.npz",
+        "md5": "abc",
+        "split": "medmnist",
+        "seed": 0,
+        "folds": 0,
+        "fold": None,
+    }
     saved = []
 
     def keep(metrics, checkpoint_dir):

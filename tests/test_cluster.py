@@ -33,8 +33,11 @@ pytestmark = pytest.mark.slow
 def cluster():
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, connect=False,
-                head_node_args={"num_cpus": 1, "include_dashboard": False})  # fmt: skip
+    c = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 1, "include_dashboard": False},
+    )
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
     yield c
@@ -46,8 +49,9 @@ def start_search(*args: str, env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
     # Output goes to a file, not a pipe: a pipe nobody reads fills up and blocks the search.
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+    )
     proc.stdout = log
     return proc
 
@@ -95,13 +99,36 @@ def blood_npz(make_npz):
 def test_kill_the_driver_then_resume(cluster, tmp_path, blood_npz, write_space):
     """SIGKILL the driver mid-search; `--resume` completes it: all trials, none twice."""
     exp = str(tmp_path / "runs" / "killed")
-    args = ["--task", "blood", "--data-dir", str(blood_npz.parent), "--space",
-            write_space(tmp_path / "space.yaml", min_iter=3, model={"value": "deeper_cnn"},
-                        batch_size={"value": 64},
-                        lr={"distribution": "log_uniform_values", "min": 1e-3, "max": 5e-3}),
-            "--trials", "2", "--epochs", "3", "--launcher", "function",
-            "--storage", str(tmp_path / "runs"), "--name", "killed", "--address",
-            cluster.address, "--max-concurrent", "1", "--explain-top", "0"]  # fmt: skip
+    args = [
+        "--task",
+        "blood",
+        "--data-dir",
+        str(blood_npz.parent),
+        "--space",
+        write_space(
+            tmp_path / "space.yaml",
+            min_iter=3,
+            model={"value": "deeper_cnn"},
+            batch_size={"value": 64},
+            lr={"distribution": "log_uniform_values", "min": 1e-3, "max": 5e-3},
+        ),
+        "--trials",
+        "2",
+        "--epochs",
+        "3",
+        "--launcher",
+        "function",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "killed",
+        "--address",
+        cluster.address,
+        "--max-concurrent",
+        "1",
+        "--explain-top",
+        "0",
+    ]
     proc = start_search(*args)
     wait_for(lambda: len(checkpoints(exp)) >= 2, 240, "the second trial's first epoch", proc)
     killed_at = time.time()
@@ -127,18 +154,46 @@ def test_ddp_two_workers_matches_one(cluster, tmp_path, make_npz, write_space):
     task = get_task("blood")
     path = make_npz(task, n=256)
     space = write_space(tmp_path / "space.yaml", lr={"value": 3e-3}, batch_size={"value": 16})
-    code, out = finish(start_search(
-        "--task", "blood", "--data-dir", str(path.parent), "--space", space, "--trials", "1",
-        "--epochs", "3", "--workers-per-trial", "2", "--cpus-per-worker", "0.5", "--storage",
-        str(tmp_path / "runs"), "--name", "ddp", "--address", cluster.address,
-        "--explain-top", "0", "--test-top", "0",
-    ))  # fmt: skip
+    code, out = finish(
+        start_search(
+            "--task",
+            "blood",
+            "--data-dir",
+            str(path.parent),
+            "--space",
+            space,
+            "--trials",
+            "1",
+            "--epochs",
+            "3",
+            "--workers-per-trial",
+            "2",
+            "--cpus-per-worker",
+            "0.5",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            "ddp",
+            "--address",
+            cluster.address,
+            "--explain-top",
+            "0",
+            "--test-top",
+            "0",
+        )
+    )
     assert code == 0, out[-2000:]
     (trial,) = read_table(str(tmp_path / "runs" / "ddp" / "trials.parquet"))
     # One worker, same seed, data and global batch (2 x 16 = 32): the plain call.
     single = []
-    config = {"task": "blood", "model": "simple_cnn", "epochs": 3, "lr": 3e-3,
-              "batch_size": 32, "weights": "none"}  # fmt: skip
+    config = {
+        "task": "blood",
+        "model": "simple_cnn",
+        "epochs": 3,
+        "lr": 3e-3,
+        "batch_size": 32,
+        "weights": "none",
+    }
     train_loop(config, lambda m, d: single.append(m), load_npz(path, task))
     best_single = max(m["val_auc"] for m in single)
     print(f"DDP x2 best val_auc {trial['val_auc']:.4f} vs 1 worker {best_single:.4f}")
@@ -149,8 +204,17 @@ def test_ddp_two_workers_matches_one(cluster, tmp_path, make_npz, write_space):
 
 def test_multi_node_refuses_local_default_storage(cluster, tmp_path, make_npz):
     path = make_npz(get_task("blood"))
-    args = ["--task", "blood", "--data-dir", str(path.parent), "--smoke-test", "--weights",
-            "none", "--address", cluster.address]  # fmt: skip
+    args = [
+        "--task",
+        "blood",
+        "--data-dir",
+        str(path.parent),
+        "--smoke-test",
+        "--weights",
+        "none",
+        "--address",
+        cluster.address,
+    ]
     code, out = finish(start_search(*args), timeout=120)
     assert code != 0 and "Pass --storage s3://" in out
 
@@ -170,11 +234,19 @@ def s3_server():
     cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1"}  # fmt: skip
-    fs = pafs.S3FileSystem(endpoint_override=endpoint, access_key="testing",
-                           secret_key="testing", region="us-east-1",
-                           allow_bucket_creation=True)  # fmt: skip
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_REGION": "us-east-1",
+    }
+    fs = pafs.S3FileSystem(
+        endpoint_override=endpoint,
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
     try:
         wait_for(lambda: _try(lambda: fs.create_dir("medsweep-test")), 30, "moto to start")
         yield env, fs
@@ -197,11 +269,27 @@ def test_search_on_s3_storage(tmp_path, make_npz, s3_server, write_space):
     env, fs = s3_server
     path = make_npz(get_task("pneumonia"), n=64)
     space = write_space(tmp_path / "space.yaml", lr={"value": 3e-3})
-    code, out = finish(start_search(
-        "--task", "pneumonia", "--data-dir", str(path.parent), "--space", space, "--trials",
-        "2", "--epochs", "2", "--launcher", "function", "--storage", "s3://medsweep-test/runs",
-        "--name", "s3run", env=env,
-    ))  # fmt: skip
+    code, out = finish(
+        start_search(
+            "--task",
+            "pneumonia",
+            "--data-dir",
+            str(path.parent),
+            "--space",
+            space,
+            "--trials",
+            "2",
+            "--epochs",
+            "2",
+            "--launcher",
+            "function",
+            "--storage",
+            "s3://medsweep-test/runs",
+            "--name",
+            "s3run",
+            env=env,
+        )
+    )
     assert code == 0, out[-2000:]
     base = "medsweep-test/runs/s3run"
     infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))

@@ -119,8 +119,14 @@ def test_the_rehearsal_has_the_node_types_of_the_real_cluster():
         assert worker.name == "gpu_worker" and worker.resources["GPU"] == 1
         assert config["available_node_types"]["gpu_worker"]["min_workers"] == 0
     assert node_types_of(local)[0].max_workers == 2
-    for key in ("file_mounts", "cluster_synced_files", "head_start_ray_commands",
-                "worker_start_ray_commands", "setup_commands", "auth"):  # fmt: skip
+    for key in (
+        "file_mounts",
+        "cluster_synced_files",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+        "setup_commands",
+        "auth",
+    ):
         assert key in local, f"the fake provider's monitor fails without {key!r}"
 
 

@@ -44,21 +44,44 @@ def make_run(folder, trials: list[tuple], started=T0, argv=None, test=None) -> s
     an errored trial reported nothing."""
     rows, history = [], []
     for trial_id, value, status, end, wall in trials:
-        results = [] if status == ERRORED else [{
-            "epoch": 2 if status == FINISHED else 1, "val_auc": value,
-            "timestamp": started + end, "time_total_s": wall,
-        }]  # fmt: skip
+        results = (
+            []
+            if status == ERRORED
+            else [
+                {
+                    "epoch": 2 if status == FINISHED else 1,
+                    "val_auc": value,
+                    "timestamp": started + end,
+                    "time_total_s": wall,
+                }
+            ]
+        )
         error = RuntimeError("boom") if status == ERRORED else None
         rows.append(trial_row(trial_id, results, {}, error, str(folder), "val_auc", "max", 2))
         history += history_rows(trial_id, results)
     write_tables(str(folder), rows, history)
-    Manifest(name=os.path.basename(folder), task="blood", kind="multiclass", classes=["a", "b"],
-             metric="val_auc", mode="max", searcher="optuna", seed=0, trials=len(trials),
-             epochs=2, launcher="function", knobs=["lr"], space={}, started_at=started,
-             argv=argv or []).write(str(folder))  # fmt: skip
+    Manifest(
+        name=os.path.basename(folder),
+        task="blood",
+        kind="multiclass",
+        classes=["a", "b"],
+        metric="val_auc",
+        mode="max",
+        searcher="optuna",
+        seed=0,
+        trials=len(trials),
+        epochs=2,
+        launcher="function",
+        knobs=["lr"],
+        space={},
+        started_at=started,
+        argv=argv or [],
+    ).write(str(folder))
     if test:
-        write_json(os.path.join(folder, "test_metrics.json"),
-                   {"best_trial": test[0], "trials": {test[0]: {"auroc": {"value": test[1]}}}})
+        write_json(
+            os.path.join(folder, "test_metrics.json"),
+            {"best_trial": test[0], "trials": {test[0]: {"auroc": {"value": test[1]}}}},
+        )
     return str(folder)
 
 
@@ -67,19 +90,36 @@ def two_searchers(tmp_path) -> list[dict]:
     """optuna and random, two repeats each; 3 trials per search."""
     argv = ["--task", "blood", "--cpus-per-worker", "2", "--gpus-per-trial", "0.5"]
     dirs = {
-        ("optuna", 0): make_run(tmp_path / "o0", [("a", 0.70, "finished", 20, 10.0),
-                                                  ("b", 0.60, "finished", 10, 5.0),
-                                                  ("c", None, "errored", None, None)],
-                                argv=argv, test=("a", 0.68)),
-        ("optuna", 1): make_run(tmp_path / "o1", [("a", 0.80, "finished", 5, 5.0),
-                                                  ("b", 0.90, "stopped_early", 8, 2.0),
-                                                  ("c", 0.85, "finished", 30, 10.0)],
-                                argv=argv, test=("b", 0.88)),
-        ("random", 0): make_run(tmp_path / "r0", [("x", 0.50, "stopped_early", 3, 3.0),
-                                                  ("y", 0.55, "finished", 40, 20.0),
-                                                  ("z", 0.52, "stopped_early", 50, 4.0)]),
+        ("optuna", 0): make_run(
+            tmp_path / "o0",
+            [
+                ("a", 0.70, "finished", 20, 10.0),
+                ("b", 0.60, "finished", 10, 5.0),
+                ("c", None, "errored", None, None),
+            ],
+            argv=argv,
+            test=("a", 0.68),
+        ),
+        ("optuna", 1): make_run(
+            tmp_path / "o1",
+            [
+                ("a", 0.80, "finished", 5, 5.0),
+                ("b", 0.90, "stopped_early", 8, 2.0),
+                ("c", 0.85, "finished", 30, 10.0),
+            ],
+            argv=argv,
+            test=("b", 0.88),
+        ),
+        ("random", 0): make_run(
+            tmp_path / "r0",
+            [
+                ("x", 0.50, "stopped_early", 3, 3.0),
+                ("y", 0.55, "finished", 40, 20.0),
+                ("z", 0.52, "stopped_early", 50, 4.0),
+            ],
+        ),
         ("random", 1): make_run(tmp_path / "r1", [("x", 0.65, "finished", 6, 6.0)]),
-    }  # fmt: skip
+    }
     return summarise(dirs, "val_auc", "max")
 
 
@@ -99,9 +139,14 @@ def test_rows_follow_finishing_order_with_best_so_far(two_searchers):
 
 
 def test_minimised_metric_keeps_the_lowest(tmp_path):
-    folder = make_run(tmp_path / "m", [("a", 0.5, "finished", 1, 1.0),
-                                       ("b", 0.7, "finished", 2, 1.0),
-                                       ("c", 0.3, "finished", 3, 1.0)])  # fmt: skip
+    folder = make_run(
+        tmp_path / "m",
+        [
+            ("a", 0.5, "finished", 1, 1.0),
+            ("b", 0.7, "finished", 2, 1.0),
+            ("c", 0.3, "finished", 3, 1.0),
+        ],
+    )
     rows = summarise({("optuna", 0): folder}, "val_auc", "min")
     assert [r["best_so_far"] for r in rows] == [0.5, 0.5, 0.3]
 
@@ -159,9 +204,12 @@ def test_html_is_self_contained(two_searchers, tmp_path):
 
 def test_sweep_runs_become_one_more_searcher():
     def run(run_id, state, auc, start, runtime):
-        return SimpleNamespace(id=run_id, state=state, created_at=start,
-                               summary_metrics={"val_auc": auc, "_runtime": runtime,
-                                                "epoch": 3})  # fmt: skip
+        return SimpleNamespace(
+            id=run_id,
+            state=state,
+            created_at=start,
+            summary_metrics={"val_auc": auc, "_runtime": runtime, "epoch": 3},
+        )
 
     runs = [
         run("r1", "finished", 0.7, "2026-01-01T00:00:00Z", 50),
@@ -186,15 +234,37 @@ def test_sweep_is_skipped_with_a_message_offline(monkeypatch, capsys):
 
 
 def test_command_line_of_each_search(tmp_path, monkeypatch):
-    args, passthrough = parse_args(["--task", "blood", "--searchers", "optuna,random",
-                                    "--trials", "4", "--repeats", "2", "--epochs", "1",
-                                    "--", "--max-concurrent", "1"])  # fmt: skip
+    args, passthrough = parse_args(
+        [
+            "--task",
+            "blood",
+            "--searchers",
+            "optuna,random",
+            "--trials",
+            "4",
+            "--repeats",
+            "2",
+            "--epochs",
+            "1",
+            "--",
+            "--max-concurrent",
+            "1",
+        ]
+    )
     args.out, args.gpus_per_trial = str(tmp_path), 0.0
     cmd = search_command(args, "random", 1, passthrough)
     flat = " ".join(cmd[2:])
-    for part in ("--task blood", "--name compare-blood-random-r1", f"--storage {tmp_path}",
-                 "--searcher random", "--seed 1", "--trials 4", "--epochs 1",
-                 "--gpus-per-trial 0.0", "--explain-top 0"):  # fmt: skip
+    for part in (
+        "--task blood",
+        "--name compare-blood-random-r1",
+        f"--storage {tmp_path}",
+        "--searcher random",
+        "--seed 1",
+        "--trials 4",
+        "--epochs 1",
+        "--gpus-per-trial 0.0",
+        "--explain-top 0",
+    ):
         assert part in flat
     assert cmd[-2:] == ["--max-concurrent", "1"]
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -212,16 +282,37 @@ def test_compare_end_to_end(tmp_path, make_npz):
     space = {
         "method": "bayes",
         "metric": {"name": "val_auc", "goal": "maximize"},
-        "parameters": {"model": {"value": "simple_cnn"}, "weights": {"value": "none"},
-                       "batch_size": {"value": 16},
-                       "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2}},
-    }  # fmt: skip
+        "parameters": {
+            "model": {"value": "simple_cnn"},
+            "weights": {"value": "none"},
+            "batch_size": {"value": 16},
+            "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2},
+        },
+    }
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     out = tmp_path / "cmp"
-    cmd = [sys.executable, str(ROOT / "search" / "compare.py"), "--task", "pneumonia",
-           "--searchers", "optuna,wandb-bayes", "--trials", "2", "--repeats", "1",
-           "--epochs", "1", "--launcher", "function", "--data-dir", str(tmp_path),
-           "--space", str(tmp_path / "space.yaml"), "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "search" / "compare.py"),
+        "--task",
+        "pneumonia",
+        "--searchers",
+        "optuna,wandb-bayes",
+        "--trials",
+        "2",
+        "--repeats",
+        "1",
+        "--epochs",
+        "1",
+        "--launcher",
+        "function",
+        "--data-dir",
+        str(tmp_path),
+        "--space",
+        str(tmp_path / "space.yaml"),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     print(proc.stdout[-4000:], proc.stderr[-4000:])

@@ -34,8 +34,9 @@ def _fit(search_alg, tmp_path, budget_s: float):
     tuner = tune.Tuner(
         tune.with_resources(_make_trial(), {"cpu": 1}),
         param_space={"x": tune.uniform(0, 1)},
-        tune_config=tune.TuneConfig(metric="score", mode="max", search_alg=search_alg,
-                                    num_samples=50),  # fmt: skip
+        tune_config=tune.TuneConfig(
+            metric="score", mode="max", search_alg=search_alg, num_samples=50
+        ),
         run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
     )
     t0 = time.time()

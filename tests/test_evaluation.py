@@ -45,9 +45,15 @@ def test_binary_by_hand():
     assert r["balanced_accuracy"]["value"] == pytest.approx((3 / 4 + 5 / 6) / 2)
     assert r["auroc"]["value"] == pytest.approx(20 / 24)  # 20 of 24 pairs ranked right
     assert r["per_class"]["pneumonia"] == pytest.approx(
-        {"precision": 3 / 4, "recall": 3 / 4, "specificity": 5 / 6, "f1": 3 / 4,
-         "support": 4, "auroc": 20 / 24}
-    )  # fmt: skip
+        {
+            "precision": 3 / 4,
+            "recall": 3 / 4,
+            "specificity": 5 / 6,
+            "f1": 3 / 4,
+            "support": 4,
+            "auroc": 20 / 24,
+        }
+    )
     assert r["macro_f1"]["value"] == pytest.approx((3 / 4 + 5 / 6) / 2)
     assert r["confusion_matrix"] == {"labels": ["normal", "pneumonia"], "matrix": [[5, 1], [1, 3]]}
 
@@ -216,7 +222,8 @@ def test_a_threshold_moves_the_predictions_and_is_reported():
     assert low["auroc"] == half["auroc"]  # the ranking does not depend on the threshold
     yl = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
     pl = np.array([[0.9, 0.2], [0.3, 0.3], [0.6, 0.4], [0.1, 0.1]])
-    ml = evaluate_predictions("multilabel", yl, pl, ["a", "b"], n_boot=50,
-                              threshold=np.array([0.5, 0.25]))  # fmt: skip
+    ml = evaluate_predictions(
+        "multilabel", yl, pl, ["a", "b"], n_boot=50, threshold=np.array([0.5, 0.25])
+    )
     assert ml["threshold"] == {"a": 0.5, "b": 0.25} and ml["exact_match"] == 1.0
     assert ml["auroc_missing"] == [] and ml["bootstrap"]["unit"] == "image"

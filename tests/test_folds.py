@@ -87,8 +87,10 @@ def test_errors_name_the_problem():
 
 
 def test_patient_groups_from_file_names():
-    files = {"train_files": np.array(["Parasitized/C33P1thinF_IMG_1_cell_1.png"] * 2),
-             "val_files": np.array(["Uninfected/C1_thinF_IMG_2_cell_9.png"])}  # fmt: skip
+    files = {
+        "train_files": np.array(["Parasitized/C33P1thinF_IMG_1_cell_1.png"] * 2),
+        "val_files": np.array(["Uninfected/C1_thinF_IMG_2_cell_9.png"]),
+    }
     assert list(patient_groups(files)) == ["C33P1", "C33P1", "C1"]
     assert patient_groups({"train_labels": np.zeros((3, 1))}) is None
     with pytest.warns(UserWarning, match="1 of 3 file names carry no patient id"):
@@ -157,11 +159,20 @@ def test_fold_metrics_mean_std_and_per_fold():
 def test_a_failing_fold_fails_the_trial_with_its_message(ray_cluster, make_npz):
     task = get_task("pneumonia")
     arrays = dict(np.load(make_npz(task, n=32)))
-    plan = Plan(name="f", storage="/tmp", trials=1, metric="val_auc", mode="max", task=task,
-                folds=2, cpus_per_worker=1.0)  # fmt: skip
+    plan = Plan(
+        name="f",
+        storage="/tmp",
+        trials=1,
+        metric="val_auc",
+        mode="max",
+        task=task,
+        folds=2,
+        cpus_per_worker=1.0,
+    )
     config = {"task": "pneumonia", "model": "simple_cnn", "epochs": 1, "lr": 1e30, "batch_size": 4}
-    splits = fold_splits(np.concatenate([arrays["train_labels"], arrays["val_labels"]]),
-                         task.kind, 2, seed=0)  # fmt: skip
+    splits = fold_splits(
+        np.concatenate([arrays["train_labels"], arrays["val_labels"]]), task.kind, 2, seed=0
+    )
     with pytest.raises(RuntimeError, match=r"fold \d of 2 failed: FloatingPointError: training"):
         run_folds(config, [ray_cluster.put(arrays)], splits, plan, task)
 
@@ -174,9 +185,28 @@ def test_search_with_three_folds_end_to_end(tmp_path, make_npz, write_space, run
     data = make_npz(task, n=96)
     space = write_space(tmp_path / "space.yaml", lr={"value": 3e-3})
     runs = str(tmp_path / "runs")
-    proc = run_search("--task", "blood", "--data-dir", str(data.parent), "--space", space,
-                      "--folds", "3", "--launcher", "function", "--trials", "1", "--epochs", "2",
-                      "--explain-top", "0", "--storage", runs, "--name", "cv")  # fmt: skip
+    proc = run_search(
+        "--task",
+        "blood",
+        "--data-dir",
+        str(data.parent),
+        "--space",
+        space,
+        "--folds",
+        "3",
+        "--launcher",
+        "function",
+        "--trials",
+        "1",
+        "--epochs",
+        "2",
+        "--explain-top",
+        "0",
+        "--storage",
+        runs,
+        "--name",
+        "cv",
+    )
     assert proc.returncode == 0
     exp = tmp_path / "runs" / "cv"
     (trial,) = read_table(str(exp / "trials.parquet"))

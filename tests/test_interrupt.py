@@ -32,8 +32,9 @@ def start(*args: str) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     log = tempfile.TemporaryFile(mode="w+")  # a file: a pipe nobody reads blocks the search
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+    )
     proc.stdout = log
     return proc
 
@@ -76,10 +77,28 @@ def search_args(tmp_path, make_npz, write_space):
     def make(name: str) -> tuple[list[str], Path]:
         data = make_npz(get_task("pneumonia"), n=600)
         space = write_space(tmp_path / "space.yaml", min_iter=EPOCHS)
-        args = ["--task", "pneumonia", "--data-dir", str(data.parent), "--space", space,
-                "--trials", "2", "--epochs", str(EPOCHS), "--launcher", "function",
-                "--max-concurrent", "1", "--explain-top", "0", "--storage",
-                str(tmp_path / "runs"), "--name", name]  # fmt: skip
+        args = [
+            "--task",
+            "pneumonia",
+            "--data-dir",
+            str(data.parent),
+            "--space",
+            space,
+            "--trials",
+            "2",
+            "--epochs",
+            str(EPOCHS),
+            "--launcher",
+            "function",
+            "--max-concurrent",
+            "1",
+            "--explain-top",
+            "0",
+            "--storage",
+            str(tmp_path / "runs"),
+            "--name",
+            name,
+        ]
         return args, tmp_path / "runs" / name
 
     return make
@@ -102,10 +121,15 @@ def test_sigint_before_and_after_a_checkpoint_each_resumed(search_args):
     """One search interrupted twice (before its first checkpoint, then after one in the resumed
     run), resumed to its end, then resumed once more: the test split is read once."""
     args, exp = search_args("sig")
-    interrupt(start(*args), exp, lambda: started(exp) and not checkpoints(exp),
-              "the first trial to start")  # fmt: skip
-    interrupt(start("--resume", str(exp)), exp, lambda: bool(checkpoints(exp)),
-              "the first checkpoint")  # fmt: skip
+    interrupt(
+        start(*args),
+        exp,
+        lambda: started(exp) and not checkpoints(exp),
+        "the first trial to start",
+    )
+    interrupt(
+        start("--resume", str(exp)), exp, lambda: bool(checkpoints(exp)), "the first checkpoint"
+    )
     code, out = finish(start("--resume", str(exp)))
     assert code == 0, out[-3000:]
     assert status(exp) == "finished"

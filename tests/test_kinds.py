@@ -228,8 +228,9 @@ def test_pos_weight_is_capped_and_says_so(caplog):
         scale, pos = get_kind("multilabel").class_weights(labels, 2, power=1.0)
     assert pos.tolist() == [POS_WEIGHT_CAP, 1.0]
     assert "pos_weight capped at 10 for label(s) [0]" in caplog.text
-    assert torch.allclose(scale * (pos * torch.tensor([1, 500]) + torch.tensor([999, 500])),
-                          torch.full((2,), 1000.0))  # fmt: skip
+    assert torch.allclose(
+        scale * (pos * torch.tensor([1, 500]) + torch.tensor([999, 500])), torch.full((2,), 1000.0)
+    )
 
 
 def test_loss_from_weights_matches_per_sample_weighting():
@@ -241,8 +242,9 @@ def test_loss_from_weights_matches_per_sample_weighting():
     target = kind.loss_targets(torch.as_tensor(labels))
     per = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
     w = torch.where(target > 0, weights[0] * weights[1], weights[0])
-    assert math.isclose(float(kind.make_loss(weights)(logits, target)), float((w * per).mean()),
-                        rel_tol=1e-5)  # fmt: skip
+    assert math.isclose(
+        float(kind.make_loss(weights)(logits, target)), float((w * per).mean()), rel_tol=1e-5
+    )
     assert math.isclose(float(w.mean()), 1.0, rel_tol=1e-6)
 
 

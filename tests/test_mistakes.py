@@ -25,8 +25,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
-GOOD_SPACE = {"model": {"value": "simple_cnn"}, "weights": {"value": "none"},
-              "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2}}  # fmt: skip
+GOOD_SPACE = {
+    "model": {"value": "simple_cnn"},
+    "weights": {"value": "none"},
+    "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2},
+}
 
 # id: (arguments after `--task pneumonia --data-dir data`, unless they start with `!`; what the
 # message must name). `{d}` is the test's folder of broken files.
@@ -72,7 +75,7 @@ MISTAKES = {
     "npz-32px-as-28": (
         ["!", "--task", "pneumonia", "--data-dir", "{d}/big", "--space", "{d}/good.yaml"],
         "big/pneumoniamnist.npz",
-    ),  # fmt: skip
+    ),
 }
 
 
@@ -92,8 +95,11 @@ def _npz(folder: Path, **changes) -> None:
 
 def _broken_files(d: Path) -> None:
     (d / "a-file").write_text("not a folder")
-    for name, lr in (("good", GOOD_SPACE["lr"]), ("abc", {"value": "abc"}),
-                     ("range", {"distribution": "uniform", "min": 0.1, "max": 0.01})):  # fmt: skip
+    for name, lr in (
+        ("good", GOOD_SPACE["lr"]),
+        ("abc", {"value": "abc"}),
+        ("range", {"distribution": "uniform", "min": 0.1, "max": 0.01}),
+    ):
         params = {**GOOD_SPACE, "lr": lr}
         (d / f"{name}.yaml").write_text(yaml.safe_dump({"parameters": params}))
     (d / "bad.yaml").write_text("parameters: {lr: [1, 2\n")
@@ -131,8 +137,12 @@ def refuse(cmd: list[str], ray_tmp: Path) -> dict:
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "WANDB_MODE": "offline"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    return {"code": proc.returncode, "stderr": proc.stderr, "stdout": proc.stdout,
-            "seconds": time.perf_counter() - t0}  # fmt: skip
+    return {
+        "code": proc.returncode,
+        "stderr": proc.stderr,
+        "stdout": proc.stdout,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +157,10 @@ def broken(tmp_path_factory) -> Path:
 def refusals(broken) -> dict:
     d = broken
     with ThreadPoolExecutor(4) as pool:
-        futures = {key: pool.submit(refuse, command(args, d), d / f"ray-{key}")
-                   for key, (args, _) in MISTAKES.items()}  # fmt: skip
+        futures = {
+            key: pool.submit(refuse, command(args, d), d / f"ray-{key}")
+            for key, (args, _) in MISTAKES.items()
+        }
         found = {key: f.result() for key, f in futures.items()}
     for key, r in found.items():
         r["ray_tmp"], r["dir"] = d / f"ray-{key}", d
@@ -180,9 +192,12 @@ def test_a_mistyped_data_dir_is_not_created(refusals):
 
 def test_debug_shows_the_traceback(tmp_path):
     proc = subprocess.run(
-        [*command(["--trials", "0"], tmp_path), "--debug"], cwd=ROOT, capture_output=True,
-        text=True, timeout=120,
-    )  # fmt: skip
+        [*command(["--trials", "0"], tmp_path), "--debug"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "UserError" in proc.stderr
 
 
@@ -198,8 +213,9 @@ def test_gpus_on_a_cluster_without_gpus_are_refused_once_ray_connects(tmp_path):
     # Ray's sockets live in its session folder: a pytest tmp_path is too long a path for them
     ray_tmp = Path(tempfile.mkdtemp(prefix="msw-", dir="/tmp"))
     try:
-        result = refuse(command(["--gpus-per-trial", "1", "--space", "{d}/good.yaml"], tmp_path),
-                        ray_tmp)  # fmt: skip
+        result = refuse(
+            command(["--gpus-per-trial", "1", "--space", "{d}/good.yaml"], tmp_path), ray_tmp
+        )
         left = list((ray_tmp / "ray").glob("session_2*"))
         started = (ray_tmp / "ray").is_dir()
     finally:

@@ -34,13 +34,27 @@ from trainables.tasks import get_task
 
 
 def _plan(**overrides) -> Plan:
-    return Plan(**{"name": "x", "storage": "/tmp", "trials": 2, "metric": "val_auc",
-                   "mode": "max", **overrides})  # fmt: skip
+    return Plan(
+        **{
+            "name": "x",
+            "storage": "/tmp",
+            "trials": 2,
+            "metric": "val_auc",
+            "mode": "max",
+            **overrides,
+        }
+    )
 
 
 def test_exit_code_only_fails_when_every_trial_failed():
-    ok = {"trial_id": "a", "status": FINISHED, "val_auc": 0.9, "best_epoch": 1,
-          "checkpoint_path": "p", "error": None}  # fmt: skip
+    ok = {
+        "trial_id": "a",
+        "status": FINISHED,
+        "val_auc": 0.9,
+        "best_epoch": 1,
+        "checkpoint_path": "p",
+        "error": None,
+    }
     bad = {"trial_id": "b", "status": ERRORED, "val_auc": None, "error": "boom"}
     assert summarise([ok, bad], _plan(), 1.0) == 0
     assert summarise([bad, {**bad, "trial_id": "c"}], _plan(), 1.0) == 1
@@ -55,8 +69,10 @@ def test_command_line_needs_a_task_or_resume(capsys):
 
 
 def test_param_space_lays_the_command_line_over_the_space():
-    space = parse_space({"parameters": {"lr": {"min": 1e-4, "max": 1e-2},
-                                        "epochs": {"value": 8}}}, get_task("blood"))  # fmt: skip
+    space = parse_space(
+        {"parameters": {"lr": {"min": 1e-4, "max": 1e-2}, "epochs": {"value": 8}}},
+        get_task("blood"),
+    )
     values = param_space(parse_args(["--task", "blood", "--epochs", "3", "--seed", "5"]), space)
     assert values["epochs"] == 3 and values["seed"] == 5 and "lr" in values
     smoke = param_space(parse_args(["--task", "blood", "--smoke-test"]), space)
@@ -71,7 +87,9 @@ def test_launcher_and_resources_follow_the_plan():
     assert trial_resources(_plan(launcher="train")) == {"cpu": DRIVER_CPU}
     assert trial_resources(_plan(launcher="function", folds=3)) == {"cpu": DRIVER_CPU}
     assert trial_resources(_plan(launcher="function", gpus_per_trial=0.5)) == {
-        "cpu": 1.0, "gpu": 0.5}  # fmt: skip
+        "cpu": 1.0,
+        "gpu": 0.5,
+    }
     with pytest.raises(ValueError, match="needs --launcher train"):
         _plan(launcher="function", workers_per_trial=2)
     with pytest.raises(ValueError, match="--folds 1"):
@@ -147,19 +165,39 @@ def test_help_is_grouped_shows_defaults_and_imports_nothing_heavy():
         "print('HEAVY', sorted(m for m in ('torch', 'ray', 'medmnist') if m in sys.modules))\n"
     )
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True,
-                         text=True, timeout=120).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, timeout=120
+    ).stdout
     assert "HEAVY []" in out
-    for group in ("task and data:", "search:", "resources:", "outputs and after the search:",
-                  "explain (attribution maps):", "W&B:"):  # fmt: skip
+    for group in (
+        "task and data:",
+        "search:",
+        "resources:",
+        "outputs and after the search:",
+        "explain (attribution maps):",
+        "W&B:",
+    ):
         assert group in out
     assert "(default: 20)" in out  # --trials
 
 
 def test_manifest_status_and_files_from_before_it():
-    m = Manifest(name="x", task="blood", kind="multiclass", classes=["a", "b"], metric="val_auc",
-                 mode="max", searcher="optuna", seed=0, trials=2, epochs=1, launcher="function",
-                 knobs=[], space={}, started_at=1.0)  # fmt: skip
+    m = Manifest(
+        name="x",
+        task="blood",
+        kind="multiclass",
+        classes=["a", "b"],
+        metric="val_auc",
+        mode="max",
+        searcher="optuna",
+        seed=0,
+        trials=2,
+        epochs=1,
+        launcher="function",
+        knobs=[],
+        space={},
+        started_at=1.0,
+    )
     assert m.status == "running" and not m.finished
     old = {k: v for k, v in m.to_dict().items() if k != "status"}
     assert Manifest.from_dict({**old, "finished_at": 2.0}).finished
@@ -176,8 +214,12 @@ def test_progress_estimates_the_time_left_from_epoch_times():
     p = Progress(trials=4, epochs=5, max_concurrent=2, time_budget_s=None)
     p.setup()
     for trial in ("a", "b"):
-        p.on_trial_result(1, [], SimpleNamespace(trial_id=trial),
-                          {"training_iteration": 1, "time_this_iter_s": 3.0})  # fmt: skip
+        p.on_trial_result(
+            1,
+            [],
+            SimpleNamespace(trial_id=trial),
+            {"training_iteration": 1, "time_this_iter_s": 3.0},
+        )
     assert p.remaining_s(p.started) == pytest.approx(18 * 3.0 / 2)
     assert "2 of 20 epochs" in p.line(p.started)
     p.time_budget_s = 10.0  # no new trial after the budget: at most one trial's epochs beyond

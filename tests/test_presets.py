@@ -40,8 +40,10 @@ def test_preset_runs_a_smoke_epoch(path, tmp_path, monkeypatch):
     reports = []
     started = time.perf_counter()
     train_loop(config, lambda m, d: reports.append((m, d)), data, task=task)
-    print(f"{path.stem}: smoke epoch {time.perf_counter() - started:.1f} s ({config['model']}, "
-          f"{size} px, {'streamed' if streamed else 'resident'})")  # fmt: skip
+    print(
+        f"{path.stem}: smoke epoch {time.perf_counter() - started:.1f} s ({config['model']}, "
+        f"{size} px, {'streamed' if streamed else 'resident'})"
+    )
     assert len(reports) == 1 and reports[0][1] is not None
     assert reports[0][0]["epoch"] == 1
     assert reports[0][0]["streamed"] == int(streamed)

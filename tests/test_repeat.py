@@ -36,22 +36,49 @@ def test_seeds_are_new_and_the_spread_is_over_seeds():
 
 
 @pytest.mark.slow
-def test_repeat_best_retrains_the_best_config_with_new_seeds(tmp_path, ray_cluster,
-                                                             pneumonia_subset):  # fmt: skip
+def test_repeat_best_retrains_the_best_config_with_new_seeds(
+    tmp_path, ray_cluster, pneumonia_subset
+):
     task = get_task("pneumonia")
     data_file = str(pneumonia_subset(train=192, val=96, test=96))
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / "test_metrics.json").write_text(json.dumps({"best_trial": "t0", "trials": {}}))
-    plan = Plan(name="exp", storage=str(tmp_path), trials=2, metric="val_auc", mode="max",
-                launcher="function", seed=0, max_concurrent=2, task=task)  # fmt: skip
-    values = {"task": "pneumonia", "model": "simple_cnn", "weights": "none", "epochs": 1,
-              "batch_size": 32, "seed": 0}  # fmt: skip
-    inputs = SimpleNamespace(task=task, values=values, data_file=data_file, source=None,
-                             data=load_arrays(data_file, task))  # fmt: skip
-    best = {"trial_id": "t0", "status": "finished", "val_auc": 0.9, "checkpoint_path": "x",
-            **{f"config/{k}": v for k, v in values.items()}, "config/lr": 3e-3,
-            "config/dropout": 0.1}  # fmt: skip
+    plan = Plan(
+        name="exp",
+        storage=str(tmp_path),
+        trials=2,
+        metric="val_auc",
+        mode="max",
+        launcher="function",
+        seed=0,
+        max_concurrent=2,
+        task=task,
+    )
+    values = {
+        "task": "pneumonia",
+        "model": "simple_cnn",
+        "weights": "none",
+        "epochs": 1,
+        "batch_size": 32,
+        "seed": 0,
+    }
+    inputs = SimpleNamespace(
+        task=task,
+        values=values,
+        data_file=data_file,
+        source=None,
+        data=load_arrays(data_file, task),
+    )
+    best = {
+        "trial_id": "t0",
+        "status": "finished",
+        "val_auc": 0.9,
+        "checkpoint_path": "x",
+        **{f"config/{k}": v for k, v in values.items()},
+        "config/lr": 3e-3,
+        "config/dropout": 0.1,
+    }
     worse = {**best, "trial_id": "t1", "val_auc": 0.7, "config/lr": 1e-4}
     args = argparse.Namespace(repeat_best=2, operating_point="youden", temperature_scaling=False)
 

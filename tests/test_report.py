@@ -31,8 +31,11 @@ from trainables.train import KNOBS
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
-CLASSES = {"multiclass": ["basophil", "eosinophil", "lymphocyte"], "binary": ["normal",
-           "pneumonia"], "multilabel": ["effusion", "nodule", "mass"]}  # fmt: skip
+CLASSES = {
+    "multiclass": ["basophil", "eosinophil", "lymphocyte"],
+    "binary": ["normal", "pneumonia"],
+    "multilabel": ["effusion", "nodule", "mass"],
+}
 SPACE = {
     "method": "bayes",
     "metric": {"name": "val_auc", "goal": "maximize"},
@@ -89,12 +92,24 @@ def epoch_results(i: int, n: int, rng: np.random.Generator, start: float) -> lis
         return []
     epochs_run = 1 if i % 3 == 1 else EPOCHS
     auc = float(0.6 + 0.35 * rng.random())
-    return [{
-        "epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 1.2 / epoch, "val_acc": 0.7,
-        "val_f1": 0.6, "val_auc": auc - 0.05 * (epochs_run - epoch), "lr_now": 1e-3,
-        "frozen": 0.0, "augmented": 1.0, "images_per_s": 900.0, "time_this_iter_s": 12.5,
-        "time_total_s": 12.5 * epoch, "timestamp": start + 30 * i + 12.5 * epoch,
-    } for epoch in range(1, epochs_run + 1)]  # fmt: skip
+    return [
+        {
+            "epoch": epoch,
+            "train_loss": 1.0 / epoch,
+            "val_loss": 1.2 / epoch,
+            "val_acc": 0.7,
+            "val_f1": 0.6,
+            "val_auc": auc - 0.05 * (epochs_run - epoch),
+            "lr_now": 1e-3,
+            "frozen": 0.0,
+            "augmented": 1.0,
+            "images_per_s": 900.0,
+            "time_this_iter_s": 12.5,
+            "time_total_s": 12.5 * epoch,
+            "timestamp": start + 30 * i + 12.5 * epoch,
+        }
+        for epoch in range(1, epochs_run + 1)
+    ]
 
 
 def search_tables(kind: str, n: int, rng: np.random.Generator, start: float):
@@ -105,14 +120,18 @@ def search_tables(kind: str, n: int, rng: np.random.Generator, start: float):
         results = epoch_results(i, n, rng, start)
         config = {
             "aug_cutoff_epoch": int(rng.integers(0, 11)),
-            "class_weight_power": float(rng.random()), "dropout": 0.5 * rng.random(),
+            "class_weight_power": float(rng.random()),
+            "dropout": 0.5 * rng.random(),
             "epochs": EPOCHS,
-            "lr": float(10 ** rng.uniform(-4, np.log10(3e-2))), "model": "simple_cnn",
-            "task": f"fake-{kind}", "unfreeze_epoch": int(rng.integers(0, 5)),
-        }  # fmt: skip
+            "lr": float(10 ** rng.uniform(-4, np.log10(3e-2))),
+            "model": "simple_cnn",
+            "task": f"fake-{kind}",
+            "unfreeze_epoch": int(rng.integers(0, 5)),
+        }
         error = None if results else RuntimeError("CUDA out of memory\n  File train.py, line 9")
-        trials.append(trial_row(tid, results, config, error, f"/ray/results/{tid}", "val_auc",
-                                "max", EPOCHS))  # fmt: skip
+        trials.append(
+            trial_row(tid, results, config, error, f"/ray/results/{tid}", "val_auc", "max", EPOCHS)
+        )
         history += history_rows(tid, results)
     for t in trials:
         t["attr_focus"] = t["attr_focus_warning"] = None
@@ -142,13 +161,27 @@ def write_attribution(folder: Path, rng: np.random.Generator, both: bool = True)
 def write_manifest(root: Path, kind: str, n: int, start: float) -> None:
     classes = CLASSES[kind]
     Manifest(
-        name=root.name, task=f"fake-{kind}", kind=kind, classes=classes, metric="val_auc",
-        mode="max", searcher="optuna", seed=0, trials=n, epochs=EPOCHS, launcher="function",
-        knobs=list(KNOBS), space=SPACE, started_at=start, finished_at=start + 400.0,
+        name=root.name,
+        task=f"fake-{kind}",
+        kind=kind,
+        classes=classes,
+        metric="val_auc",
+        mode="max",
+        searcher="optuna",
+        seed=0,
+        trials=n,
+        epochs=EPOCHS,
+        launcher="function",
+        knobs=list(KNOBS),
+        space=SPACE,
+        started_at=start,
+        finished_at=start + 400.0,
         wall_time_s=400.0,
-        split_counts={"train": {c: 100 for c in classes},
-                      "val": {c: 30 if j else 12 for j, c in enumerate(classes)}},
-    ).write(str(root))  # fmt: skip
+        split_counts={
+            "train": {c: 100 for c in classes},
+            "val": {c: 30 if j else 12 for j, c in enumerate(classes)},
+        },
+    ).write(str(root))
 
 
 def write_tests(root: Path, winner: dict, kind: str, rng: np.random.Generator) -> None:
@@ -156,12 +189,13 @@ def write_tests(root: Path, winner: dict, kind: str, rng: np.random.Generator) -
     classes = CLASSES[kind]
     winner["checkpoint_path"] = str(root / winner["trial_id"] / "checkpoint")
     labels, probs = fake_predictions(kind, len(classes), rng)
-    write_npz(str(root / winner["trial_id"] / "test_predictions.npz"), labels=labels,
-              probs=probs)  # fmt: skip
+    write_npz(str(root / winner["trial_id"] / "test_predictions.npz"), labels=labels, probs=probs)
     y, scores = get_kind(kind).test_inputs(labels, probs)
     result = evaluate_predictions(kind, y, scores, classes, n_boot=100)
-    write_json(root / "test_metrics.json",
-               {"best_trial": winner["trial_id"], "trials": {winner["trial_id"]: result}})
+    write_json(
+        root / "test_metrics.json",
+        {"best_trial": winner["trial_id"], "trials": {winner["trial_id"]: result}},
+    )
 
 
 def make_experiment(root: Path, kind: str = "multiclass", n: int = 7) -> dict:
@@ -250,8 +284,11 @@ def test_degrades_without_tests_and_attribution(experiment):
     assert "ROC curves: not available" in words
     assert "no trial has attribution maps" in words
     assert f"The winner: trial {info['winner']}" in words  # still picked from trials.parquet
-    np.savez(root / info["winner"] / "test_predictions.npz", labels=np.arange(4)[:, None] % 3,
-             probs=np.ones((4, 7)))  # fmt: skip
+    np.savez(
+        root / info["winner"] / "test_predictions.npz",
+        labels=np.arange(4)[:, None] % 3,
+        probs=np.ones((4, 7)),
+    )
     text, page = read(build_report(root))
     check_self_contained(root, text, page)
     assert "test_predictions.npz does not fit" in page.all_text
@@ -287,8 +324,11 @@ def test_cli_rebuilds_from_the_folder(experiment, capsys):
     root, _ = experiment
     done = subprocess.run(
         [sys.executable, "search/report.py", str(root)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("report.html")
     text, page = read(str(root / "report.html"))

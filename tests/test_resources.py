@@ -40,9 +40,10 @@ def test_gpu_node_types_that_are_not_up_yet_give_gpu_trials_and_concurrency_abov
 def test_cpu_bounds_trials_per_gpu_node():
     """A node with 1 CPU holds one 1-CPU trial, however small its GPU share."""
     view = ClusterView(
-        local=False, nodes=({"CPU": 1, HEAD_RESOURCE: 1},),
+        local=False,
+        nodes=({"CPU": 1, HEAD_RESOURCE: 1},),
         node_types=(NodeType("gpu_worker", {"CPU": 1, "GPU": 1}, 2),),
-    )  # fmt: skip
+    )
     assert concurrency(view, {"CPU": 1, "GPU": 0.25}) == 2
 
 

@@ -22,12 +22,29 @@ def test_search_end_to_end_under_ray_train(tmp_path, make_npz, write_space, run_
     """Default launcher (a TorchTrainer per trial): exit 0, tables, loadable checkpoints."""
     task = get_task("blood")
     data = make_npz(task, n=96)
-    space = write_space(tmp_path / "space.yaml",
-                        lr={"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2},
-                        dropout={"min": 0.0, "max": 0.3})  # fmt: skip
-    proc = run_search("--task", "blood", "--data-dir", str(data.parent), "--space", space,
-                      "--trials", "2", "--epochs", "2", "--storage", str(tmp_path / "runs"),
-                      "--name", "it", "--launcher", "train")  # fmt: skip
+    space = write_space(
+        tmp_path / "space.yaml",
+        lr={"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2},
+        dropout={"min": 0.0, "max": 0.3},
+    )
+    proc = run_search(
+        "--task",
+        "blood",
+        "--data-dir",
+        str(data.parent),
+        "--space",
+        space,
+        "--trials",
+        "2",
+        "--epochs",
+        "2",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "it",
+        "--launcher",
+        "train",
+    )
     assert proc.returncode == 0
     exp = tmp_path / "runs" / "it"
     trials = read_table(str(exp / "trials.parquet"))
@@ -50,10 +67,28 @@ def test_failing_trials_do_not_take_the_search_down(tmp_path, make_npz, write_sp
     task = get_task("pneumonia")
     data = make_npz(task, n=64)
     space = write_space(tmp_path / "space.yaml", lr={"values": [1e-3, 1e30]})
-    proc = run_search("--task", "pneumonia", "--data-dir", str(data.parent), "--space", space,
-                      "--trials", "4", "--epochs", "1", "--storage", str(tmp_path / "runs"),
-                      "--name", "nan", "--searcher", "random", "--launcher", "function",
-                      "--seed", "3")  # fmt: skip
+    proc = run_search(
+        "--task",
+        "pneumonia",
+        "--data-dir",
+        str(data.parent),
+        "--space",
+        space,
+        "--trials",
+        "4",
+        "--epochs",
+        "1",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "nan",
+        "--searcher",
+        "random",
+        "--launcher",
+        "function",
+        "--seed",
+        "3",
+    )
     trials = read_table(str(tmp_path / "runs" / "nan" / "trials.parquet"))
     bad = [t for t in trials if t["config/lr"] > 1]
     good = [t for t in trials if t["config/lr"] < 1]
@@ -78,10 +113,30 @@ def test_real_pneumonia_search_beats_090_test_auroc(
         batch_size={"value": 64},
     )
     started = time.time()
-    proc = run_search("--task", "pneumonia", "--data-dir", str(pneumonia_path.parent),
-                      "--space", space, "--trials", "3", "--epochs", "4", "--launcher",
-                      "function", "--storage", str(tmp_path / "runs"), "--name", "real",
-                      "--seed", "0", "--ig-samples", "1", "--ig-steps", "8")  # fmt: skip
+    proc = run_search(
+        "--task",
+        "pneumonia",
+        "--data-dir",
+        str(pneumonia_path.parent),
+        "--space",
+        space,
+        "--trials",
+        "3",
+        "--epochs",
+        "4",
+        "--launcher",
+        "function",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "real",
+        "--seed",
+        "0",
+        "--ig-samples",
+        "1",
+        "--ig-steps",
+        "8",
+    )
     wall = time.time() - started
     assert proc.returncode == 0
     trials = read_table(str(tmp_path / "runs" / "real" / "trials.parquet"))
@@ -93,9 +148,11 @@ def test_real_pneumonia_search_beats_090_test_auroc(
     auc = roc_auc_score(labels[:, 0], probs[:, 0])
     config = {k: best[k] for k in best if k.startswith("config/")}
     attribution = re.search(r"attribution maps for \d+ trials in ([\d.]+) s", proc.stderr)
-    print(f"real-data search: {wall:.0f} s wall, best val_auc {best['val_auc']:.4f}, "
-          f"test AUROC {auc:.4f}, attribution pass {attribution and attribution[1]} s, "
-          f"config {config}")  # fmt: skip
+    print(
+        f"real-data search: {wall:.0f} s wall, best val_auc {best['val_auc']:.4f}, "
+        f"test AUROC {auc:.4f}, attribution pass {attribution and attribution[1]} s, "
+        f"config {config}"
+    )
     assert auc >= 0.90
     # Everything a search leaves on real X-rays: maps and focus for every trial, test metrics
     # with CIs for the best, and a report that embeds them.
@@ -120,9 +177,24 @@ def test_malaria_folder_task_end_to_end(tmp_path, make_malaria, write_space, run
     evaluated on its test split; Parasitized is the positive class."""
     src = make_malaria(tmp_path, cells=8)
     space = write_space(tmp_path / "space.yaml", lr={"value": 3e-3}, image_size={"value": 28})
-    proc = run_search("--task", "malaria", "--data-dir", str(src), "--space", space,
-                      "--trials", "1", "--epochs", "2", "--launcher", "function",
-                      "--storage", str(tmp_path / "runs"), "--name", "mal")  # fmt: skip
+    proc = run_search(
+        "--task",
+        "malaria",
+        "--data-dir",
+        str(src),
+        "--space",
+        space,
+        "--trials",
+        "1",
+        "--epochs",
+        "2",
+        "--launcher",
+        "function",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "mal",
+    )
     assert proc.returncode == 0
     (trial,) = read_table(str(tmp_path / "runs" / "mal" / "trials.parquet"))
     ckpt = load_checkpoint(trial["checkpoint_path"])

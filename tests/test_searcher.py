@@ -21,16 +21,22 @@ SPACE = {"lr": tune.loguniform(1e-4, 1e-2)}
 
 def _searcher(tmp_path, mode="max", epochs=3, name="s"):
     storage, _ = study_storage(str(tmp_path), name)
-    return BestEpochOptuna(epochs, space=SPACE, metric="val_auc", mode=mode, storage=storage,
-                           study_name=name)  # fmt: skip
+    return BestEpochOptuna(
+        epochs, space=SPACE, metric="val_auc", mode=mode, storage=storage, study_name=name
+    )
 
 
 def _result(epoch: int, value: float) -> dict:
     return {"epoch": epoch, "training_iteration": epoch, "val_auc": value}
 
 
-def _run(searcher, trial_id: str, values: list[float], stop_after: int | None = None,
-         error: bool = False) -> None:  # fmt: skip
+def _run(
+    searcher,
+    trial_id: str,
+    values: list[float],
+    stop_after: int | None = None,
+    error: bool = False,
+) -> None:
     """Feed `values` as Tune would; with `stop_after`, the scheduler stops it at that epoch."""
     assert searcher.suggest(trial_id)["lr"] > 0
     last = len(values) if stop_after is None else stop_after
@@ -85,8 +91,11 @@ def test_save_and_restore_continue_the_study(tmp_path):
     restored.on_trial_complete("b", result=_result(3, 0.82))
     _run(restored, "c", [0.1, 0.2, 0.3])
     values = [(t.state, t.value) for t in _study(tmp_path).get_trials()]
-    assert values == [(TrialState.COMPLETE, 0.7), (TrialState.COMPLETE, 0.85),
-                      (TrialState.COMPLETE, 0.3)]  # fmt: skip
+    assert values == [
+        (TrialState.COMPLETE, 0.7),
+        (TrialState.COMPLETE, 0.85),
+        (TrialState.COMPLETE, 0.3),
+    ]
 
 
 def test_study_storage_local_uri_and_network_filesystems(tmp_path, monkeypatch):
@@ -103,8 +112,7 @@ def test_study_storage_local_uri_and_network_filesystems(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_study_on_disk_matches_trials_parquet(tmp_path, pneumonia_subset, write_space,
-                                              run_search):  # fmt: skip
+def test_study_on_disk_matches_trials_parquet(tmp_path, pneumonia_subset, write_space, run_search):
     """A real search (ASHA from epoch 1, eta 2): every trial of optuna.db has the state and
     value trials.parquet and history.parquet give it: finished -> COMPLETE with the best
     epoch's metric, stopped early -> PRUNED with its last epoch's, errored -> FAIL."""
@@ -114,10 +122,30 @@ def test_study_on_disk_matches_trials_parquet(tmp_path, pneumonia_subset, write_
         min_iter=1,
         lr={"distribution": "log_uniform_values", "min": 1e-5, "max": 3e-2},
     )
-    proc = run_search("--task", "pneumonia", "--data-dir", str(data.parent), "--space", space,
-                      "--trials", "4", "--epochs", "3", "--launcher", "function",
-                      "--max-concurrent", "1", "--explain-top", "0", "--test-top", "0",
-                      "--storage", str(tmp_path / "runs"), "--name", "opt")  # fmt: skip
+    proc = run_search(
+        "--task",
+        "pneumonia",
+        "--data-dir",
+        str(data.parent),
+        "--space",
+        space,
+        "--trials",
+        "4",
+        "--epochs",
+        "3",
+        "--launcher",
+        "function",
+        "--max-concurrent",
+        "1",
+        "--explain-top",
+        "0",
+        "--test-top",
+        "0",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "opt",
+    )
     assert proc.returncode == 0
     exp = tmp_path / "runs" / "opt"
     rows = read_table(str(exp / "trials.parquet"))
@@ -125,8 +153,11 @@ def test_study_on_disk_matches_trials_parquet(tmp_path, pneumonia_subset, write_
     study = optuna.load_study(study_name="opt", storage=f"sqlite:///{exp / 'optuna.db'}")
     trials = study.get_trials()
     assert len(trials) == len(rows) == 4
-    expected = {"finished": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED,
-                "errored": TrialState.FAIL}  # fmt: skip
+    expected = {
+        "finished": TrialState.COMPLETE,
+        "stopped_early": TrialState.PRUNED,
+        "errored": TrialState.FAIL,
+    }
     for row in rows:
         trial = next(t for t in trials if t.params["lr"] == pytest.approx(row["config/lr"]))
         assert trial.state == expected[row["status"]], row

@@ -90,7 +90,11 @@ def test_locate_data_converts_a_segfolder(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--data-dir"):
         locate_data(get_task("segfolder"), 32, argparse.Namespace(data_dir=None, seed=0))
     bad = dict(arrays, train_labels=arrays["train_labels"][:, :8])
-    np.savez(tmp_path / "bad.npz", **bad, test_images=arrays["val_images"],
-             test_labels=arrays["val_labels"])  # fmt: skip
+    np.savez(
+        tmp_path / "bad.npz",
+        **bad,
+        test_images=arrays["val_images"],
+        test_labels=arrays["val_labels"],
+    )
     with pytest.raises(ValueError, match=r"masks have shape \(4, 8, 32\), expected \(4, 32, 32\)"):
         load_npz(tmp_path / "bad.npz", task)

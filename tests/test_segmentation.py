@@ -103,12 +103,22 @@ def _classifier_checkpoint(tmp_path, image_size: int, channels: int = 1):
         for p in model.parameters():
             p.normal_()  # weights nothing else produces
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    path = save_checkpoint(tmp_path / f"clf{image_size}", {
-        "task": "pneumonia", "kind": "binary", "classes": ["normal", "pneumonia"],
-        "channels": channels, "model": "resnet18", "image_size": image_size, "config": {},
-        "normalisation": {"mean": [0.5], "std": [0.25]}, "epoch": 1, "metrics": {},
-        "state_dict": state,
-    })  # fmt: skip
+    path = save_checkpoint(
+        tmp_path / f"clf{image_size}",
+        {
+            "task": "pneumonia",
+            "kind": "binary",
+            "classes": ["normal", "pneumonia"],
+            "channels": channels,
+            "model": "resnet18",
+            "image_size": image_size,
+            "config": {},
+            "normalisation": {"mean": [0.5], "std": [0.25]},
+            "epoch": 1,
+            "metrics": {},
+            "state_dict": state,
+        },
+    )
     return path, state
 
 
@@ -129,8 +139,9 @@ def test_a_small_stem_checkpoint_fits_the_encoder_stem(tmp_path):
     conv = unet.backbone.conv1.weight
     assert torch.equal(conv[..., 2:5, 2:5], state["backbone.conv1.weight"])
     assert float(conv.detach()[..., 0, :].abs().sum()) == 0.0
-    assert torch.equal(unet.backbone.layer4[1].conv2.weight,
-                       state["backbone.layer4.1.conv2.weight"])  # fmt: skip
+    assert torch.equal(
+        unet.backbone.layer4[1].conv2.weight, state["backbone.layer4.1.conv2.weight"]
+    )
 
 
 def test_a_checkpoint_of_another_backbone_is_refused(tmp_path, make_checkpoint):
@@ -167,8 +178,14 @@ def test_a_trial_trains_the_decoder_on_a_frozen_transferred_encoder(tmp_path):
     def keep(metrics, checkpoint_dir):
         saved.append((metrics, load_checkpoint(checkpoint_dir)))
 
-    config = {"task": "segfolder", "image_size": 32, "epochs": 1, "batch_size": 4,
-              "weights": path, "unfreeze_epoch": 1}  # fmt: skip
+    config = {
+        "task": "segfolder",
+        "image_size": 32,
+        "epochs": 1,
+        "batch_size": 4,
+        "weights": path,
+        "unfreeze_epoch": 1,
+    }
     train_loop(config, keep, _masks_data(n=4), task=task, device=torch.device("cpu"))
     ((metrics, ckpt),) = saved
     assert metrics["frozen"] == 1
@@ -204,8 +221,15 @@ def seg_checkpoint(tmp_path_factory):
         reports.append(metrics)
         shutil.copytree(checkpoint_dir, folder, dirs_exist_ok=True)
 
-    config = {"task": "segfolder", "image_size": 32, "epochs": 2, "batch_size": 4,
-              "lr": 3e-3, "aug_cutoff_epoch": 1, "dropout": 0.1}  # fmt: skip
+    config = {
+        "task": "segfolder",
+        "image_size": 32,
+        "epochs": 2,
+        "batch_size": 4,
+        "lr": 3e-3,
+        "aug_cutoff_epoch": 1,
+        "dropout": 0.1,
+    }
     train_loop(config, keep, arrays, task=task, device=torch.device("cpu"))
     return task, arrays, folder, reports
 
@@ -251,8 +275,9 @@ def test_test_figures_have_image_bootstrap_cis(seg_checkpoint, tmp_path):
         for block in (result["split"][name], result["per_image_mean"][name]):
             assert block["ci_low"] <= block["value"] <= block["ci_high"]
         assert len(result["per_image"][name]) == 4
-    assert math.isclose(np.mean(result["per_image"]["dice"]),
-                        result["per_image_mean"]["dice"]["value"])  # fmt: skip
+    assert math.isclose(
+        np.mean(result["per_image"]["dice"]), result["per_image_mean"]["dice"]["value"]
+    )
     again = get_kind("segmentation").test_figures(
         labels, npz_probs(tmp_path), ["background", "foreground"]
     )
@@ -283,17 +308,39 @@ def test_a_real_search_on_the_isbi_sample(isbi_path, tmp_path, run_search, write
     piece after the search (overlays, test figures with CIs, report) is written."""
     src = tmp_path / "isbi"
     shutil.copytree(isbi_path, src)
-    fixed = {"model": "unet-resnet18", "task": "segfolder", "image_size": 64, "epochs": 2,
-             "batch_size": 4}  # fmt: skip
+    fixed = {
+        "model": "unet-resnet18",
+        "task": "segfolder",
+        "image_size": 64,
+        "epochs": 2,
+        "batch_size": 4,
+    }
     lr = {"distribution": "log_uniform_values", "min": 1e-3, "max": 5e-3}
-    space = write_space(tmp_path / "space.yaml", min_iter=2, lr=lr,
-                        **{k: {"value": v} for k, v in fixed.items()})  # fmt: skip
+    space = write_space(
+        tmp_path / "space.yaml", min_iter=2, lr=lr, **{k: {"value": v} for k, v in fixed.items()}
+    )
     space_file = tmp_path / "space.yaml"
     space_file.write_text(space_file.read_text().replace("val_auc", "val_dice"))
-    proc = run_search("--task", "segfolder", "--data-dir", str(src), "--space", space,
-                      "--trials", "2", "--weights", "none", "--launcher", "function",
-                      "--explain-top", "1",
-                      "--storage", str(tmp_path / "runs"), "--name", "isbi")  # fmt: skip
+    proc = run_search(
+        "--task",
+        "segfolder",
+        "--data-dir",
+        str(src),
+        "--space",
+        space,
+        "--trials",
+        "2",
+        "--weights",
+        "none",
+        "--launcher",
+        "function",
+        "--explain-top",
+        "1",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "isbi",
+    )
     assert proc.returncode == 0
     root = tmp_path / "runs" / "isbi"
     tests = json.loads((root / "test_metrics.json").read_text())

@@ -105,11 +105,17 @@ EPOCH_KNOBS = {"unfreeze_epoch": {"min": 0, "max": 3}, "aug_cutoff_epoch": {"min
 
 
 def _knob_space(tmp_path, **fixed) -> str:
-    parameters = {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
-                  **EPOCH_KNOBS, **{k: {"value": v} for k, v in fixed.items()}}  # fmt: skip
+    parameters = {
+        "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+        **EPOCH_KNOBS,
+        **{k: {"value": v} for k, v in fixed.items()},
+    }
     path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump({"metric": {"name": "val_auc", "goal": "maximize"},
-                                    "parameters": parameters}))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {"metric": {"name": "val_auc", "goal": "maximize"}, "parameters": parameters}
+        )
+    )
     return str(path)
 
 
@@ -152,9 +158,17 @@ def test_epoch_knobs_whose_every_value_is_past_the_last_epoch_are_dropped(tmp_pa
     space = load_space(path, get_task("blood"), fixed={"epochs": 5})
     assert {"unfreeze_epoch", "aug_cutoff_epoch"} <= set(space.searched)  # 0..3 < 5 acts
     late = {"unfreeze_epoch": {"min": 2, "max": 6}}
-    space = parse_space({"parameters": {**late, "weights": {"value": "imagenet"},
-                                        "model": {"value": "resnet18"}, "epochs": {"value": 2}}},
-                        get_task("blood"))  # fmt: skip
+    space = parse_space(
+        {
+            "parameters": {
+                **late,
+                "weights": {"value": "imagenet"},
+                "model": {"value": "resnet18"},
+                "epochs": {"value": 2},
+            }
+        },
+        get_task("blood"),
+    )
     assert "unfreeze_epoch" in space.searched  # parse_space converts only; load_space drops
     from search.driver.space import drop_dead_knobs
 

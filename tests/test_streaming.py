@@ -63,13 +63,17 @@ def test_streamed_batches_equal_resident_batches():
     resident = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     a = list(device_batches(resident, batch_indices(50, 8, True, g1)))
-    b = list(device_batches(Streamed(Rows([images]), torch.device("cpu")),
-                            batch_indices(50, 8, True, g2)))  # fmt: skip
+    b = list(
+        device_batches(
+            Streamed(Rows([images]), torch.device("cpu")), batch_indices(50, 8, True, g2)
+        )
+    )
     assert len(a) == len(b) == 7
     for x, y in zip(a, b, strict=True):
         assert y.is_contiguous() and torch.equal(x, y)
-    early = device_batches(Streamed(Rows([images]), torch.device("cpu")),
-                           batch_indices(50, 8, False))  # fmt: skip
+    early = device_batches(
+        Streamed(Rows([images]), torch.device("cpu")), batch_indices(50, 8, False)
+    )
     assert next(early).shape == (8, 3, 6, 6)
     early.close()  # the reader thread stops with the consumer
 
@@ -128,8 +132,9 @@ def test_processes_racing_on_one_node_write_one_copy(pneumonia_path, node_cache)
     with concurrent.futures.ProcessPoolExecutor(3, mp_context=context) as pool:
         sizes = list(pool.map(_open_in_process, [source] * 3))
     assert sizes == [3882] * 3
-    assert cached_files(source) == sorted(f"{s}_{p}.npy" for s in ("train", "val")
-                                          for p in ("images", "labels"))  # fmt: skip
+    assert cached_files(source) == sorted(
+        f"{s}_{p}.npy" for s in ("train", "val") for p in ("images", "labels")
+    )
     assert sorted(p.name for p in node_cache.iterdir()) == [source.key, f"{source.key}.lock"]
 
 
@@ -138,8 +143,9 @@ def test_a_source_on_storage_is_copied_down_once(pneumonia_path, node_cache):
     source = describe(f"file://{pneumonia_path}", task, 28)  # a URI: pyarrow.fs reads it
     assert source.key == fingerprint(str(pneumonia_path))
     arrays = node_arrays(source, ("val",))
-    np.testing.assert_array_equal(arrays["val_images"],
-                                  load_npz(pneumonia_path, task)["val_images"])  # fmt: skip
+    np.testing.assert_array_equal(
+        arrays["val_images"], load_npz(pneumonia_path, task)["val_images"]
+    )
     assert "source.npz" not in os.listdir(node_cache / source.key)  # removed once extracted
 
 
@@ -158,14 +164,24 @@ def test_same_seed_trains_the_same_batches_on_both_paths(tmp_path, node_cache):
     arrays = synthetic_arrays(task.kind, len(task.classes), task.channels, size=28, n=64)
     path = tmp_path / "blood.npz"
     np.savez_compressed(path, **arrays)
-    config = {"task": "blood", "model": "simple_cnn", "epochs": 1, "lr": 3e-3, "batch_size": 16,
-              "aug_cutoff_epoch": 1, "seed": 4}  # fmt: skip
+    config = {
+        "task": "blood",
+        "model": "simple_cnn",
+        "epochs": 1,
+        "lr": 3e-3,
+        "batch_size": 16,
+        "aug_cutoff_epoch": 1,
+        "seed": 4,
+    }
     runs = {}
-    for name, data in (("resident", load_npz(path, task)),
-                       ("stream", open_data([describe(str(path), task, 28)]))):  # fmt: skip
+    for name, data in (
+        ("resident", load_npz(path, task)),
+        ("stream", open_data([describe(str(path), task, 28)])),
+    ):
         reports: list[dict] = []
-        train_loop(config, lambda m, d, out=reports: out.append(m), data,
-                   device=torch.device("cpu"))  # fmt: skip
+        train_loop(
+            config, lambda m, d, out=reports: out.append(m), data, device=torch.device("cpu")
+        )
         runs[name] = reports[0]
     assert (runs["resident"]["streamed"], runs["stream"]["streamed"]) == (0, 1)
     for key in ("train_loss", "val_loss", "val_auc", "val_acc"):

@@ -37,8 +37,9 @@ def _write_dataset(path: Path) -> int:
         cell = SIZE // 3
         for c in range(9):  # each class a bright square in its own place
             r, q = divmod(c, 3)
-            images[labels[:, 0] == c, r * cell : r * cell + cell // 2,
-                   q * cell : q * cell + cell // 2] = 220  # fmt: skip
+            images[
+                labels[:, 0] == c, r * cell : r * cell + cell // 2, q * cell : q * cell + cell // 2
+            ] = 220
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
     np.savez(path, **arrays)  # stored, not deflated: what a 224-px MedMNIST member is like
     return arrays["train_images"].nbytes + arrays["val_images"].nbytes
@@ -60,8 +61,7 @@ class MemorySampler:
         total = cache_pss = cache_rss = 0
         for proc in psutil.process_iter(["pid"]):
             try:
-                maps = [m for m in proc.memory_maps(grouped=True)
-                        if m.path.startswith(self.cache)]  # fmt: skip
+                maps = [m for m in proc.memory_maps(grouped=True) if m.path.startswith(self.cache)]
                 if not maps:
                     continue
                 full = proc.memory_full_info()
@@ -101,16 +101,39 @@ def test_a_search_above_the_budget_streams_from_one_copy_per_node(tmp_path, writ
     dataset = _write_dataset(data_dir / "pathmnist_224.npz")
     lr = {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2}
     space = write_space(tmp_path / "space.yaml", image_size={"value": SIZE}, lr=lr)
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1",
-           "MEDSWEEP_NODE_CACHE": str(cache)}  # fmt: skip
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), "--task", "pathology",
-           "--data-dir", str(data_dir), "--space", space, "--smoke-test",
-           "--storage", str(tmp_path / "runs"), "--name", "big", "--resident-budget-mb", "20",
-           "--wandb", "off", "--explain-top", "1", "--ig-samples", "1",
-           "--ig-steps", "4"]  # fmt: skip
+    env = {
+        **os.environ,
+        "WANDB_MODE": "offline",
+        "PYTHONUNBUFFERED": "1",
+        "MEDSWEEP_NODE_CACHE": str(cache),
+    }
+    cmd = [
+        sys.executable,
+        str(ROOT / "search" / "run.py"),
+        "--task",
+        "pathology",
+        "--data-dir",
+        str(data_dir),
+        "--space",
+        space,
+        "--smoke-test",
+        "--storage",
+        str(tmp_path / "runs"),
+        "--name",
+        "big",
+        "--resident-budget-mb",
+        "20",
+        "--wandb",
+        "off",
+        "--explain-top",
+        "1",
+        "--ig-samples",
+        "1",
+        "--ig-steps",
+        "4",
+    ]
     with MemorySampler(cache) as memory:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     print(proc.stdout[-3000:], proc.stderr[-4000:])
     assert proc.returncode == 0
     log = proc.stdout + proc.stderr

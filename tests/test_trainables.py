@@ -166,11 +166,18 @@ def test_weights_from_file(tmp_path):
 def test_checkpoint_round_trip(tmp_path, kind, classes, outputs):
     model = build_model("simple_cnn", outputs, 1, 28, dropout=0.25)
     payload = {
-        "task": "x", "kind": kind, "classes": classes, "channels": 1,
-        "model": "simple_cnn", "image_size": 28, "config": {"dropout": 0.25, "lr": 0.01},
-        "normalisation": {"mean": [0.5], "std": [0.2]}, "epoch": 3, "metrics": {"val_auc": 0.9},
+        "task": "x",
+        "kind": kind,
+        "classes": classes,
+        "channels": 1,
+        "model": "simple_cnn",
+        "image_size": 28,
+        "config": {"dropout": 0.25, "lr": 0.01},
+        "normalisation": {"mean": [0.5], "std": [0.2]},
+        "epoch": 3,
+        "metrics": {"val_auc": 0.9},
         "state_dict": model.state_dict(),
-    }  # fmt: skip
+    }
     path = save_checkpoint(tmp_path / "ckpt", payload)
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["model.pt"]  # no temp left
     loaded = load_checkpoint(path)
@@ -203,8 +210,15 @@ def _run(config, data):
 def test_train_loop_learns_and_checkpoints_every_epoch(make_npz):
     task = get_task("blood")
     data = load_npz(make_npz(task, n=160), task)
-    config = {"task": "blood", "model": "simple_cnn", "epochs": 4, "lr": 3e-3,
-              "batch_size": 32, "aug_cutoff_epoch": 1, "class_weight_power": 0.5}  # fmt: skip
+    config = {
+        "task": "blood",
+        "model": "simple_cnn",
+        "epochs": 4,
+        "lr": 3e-3,
+        "batch_size": 32,
+        "aug_cutoff_epoch": 1,
+        "class_weight_power": 0.5,
+    }
     reports = _run(config, data)
     assert [m["epoch"] for m, _ in reports] == [1, 2, 3, 4]
     assert [m["augmented"] for m, _ in reports] == [1, 0, 0, 0]
@@ -221,9 +235,16 @@ def test_resume_continues_where_the_trial_stopped(make_npz, tmp_path):
     uninterrupted run: weights, optimizer, scheduler, best score and per-epoch RNG restored."""
     task = get_task("pneumonia")
     data = load_npz(make_npz(task, n=96), task)
-    config = {"task": "pneumonia", "model": "deeper_cnn", "epochs": 4, "lr": 2e-3,
-              "batch_size": 16, "aug_cutoff_epoch": 4, "dropout": 0.3,
-              "lr_schedule": "cosine"}  # fmt: skip
+    config = {
+        "task": "pneumonia",
+        "model": "deeper_cnn",
+        "epochs": 4,
+        "lr": 2e-3,
+        "batch_size": 16,
+        "aug_cutoff_epoch": 4,
+        "dropout": 0.3,
+        "lr_schedule": "cosine",
+    }
     saved = {}
 
     def report(metrics, checkpoint_dir):
@@ -247,8 +268,15 @@ def test_unfreeze_epoch_freezes_pretrained_backbone(make_npz, tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "w.pth")
     task = get_task("pneumonia")
     data = load_npz(make_npz(task, n=32), task)
-    config = {"task": "pneumonia", "model": "resnet18", "weights": str(tmp_path / "w.pth"),
-              "epochs": 2, "unfreeze_epoch": 1, "batch_size": 16, "max_batches": 1}  # fmt: skip
+    config = {
+        "task": "pneumonia",
+        "model": "resnet18",
+        "weights": str(tmp_path / "w.pth"),
+        "epochs": 2,
+        "unfreeze_epoch": 1,
+        "batch_size": 16,
+        "max_batches": 1,
+    }
     assert [m["frozen"] for m, _ in _run(config, data)] == [1, 0]
 
 

@@ -88,8 +88,10 @@ def test_sweep_runs_look_like_wandb_runs():
     ]
     assert runs["t0"].config == {name: {"value": value} for name, value in first.items()}
     score = objective(first)
-    assert runs["t0"].history == [{"val_auc": score - 1, "epoch": 0, "_step": 0},
-                                  {"val_auc": score, "epoch": 1, "_step": 1}]  # fmt: skip
+    assert runs["t0"].history == [
+        {"val_auc": score - 1, "epoch": 0, "_step": 0},
+        {"val_auc": score, "epoch": 1, "_step": 1},
+    ]
     assert runs["t0"].summary_metrics == {"val_auc": score, "epoch": 1, "best_epoch": 1}
     assert runs["crashed"].summary_metrics == {"val_auc": -0.5, "epoch": 0}
     assert runs["running"].history == [] and runs["running"].summary_metrics == {}
@@ -101,8 +103,9 @@ def _stopped_run(searcher: Searcher, trial_id: str, curve: list[float], stop: in
     searcher.suggest(trial_id)
     for epoch, value in enumerate(curve[: stop - 1], start=1):
         searcher.on_trial_result(trial_id, {"val_auc": value, "epoch": epoch, "lr_now": 0.1})
-    searcher.on_trial_complete(trial_id, {"val_auc": curve[stop - 1], "epoch": stop,
-                                          "lr_now": 0.1})  # fmt: skip
+    searcher.on_trial_complete(
+        trial_id, {"val_auc": curve[stop - 1], "epoch": stop, "lr_now": 0.1}
+    )
 
 
 def test_summary_holds_the_best_epoch_as_a_real_sweep_run_does(tmp_path):
@@ -119,8 +122,12 @@ def test_summary_holds_the_best_epoch_as_a_real_sweep_run_does(tmp_path):
     _stopped_run(searcher, "last_best", [0.5, 0.6, 0.95], stop=3)  # the stopping epoch is best
     runs = {run.name: run for run in searcher.runs}
     assert [row["epoch"] for row in runs["peaked"].history] == [1, 2, 3]
-    assert runs["peaked"].summary_metrics == {"val_auc": 0.90, "epoch": 3, "lr_now": 0.1,
-                                              "best_epoch": 2}  # fmt: skip
+    assert runs["peaked"].summary_metrics == {
+        "val_auc": 0.90,
+        "epoch": 3,
+        "lr_now": 0.1,
+        "best_epoch": 2,
+    }
     assert runs["last_best"].summary_metrics["val_auc"] == 0.95
     with wandb.init(project="t", dir=str(tmp_path), mode="offline") as run:
         keeper = BestKeeper(run, "val_auc", "max")

@@ -251,8 +251,10 @@ def test_media_go_to_a_media_run_per_trial(tmp_path, planted_key):
         assert (run["name"], run["group"], run["job_type"]) == (trial_id, "exp", "media")
     logged = runs["a-media"]["history"][0]
     assert {k for k in logged if not k.startswith("_")} == {
-        "attribution/gradcam", "attribution/integrated_gradients", "test/confusion_matrix",
-    }  # fmt: skip
+        "attribution/gradcam",
+        "attribution/integrated_gradients",
+        "test/confusion_matrix",
+    }
     assert logged["attribution/gradcam"]["_type"] == "image-file"
     assert logged["attribution/gradcam"]["width"] == 30
     assert set(runs["b-media"]["history"][0]) >= {"test/confusion_matrix"}
@@ -263,8 +265,7 @@ def test_media_go_to_a_media_run_per_trial(tmp_path, planted_key):
 # --- the wandb agent's entry point ---------------------------------------------------------
 
 
-def test_wandb_trial_runs_one_trial_as_the_agent_calls_it(tmp_path, pneumonia_subset,
-                                                          planted_key):  # fmt: skip
+def test_wandb_trial_runs_one_trial_as_the_agent_calls_it(tmp_path, pneumonia_subset, planted_key):
     data = pneumonia_subset(train=192, val=96, test=32)  # real X-rays: AUROC moves per epoch
     env = {**os.environ, "MEDSWEEP_DATA_DIR": str(data.parent), "WANDB_DIR": str(tmp_path)}
     env.pop("WANDB_PROJECT", None)

@@ -34,11 +34,22 @@ from torch import nn
 from trainables.panels import choose_panel, save_grid, save_maps, save_mask_grid
 
 __all__ = [
-    "MIN_CAM_SIDE", "cam_layer", "choose_panel", "focus_score", "foreground_masks",
-    "gradcam_maps", "integrated_gradients", "integrated_gradients_maps", "last_spatial_layer",
-    "mask_focus", "mask_gradcam_maps", "reduce_channels", "save_grid", "save_mask_grid",
+    "MIN_CAM_SIDE",
+    "cam_layer",
+    "choose_panel",
+    "focus_score",
+    "foreground_masks",
+    "gradcam_maps",
+    "integrated_gradients",
+    "integrated_gradients_maps",
+    "last_spatial_layer",
+    "mask_focus",
+    "mask_gradcam_maps",
+    "reduce_channels",
+    "save_grid",
+    "save_mask_grid",
     "save_maps",
-]  # fmt: skip
+]
 REDUCTIONS = ("abs", "positive", "sum")
 FOREGROUNDS = ("auto", "bright", "dark")
 MIN_CAM_SIDE = 4  # a smaller Grad-CAM map says nothing once upsampled; take an earlier layer
@@ -146,10 +157,12 @@ def mask_gradcam_maps(
         cam = GradCAM(model=model, target_layers=[target_layer])
         try:
             maps = [
-                cam(input_tensor=images[i : i + 1].detach().clone().requires_grad_(True),
-                    targets=[SemanticSegmentationTarget(0, masks[i])])
+                cam(
+                    input_tensor=images[i : i + 1].detach().clone().requires_grad_(True),
+                    targets=[SemanticSegmentationTarget(0, masks[i])],
+                )
                 for i in range(len(images))
-            ]  # fmt: skip
+            ]
         finally:
             cam.activations_and_grads.release()
             model.zero_grad(set_to_none=True)

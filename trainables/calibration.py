@@ -125,10 +125,13 @@ def evaluate_split_pair(
     if temperature_scaling:
         targets = ops.loss_targets(torch.as_tensor(np.asarray(val[0])))
         temperature = fit_temperature(val[1], targets, ops.make_loss())
-    probs = [ops.probabilities(torch.as_tensor(np.asarray(z, np.float32) / (temperature or 1.0)))
-             for z in (val[1], test[1])]  # fmt: skip
-    (y_v, s_v), (y_t, s_t) = (ops.test_inputs(lab, p) for lab, p in zip(
-        (val[0], test[0]), probs, strict=True))  # fmt: skip
+    probs = [
+        ops.probabilities(torch.as_tensor(np.asarray(z, np.float32) / (temperature or 1.0)))
+        for z in (val[1], test[1])
+    ]
+    (y_v, s_v), (y_t, s_t) = (
+        ops.test_inputs(lab, p) for lab, p in zip((val[0], test[0]), probs, strict=True)
+    )
     ind_v, cols_v = ops.test_columns(y_v, np.asarray(s_v, np.float64), len(names))
     ind_t, cols_t = ops.test_columns(y_t, np.asarray(s_t, np.float64), len(names))
     threshold = ops.choose_threshold(ind_v, cols_v, lambda y, p: choose_threshold(y, p, point))
@@ -141,10 +144,7 @@ def evaluate_split_pair(
     result["validation"] = _summary(on_val)
     if threshold is not None:
         result["at_default_threshold"] = _summary(at(y_t, s_t, None, groups[1]))
-    result["operating_point"] = {
-        "rule": point.rule, "value": point.value, "how": point.describe(),
-        "chosen_on": "validation", "threshold": result["threshold"],
-    }  # fmt: skip
+    result["operating_point"] = _point_record(point, result["threshold"])
     result["calibration"] = {
         "temperature": temperature,
         "what": CALIBRATION_WHAT,
@@ -152,9 +152,23 @@ def evaluate_split_pair(
         "test": reliability(*ops.calibration_pairs(ind_t, cols_t)),
     }
     result["shift"] = shift_check(on_val, result)
-    result["warnings"] = [line for split, r in (("validation", on_val), ("test", result))
-                          if (line := _missing_line(split, r))]  # fmt: skip
+    result["warnings"] = [
+        line
+        for split, r in (("validation", on_val), ("test", result))
+        if (line := _missing_line(split, r))
+    ]
     return to_jsonable(result), probs[1]
+
+
+def _point_record(point: OperatingPoint, threshold) -> dict:
+    """How the threshold was chosen, for test_metrics.json."""
+    return {
+        "rule": point.rule,
+        "value": point.value,
+        "how": point.describe(),
+        "chosen_on": "validation",
+        "threshold": threshold,
+    }
 
 
 CALIBRATION_WHAT = (
@@ -181,8 +195,19 @@ def shift_check(val: dict, test: dict) -> dict:
 
 def _summary(r: dict) -> dict:
     """The headline, operating and threshold figures of one evaluation."""
-    keys = ("n", "accuracy", "balanced_accuracy", "auroc", "macro_f1", "operating",
-            "threshold", "sensitivity", "specificity", "exact_match", "auroc_missing")  # fmt: skip
+    keys = (
+        "n",
+        "accuracy",
+        "balanced_accuracy",
+        "auroc",
+        "macro_f1",
+        "operating",
+        "threshold",
+        "sensitivity",
+        "specificity",
+        "exact_match",
+        "auroc_missing",
+    )
     out = {k: r[k] for k in keys if k in r}
     out["bootstrap_unit"] = (r.get("bootstrap") or {}).get("unit")
     return out

@@ -70,8 +70,11 @@ def npz_headers(path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                     continue
                 with zf.open(info) as f:
                     major, _ = np.lib.format.read_magic(f)
-                    read = (np.lib.format.read_array_header_1_0 if major == 1
-                            else np.lib.format.read_array_header_2_0)  # fmt: skip
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if major == 1
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shape, _, dtype = read(f)
                 out[info.filename[:-4]] = (tuple(shape), np.dtype(dtype))
     except (OSError, ValueError, zipfile.BadZipFile) as err:
@@ -92,8 +95,9 @@ def inspect_npz(
     keys = [f"{s}_{part}" for s in splits for part in ("images", "labels")]
     _check_keys(path, keys, headers)
     with zipfile.ZipFile(source) as zf:
-        labels = {f"{s}_labels": np.lib.format.read_array(zf.open(f"{s}_labels.npy"))
-                  for s in splits}  # fmt: skip
+        labels = {
+            f"{s}_labels": np.lib.format.read_array(zf.open(f"{s}_labels.npy")) for s in splits
+        }
     sizes = {}
     for split in splits:
         shape, dtype = headers[f"{split}_images"]

@@ -99,8 +99,9 @@ def evaluate_predictions(
     point = _point(ops.exclusive, y_ind, pred_ind, tp, fn, fp, tn, per_auc[auc_used])
     point |= _operating(tp, fn, fp, tn, op_used)
     unit, index = _units(groups, len(y_ind))
-    boot, n_used = _bootstrap(ops.exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed,
-                              index, op_used)  # fmt: skip
+    boot, n_used = _bootstrap(
+        ops.exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed, index, op_used
+    )
     result: dict[str, Any] = {"kind": ops.name, "n": len(y_ind)}
     for name in HEADLINE:
         result[name] = _interval(point[name], boot[name])
@@ -243,8 +244,9 @@ def _confusion(exclusive, y_ind, pred_ind, mcm, class_names) -> Any:
     return {"labels": list(class_names), "matrix": matrix.tolist()}
 
 
-def _bootstrap(exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed, groups=None,
-               op_used=None):  # fmt: skip
+def _bootstrap(
+    exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed, groups=None, op_used=None
+):
     """Headline (and operating) figures for ``n_boot`` resamples of the images, or of whole
     patients (``groups``: row -> patient index): ({name: (n_used,) values}, n_used)."""
     rng = np.random.default_rng(seed)

@@ -167,14 +167,17 @@ def build_model(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout {dropout} must lie in [0, 1)")
     if name in SEGMENTERS:
-        return build_unet(name, num_outputs, channels, image_size, dropout, weights,
-                          imagenet=load_imagenet_state)  # fmt: skip
+        return build_unet(
+            name, num_outputs, channels, image_size, dropout, weights, imagenet=load_imagenet_state
+        )
     backbone, width, cam_layer = MODELS[name](channels, image_size, weights)
     if head_hidden:
         head = nn.Sequential(
-            nn.Linear(width, head_hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(width, head_hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
             nn.Linear(head_hidden, num_outputs),
-        )  # fmt: skip
+        )
     else:
         head = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_outputs))
     return Classifier(backbone, head, cam_layer)

@@ -26,15 +26,18 @@ class OperatingPoint:
     def describe(self) -> str:
         """One sentence on how the threshold was chosen (for the report and the JSON)."""
         if self.rule == "youden":
-            return ("threshold chosen on the validation split to maximise Youden's J "
-                    "(sensitivity + specificity - 1)")  # fmt: skip
+            return (
+                "threshold chosen on the validation split to maximise Youden's J "
+                "(sensitivity + specificity - 1)"
+            )
         if self.rule == "fixed":
             return f"fixed threshold {self.value:g} (not tuned on validation)"
         if self.rule == "sens":
-            return (f"highest threshold whose validation sensitivity is at least "
-                    f"{self.value:g}")  # fmt: skip
-        return (f"lowest threshold whose validation specificity is at least {self.value:g} "
-                "(the best sensitivity at that specificity)")  # fmt: skip
+            return f"highest threshold whose validation sensitivity is at least {self.value:g}"
+        return (
+            f"lowest threshold whose validation specificity is at least {self.value:g} "
+            "(the best sensitivity at that specificity)"
+        )
 
 
 def parse_operating_point(text: str | float | OperatingPoint) -> OperatingPoint:

@@ -126,8 +126,13 @@ def save_mask_grid(
             ax.set_title(name, fontsize=8)
             ax.set_axis_off()
         for ax, (_, mask, colour) in zip(axes[1:], columns, strict=False):
-            ax.imshow(np.ma.masked_equal(np.asarray(mask[i], np.float32), 0), cmap=colour,
-                      alpha=0.6, vmin=0, vmax=1)  # fmt: skip
+            ax.imshow(
+                np.ma.masked_equal(np.asarray(mask[i], np.float32), 0),
+                cmap=colour,
+                alpha=0.6,
+                vmin=0,
+                vmax=1,
+            )
         axes[-1].imshow(_map_unit(maps[i]), cmap="jet", alpha=0.5, vmin=0, vmax=1)
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
 

@@ -197,8 +197,9 @@ class _HostBatches:
                 if self.stop.is_set():
                     return
                 idx = idx.numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
-                out = torch.empty((len(idx), *self.rows.row_shape), dtype=torch.uint8,
-                                  pin_memory=self.pin)  # fmt: skip
+                out = torch.empty(
+                    (len(idx), *self.rows.row_shape), dtype=torch.uint8, pin_memory=self.pin
+                )
                 self.rows.take(idx, out=out.numpy())
                 self._put(out)
             self._put(self._END)

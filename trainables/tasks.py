@@ -117,18 +117,32 @@ _REGISTRY["malaria"] = lambda: Task(
 )
 # Any folder-per-class dataset: classes, kind and channels come from the folder when converted.
 _REGISTRY["folder"] = lambda: Task(
-    name="folder", flag="folder", kind="multiclass", classes=(), channels=3, image_size=64,
-    augment=_RGB_AUG, source="folder", description="a folder per class",
-)  # fmt: skip
+    name="folder",
+    flag="folder",
+    kind="multiclass",
+    classes=(),
+    channels=3,
+    image_size=64,
+    augment=_RGB_AUG,
+    source="folder",
+    description="a folder per class",
+)
 # Images and their masks (DIR/images/, DIR/masks/, the same file names): a U-Net whose encoder
 # unfreezes at a searched epoch (the fifth seed); channels come from the images when converted.
 _REGISTRY["segfolder"] = lambda: Task(
-    name="segfolder", flag="segfolder", kind="segmentation", classes=("background", "foreground"),
-    channels=1, model="unet-resnet18", image_size=128, metric="val_dice",
-    augment=("hflip", "vflip", "rotate", "crop", "contrast"), source="segfolder",
+    name="segfolder",
+    flag="segfolder",
+    kind="segmentation",
+    classes=("background", "foreground"),
+    channels=1,
+    model="unet-resnet18",
+    image_size=128,
+    metric="val_dice",
+    augment=("hflip", "vflip", "rotate", "crop", "contrast"),
+    source="segfolder",
     description="images/ and masks/ of the same names (mask > 0 = foreground)",
     foreground="mask",  # focus: the share of Grad-CAM on the true mask
-)  # fmt: skip
+)
 TASK_NAMES = tuple(sorted(_REGISTRY))
 
 

@@ -50,8 +50,16 @@ from trainables.scores import improves
 from trainables.stream import RESIDENT, STREAM, Streamed, as_rows, device_batches, is_streamed
 from trainables.tasks import Task, get_task
 
-__all__ = ["KNOBS", "SCHEDULES", "Step", "TrainConfig", "Trial", "evaluate", "train_loop",
-           "train_one_epoch"]  # fmt: skip
+__all__ = [
+    "KNOBS",
+    "SCHEDULES",
+    "Step",
+    "TrainConfig",
+    "Trial",
+    "evaluate",
+    "train_loop",
+    "train_one_epoch",
+]
 Report = Callable[[dict, "str | None"], None]
 log = logging.getLogger("medsweep")
 
@@ -63,9 +71,12 @@ def pick_device(device: torch.device | None = None) -> torch.device:
     if torch.cuda.is_available():
         return device or torch.device("cuda")
     if (device is not None and device.type == "cuda") or os.environ.get("CUDA_VISIBLE_DEVICES"):
-        log.warning("this trial was given GPU %s (CUDA_VISIBLE_DEVICES=%r) but CUDA is not "
-                    "available; training on the CPU", device or "",
-                    os.environ.get("CUDA_VISIBLE_DEVICES"))  # fmt: skip
+        log.warning(
+            "this trial was given GPU %s (CUDA_VISIBLE_DEVICES=%r) but CUDA is not "
+            "available; training on the CPU",
+            device or "",
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
     return torch.device("cpu")
 
 
@@ -179,27 +190,45 @@ def setup(
     mean, std = data.get(STATS_KEY) or channel_stats(data["train_images"])
     weights = "none" if resume_from else cfg.weights  # the checkpoint holds the weights
     model = build_model(
-        cfg.model, task.num_outputs, task.channels, cfg.image_size, cfg.dropout, weights,
+        cfg.model,
+        task.num_outputs,
+        task.channels,
+        cfg.image_size,
+        cfg.dropout,
+        weights,
         cfg.head_hidden,
-    ).to(device)  # fmt: skip
+    ).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     kind = task.kind_ops
     class_w = kind.class_weights(data["train_labels"], len(task.classes), cfg.class_weight_power)
     loss_fn = kind.make_loss(class_w.to(device), **kind.loss_settings(cfg))
-    step = Step(kind, loss_fn, normaliser(mean, std, device),
-                _autocast(cfg.precision, device), cfg.batch_size)  # fmt: skip
+    step = Step(
+        kind,
+        loss_fn,
+        normaliser(mean, std, device),
+        _autocast(cfg.precision, device),
+        cfg.batch_size,
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     return Trial(
-        cfg=cfg, task=task, step=step, model=model, optimizer=optimizer,
+        cfg=cfg,
+        task=task,
+        step=step,
+        model=model,
+        optimizer=optimizer,
         scheduler=_scheduler(optimizer, cfg),
         augment=make_augment(task.augment, task.channels, cfg.image_size, kind.dense).to(device),
         x_train=place(data["train_images"]),
         y_train=torch.from_numpy(np.asarray(data["train_labels"])).to(device),
-        x_val=place(data["val_images"]), y_val=np.asarray(data["val_labels"]),
-        stats=(mean, std), pretrained=cfg.model in PRETRAINED and cfg.weights != "none",
-        device=device, rank=rank, world_size=world_size,
-    )  # fmt: skip
+        x_val=place(data["val_images"]),
+        y_val=np.asarray(data["val_labels"]),
+        stats=(mean, std),
+        pretrained=cfg.model in PRETRAINED and cfg.weights != "none",
+        device=device,
+        rank=rank,
+        world_size=world_size,
+    )
 
 
 def _placer(data: dict, data_path: str, device: torch.device) -> Callable:
@@ -223,10 +252,17 @@ def run_epoch(
     augmenting = epoch < cfg.aug_cutoff_epoch
     started = time.perf_counter()
     train_loss, seen = train_one_epoch(
-        net, step, trial.x_train, trial.y_train, optimizer=trial.optimizer, generator=generator,
-        augment=trial.augment if augmenting else None, max_batches=cfg.max_batches,
-        rank=trial.rank, world_size=trial.world_size,
-    )  # fmt: skip
+        net,
+        step,
+        trial.x_train,
+        trial.y_train,
+        optimizer=trial.optimizer,
+        generator=generator,
+        augment=trial.augment if augmenting else None,
+        max_batches=cfg.max_batches,
+        rank=trial.rank,
+        world_size=trial.world_size,
+    )
     elapsed = time.perf_counter() - started
     if not math.isfinite(train_loss):
         raise FloatingPointError(

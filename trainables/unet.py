@@ -26,8 +26,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-ENCODERS = {"unet-resnet18": "resnet18", "unet-resnet34": "resnet34",
-            "unet-efficientnet-b0": "efficientnet-b0"}  # fmt: skip
+ENCODERS = {
+    "unet-resnet18": "resnet18",
+    "unet-resnet34": "resnet34",
+    "unet-efficientnet-b0": "efficientnet-b0",
+}
 """Model name -> smp encoder name."""
 IMAGENET_ARCH = {"unet-resnet18": "resnet18", "unet-resnet34": "resnet34"}
 """Models whose encoder takes torchvision's ImageNet ResNet weights (and medsweep ResNets)."""
@@ -42,9 +45,12 @@ class UNet(nn.Module):
         super().__init__()
         self.backbone = net.encoder
         self.head = nn.ModuleDict(
-            {"decoder": net.decoder, "dropout": nn.Dropout2d(dropout),
-             "out": net.segmentation_head}
-        )  # fmt: skip
+            {
+                "decoder": net.decoder,
+                "dropout": nn.Dropout2d(dropout),
+                "out": net.segmentation_head,
+            }
+        )
         # the decoder stage at 1/4 of the input: fine enough to show where, coarse enough
         # not to be the prediction itself
         self._cam_layer = [net.decoder.blocks[2]]
@@ -59,9 +65,14 @@ class UNet(nn.Module):
 
 
 def build_unet(
-    name: str, num_outputs: int, channels: int, image_size: int, dropout: float, weights: str,
+    name: str,
+    num_outputs: int,
+    channels: int,
+    image_size: int,
+    dropout: float,
+    weights: str,
     imagenet: Callable[[str], dict],
-) -> UNet:  # fmt: skip
+) -> UNet:
     """A U-Net from `ENCODERS`, its encoder loaded from `weights` (module docstring);
     `imagenet(arch)` gives torchvision's ImageNet state dict (`models.load_imagenet_state`)."""
     import segmentation_models_pytorch as smp
@@ -71,8 +82,7 @@ def build_unet(
             f"{name} needs an image size that is a multiple of {STRIDE} (the encoder halves it "
             f"five times); got {image_size}: use e.g. {max(STRIDE, image_size // STRIDE * STRIDE)}"
         )
-    net = smp.Unet(ENCODERS[name], encoder_weights=None, in_channels=channels,
-                   classes=num_outputs)  # fmt: skip
+    net = smp.Unet(ENCODERS[name], encoder_weights=None, in_channels=channels, classes=num_outputs)
     model = UNet(net, dropout)
     if weights != "none":
         load_encoder(model.backbone, encoder_state(name, weights, imagenet))

@@ -71,34 +71,92 @@ class Sizes:
 
 def sizes_for(quick: bool, smoke: bool, device: torch.device) -> Sizes:
     """GPU: resnet18 trials and full-size steps; CPU: simple_cnn trials and small steps."""
-    cpus, tiny, epochs = os.cpu_count() or 1, 30 if quick else 200, 3 if quick else 5
     stream = stream_sizes(quick, smoke, device)
     if smoke:  # every code path, the least work: for tests, not for figures
-        return Sizes(
-            n_train=512, epochs=2, model="simple_cnn", precision=((28, 8), (224, 2)), steps=1,
-            compile_sizes=(28,), matmul_n=512, packing=(1, 2), memory_images=4096,
-            memory_trials=min(2, cpus), tiny_trials=6, workers=2, rounds=1, stream=stream,
-        )  # fmt: skip
+        return _smoke_sizes(stream)
     if device.type == "cuda":
-        return Sizes(
-            n_train=32768 if quick else 65536, epochs=epochs, model="resnet18",
-            precision=((28, 256), (224, 128)), steps=10 if quick else 30,
-            compile_sizes=(28, 224), matmul_n=8192, packing=(1, 2, 4, 8),
-            memory_images=65536, memory_trials=4, tiny_trials=tiny, workers=min(8, cpus),
-            rounds=3, stream=stream,
-        )  # fmt: skip
-    if quick:  # measured: 2 cores, 1 thread per step, whole run under 5 minutes
-        return Sizes(
-            n_train=1024, epochs=3, model="simple_cnn", precision=((28, 16), (224, 4)),
-            steps=2, compile_sizes=(), matmul_n=1024, packing=(1, 2), memory_images=8192,
-            memory_trials=min(2, cpus), tiny_trials=20, workers=2, rounds=2, stream=stream,
-            memory_epochs=4,
-        )  # fmt: skip
+        return _gpu_sizes(quick, stream)
+    if quick:
+        return _quick_cpu_sizes(stream)
+    return _cpu_sizes(stream)
+
+
+def _smoke_sizes(stream: StreamSizes) -> Sizes:
     return Sizes(
-        n_train=2048, epochs=epochs, model="simple_cnn", precision=((28, 64), (224, 16)),
-        steps=6, compile_sizes=(28, 224), matmul_n=4096, packing=(1, 2), memory_images=16384,
-        memory_trials=min(2, cpus), tiny_trials=tiny, workers=2, rounds=2, stream=stream,
-    )  # fmt: skip
+        n_train=512,
+        epochs=2,
+        model="simple_cnn",
+        precision=((28, 8), (224, 2)),
+        steps=1,
+        compile_sizes=(28,),
+        matmul_n=512,
+        packing=(1, 2),
+        memory_images=4096,
+        memory_trials=min(2, os.cpu_count() or 1),
+        tiny_trials=6,
+        workers=2,
+        rounds=1,
+        stream=stream,
+    )
+
+
+def _gpu_sizes(quick: bool, stream: StreamSizes) -> Sizes:
+    return Sizes(
+        n_train=32768 if quick else 65536,
+        epochs=3 if quick else 5,
+        model="resnet18",
+        precision=((28, 256), (224, 128)),
+        steps=10 if quick else 30,
+        compile_sizes=(28, 224),
+        matmul_n=8192,
+        packing=(1, 2, 4, 8),
+        memory_images=65536,
+        memory_trials=4,
+        tiny_trials=30 if quick else 200,
+        workers=min(8, os.cpu_count() or 1),
+        rounds=3,
+        stream=stream,
+    )
+
+
+def _quick_cpu_sizes(stream: StreamSizes) -> Sizes:
+    """Measured: 2 cores, 1 thread per step, whole run under 5 minutes."""
+    return Sizes(
+        n_train=1024,
+        epochs=3,
+        model="simple_cnn",
+        precision=((28, 16), (224, 4)),
+        steps=2,
+        compile_sizes=(),
+        matmul_n=1024,
+        packing=(1, 2),
+        memory_images=8192,
+        memory_trials=min(2, os.cpu_count() or 1),
+        tiny_trials=20,
+        workers=2,
+        rounds=2,
+        stream=stream,
+        memory_epochs=4,
+    )
+
+
+def _cpu_sizes(stream: StreamSizes) -> Sizes:
+    return Sizes(
+        n_train=2048,
+        epochs=5,
+        model="simple_cnn",
+        precision=((28, 64), (224, 16)),
+        steps=6,
+        compile_sizes=(28, 224),
+        matmul_n=4096,
+        packing=(1, 2),
+        memory_images=16384,
+        memory_trials=min(2, os.cpu_count() or 1),
+        tiny_trials=200,
+        workers=2,
+        rounds=2,
+        stream=stream,
+    )
 
 
 def stream_sizes(quick: bool, smoke: bool, device: torch.device) -> StreamSizes:
@@ -115,8 +173,7 @@ def stream_sizes(quick: bool, smoke: bool, device: torch.device) -> StreamSizes:
     if device.type == "cuda":  # trials read every image: the memory rows hold the whole set
         big = (28, "simple_cnn", 65536, 512, 64), (224, "resnet18", 4096, 128, 16)
         train = 4000 if quick else 18000
-        return StreamSizes(train=train, val=train // 9, trial=("simple_cnn", 128, 0, 2),
-                           rates=big)  # fmt: skip
+        return StreamSizes(train=train, val=train // 9, trial=("simple_cnn", 128, 0, 2), rates=big)
     rates = ((28, "simple_cnn", 2048, 128, 4), (224, "resnet18", 256, 4, 2))
     if quick:
         return StreamSizes(train=1000, val=32, trial=("simple_cnn", 8, 1, 2), rates=rates)

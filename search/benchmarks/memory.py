@@ -40,18 +40,33 @@ def memory(b: Bench) -> None:
         run = run_trials(b.storage, "function", config, ref, k, gpus=gpus, probes=probes)
         peak[k] = max(run["samples"]["mem"], key=lambda m: (m["readers"], m["node_mb"]))
     add("node_mb/1_trial", peak[1]["node_mb"], "MB", "summed PSS of this Ray node's processes")
-    add(f"node_mb/{n}_trials", peak[n]["node_mb"], "MB",
-        f"{peak[n]['readers']} processes reading the dataset", "node_mb/1_trial")  # fmt: skip
+    add(
+        f"node_mb/{n}_trials",
+        peak[n]["node_mb"],
+        "MB",
+        f"{peak[n]['readers']} processes reading the dataset",
+        "node_mb/1_trial",
+    )
     extra = (peak[n]["node_mb"] - peak[1]["node_mb"]) / max(n - 1, 1)
     if peak[n]["readers"] < n:  # a busy host started the trials too far apart
         extra, why = None, f"skipped: only {peak[n]['readers']} of {n} trials overlapped"
     else:
         why = "torch, model and (CPU, RGB) an NCHW copy of the images"
     add("per_extra_trial_mb", extra, "MB", why, "dataset_mb")
-    add(f"object_store_mb/{n}_trials", peak[n]["store_mb"] - store_before, "MB",
-        "object-store pages resident, each counted once (PSS)", "dataset_mb")  # fmt: skip
-    add(f"summed_rss_store_mb/{n}_trials", peak[n]["reader_store_rss_mb"], "MB",
-        "what summed RSS would claim: each reader maps the same pages", "dataset_mb")  # fmt: skip
+    add(
+        f"object_store_mb/{n}_trials",
+        peak[n]["store_mb"] - store_before,
+        "MB",
+        "object-store pages resident, each counted once (PSS)",
+        "dataset_mb",
+    )
+    add(
+        f"summed_rss_store_mb/{n}_trials",
+        peak[n]["reader_store_rss_mb"],
+        "MB",
+        "what summed RSS would claim: each reader maps the same pages",
+        "dataset_mb",
+    )
     _driver_rows(b, add)
 
 
@@ -63,8 +78,13 @@ def _driver_rows(b: Bench, add: Callable) -> None:
     wall = tiny_trials(b.storage, trials, at_once)
     after = driver_uss_mb()
     add("driver_uss_mb/before", before, "MB", "the Tune driver (this process), private memory")
-    add(f"driver_uss_mb/after_{trials}_trials", after, "MB", "tiny trials, each reports once; "
-        "OptunaSearch behind ConcurrencyLimiter", "driver_uss_mb/before")  # fmt: skip
+    add(
+        f"driver_uss_mb/after_{trials}_trials",
+        after,
+        "MB",
+        "tiny trials, each reports once; OptunaSearch behind ConcurrencyLimiter",
+        "driver_uss_mb/before",
+    )
     growth = (after - before) * 1024 / trials
     add("driver_growth_kb_per_trial", growth, "KB", "USS growth / trials")
     add("tiny_trials_per_s", trials / wall, "trials/s", f"{at_once} at once, actors reused")

@@ -38,20 +38,42 @@ def overhead(b: Bench) -> None:
         rate = steady(trial[k]["rates"])
         add(f"images_per_s/{k}", rate, "img/s", f"launcher {k}; epochs 2+", "images_per_s/plain")
     add("first_step_s/plain", plain["first_step_s"], "s", "call -> first step")
-    add("first_step_s/function", trial["function"]["start_to_first_step_s"], "s",
-        "Tune on_trial_start -> first step (from result stamps)")  # fmt: skip
-    add("first_step_s/train", trial["train"]["start_to_first_step_s"], "s",
-        "TorchTrainer + worker group start-up", "first_step_s/function")  # fmt: skip
-    add("fit_to_first_step_s/function", trial["function"]["fit_to_first_step_s"], "s",
-        "Tuner.fit() -> first step: adds Tune set-up and the trial actor's start")  # fmt: skip
-    add("fit_to_first_step_s/train", trial["train"]["fit_to_first_step_s"], "s", "",
-        "fit_to_first_step_s/function")  # fmt: skip
+    add(
+        "first_step_s/function",
+        trial["function"]["start_to_first_step_s"],
+        "s",
+        "Tune on_trial_start -> first step (from result stamps)",
+    )
+    add(
+        "first_step_s/train",
+        trial["train"]["start_to_first_step_s"],
+        "s",
+        "TorchTrainer + worker group start-up",
+        "first_step_s/function",
+    )
+    add(
+        "fit_to_first_step_s/function",
+        trial["function"]["fit_to_first_step_s"],
+        "s",
+        "Tuner.fit() -> first step: adds Tune set-up and the trial actor's start",
+    )
+    add(
+        "fit_to_first_step_s/train",
+        trial["train"]["fit_to_first_step_s"],
+        "s",
+        "",
+        "fit_to_first_step_s/function",
+    )
     add("trial_wall_s/plain", plain["wall_s"], "s", "whole trial")
     for k in ("function", "train"):
         add(f"trial_wall_s/{k}", runs[k]["wall_s"], "s", "Tuner.fit()", "trial_wall_s/plain")
     for k in ("function", "train"):
-        add(f"cpus_held_after/{k}", held[k], "CPU", "still reserved 20 s after Tuner.fit() "
-            "returned (a leaked placement group when > 0)")  # fmt: skip
+        add(
+            f"cpus_held_after/{k}",
+            held[k],
+            "CPU",
+            "still reserved 20 s after Tuner.fit() returned (a leaked placement group when > 0)",
+        )
 
 
 def packing(b: Bench) -> None:
@@ -70,13 +92,19 @@ def packing(b: Bench) -> None:
     key, where = ("gpu", "on one GPU") if b.gpu else ("cpu", "CPU analogue, 1 CPU each")
     for n in b.sizes.packing:
         gpus = 1.0 / n if b.gpu else 0.0
-        run = T.run_trials(b.storage, launcher, b.trial_config(), b.data_ref, n, gpus=gpus,
-                           probes=probes)  # fmt: skip
+        run = T.run_trials(
+            b.storage, launcher, b.trial_config(), b.data_ref, n, gpus=gpus, probes=probes
+        )
         total = sum(steady(t["rates"]) for t in run["trials"])
         together = f"; all training together {T.overlap(run['trials']):.0%} of the time"
-        add(f"{key}_images_per_s/{n}_trials", total, "img/s", f"{n} trial(s) {where}, launcher "
+        add(
+            f"{key}_images_per_s/{n}_trials",
+            total,
+            "img/s",
+            f"{n} trial(s) {where}, launcher "
             f"{launcher}; sum of steady img/s{together if n > 1 else ''}",
-            f"{key}_images_per_s/1_trials")  # fmt: skip
+            f"{key}_images_per_s/1_trials",
+        )
         util = run["samples"].get(f"{key}_util", [])
         source = nvml if b.gpu else "machine-wide, host is shared"
         if util:

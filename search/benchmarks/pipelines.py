@@ -54,10 +54,19 @@ def data(b: Bench) -> None:
             pipe.close()  # the loader's workers stop here
         also = "" if model is None else f" + {model} step"
         base = f"{label}_images_per_s/loader_v2"
-        add(base, rates["loader_v2"], "img/s", f"DataLoader, {workers} workers, v2 per image"
-            f"{also}; {what}")  # fmt: skip
-        add(f"{label}_images_per_s/device_kornia", rates["device_kornia"], "img/s",
-            f"uint8 on {b.device.type}, kornia per batch{also}", base)  # fmt: skip
+        add(
+            base,
+            rates["loader_v2"],
+            "img/s",
+            f"DataLoader, {workers} workers, v2 per image{also}; {what}",
+        )
+        add(
+            f"{label}_images_per_s/device_kornia",
+            rates["device_kornia"],
+            "img/s",
+            f"uint8 on {b.device.type}, kornia per batch{also}",
+            base,
+        )
 
 
 class _Images(torch.utils.data.Dataset):
@@ -93,9 +102,13 @@ def loader_epochs(data: dict, device, batch: int, workers: int, normalise, step=
     transform = v2_transform(data["train_images"].shape[1])
     dataset = _Images(data["train_images"], data["train_labels"], transform)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch, shuffle=True, num_workers=workers,
-        persistent_workers=workers > 0, pin_memory=device.type == "cuda",
-    )  # fmt: skip
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+    )
     while True:
         seen, started = 0, time.perf_counter()
         for images, labels in loader:

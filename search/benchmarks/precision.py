@@ -60,15 +60,27 @@ def _compile_rows(b: Bench, add: Callable, size: int, batch: int, cache: str) ->
         if budget > 0 and not b.gpu and not b.sizes.compile_sizes:
             why = "--quick on a CPU compiles nothing (a cold compile takes minutes there)"
         return add(figure, None, "img/s", f"skipped: {why}")
-    spec = {"size": size, "batch": batch, "device": b.device.type, "steps": b.sizes.steps,
-            "rounds": b.sizes.rounds, "budget_s": 30.0, "threads": b.threads}  # fmt: skip
+    spec = {
+        "size": size,
+        "batch": batch,
+        "device": b.device.type,
+        "steps": b.sizes.steps,
+        "rounds": b.sizes.rounds,
+        "budget_s": 30.0,
+        "threads": b.threads,
+    }
     try:
         out = compile_in_child(spec, budget, cache)
     except TimeoutError as err:
         return add(figure, None, "img/s", f"skipped: {err}")
-    add(figure, out["compiled"], "img/s", f"bf16 + channels_last compiled: "
+    add(
+        figure,
+        out["compiled"],
+        "img/s",
+        f"bf16 + channels_last compiled: "
         f"{out['compiled'] / out['eager']:.2f}x eager, timed in turns in a child process",
-        f"{size}px/fp32")  # fmt: skip
+        f"{size}px/fp32",
+    )
     add(f"{size}px/compile_s", out["compile_s"], "s", "first step, cold inductor cache")
 
 
@@ -95,10 +107,14 @@ def mfu(b: Bench) -> None:
         peak = f"matmul_{name}_tflops"
         add(peak, rates.pop("matmul") / 1e12, "TFLOP/s", f"{n}x{n} matmul, timed in turns")
         for size, rate in rates.items():
-            add(f"{size}px_{variant}_tflops", flops[size] * rate / 1e12, "TFLOP/s",
+            add(
+                f"{size}px_{variant}_tflops",
+                flops[size] * rate / 1e12,
+                "TFLOP/s",
                 f"ratio = MFU; {flops[size] / 1e9:.2f} GFLOP/image fwd+bwd, counted as direct "
                 "convolutions (FlopCounterMode): Winograd kernels do less, so CPUs can pass 1",
-                peak)  # fmt: skip
+                peak,
+            )
 
 
 def variant_step(variant: str, size: int, batch: int, device: torch.device) -> Callable:
@@ -192,8 +208,10 @@ def _compile_child(spec: dict) -> dict:
     compile_s = time.perf_counter() - started
     compiled()  # the second call may compile again (the optimizer's state now exists)
     steps = {"eager": eager, "compiled": compiled}
-    runs = {k: partial(images_per_s, step, batch, device, spec["steps"], spec["budget_s"])
-            for k, step in steps.items()}  # fmt: skip
+    runs = {
+        k: partial(images_per_s, step, batch, device, spec["steps"], spec["budget_s"])
+        for k, step in steps.items()
+    }
     return {"compile_s": compile_s, **interleaved(runs, spec["rounds"], warmup=0)}
 
 

@@ -55,14 +55,17 @@ def bf16_probe(device: torch.device, budget_s: float = 0.05) -> dict:
     flags = [f for f in BF16_FLAGS if f in cpu_flags()]
     a, w = torch.randn(256, 256), torch.nn.Conv2d(32, 32, 3, padding=1)
     x, a16 = torch.randn(8, 32, 28, 28), a.bfloat16()
-    ops = {"matmul": (lambda: a @ a, lambda: a16 @ a16),
-           "conv": (lambda: w(x), lambda: _autocast_bf16(w, x))}  # fmt: skip
+    ops = {
+        "matmul": (lambda: a @ a, lambda: a16 @ a16),
+        "conv": (lambda: w(x), lambda: _autocast_bf16(w, x)),
+    }
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
-            ratios = {k: _rate(bf16, budget_s) / _rate(fp32, budget_s)
-                      for k, (fp32, bf16) in ops.items()}  # fmt: skip
+            ratios = {
+                k: _rate(bf16, budget_s) / _rate(fp32, budget_s) for k, (fp32, bf16) in ops.items()
+            }
     finally:
         torch.set_num_threads(previous)
     ratio = min(ratios.values())
@@ -154,14 +157,22 @@ def node_memory(files: str | None = None) -> dict:
     import psutil
 
     me = psutil.Process()
-    snapshot = {"node_mb": 0.0, "store_mb": 0.0, "reader_store_rss_mb": 0.0, "readers": 0,
-                "file_pss_mb": 0.0, "reader_file_rss_mb": 0.0, "file_readers": 0}  # fmt: skip
+    snapshot = {
+        "node_mb": 0.0,
+        "store_mb": 0.0,
+        "reader_store_rss_mb": 0.0,
+        "readers": 0,
+        "file_pss_mb": 0.0,
+        "reader_file_rss_mb": 0.0,
+        "file_readers": 0,
+    }
     for proc in [me, *me.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
             maps = proc.memory_maps(grouped=True)
             store_pss, store_rss = _mapped_mb(maps, lambda path: "plasma" in path)
-            file_pss, file_rss = _mapped_mb(maps, lambda path: bool(files) and
-                                            path.startswith(files or ""))  # fmt: skip
+            file_pss, file_rss = _mapped_mb(
+                maps, lambda path: bool(files) and path.startswith(files or "")
+            )
             snapshot["store_mb"] += store_pss
             snapshot["file_pss_mb"] += file_pss
             if proc.pid == me.pid:  # the driver: only its share of the shared pages counts

@@ -31,15 +31,16 @@ from search.benchmarks.unet import unet
 
 SECTIONS = ("overhead", "data", "packing", "precision", "mfu", "memory", "stream", "unet")
 RAY_SECTIONS = ("packing", "memory", "stream", "overhead")  # run in this order: see `overhead`
-RUNNERS = {f.__name__: f for f in (overhead, data, packing, precision, mfu, memory, stream,
-                                    unet)}  # fmt: skip
+RUNNERS = {f.__name__: f for f in (overhead, data, packing, precision, mfu, memory, stream, unet)}
 
 
 def pick_device(choice: str) -> torch.device:
     """`--device`'s value as a device; `auto` is CUDA when one is visible."""
     if choice == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible (torch.cuda.is_available() "
-                         "is False); use --device cpu or auto")  # fmt: skip
+        raise SystemExit(
+            "--device cuda: no CUDA device is visible (torch.cuda.is_available() "
+            "is False); use --device cpu or auto"
+        )
     if choice == "auto":
         choice = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(choice)
@@ -59,8 +60,10 @@ def run_sections(b: Bench) -> tuple[dict, list[str]]:
                 traceback.print_exc()
                 b.rows(section)("error", None, "", f"{type(err).__name__}: {err}"[:300])
                 failed.append(section)
-            host[section] = {"s": round(time.perf_counter() - t0, 1),
-                             "load_avg_1m_after": round(os.getloadavg()[0], 2)}  # fmt: skip
+            host[section] = {
+                "s": round(time.perf_counter() - t0, 1),
+                "load_avg_1m_after": round(os.getloadavg()[0], 2),
+            }
     finally:
         stop_ray(b)
     return host, failed
@@ -79,18 +82,25 @@ def run(args: argparse.Namespace) -> int:
         host, failed = run_sections(b)
     report = {
         "machine": machine,
-        "settings": {"quick": args.quick, "smoke_test": args.smoke_test, "sections":
-                     args.sections, "compile_budget_s": args.compile_budget, **asdict(b.sizes)},
+        "settings": {
+            "quick": args.quick,
+            "smoke_test": args.smoke_test,
+            "sections": args.sections,
+            "compile_budget_s": args.compile_budget,
+            **asdict(b.sizes),
+        },
         "elapsed": {**host, "total_s": round(time.perf_counter() - started, 1)},
         "results": b.results,
-    }  # fmt: skip
+    }
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
     print(format_table(b.results, SECTIONS))
     total = report["elapsed"]["total_s"]
-    print(f"\n{machine['device_name']}, {machine['cpu_count']} CPUs, torch {machine['torch']}; "
-          f"load average {machine['load_avg_1m']} at start; seconds and load average after "
-          f"each section: {host}; total {total} s; wrote {args.out}")  # fmt: skip
+    print(
+        f"\n{machine['device_name']}, {machine['cpu_count']} CPUs, torch {machine['torch']}; "
+        f"load average {machine['load_avg_1m']} at start; seconds and load average after "
+        f"each section: {host}; total {total} s; wrote {args.out}"
+    )
     return 1 if failed else 0
 
 

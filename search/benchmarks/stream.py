@@ -65,8 +65,13 @@ def _dataset(b: Bench, add: Callable, tmp: str) -> DataSource:
     source = dataclasses.replace(source, cache_dir=os.path.join(tmp, "node-cache"))
     mode = "--smoke-test" if b.args.smoke_test else "--quick" if b.args.quick else ""
     size = f"{mode}: a small set" if mode else "the full set"
-    add("dataset_mb", source.nbytes / 2**20, "MB", f"{s.train} + {s.val} RGB 224 px uint8 "
-        f"images ({size}); an npz written in {wrote:.1f} s, deleted after")  # fmt: skip
+    add(
+        "dataset_mb",
+        source.nbytes / 2**20,
+        "MB",
+        f"{s.train} + {s.val} RGB 224 px uint8 "
+        f"images ({size}); an npz written in {wrote:.1f} s, deleted after",
+    )
     return source
 
 
@@ -77,20 +82,31 @@ def _rate_rows(b: Bench, add: Callable, big: DataSource, tmp: str) -> None:
         source = big if size == 224 else _small_source(tmp, n, size)
         data = _first(node_arrays(source), n)
         resident = {k: np.array(v) for k, v in data.items()}  # in memory, then on the device
-        trials = {RESIDENT: _trial(b, model, size, batch, resident, RESIDENT),
-                  STREAM: _trial(b, model, size, batch, data, STREAM)}  # fmt: skip
+        trials = {
+            RESIDENT: _trial(b, model, size, batch, resident, RESIDENT),
+            STREAM: _trial(b, model, size, batch, data, STREAM),
+        }
         busy: dict[str, list[float]] = {}
-        turns = {k: partial(_epoch_rate, t, batches, busy.setdefault(k, []), b.gpu)
-                 for k, t in trials.items()}  # fmt: skip
+        turns = {
+            k: partial(_epoch_rate, t, batches, busy.setdefault(k, []), b.gpu)
+            for k, t in trials.items()
+        }
         rounds = b.sizes.rounds + 1  # a turn is short: one more steadies the best of each
         with torch_threads(b.threads):
             rates = interleaved(turns, rounds)
-        what = (f"{model}, {size} px, batch {batch}, {batches} batches per turn, best of "
-                f"{rounds}; {len(resident['train_images'])} images")  # fmt: skip
+        what = (
+            f"{model}, {size} px, batch {batch}, {batches} batches per turn, best of "
+            f"{rounds}; {len(resident['train_images'])} images"
+        )
         base = f"images_per_s/{size}px_{RESIDENT}"
         add(base, rates[RESIDENT], "img/s", f"uint8 on {b.device.type} (today's path); {what}")
-        add(f"images_per_s/{size}px_{STREAM}", rates[STREAM], "img/s", "memmap -> thread -> "
-            "(pinned) batch -> device, one batch ahead; target >= 0.90x", base)  # fmt: skip
+        add(
+            f"images_per_s/{size}px_{STREAM}",
+            rates[STREAM],
+            "img/s",
+            "memmap -> thread -> (pinned) batch -> device, one batch ahead; target >= 0.90x",
+            base,
+        )
         for k in (RESIDENT, STREAM):
             _busy_row(b, add, f"gpu_busy_pct/{size}px_{k}", busy[k], "in its turns")
         del turns, trials, data, resident  # the memmaps close: the driver maps nothing below
@@ -106,8 +122,11 @@ def _small_source(tmp: str, n: int, size: int) -> DataSource:
 def _first(arrays: dict, n: int) -> dict:
     """The first `n` training images (still memmaps) and a few validation images."""
     keep = {"train": n, "val": 8}
-    return {f"{split}_{part}": arrays[f"{split}_{part}"][:k]
-            for split, k in keep.items() for part in ("images", "labels")}  # fmt: skip
+    return {
+        f"{split}_{part}": arrays[f"{split}_{part}"][:k]
+        for split, k in keep.items()
+        for part in ("images", "labels")
+    }
 
 
 def _trial(b: Bench, model: str, size: int, batch: int, data: dict, path: str):
@@ -124,10 +143,15 @@ def _epoch_rate(trial, batches: int, busy: list, gpu: bool) -> float:
         sync(trial.device)
         started = time.perf_counter()
         _, seen = train_one_epoch(
-            trial.model, trial.step, trial.x_train, trial.y_train, optimizer=trial.optimizer,
-            generator=torch.Generator().manual_seed(0), augment=trial.augment,
+            trial.model,
+            trial.step,
+            trial.x_train,
+            trial.y_train,
+            optimizer=trial.optimizer,
+            generator=torch.Generator().manual_seed(0),
+            augment=trial.augment,
             max_batches=batches,
-        )  # fmt: skip
+        )
         sync(trial.device)
         elapsed = time.perf_counter() - started
     busy.extend(samples.get("gpu_util", []))
@@ -148,18 +172,38 @@ def _first_step_rows(b: Bench, add: Callable, big: DataSource) -> None:
     big_config = {**config, "image_size": 224}
     starts["cold"] = _first_step(b, big_config, partial(node_arrays, big))
     starts["warm"] = _first_step(b, big_config, partial(node_arrays, big))
-    add("first_step_s/small_data", starts["small"], "s", f"{b.sizes.n_train} RGB 28 px images "
-        "in memory, resident (today's path); train_loop called here")  # fmt: skip
-    add("first_step_s/cold", starts["cold"], "s", "224-px set: node cache written first (npz "
-        "dropped from the page cache), then streamed", "first_step_s/small_data")  # fmt: skip
-    add("first_step_s/warm", starts["warm"], "s", "224-px set already in the node cache (a "
-        "second trial on the node); target <= 1.20x", "first_step_s/small_data")  # fmt: skip
+    add(
+        "first_step_s/small_data",
+        starts["small"],
+        "s",
+        f"{b.sizes.n_train} RGB 28 px images "
+        "in memory, resident (today's path); train_loop called here",
+    )
+    add(
+        "first_step_s/cold",
+        starts["cold"],
+        "s",
+        "224-px set: node cache written first (npz dropped from the page cache), then streamed",
+        "first_step_s/small_data",
+    )
+    add(
+        "first_step_s/warm",
+        starts["warm"],
+        "s",
+        "224-px set already in the node cache (a second trial on the node); target <= 1.20x",
+        "first_step_s/small_data",
+    )
     images = node_arrays(big)["train_images"]
     started = time.perf_counter()
     channel_stats(images)
-    add("channel_stats_s/warm", time.perf_counter() - started, "s", "of which trainables.data."
+    add(
+        "channel_stats_s/warm",
+        time.perf_counter() - started,
+        "s",
+        "of which trainables.data."
         f"channel_stats over {min(len(images), 2048)} of the set's images",
-        "first_step_s/warm")  # fmt: skip
+        "first_step_s/warm",
+    )
 
 
 class _FirstStep(Exception):
@@ -197,15 +241,24 @@ def _memory_rows(b: Bench, add: Callable, big: DataSource) -> None:
     node_arrays(big)  # warm: the cache is on the node (the first-step rows wrote it)
     folder = os.path.join(cache_root(big), big.key)
     probe = partial(_held, folder, files_under(folder))
-    config = b.trial_config(model=model, image_size=224, batch_size=batch, epochs=epochs,
-                            max_batches=batches)  # fmt: skip
+    config = b.trial_config(
+        model=model, image_size=224, batch_size=batch, epochs=epochs, max_batches=batches
+    )
     idle, peaks, busy, walls = probe(), {}, [], {}
     for k in (1, s.trials):
         cpus = min(1.0, (os.cpu_count() or 1) / k)
         probes = {"mem": probe, **(_nvml() if b.gpu else {})}
-        run = run_trials(b.storage, "function", config, [big], k, cpus=cpus,
-                         gpus=1.0 / k if b.gpu else 0.0, probes=probes,
-                         every_s=MEMORY_EVERY_S)  # fmt: skip
+        run = run_trials(
+            b.storage,
+            "function",
+            config,
+            [big],
+            k,
+            cpus=cpus,
+            gpus=1.0 / k if b.gpu else 0.0,
+            probes=probes,
+            every_s=MEMORY_EVERY_S,
+        )
         peaks[k] = max(run["samples"]["mem"], key=lambda m: (m["file_readers"], m["held_mb"]))
         busy, walls[k] = run["samples"].get("gpu_util", []), run["wall_s"]
     _memory_table(add, dataset, idle, peaks, s.trials, cpus)
@@ -220,25 +273,58 @@ def _memory_table(add: Callable, dataset: float, idle: dict, peaks: dict, n: int
     base = idle["held_mb"] - idle["dataset_mb"]
     fixed = one["held_mb"] - base - one["dataset_mb"]
     reads = f"{many['file_readers']} of {n} trials mapping the set"
-    add("node_mb/idle", base, "MB", "Ray's processes and the driver's shared pages, no trial; "
-        "the dataset's pages left out")  # fmt: skip
-    add("node_mb/1_trial", one["held_mb"], "MB", "summed PSS of the node's processes, the "
-        "dataset's pages counted once (page cache, mincore)", "dataset_mb")  # fmt: skip
-    add("fixed_mb_per_trial", fixed, "MB", "1 trial less idle less the dataset's pages: torch, "
-        "model, batches in flight")  # fmt: skip
-    add(f"target_mb/{n}_trials", base + MEMORY_TARGET * dataset + n * fixed, "MB",
-        f"idle + {MEMORY_TARGET} x dataset + {n} x fixed")  # fmt: skip
+    add(
+        "node_mb/idle",
+        base,
+        "MB",
+        "Ray's processes and the driver's shared pages, no trial; the dataset's pages left out",
+    )
+    add(
+        "node_mb/1_trial",
+        one["held_mb"],
+        "MB",
+        "summed PSS of the node's processes, the "
+        "dataset's pages counted once (page cache, mincore)",
+        "dataset_mb",
+    )
+    add(
+        "fixed_mb_per_trial",
+        fixed,
+        "MB",
+        "1 trial less idle less the dataset's pages: torch, model, batches in flight",
+    )
+    add(
+        f"target_mb/{n}_trials",
+        base + MEMORY_TARGET * dataset + n * fixed,
+        "MB",
+        f"idle + {MEMORY_TARGET} x dataset + {n} x fixed",
+    )
     if many["file_readers"] < n:  # a busy host started the trials too far apart
         value, why = None, f"skipped: only {reads}"
     else:
-        value, why = many["held_mb"], (f"{reads}, {cpus:g} CPU each; "
-                                       f"{many['held_mb'] / dataset:.2f}x dataset; "
-                                       "<= 1.00x meets the target")  # fmt: skip
+        value, why = (
+            many["held_mb"],
+            (
+                f"{reads}, {cpus:g} CPU each; "
+                f"{many['held_mb'] / dataset:.2f}x dataset; "
+                "<= 1.00x meets the target"
+            ),
+        )
     add(f"node_mb/{n}_trials", value, "MB", why, f"target_mb/{n}_trials")
-    add(f"dataset_resident_mb/{n}_trials", many["dataset_mb"], "MB", "the set's pages in the "
-        "page cache: held once for all trials", "dataset_mb")  # fmt: skip
-    add(f"summed_rss_dataset_mb/{n}_trials", many["reader_file_rss_mb"], "MB", "what summed "
-        "RSS would claim: each trial maps the same pages", "dataset_mb")  # fmt: skip
+    add(
+        f"dataset_resident_mb/{n}_trials",
+        many["dataset_mb"],
+        "MB",
+        "the set's pages in the page cache: held once for all trials",
+        "dataset_mb",
+    )
+    add(
+        f"summed_rss_dataset_mb/{n}_trials",
+        many["reader_file_rss_mb"],
+        "MB",
+        "what summed RSS would claim: each trial maps the same pages",
+        "dataset_mb",
+    )
 
 
 def _held(folder: str, files: list[str]) -> dict:

@@ -109,8 +109,10 @@ def run_trials(
     for trial_id, stamps in clock.results.items():
         times, rates = [t for t, _ in stamps], [r for _, r in stamps]
         first = max(first_step_time(times, rates, seen), clock.started[trial_id])
-        since = {"start_to_first_step_s": first - clock.started[trial_id],
-                 "fit_to_first_step_s": first - started}  # fmt: skip
+        since = {
+            "start_to_first_step_s": first - clock.started[trial_id],
+            "fit_to_first_step_s": first - started,
+        }
         trials.append({"rates": rates, "training": (first, times[-1]), **since})
     return {"wall_s": wall, "trials": trials, "samples": samples}
 

@@ -31,8 +31,13 @@ def unet(b: Bench) -> None:
         epoch_s, rates = _trial(b, size, n_train, epochs)
         what = f"unet-resnet18 from scratch, {n_train} images, batch 4, {b.device.type}"
         add(f"epoch_s/{size}px", steady(epoch_s), "s", f"train + val + checkpoint; {what}")
-        add(f"images_per_s/{size}px", steady(rates), "img/s", f"training pass; {what}",
-            f"images_per_s/{sizes[0]}px" if size != sizes[0] else None)  # fmt: skip
+        add(
+            f"images_per_s/{size}px",
+            steady(rates),
+            "img/s",
+            f"training pass; {what}",
+            f"images_per_s/{sizes[0]}px" if size != sizes[0] else None,
+        )
 
 
 def _trial(b: Bench, size: int, n_train: int, epochs: int) -> tuple[list[float], list[float]]:
@@ -50,9 +55,17 @@ def _trial(b: Bench, size: int, n_train: int, epochs: int) -> tuple[list[float],
         stamps.append(time.perf_counter())
         rates.append(metrics["images_per_s"])
 
-    config = {"task": "segfolder", "model": "unet-resnet18", "weights": "none",
-              "image_size": size, "epochs": epochs, "batch_size": 4, "lr": 1e-3,
-              "aug_cutoff_epoch": epochs, "seed": 0}  # fmt: skip
+    config = {
+        "task": "segfolder",
+        "model": "unet-resnet18",
+        "weights": "none",
+        "image_size": size,
+        "epochs": epochs,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "aug_cutoff_epoch": epochs,
+        "seed": 0,
+    }
     with torch_threads(b.threads):
         train_loop(config, report, data, device=b.device, task=task)
     return list(np.diff(stamps)), rates

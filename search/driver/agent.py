@@ -61,8 +61,7 @@ def run_trial(settings: dict, data_dir: str | None, project: str, split: str) ->
     with wandb.init(project=project, config=settings, job_type="trial") as run:
         config = run_config(run)
         task = get_task(config["task"])
-        where = argparse.Namespace(data_dir=data_dir, split=split,
-                                   seed=int(config.get("seed", 0)))  # fmt: skip
+        where = argparse.Namespace(data_dir=data_dir, split=split, seed=int(config.get("seed", 0)))
         task, path = locate_data(task, config.get("image_size") or task.image_size, where)
         keeper = BestKeeper(run, task.metric, task.mode)
         train_loop(config, keeper, load_arrays(path, task), task=task)

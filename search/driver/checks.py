@@ -87,8 +87,9 @@ def check_flags(args: argparse.Namespace) -> None:
     for attr, flag, low, what in _AT_LEAST:
         value = getattr(args, attr, None)
         if value is not None and value < low:
-            raise UserError(f"{flag} {value:g} must be >= {low} ({what}); pass {flag} {low} "
-                            "or more")  # fmt: skip
+            raise UserError(
+                f"{flag} {value:g} must be >= {low} ({what}); pass {flag} {low} or more"
+            )
     for attr, flag, what in _ABOVE_ZERO:
         value = _number(getattr(args, attr, None), flag)
         if value is not None and not value > 0:
@@ -96,8 +97,10 @@ def check_flags(args: argparse.Namespace) -> None:
     if not 0 <= args.seed <= SEED_MAX:
         raise UserError(f"--seed {args.seed}: numpy seeds lie in [0, {SEED_MAX}]; pass one there")
     if args.folds == 1 or args.folds < 0:
-        raise UserError(f"--folds {args.folds}: K-fold needs K >= 2; pass --folds 0 (the "
-                        "given split) or --folds K with K >= 2")  # fmt: skip
+        raise UserError(
+            f"--folds {args.folds}: K-fold needs K >= 2; pass --folds 0 (the "
+            "given split) or --folds K with K >= 2"
+        )
     _check_smoke(args)
     _check_name(args.name)
     _check_task_data(args)
@@ -124,26 +127,32 @@ def _check_smoke(args: argparse.Namespace) -> None:
         return
     clash = [f for f in ("--trials", "--epochs") if given(args, f)]
     if clash:
-        raise UserError(f"--smoke-test runs 2 trials of 1 epoch and a few batches, so it cannot "
-                        f"take {' and '.join(clash)}; drop {' and '.join(clash)} or drop "
-                        "--smoke-test")  # fmt: skip
+        raise UserError(
+            f"--smoke-test runs 2 trials of 1 epoch and a few batches, so it cannot "
+            f"take {' and '.join(clash)}; drop {' and '.join(clash)} or drop "
+            "--smoke-test"
+        )
 
 
 def _check_name(name: str | None) -> None:
     if name is None:
         return
     if not name or name in (".", "..") or "/" in name or os.sep in name or "\\" in name:
-        raise UserError(f"--name {name!r}: an experiment name is one folder name (no '/', not "
-                        "'.' or '..'); pass e.g. --name pneumonia-cnn, and --storage for "
-                        "where it goes")  # fmt: skip
+        raise UserError(
+            f"--name {name!r}: an experiment name is one folder name (no '/', not "
+            "'.' or '..'); pass e.g. --name pneumonia-cnn, and --storage for "
+            "where it goes"
+        )
 
 
 def _check_task_data(args: argparse.Namespace) -> None:
     data_dir = args.data_dir
     if args.task in FOLDER_TASKS and not data_dir and not args.resume:
-        raise UserError(f"--task {args.task} reads a dataset folder and needs --data-dir; pass "
-                        "--data-dir DIR (for malaria, the NIH cell_images/ folder or the folder "
-                        "it was unpacked into)")  # fmt: skip
+        raise UserError(
+            f"--task {args.task} reads a dataset folder and needs --data-dir; pass "
+            "--data-dir DIR (for malaria, the NIH cell_images/ folder or the folder "
+            "it was unpacked into)"
+        )
     if args.space and not os.path.isfile(os.path.expanduser(args.space)):
         raise UserError(
             f"--space {args.space}: no such file; pass a space file (W&B sweep YAML, "
@@ -166,9 +175,11 @@ def check_storage_uri(storage: str | None) -> None:
     if "://" in storage:
         scheme = storage.split("://", 1)[0].lower()
         if scheme not in STORAGE_SCHEMES:
-            raise UserError(f"--storage {storage}: {scheme}:// is not a storage Ray can use; "
-                            f"use a local folder or one of "
-                            f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}")  # fmt: skip
+            raise UserError(
+                f"--storage {storage}: {scheme}:// is not a storage Ray can use; "
+                f"use a local folder or one of "
+                f"{', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+            )
         return
     path = os.path.abspath(os.path.expanduser(storage))
     existing = path
@@ -205,8 +216,11 @@ def check_space(space) -> None:
 
     from trainables.train import TrainConfig
 
-    numeric = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-               if type(f.default) in (int, float)}  # fmt: skip
+    numeric = {
+        f.name: f.default
+        for f in dataclasses.fields(TrainConfig)
+        if type(f.default) in (int, float)
+    }
     for key, spec in space.sweep_config["parameters"].items():
         if key not in numeric or not isinstance(spec, dict):
             continue
@@ -225,11 +239,16 @@ def check_data(path: str, task, image_size: int, labels: dict) -> None:
     from trainables.data import inspect_npz, npz_headers
 
     for key, (shape, _) in sorted(npz_headers(path).items()):
-        if key.endswith("_images") and len(shape) >= 3 and tuple(shape[1:3]) != (
-            image_size, image_size):  # fmt: skip
-            raise UserError(f"{path}: {key} are {shape[1]}x{shape[2]} px but the search "
-                            f"trains at {image_size} px; pass --image-size {shape[1]} or a "
-                            f"file made at {image_size} px")  # fmt: skip
+        if (
+            key.endswith("_images")
+            and len(shape) >= 3
+            and tuple(shape[1:3]) != (image_size, image_size)
+        ):
+            raise UserError(
+                f"{path}: {key} are {shape[1]}x{shape[2]} px but the search "
+                f"trains at {image_size} px; pass --image-size {shape[1]} or a "
+                f"file made at {image_size} px"
+            )
     n = len(task.classes)
     for name, split_labels in labels.items():
         if not name.endswith("_labels"):
@@ -237,9 +256,11 @@ def check_data(path: str, task, image_size: int, labels: dict) -> None:
         counts = task.kind_ops.class_counts(split_labels, n)
         present = [c for c, k in zip(task.classes, counts, strict=True) if k > 0]
         if n >= 2 and len(present) < 2:
-            raise UserError(f"{path} [{name[:-7]}]: only {present or 'no'} class(es) present of "
-                            f"{list(task.classes)}; a search needs at least 2 classes in train "
-                            "and in val: add images of the other class(es)")  # fmt: skip
+            raise UserError(
+                f"{path} [{name[:-7]}]: only {present or 'no'} class(es) present of "
+                f"{list(task.classes)}; a search needs at least 2 classes in train "
+                "and in val: add images of the other class(es)"
+            )
     inspect_npz(path, task, splits=("test",))  # ValueError naming the file and split
 
 
@@ -259,10 +280,14 @@ def check_cluster(plan, view) -> None:
         return
     asks = ", ".join(f"{v:g} {k}" for k, v in request.items())
     if request.get("GPU", 0) > 0 and view.total("GPU") <= 0:
-        raise UserError(f"--gpus-per-trial {plan.gpus_per_trial:g}: this Ray cluster has no GPU "
-                        f"and can add none ({view.describe()}); pass --gpus-per-trial 0 (CPU) "
-                        "or --address of a cluster with GPUs")  # fmt: skip
+        raise UserError(
+            f"--gpus-per-trial {plan.gpus_per_trial:g}: this Ray cluster has no GPU "
+            f"and can add none ({view.describe()}); pass --gpus-per-trial 0 (CPU) "
+            "or --address of a cluster with GPUs"
+        )
     largest = max((n.get("CPU", 0) for n in capacity), default=0)
-    raise UserError(f"each trial worker asks for {asks}, more than any node has or can add "
-                    f"(largest: {largest:g} CPU; {view.describe()}); lower --cpus-per-worker "
-                    "or --gpus-per-trial")  # fmt: skip
+    raise UserError(
+        f"each trial worker asks for {asks}, more than any node has or can add "
+        f"(largest: {largest:g} CPU; {view.describe()}); lower --cpus-per-worker "
+        "or --gpus-per-trial"
+    )

@@ -32,14 +32,32 @@ def run_name(task: str, searcher: str, repeat: int) -> str:
 def search_command(args, searcher: str, repeat: int, passthrough: list[str]) -> list[str]:
     """The `search/run.py` command line of one (searcher, repeat)."""
     cmd = [
-        sys.executable, str(RUN_PY), "--task", args.task,
-        "--name", run_name(args.task, searcher, repeat), "--storage", args.out,
-        "--searcher", searcher, "--seed", str(repeat), "--trials", str(args.trials),
-        "--launcher", args.launcher, "--gpus-per-trial", str(args.gpus_per_trial),
-        "--explain-top", "0",
-    ]  # fmt: skip
-    for flag, value in (("--epochs", args.epochs), ("--data-dir", args.data_dir),
-                        ("--space", args.space)):  # fmt: skip
+        sys.executable,
+        str(RUN_PY),
+        "--task",
+        args.task,
+        "--name",
+        run_name(args.task, searcher, repeat),
+        "--storage",
+        args.out,
+        "--searcher",
+        searcher,
+        "--seed",
+        str(repeat),
+        "--trials",
+        str(args.trials),
+        "--launcher",
+        args.launcher,
+        "--gpus-per-trial",
+        str(args.gpus_per_trial),
+        "--explain-top",
+        "0",
+    ]
+    for flag, value in (
+        ("--epochs", args.epochs),
+        ("--data-dir", args.data_dir),
+        ("--space", args.space),
+    ):
         if value is not None:
             cmd += [flag, str(value)]
     cmd += ["--wandb", "off"]  # W&B stays out of the timing
@@ -74,8 +92,10 @@ def run_search(args, searcher: str, repeat: int, passthrough: list[str]) -> str:
         )
     if proc.returncode != 0:
         tail = Path(log_path).read_text().splitlines()[-15:]
-        print(f"{name}: exit code {proc.returncode}; last lines of {log_path}:\n  "
-              + "\n  ".join(tail))  # fmt: skip
+        print(
+            f"{name}: exit code {proc.returncode}; last lines of {log_path}:\n  "
+            + "\n  ".join(tail)
+        )
     return folder
 
 
@@ -112,8 +132,11 @@ def run_comparison(args, passthrough: list[str]) -> int:
         import torch
 
         args.gpus_per_trial = 1.0 if torch.cuda.is_available() else 0.0
-    run_dirs = {(searcher, k): run_search(args, searcher, k, passthrough)
-                for k in range(args.repeats) for searcher in args.searchers}  # fmt: skip
+    run_dirs = {
+        (searcher, k): run_search(args, searcher, k, passthrough)
+        for k in range(args.repeats)
+        for searcher in args.searchers
+    }
     rows = summarise(run_dirs, space.metric, space.mode)
     if args.wandb_sweep:
         rows += read_sweep(args.wandb_sweep, space.metric, space.mode, args.trials)

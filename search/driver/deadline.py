@@ -33,8 +33,10 @@ class _Clock:
         if now < self.deadline:
             return False
         if not self.said:
-            log.info("time budget of %g s reached: no new trials; the running ones finish",
-                     self.budget_s)  # fmt: skip
+            log.info(
+                "time budget of %g s reached: no new trials; the running ones finish",
+                self.budget_s,
+            )
             self.said = True
         return True
 

@@ -24,8 +24,13 @@ CHUNK = 1 << 22
 
 def data_fingerprint(path: str, seed: int = 0, folds: int = 0, fold: int | None = None) -> dict:
     """{"file", "md5" or "folder_hash", "split", "seed", "folds", "fold"} of an npz path."""
-    out = {"file": os.path.basename(path), "split": "medmnist", "seed": int(seed),
-           "folds": int(folds or 0), "fold": fold}  # fmt: skip
+    out = {
+        "file": os.path.basename(path),
+        "split": "medmnist",
+        "seed": int(seed),
+        "folds": int(folds or 0),
+        "fold": fold,
+    }
     if not os.path.isfile(path):  # a URI: the name is all the driver can cheaply say
         out["file"] = path
         return out

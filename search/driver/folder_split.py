@@ -198,4 +198,3 @@ def _holdout(
                 f"class ({err}); add images to the smallest class or lower val/test_frac"
             ) from err
     return [items[i] for i in keep], [items[i] for i in held]
-

@@ -183,8 +183,9 @@ def fold_data(arrays: Mapping[str, np.ndarray], train_idx, val_idx) -> dict:
     out = {}
     for split, idx in (("train", train_idx), ("val", val_idx)):
         out[f"{split}_labels"] = take(arrays, "labels", idx)
-        out[f"{split}_images"] = (pooled.subset(np.sort(idx)) if streamed
-                                  else take(arrays, "images", idx))  # fmt: skip
+        out[f"{split}_images"] = (
+            pooled.subset(np.sort(idx)) if streamed else take(arrays, "images", idx)
+        )
     return out
 
 
@@ -238,8 +239,9 @@ def run_folds(config: dict, data_ref: list, splits: list, plan: Plan, task: Task
     threads = max(1, round(plan.cpus_per_worker))
     remote = train_fold.options(**fold_resources(plan))
     futures = [
-        remote.remote(data_ref[0], tr, va, fold_config(config, i), task, plan.metric, plan.mode,
-                      threads)  # fmt: skip
+        remote.remote(
+            data_ref[0], tr, va, fold_config(config, i), task, plan.metric, plan.mode, threads
+        )
         for i, (tr, va) in enumerate(splits)
     ]
     pending = {f: i for i, f in enumerate(futures)}
@@ -293,8 +295,12 @@ def report_folds(results: list[FoldResult], metric: str, mode: str) -> None:
     rows = fold_metrics([history for history, _, _ in results], metric)
     chosen = best_fold(results, metric, mode)
     _, model_bytes, fold_epoch = results[chosen]
-    extra = {"folds": len(results), "best_fold": chosen, "best_fold_epoch": fold_epoch or 0,
-             "node_id": ray.get_runtime_context().get_node_id()}  # fmt: skip
+    extra = {
+        "folds": len(results),
+        "best_fold": chosen,
+        "best_fold_epoch": fold_epoch or 0,
+        "node_id": ray.get_runtime_context().get_node_id(),
+    }
     with tempfile.TemporaryDirectory(prefix="medsweep-fold-ckpt-") as tmp:
         if model_bytes is not None:
             with open(os.path.join(tmp, FILENAME), "wb") as f:

@@ -53,23 +53,32 @@ def locate_data(task: Task, image_size: int, args: argparse.Namespace) -> tuple[
     )
     for line in small_data_warnings(info["counts"]):
         log.warning("small data: %s", line)
-    log.info("%s: %s split, images per split %s", args.data_dir, info["split"],
-             {k: sum(v.values()) for k, v in info["counts"].items()})  # fmt: skip
+    log.info(
+        "%s: %s split, images per split %s",
+        args.data_dir,
+        info["split"],
+        {k: sum(v.values()) for k, v in info["counts"].items()},
+    )
     kind = task.kind if task.classes else kind_for_classes(len(classes))
-    task = dataclasses.replace(task, classes=tuple(classes), kind=kind,
-                               channels=info["channels"])  # fmt: skip
+    task = dataclasses.replace(task, classes=tuple(classes), kind=kind, channels=info["channels"])
     return task, path
 
 
 def locate_segfolder(task: Task, image_size: int, args) -> tuple[Task, str]:
     """(task with the images' channels, npz path) of an images/ + masks/ folder."""
     if not args.data_dir:
-        raise SystemExit(f"--task {task.name} reads images/ and masks/ of the same names: "
-                         "pass --data-dir DIR (e.g. data/isbi2012-membranes)")  # fmt: skip
+        raise SystemExit(
+            f"--task {task.name} reads images/ and masks/ of the same names: "
+            "pass --data-dir DIR (e.g. data/isbi2012-membranes)"
+        )
     path, info = convert_segfolder(args.data_dir, image_size, seed=args.seed)
-    log.info("%s: %s split, images per split %s, foreground share %s", args.data_dir,
-             info["split"], {k: max(v.values()) for k, v in info["counts"].items()},
-             {k: round(v, 3) for k, v in info["foreground"].items()})  # fmt: skip
+    log.info(
+        "%s: %s split, images per split %s, foreground share %s",
+        args.data_dir,
+        info["split"],
+        {k: max(v.values()) for k, v in info["counts"].items()},
+        {k: round(v, 3) for k, v in info["foreground"].items()},
+    )
     return dataclasses.replace(task, channels=info["channels"]), path
 
 

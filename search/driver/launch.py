@@ -102,8 +102,9 @@ def function_driver(config: dict, data_ref: list, plan: Plan) -> None:
 
 def checkpoint_config(plan: Plan, cls):
     """`cls` (Tune's or Train's CheckpointConfig) keeping the best checkpoint by the metric."""
-    return cls(num_to_keep=1, checkpoint_score_attribute=plan.metric,
-               checkpoint_score_order=plan.mode)  # fmt: skip
+    return cls(
+        num_to_keep=1, checkpoint_score_attribute=plan.metric, checkpoint_score_order=plan.mode
+    )
 
 
 def trial_resources(plan: Plan) -> dict:

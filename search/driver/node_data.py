@@ -87,9 +87,15 @@ def describe(path: str, task: Task, image_size: int, labels: dict | None = None)
             found, sizes = inspect_npz(f, task, name=path)
     else:
         found, sizes = inspect_npz(path, task)
-    return DataSource(path=path, key=fingerprint(path), task=task, image_size=image_size,
-                      sizes=sizes, labels={**found, **(labels or {})},
-                      cache_dir=os.environ.get(CACHE_ENV))  # fmt: skip
+    return DataSource(
+        path=path,
+        key=fingerprint(path),
+        task=task,
+        image_size=image_size,
+        sizes=sizes,
+        labels={**found, **(labels or {})},
+        cache_dir=os.environ.get(CACHE_ENV),
+    )
 
 
 def open_data(data_ref: list) -> dict:
@@ -143,8 +149,11 @@ def _train_stats(folder: str, images: np.ndarray) -> tuple[list[float], list[flo
 def cached_files(source: DataSource) -> list[str]:
     """The .npy files this node's cache holds for `source` (what a test counts)."""
     folder = os.path.join(cache_root(source), source.key)
-    return sorted(f for f in os.listdir(folder) if f.endswith(".npy")) if os.path.isdir(
-        folder) else []  # fmt: skip
+    return (
+        sorted(f for f in os.listdir(folder) if f.endswith(".npy"))
+        if os.path.isdir(folder)
+        else []
+    )
 
 
 def _fill(source: DataSource, folder: str, names: list[str]) -> None:
@@ -164,8 +173,13 @@ def _fill(source: DataSource, folder: str, names: list[str]) -> None:
     finally:
         if fetched:
             os.remove(npz)
-    log.warning("node cache: %s -> %s (%.1f MB) in %.1f s", os.path.basename(source.path),
-                folder, need / 2**20, time.perf_counter() - started)  # fmt: skip
+    log.warning(
+        "node cache: %s -> %s (%.1f MB) in %.1f s",
+        os.path.basename(source.path),
+        folder,
+        need / 2**20,
+        time.perf_counter() - started,
+    )
 
 
 def _local_npz(source: DataSource, folder: str) -> tuple[str, bool]:

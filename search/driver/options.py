@@ -53,8 +53,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     _after_flags(p.add_argument_group("outputs and after the search"))
     _explain_flags(p.add_argument_group("explain (attribution maps)"))
     _wandb_flags(p.add_argument_group("W&B"))
-    p.add_argument("--debug", action="store_true",
-                   help="show the traceback of a refused command too")  # fmt: skip
+    p.add_argument(
+        "--debug", action="store_true", help="show the traceback of a refused command too"
+    )
     return p
 
 
@@ -69,16 +70,29 @@ def parse_args(argv: list[str] | None = None, description: str | None = None):
 
 
 def _data_flags(p) -> None:
-    p.add_argument("--task", choices=TASK_NAMES, metavar="TASK",
-                   help=f"one of: {', '.join(TASK_NAMES)}")  # fmt: skip
-    p.add_argument("--resume", nargs="?", const=True, metavar="EXPERIMENT",
-                   help="continue an interrupted search: its folder (runs/<name>), or the "
-                   "--name/--storage given with a bare --resume")  # fmt: skip
+    p.add_argument(
+        "--task", choices=TASK_NAMES, metavar="TASK", help=f"one of: {', '.join(TASK_NAMES)}"
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="EXPERIMENT",
+        help="continue an interrupted search: its folder (runs/<name>), or the "
+        "--name/--storage given with a bare --resume",
+    )
     p.add_argument("--space", help="space file (W&B sweep YAML); None: spaces/<task>.yaml")
-    p.add_argument("--data-dir", help="folder with the MedMNIST npz files (None: ~/.medmnist); "
-                   "folder tasks: the dataset folder")  # fmt: skip
-    p.add_argument("--split", default="auto", choices=SPLIT_CHOICES,
-                   help="folder tasks: premade, patient (malaria ids), cell, or auto")  # fmt: skip
+    p.add_argument(
+        "--data-dir",
+        help="folder with the MedMNIST npz files (None: ~/.medmnist); "
+        "folder tasks: the dataset folder",
+    )
+    p.add_argument(
+        "--split",
+        default="auto",
+        choices=SPLIT_CHOICES,
+        help="folder tasks: premade, patient (malaria ids), cell, or auto",
+    )
     p.add_argument(
         "--folds",
         type=int,
@@ -87,15 +101,22 @@ def _data_flags(p) -> None:
     )
     p.add_argument("--weights", help="none | imagenet | PATH (None: the space file's)")
     p.add_argument("--image-size", type=int, help="28, 64, 128 or 224 (None: the space's)")
-    p.add_argument("--data-path", default="auto", choices=DATA_PATHS,
-                   help="resident: train+val images copied to each trial's device once; "
-                   "stream: memory-mapped from each node's local disk, batches read ahead; "
-                   "auto: resident when they fit the budget")  # fmt: skip
-    p.add_argument("--resident-budget-mb", type=float,
-                   default=os.environ.get("MEDSWEEP_RESIDENT_BUDGET_MB"),
-                   help="largest train+val (MB) kept resident under --data-path auto "
-                   "(None: a share of the trial's device and node memory; "
-                   "$MEDSWEEP_RESIDENT_BUDGET_MB)")  # fmt: skip
+    p.add_argument(
+        "--data-path",
+        default="auto",
+        choices=DATA_PATHS,
+        help="resident: train+val images copied to each trial's device once; "
+        "stream: memory-mapped from each node's local disk, batches read ahead; "
+        "auto: resident when they fit the budget",
+    )
+    p.add_argument(
+        "--resident-budget-mb",
+        type=float,
+        default=os.environ.get("MEDSWEEP_RESIDENT_BUDGET_MB"),
+        help="largest train+val (MB) kept resident under --data-path auto "
+        "(None: a share of the trial's device and node memory; "
+        "$MEDSWEEP_RESIDENT_BUDGET_MB)",
+    )
 
 
 def _search_flags(p) -> None:
@@ -119,8 +140,10 @@ def _search_flags(p) -> None:
 
 
 def _resource_flags(p) -> None:
-    p.add_argument("--address", help="Ray cluster address ('auto' on a cluster); None: a "
-                   "fresh local Ray on this machine")  # fmt: skip
+    p.add_argument(
+        "--address",
+        help="Ray cluster address ('auto' on a cluster); None: a fresh local Ray on this machine",
+    )
     p.add_argument(
         "--launcher",
         default="auto",
@@ -130,8 +153,11 @@ def _resource_flags(p) -> None:
     )
     p.add_argument("--max-concurrent", type=int, help="trials at once (None: what fits)")
     p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP)")
-    p.add_argument("--gpus-per-trial", type=float, help="fractional GPUs per trial; None: 1 "
-                   "if a GPU is visible, else 0")  # fmt: skip
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        help="fractional GPUs per trial; None: 1 if a GPU is visible, else 0",
+    )
     p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker")
     p.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial")
 
@@ -144,17 +170,25 @@ def _after_flags(p) -> None:
         help="local folder or s3://, gs:// URI (None: $MEDSWEEP_STORAGE, else runs)",
     )
     p.add_argument("--test-top", type=int, default=1, help="evaluate the K best on test")
-    p.add_argument("--operating-point", default="youden",
-                   help="binary/multilabel threshold, chosen on validation: youden (Youden's "
-                   "J), a number such as 0.5, sens=0.95 or spec=0.95")  # fmt: skip
+    p.add_argument(
+        "--operating-point",
+        default="youden",
+        help="binary/multilabel threshold, chosen on validation: youden (Youden's "
+        "J), a number such as 0.5, sens=0.95 or spec=0.95",
+    )
     p.add_argument(
         "--temperature-scaling",
         action="store_true",
         help="fit a temperature on validation before choosing the threshold",
     )
-    p.add_argument("--repeat-best", type=int, default=0, metavar="N",
-                   help="retrain the best configuration with N new seeds after the search "
-                   "(test metrics as mean +/- sd over seeds)")  # fmt: skip
+    p.add_argument(
+        "--repeat-best",
+        type=int,
+        default=0,
+        metavar="N",
+        help="retrain the best configuration with N new seeds after the search "
+        "(test metrics as mean +/- sd over seeds)",
+    )
 
 
 def _explain_flags(p) -> None:
@@ -169,17 +203,26 @@ def _explain_flags(p) -> None:
 
 
 def _wandb_flags(p) -> None:
-    p.add_argument("--wandb", choices=("online", "offline", "off"),
-                   help="log each trial to W&B (None: online if logged in, else offline; "
-                   "off with --smoke-test)")  # fmt: skip
-    p.add_argument("--wandb-project", default=os.environ.get("WANDB_PROJECT", "medsweep"),
-                   help="W&B project ($WANDB_PROJECT)")  # fmt: skip
+    p.add_argument(
+        "--wandb",
+        choices=("online", "offline", "off"),
+        help="log each trial to W&B (None: online if logged in, else offline; "
+        "off with --smoke-test)",
+    )
+    p.add_argument(
+        "--wandb-project",
+        default=os.environ.get("WANDB_PROJECT", "medsweep"),
+        help="W&B project ($WANDB_PROJECT)",
+    )
 
 
 def ig_settings(args: argparse.Namespace) -> dict:
     """Integrated Gradients' keyword arguments from --ig-samples, --ig-steps, --ig-baseline."""
-    return {"n_samples": args.ig_samples, "steps": args.ig_steps,
-            "baseline": _number_or(args.ig_baseline)}  # fmt: skip
+    return {
+        "n_samples": args.ig_samples,
+        "steps": args.ig_steps,
+        "baseline": _number_or(args.ig_baseline),
+    }
 
 
 def _number_or(text: str):

@@ -77,8 +77,10 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
     except Exception:
         keep_logs = True
         logs = session_dir()
-        log.error("internal error (not a mistake in the command): the traceback follows%s",
-                  f"; Ray's logs: {os.path.join(logs, 'logs')}" if logs else "")  # fmt: skip
+        log.error(
+            "internal error (not a mistake in the command): the traceback follows%s",
+            f"; Ray's logs: {os.path.join(logs, 'logs')}" if logs else "",
+        )
         raise
     finally:
         close_ray(remove_session=not keep_logs)
@@ -125,7 +127,8 @@ def finish(run: Run, grid, wandb_mode: str) -> int:
 
         repeat_best(args, plan, inputs, trials)
     steps.manifest(args, plan, inputs, run.first_started, wall, FINISHED).write(
-        plan.experiment_path)  # fmt: skip
+        plan.experiment_path
+    )
     report = steps.write_report(plan.experiment_path)
     log_media(wandb_mode, args.wandb_project, plan.name, plan.experiment_path, trials)
     code = steps.summarise(trials, plan, wall)
@@ -144,20 +147,30 @@ def interrupted(run: Run, sig: int | None) -> int:
         return code
     path = plan.experiment_path
     if run.resume_path is None and not has_tune_state(path):
-        log.warning("interrupted before Ray Tune saved any state: nothing to resume; start the "
-                    "command again")  # fmt: skip
+        log.warning(
+            "interrupted before Ray Tune saved any state: nothing to resume; start the "
+            "command again"
+        )
         return code
-    steps.manifest(run.args, plan, run.inputs, run.first_started, run.searched_s(),
-                   INTERRUPTED).write(path)  # fmt: skip
-    log.warning("\ninterrupted: the search state is saved in %s (no test evaluation, "
-                "attribution or report of a partial search). Continue it with:\n  %s",
-                path, resume_command(path))  # fmt: skip
+    steps.manifest(
+        run.args, plan, run.inputs, run.first_started, run.searched_s(), INTERRUPTED
+    ).write(path)
+    log.warning(
+        "\ninterrupted: the search state is saved in %s (no test evaluation, "
+        "attribution or report of a partial search). Continue it with:\n  %s",
+        path,
+        resume_command(path),
+    )
     return code
 
 
 def already_finished(path: str, previous: Manifest) -> int:
-    log.info("%s: this search finished already (%d trials); nothing to resume. Its report: "
-             "%s", path, previous.trials, os.path.join(path, "report.html"))  # fmt: skip
+    log.info(
+        "%s: this search finished already (%d trials); nothing to resume. Its report: %s",
+        path,
+        previous.trials,
+        os.path.join(path, "report.html"),
+    )
     return 0
 
 
@@ -169,4 +182,3 @@ def _wandb_mode(args) -> str:
     from search.tracking.runs import resolve_mode
 
     return resolve_mode(args.wandb)
-

@@ -109,8 +109,13 @@ def make_plan(args: argparse.Namespace, space: Space, name: str, task: Task) -> 
     )
     plan = with_concurrency(plan, args.max_concurrent, view)
     where = "--max-concurrent" if args.max_concurrent else "what the cluster holds at its largest"
-    log.info("each trial asks for %s (%s); %d trial(s) at once (%s)", _asks(plan), why,
-             plan.max_concurrent, where)  # fmt: skip
+    log.info(
+        "each trial asks for %s (%s); %d trial(s) at once (%s)",
+        _asks(plan),
+        why,
+        plan.max_concurrent,
+        where,
+    )
     return plan
 
 

@@ -48,8 +48,14 @@ def duration(seconds: float) -> str:
 class Progress(Callback):
     """Epochs done and time left, on the log (plain data only: Tune pickles its callbacks)."""
 
-    def __init__(self, trials: int, epochs: int, max_concurrent: int,
-                 time_budget_s: float | None = None, every_s: float = 30.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        trials: int,
+        epochs: int,
+        max_concurrent: int,
+        time_budget_s: float | None = None,
+        every_s: float = 30.0,
+    ) -> None:
         self.trials, self.epochs, self.max_concurrent = trials, max(1, epochs), max_concurrent
         self.time_budget_s, self.every_s = time_budget_s, every_s
         self.done: dict[str, int] = {}
@@ -81,10 +87,12 @@ class Progress(Callback):
     def line(self, now: float) -> str:
         per_epoch = sum(self.epoch_times) / max(1, len(self.epoch_times))
         done = sum(self.done.values())
-        return (f"progress: {done} of {self.trials * self.epochs} epochs ({len(self.done)} of "
-                f"{self.trials} trials started), {per_epoch:.1f} s per epoch; about "
-                f"{duration(self.remaining_s(now))} left at most (ASHA stops weak trials "
-                "early)")  # fmt: skip
+        return (
+            f"progress: {done} of {self.trials * self.epochs} epochs ({len(self.done)} of "
+            f"{self.trials} trials started), {per_epoch:.1f} s per epoch; about "
+            f"{duration(self.remaining_s(now))} left at most (ASHA stops weak trials "
+            "early)"
+        )
 
 
 def cpu_estimate(plan, inputs) -> tuple[float, str] | None:
@@ -107,9 +115,11 @@ def cpu_estimate(plan, inputs) -> tuple[float, str] | None:
     epoch = per_image * (batches * batch + EVAL_SHARE * n_val)
     epochs = int(values.get("epochs") or 10)
     total = plan.trials * epochs * epoch / max(1, plan.max_concurrent)
-    how = (f"measured {', '.join(f'{n} {s:.2f} s' for n, s in step.items())} per batch of "
-           f"{batch} at {size} px -> ~{duration(epoch)} per epoch; {plan.trials} trials x "
-           f"{epochs} epochs, {plan.max_concurrent} at once")  # fmt: skip
+    how = (
+        f"measured {', '.join(f'{n} {s:.2f} s' for n, s in step.items())} per batch of "
+        f"{batch} at {size} px -> ~{duration(epoch)} per epoch; {plan.trials} trials x "
+        f"{epochs} epochs, {plan.max_concurrent} at once"
+    )
     return total, how
 
 
@@ -150,10 +160,18 @@ def warn_if_slow(plan, inputs, space_path: str) -> None:
     if found is None or found[0] <= SLOW_S:
         return
     seconds, how = found
-    presets = sorted(glob.glob(os.path.join(os.path.dirname(space_path),
-                                            f"{inputs.task.name}-*.yaml")))  # fmt: skip
+    presets = sorted(
+        glob.glob(os.path.join(os.path.dirname(space_path), f"{inputs.task.name}-*.yaml"))
+    )
     faster = [f"--space {os.path.relpath(p)}" for p in presets if "cnn" in p] or []
-    faster += ["--smoke-test", "fewer --trials / --epochs", "a GPU (--gpus-per-trial 1 on a "
-               "machine with one, or --address of a GPU cluster)"]  # fmt: skip
-    log.warning("this search would take about %s on this machine's CPUs (%s); faster: %s",
-                duration(seconds), how, "; ".join(faster))  # fmt: skip
+    faster += [
+        "--smoke-test",
+        "fewer --trials / --epochs",
+        "a GPU (--gpus-per-trial 1 on a machine with one, or --address of a GPU cluster)",
+    ]
+    log.warning(
+        "this search would take about %s on this machine's CPUs (%s); faster: %s",
+        duration(seconds),
+        how,
+        "; ".join(faster),
+    )

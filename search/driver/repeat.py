@@ -53,13 +53,17 @@ def repeat_best(args, plan: Plan, inputs, trials: list[dict]) -> dict | None:
     chosen = after.with_checkpoints(trials, plan.metric, plan.mode)[:1]
     if n <= 0 or not chosen:
         if n > 0:
-            log.warning("--repeat-best %d: no trial has a %s and a checkpoint; nothing to "
-                        "repeat", n, plan.metric)  # fmt: skip
+            log.warning(
+                "--repeat-best %d: no trial has a %s and a checkpoint; nothing to repeat",
+                n,
+                plan.metric,
+            )
         return None
     best, seeds = chosen[0], repeat_seeds(plan.seed, n)
     path = join_path(plan.experiment_path, REPEATS_DIR)
-    log.info("--repeat-best %d: trial %s's config with seeds %s -> %s", n, best["trial_id"],
-             seeds, path)  # fmt: skip
+    log.info(
+        "--repeat-best %d: trial %s's config with seeds %s -> %s", n, best["trial_id"], seeds, path
+    )
     rows = train_repeats(plan, inputs, config_of(best), seeds)
     tests = evaluate_repeats(args, plan, inputs, rows, path)
     record = repeats_record(best, rows, tests, plan.metric)
@@ -102,13 +106,24 @@ def evaluate_repeats(args, plan: Plan, inputs, rows: list[dict], path: str) -> d
     streamed = inputs.data is None
     test = partial(node_arrays, inputs.source, ("test",)) if streamed else inputs.data_file
     val = partial(node_arrays, inputs.source, ("val",)) if streamed else inputs.data_file
-    resources = {"num_cpus": plan.cpus_per_worker,
-                 "num_gpus": plan.gpus_per_trial / plan.workers_per_trial}  # fmt: skip
+    resources = {
+        "num_cpus": plan.cpus_per_worker,
+        "num_gpus": plan.gpus_per_trial / plan.workers_per_trial,
+    }
     out = after.evaluate_on_test(
-        rows, path, inputs.task, test, plan.metric, plan.mode, len(rows), plan.seed, resources,
-        val=val, operating_point=getattr(args, "operating_point", "youden"),
+        rows,
+        path,
+        inputs.task,
+        test,
+        plan.metric,
+        plan.mode,
+        len(rows),
+        plan.seed,
+        resources,
+        val=val,
+        operating_point=getattr(args, "operating_point", "youden"),
         temperature_scaling=bool(getattr(args, "temperature_scaling", False)),
-    )  # fmt: skip
+    )
     return (out or {}).get("trials", {})
 
 
@@ -119,9 +134,16 @@ def repeats_record(best: dict, rows: list[dict], tests: dict, metric: str) -> di
     table = []
     for r in rows:
         figures = figures_of(tests.get(r["trial_id"]) or {})
-        table.append({"seed": r.get("config/seed"), "trial_id": r["trial_id"],
-                      "status": r["status"], "best_epoch": r.get("best_epoch"),
-                      metric: r.get(metric), "test": figures})  # fmt: skip
+        table.append(
+            {
+                "seed": r.get("config/seed"),
+                "trial_id": r["trial_id"],
+                "status": r["status"],
+                "best_epoch": r.get("best_epoch"),
+                metric: r.get(metric),
+                "test": figures,
+            }
+        )
     names = list(dict.fromkeys(k for row in table for k in row["test"]))
     return {
         "source_trial": best["trial_id"],
@@ -168,9 +190,14 @@ def merge_into_test_metrics(experiment_path: str, record: dict) -> None:
     text = json.dumps(to_jsonable(current), indent=2, allow_nan=False)
     write_text(target, text)
     val = record["summary"][record["metric"]]
-    log.info("repeats: %s %s +/- %s over %d seeds (the search's trial: %s)", record["metric"],
-             _fmt(val["mean"]), _fmt(val["sd"]), val["n"],
-             _fmt(record["source_value"]))  # fmt: skip
+    log.info(
+        "repeats: %s %s +/- %s over %d seeds (the search's trial: %s)",
+        record["metric"],
+        _fmt(val["mean"]),
+        _fmt(val["sd"]),
+        val["n"],
+        _fmt(record["source_value"]),
+    )
 
 
 def _fmt(value) -> str:

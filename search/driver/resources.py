@@ -91,8 +91,10 @@ def default_gpus(view: ClusterView, image_size: int, local_cuda: bool = False):
     if gpus <= 0:
         return 0.0, f"no GPU on the cluster: {view.describe()}"
     share = gpu_share(image_size)
-    return share, (f"{share:g} GPU per trial at {image_size} px: the cluster has or can add "
-                   f"{gpus:g} GPU(s); {view.describe()}")  # fmt: skip
+    return share, (
+        f"{share:g} GPU per trial at {image_size} px: the cluster has or can add "
+        f"{gpus:g} GPU(s); {view.describe()}"
+    )
 
 
 def fits(node: dict, request: dict) -> int:

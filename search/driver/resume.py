@@ -29,13 +29,17 @@ def resumed_args(args: argparse.Namespace) -> tuple[str, argparse.Namespace, Man
     elif args.name:
         path = join_path(args.storage or "runs", args.name)
     else:
-        raise UserError("--resume needs the experiment folder; pass --resume runs/<name> (or "
-                        "--resume --name NAME)")  # fmt: skip
+        raise UserError(
+            "--resume needs the experiment folder; pass --resume runs/<name> (or "
+            "--resume --name NAME)"
+        )
     path = absolute(path).rstrip("/")
     previous = Manifest.read_optional(path)
     if previous is None:
-        raise UserError(f"--resume {path}: no search.json there; pass the folder of a search "
-                        "(runs/<name>, printed when it started)")  # fmt: skip
+        raise UserError(
+            f"--resume {path}: no search.json there; pass the folder of a search "
+            "(runs/<name>, printed when it started)"
+        )
     if previous.finished:
         return path, args, previous
     if not has_tune_state(path):

@@ -46,8 +46,20 @@ from trainables.scores import better, is_finite
 log = logging.getLogger("medsweep")
 JOURNAL_FILE = "optuna.journal"
 """The study on a network filesystem (an Optuna journal, instead of OPTUNA_FILE)."""
-NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "glusterfs",
-              "ceph", "fuse.sshfs", "9p")  # fmt: skip
+NETWORK_FS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "glusterfs",
+    "ceph",
+    "fuse.sshfs",
+    "9p",
+)
 
 
 class BestEpochOptuna(OptunaSearch):
@@ -119,8 +131,11 @@ def study_storage(experiment_path: str, name: str):
     folder = experiment_path
     if is_uri(experiment_path):
         folder = os.path.abspath(os.path.join("runs", name))
-        log.info("optuna: the storage %s is not a local folder; the study goes to %s",
-                 experiment_path, folder)  # fmt: skip
+        log.info(
+            "optuna: the storage %s is not a local folder; the study goes to %s",
+            experiment_path,
+            folder,
+        )
     os.makedirs(folder, exist_ok=True)
     if on_network_fs(folder):
         path = join_path(folder, JOURNAL_FILE)
@@ -139,8 +154,11 @@ def on_network_fs(path: str, mounts: str = "/proc/mounts") -> bool:
     except OSError:
         return False
     path = os.path.realpath(path)
-    above = [(point, kind) for point, kind in table
-             if path == point or path.startswith(point.rstrip("/") + "/")]  # fmt: skip
+    above = [
+        (point, kind)
+        for point, kind in table
+        if path == point or path.startswith(point.rstrip("/") + "/")
+    ]
     if not above:
         return False
     return max(above, key=lambda pk: len(pk[0]))[1] in NETWORK_FS

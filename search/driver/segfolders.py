@@ -46,17 +46,27 @@ IMAGES, MASKS = "images", "masks"
 
 
 def convert_segfolder(
-    src: str, image_size: int, seed: int = 0, val_frac: float = 1 / 6,
-    test_frac: float = 1 / 6, cache_dir: str | None = None,
-) -> tuple[str, dict]:  # fmt: skip
+    src: str,
+    image_size: int,
+    seed: int = 0,
+    val_frac: float = 1 / 6,
+    test_frac: float = 1 / 6,
+    cache_dir: str | None = None,
+) -> tuple[str, dict]:
     """Convert (or reuse the cached conversion of) a segmentation folder; `(npz_path, info)`,
     info = {"split", "counts", "channels", "image_size", "foreground", "source"}."""
     src = os.path.abspath(os.path.expanduser(src))
     if not (isinstance(image_size, int) and image_size > 0):
         raise ValueError(f"image_size must be a positive int (pixels a side), got {image_size!r}")
     pairs = scan(src)
-    settings = {"format": FORMAT_VERSION, "kind": "masks", "image_size": image_size,
-                "seed": seed, "val_frac": val_frac, "test_frac": test_frac}  # fmt: skip
+    settings = {
+        "format": FORMAT_VERSION,
+        "kind": "masks",
+        "image_size": image_size,
+        "seed": seed,
+        "val_frac": val_frac,
+        "test_frac": test_frac,
+    }
     layout = {group: {"": [f for pair in items for f in pair]} for group, items in pairs.items()}
     fingerprint = _fingerprint(src, layout, settings)
     path = _cache_path(src, cache_dir, image_size, "seg", seed)
@@ -88,13 +98,18 @@ def scan(src: str) -> dict[str, list[tuple[str, str]]]:
     for group in groups:
         folders = [os.path.join(src, group, d) for d in (IMAGES, MASKS)]
         if not all(os.path.isdir(f) for f in folders):
-            raise ValueError(f"{os.path.join(src, group)}: needs {IMAGES}/ and {MASKS}/; "
-                             f"expected {expected}")  # fmt: skip
+            raise ValueError(
+                f"{os.path.join(src, group)}: needs {IMAGES}/ and {MASKS}/; expected {expected}"
+            )
         images, masks = (_by_stem(f) for f in folders)
-        unmatched += [os.path.join(folders[0], images[s]) + ": no mask of that name"
-                      for s in sorted(set(images) - set(masks))]  # fmt: skip
-        unmatched += [os.path.join(folders[1], masks[s]) + ": no image of that name"
-                      for s in sorted(set(masks) - set(images))]  # fmt: skip
+        unmatched += [
+            os.path.join(folders[0], images[s]) + ": no mask of that name"
+            for s in sorted(set(images) - set(masks))
+        ]
+        unmatched += [
+            os.path.join(folders[1], masks[s]) + ": no image of that name"
+            for s in sorted(set(masks) - set(images))
+        ]
         pairs[group or "all"] = [
             (os.path.join(group, IMAGES, images[s]), os.path.join(group, MASKS, masks[s]))
             for s in sorted(set(images) & set(masks))
@@ -123,22 +138,30 @@ def assign(pairs: dict, seed: int, val_frac: float, test_frac: float) -> dict[st
         n_test = max(1, round(len(pool) * test_frac))
         n_val = max(1, round(len(pool) * val_frac))
         order = np.random.default_rng(seed).permutation(len(pool))
-        picks = {"test": order[:n_test], "val": order[n_test : n_test + n_val],
-                 "train": order[n_test + n_val :]}  # fmt: skip
+        picks = {
+            "test": order[:n_test],
+            "val": order[n_test : n_test + n_val],
+            "train": order[n_test + n_val :],
+        }
         parts = {s: sorted(pool[i] for i in picks[s]) for s in SPLITS}
     else:
         parts = {s: list(pairs.get(s, [])) for s in SPLITS}
         for split, frac in (("test", test_frac), ("val", val_frac)):
             if not parts[split]:
                 train = parts["train"]
-                held = set(np.random.default_rng(seed).permutation(len(train))[
-                    : max(1, round(len(train) * frac))].tolist())  # fmt: skip
+                held = set(
+                    np.random.default_rng(seed)
+                    .permutation(len(train))[: max(1, round(len(train) * frac))]
+                    .tolist()
+                )
                 parts[split] = [p for i, p in enumerate(train) if i in held]
                 parts["train"] = [p for i, p in enumerate(train) if i not in held]
     empty = [s for s in SPLITS if not parts[s]]
     if empty:
-        raise ValueError(f"splits {empty} would be empty ({sum(map(len, parts.values()))} "
-                         "image/mask pairs): add images")  # fmt: skip
+        raise ValueError(
+            f"splits {empty} would be empty ({sum(map(len, parts.values()))} "
+            "image/mask pairs): add images"
+        )
     return parts
 
 
@@ -157,8 +180,10 @@ def build(src: str, parts: dict[str, list], size: int) -> tuple[dict[str, np.nda
         arrays[f"{split}_files"] = np.array([image for image, _ in parts[split]], dtype=str)
         start += n
         labels = arrays[f"{split}_labels"].reshape(n, -1).astype(bool)
-        counts[split] = {CLASSES[0]: int((~labels).any(1).sum()),
-                         CLASSES[1]: int(labels.any(1).sum())}  # fmt: skip
+        counts[split] = {
+            CLASSES[0]: int((~labels).any(1).sum()),
+            CLASSES[1]: int(labels.any(1).sum()),
+        }
         share[split] = float(labels.mean())
     info = {"counts": counts, "channels": channels, "image_size": size, "foreground": share}
     return arrays, info
@@ -185,8 +210,10 @@ def _pair_problem(src: str, image: str, mask: str) -> str | None:
         except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ...
             return f"{os.path.join(src, rel)}: cannot be read ({err})"
     if sizes[0] != sizes[1]:
-        return (f"{os.path.join(src, mask)}: mask is {sizes[1][0]}x{sizes[1][1]}, its image "
-                f"{image} is {sizes[0][0]}x{sizes[0][1]}")  # fmt: skip
+        return (
+            f"{os.path.join(src, mask)}: mask is {sizes[1][0]}x{sizes[1][1]}, its image "
+            f"{image} is {sizes[0][0]}x{sizes[0][1]}"
+        )
     return None
 
 
@@ -200,5 +227,7 @@ def _by_stem(folder: str) -> dict[str, str]:
 
 def _listing(src: str, problems: list[str], what: str) -> str:
     lines = "\n".join(f"  {p}" for p in problems)
-    return (f"{len(problems)} {what} file(s) in {src}; every image needs a mask of the same "
-            f"name and size (fix or remove them):\n{lines}")  # fmt: skip
+    return (
+        f"{len(problems)} {what} file(s) in {src}; every image needs a mask of the same "
+        f"name and size (fix or remove them):\n{lines}"
+    )

@@ -46,8 +46,13 @@ def connect_ray(address: str | None) -> str | None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-    context = ray.init(address="local", include_dashboard=True, dashboard_port=port,
-                       runtime_env={"env_vars": env}, **quiet)  # fmt: skip
+    context = ray.init(
+        address="local",
+        include_dashboard=True,
+        dashboard_port=port,
+        runtime_env={"env_vars": env},
+        **quiet,
+    )
     _STARTED["session_dir"] = session_dir()
     return _url(context.dashboard_url)
 
@@ -145,8 +150,11 @@ class Interrupts:
         self.signal = self.signal or sig
         tune_stop = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
         if first and self._fitting and callable(tune_stop):
-            log.warning("\n%s: stopping the trials and saving the search state (send it again "
-                        "to stop at once)", signal.Signals(sig).name)  # fmt: skip
+            log.warning(
+                "\n%s: stopping the trials and saving the search state (send it again "
+                "to stop at once)",
+                signal.Signals(sig).name,
+            )
             tune_stop(sig, frame)
             return
         raise KeyboardInterrupt

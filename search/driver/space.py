@@ -140,8 +140,9 @@ def to_domain(name: str, spec, path: str = "<space>"):
     if dist is None:
         raise ValueError(f"{where}: give `value`, `values`, or `distribution` with `min`/`max`")
     if dist not in DISTRIBUTIONS:
-        raise ValueError(f"{where}: distribution {dist!r} is not supported; use one of "
-                         f"{DISTRIBUTIONS}")  # fmt: skip
+        raise ValueError(
+            f"{where}: distribution {dist!r} is not supported; use one of {DISTRIBUTIONS}"
+        )
     if dist == "constant":
         return spec["value"]
     if dist == "categorical":
@@ -176,8 +177,9 @@ def _bounds(spec: dict, where: str) -> tuple[float, float]:
     except KeyError as err:
         raise ValueError(f"{where}: needs both `min` and `max`") from err
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}: min/max must be numbers, got {spec.get('min')!r}, "
-                         f"{spec.get('max')!r}") from err  # fmt: skip
+        raise ValueError(
+            f"{where}: min/max must be numbers, got {spec.get('min')!r}, {spec.get('max')!r}"
+        ) from err
     if low >= high:
         raise ValueError(f"{where}: min {low} must be below max {high}; swap or fix the bounds")
     return low, high

@@ -116,9 +116,14 @@ def place_data(args, plan: Plan, inputs: Inputs) -> None:
     else:
         budget, why = default_budget(plan)
     inputs.data_path = choose_path(nbytes, budget, args.data_path)
-    log.info("data: train+val images %.1f MB, resident budget %.1f MB (%s) -> %s%s",
-             nbytes / 2**20, budget / 2**20, why, inputs.data_path,
-             "" if args.data_path == "auto" else " (--data-path)")  # fmt: skip
+    log.info(
+        "data: train+val images %.1f MB, resident budget %.1f MB (%s) -> %s%s",
+        nbytes / 2**20,
+        budget / 2**20,
+        why,
+        inputs.data_path,
+        "" if args.data_path == "auto" else " (--data-path)",
+    )
     if inputs.data_path == RESIDENT:
         inputs.data = load_arrays(inputs.data_file, inputs.task, args.folds)
 
@@ -148,9 +153,16 @@ def start_ray(args: argparse.Namespace, task: Task, space: Space) -> tuple[Plan,
     name = args.name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     plan = make_plan(args, space, name, task)
     check_cluster(plan, read_cluster(local=args.address is None))
-    log.info("search %s: task %s, %d trials, %d at once, searcher %s, launcher %s -> %s",
-             name, task.name, plan.trials, plan.max_concurrent, plan.searcher, plan.launcher,
-             plan.experiment_path)  # fmt: skip
+    log.info(
+        "search %s: task %s, %d trials, %d at once, searcher %s, launcher %s -> %s",
+        name,
+        task.name,
+        plan.trials,
+        plan.max_concurrent,
+        plan.searcher,
+        plan.launcher,
+        plan.experiment_path,
+    )
     return plan, dashboard
 
 
@@ -160,15 +172,22 @@ def fit(args, plan: Plan, inputs: Inputs, wandb_mode: str, resume_path, start: M
     # once per search: trials read resident arrays zero-copy, streamed ones their node's cache
     data_ref = [ray.put(inputs.data)] if inputs.data is not None else [inputs.source]
     tags = [plan.task.name, plan.searcher]
-    callbacks = make_callbacks(wandb_mode, args.wandb_project, plan.name, tags,
-                               wandb_dir=plan.experiment_path)  # fmt: skip
+    callbacks = make_callbacks(
+        wandb_mode, args.wandb_project, plan.name, tags, wandb_dir=plan.experiment_path
+    )
     epochs = planned_epochs(inputs.values)
-    callbacks = [*callbacks, Progress(plan.trials, epochs, plan.max_concurrent,
-                                      plan.time_budget_s)]  # fmt: skip
+    callbacks = [
+        *callbacks,
+        Progress(plan.trials, epochs, plan.max_concurrent, plan.time_budget_s),
+    ]
     start.write(plan.experiment_path)
     if resume_path:
-        tuner = tune.Tuner.restore(resume_path, build_trainable(plan, data_ref),
-                                   resume_unfinished=True, resume_errored=False)  # fmt: skip
+        tuner = tune.Tuner.restore(
+            resume_path,
+            build_trainable(plan, data_ref),
+            resume_unfinished=True,
+            resume_errored=False,
+        )
     else:
         tuner = build_tuner(plan, inputs.space, data_ref, inputs.values, callbacks)
     return tuner.fit()
@@ -191,19 +210,40 @@ def after_search(args, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
     if args.explain_top != 0:
         val = inputs.source.labels if streamed else inputs.data
         focus = after.explain_trials(
-            trials, plan.experiment_path, inputs.task, val, plan.metric, plan.mode,
-            plan.seed, args.explain_top, ig=ig_settings(args), resources=resources,
+            trials,
+            plan.experiment_path,
+            inputs.task,
+            val,
+            plan.metric,
+            plan.mode,
+            plan.seed,
+            args.explain_top,
+            ig=ig_settings(args),
+            resources=resources,
             open_val=partial(node_arrays, inputs.source, ("val",)) if streamed else None,
-        )  # fmt: skip
+        )
     for trial_id in after.attach_focus(trials, focus):
-        log.warning("trial %s: attribution focus %.2f is far below the others' (is it "
-                    "looking at the background?)", trial_id, focus[trial_id])  # fmt: skip
+        log.warning(
+            "trial %s: attribution focus %.2f is far below the others' (is it "
+            "looking at the background?)",
+            trial_id,
+            focus[trial_id],
+        )
     log.info("attribution maps for %d trials in %.1f s", len(focus), time.time() - t0)
     write_table(trials, join_path(plan.experiment_path, TRIALS_FILE))
     if args.test_top:
-        after.evaluate_on_test(trials, plan.experiment_path, inputs.task, split_source(inputs),
-                               plan.metric, plan.mode, args.test_top, plan.seed, resources,
-                               **operating_settings(args, inputs))  # fmt: skip
+        after.evaluate_on_test(
+            trials,
+            plan.experiment_path,
+            inputs.task,
+            split_source(inputs),
+            plan.metric,
+            plan.mode,
+            args.test_top,
+            plan.seed,
+            resources,
+            **operating_settings(args, inputs),
+        )
 
 
 def split_source(inputs: Inputs, split: str = "test"):
@@ -215,40 +255,65 @@ def split_source(inputs: Inputs, split: str = "test"):
 
 def operating_settings(args, inputs: Inputs) -> dict:
     """`evaluate_on_test`'s validation split, operating point and ids, from the flags."""
-    return {"val": split_source(inputs, "val"), "operating_point": args.operating_point,
-            "temperature_scaling": args.temperature_scaling, "ids_from": inputs.data_file}
+    return {
+        "val": split_source(inputs, "val"),
+        "operating_point": args.operating_point,
+        "temperature_scaling": args.temperature_scaling,
+        "ids_from": inputs.data_file,
+    }
 
 
 def after_resources(plan: Plan) -> dict:
     """Ray task options of the after-search work: one trial worker's CPUs and accelerator."""
-    return {"num_cpus": plan.cpus_per_worker,
-            "num_gpus": plan.gpus_per_trial / plan.workers_per_trial}  # fmt: skip
+    return {
+        "num_cpus": plan.cpus_per_worker,
+        "num_gpus": plan.gpus_per_trial / plan.workers_per_trial,
+    }
 
 
-def manifest(args, plan: Plan, inputs: Inputs, started: float, wall: float | None,
-             status: str) -> Manifest:  # fmt: skip
+def manifest(
+    args, plan: Plan, inputs: Inputs, started: float, wall: float | None, status: str
+) -> Manifest:
     """`search.json`: what the report, compare.py and --resume need to know of this search.
     `started`: when it first started; `wall`: seconds searched so far (over resumed parts)."""
     task = inputs.task
     return Manifest(
-        name=plan.name, task=task.name, kind=task.kind, classes=list(task.classes),
-        metric=plan.metric, mode=plan.mode, searcher=plan.searcher, seed=plan.seed,
-        trials=plan.trials, epochs=planned_epochs(inputs.values), launcher=plan.launcher,
-        knobs=list(inputs.space.searched), space=inputs.space.sweep_config,
-        started_at=started, finished_at=time.time() if status == "finished" else None,
-        wall_time_s=wall, split_counts=split_counts(task, inputs.source.labels), argv=args.argv,
-        resources_per_trial=plan.resources_per_trial, status=status, foreground=task.foreground,
-    )  # fmt: skip
+        name=plan.name,
+        task=task.name,
+        kind=task.kind,
+        classes=list(task.classes),
+        metric=plan.metric,
+        mode=plan.mode,
+        searcher=plan.searcher,
+        seed=plan.seed,
+        trials=plan.trials,
+        epochs=planned_epochs(inputs.values),
+        launcher=plan.launcher,
+        knobs=list(inputs.space.searched),
+        space=inputs.space.sweep_config,
+        started_at=started,
+        finished_at=time.time() if status == "finished" else None,
+        wall_time_s=wall,
+        split_counts=split_counts(task, inputs.source.labels),
+        argv=args.argv,
+        resources_per_trial=plan.resources_per_trial,
+        status=status,
+        foreground=task.foreground,
+    )
 
 
 def split_counts(task: Task, data: dict) -> dict[str, dict[str, int]]:
     """{split: {class: images}} (multilabel: positives per label) of the splits searched."""
     n = len(task.classes)
     return {
-        split: {c: int(k) for c, k in zip(
-            task.classes, task.kind_ops.class_counts(data[f"{split}_labels"], n), strict=True)}
+        split: {
+            c: int(k)
+            for c, k in zip(
+                task.classes, task.kind_ops.class_counts(data[f"{split}_labels"], n), strict=True
+            )
+        }
         for split in SEARCH_SPLITS
-    }  # fmt: skip
+    }
 
 
 def write_report(experiment_path: str) -> str | None:
@@ -262,8 +327,11 @@ def write_report(experiment_path: str) -> str | None:
     try:
         return build_report(experiment_path)
     except Exception as err:  # the results are written already; a plot must not fail the run
-        log.warning("report could not be built (%s); rebuild: python search/report.py %s",
-                    err, experiment_path)  # fmt: skip
+        log.warning(
+            "report could not be built (%s); rebuild: python search/report.py %s",
+            err,
+            experiment_path,
+        )
         return None
 
 
@@ -274,12 +342,20 @@ def summarise(trials: list[dict], plan: Plan, wall_s: float) -> int:
         log.warning("trial %s errored: %s", t["trial_id"], (t["error"] or "").splitlines()[-1:])
     best = best_of(trials, plan.metric, plan.mode)
     if best is None:
-        log.error("no trial produced a %s (%d errored of %d)", plan.metric, len(errored),
-                  len(trials))  # fmt: skip
+        log.error(
+            "no trial produced a %s (%d errored of %d)", plan.metric, len(errored), len(trials)
+        )
         return 1
-    log.info("\n%d trials in %.0f s (%d errored). Best trial %s: %s = %.4f at epoch %s",
-             len(trials), wall_s, len(errored), best["trial_id"], plan.metric,
-             best[plan.metric], best["best_epoch"])  # fmt: skip
+    log.info(
+        "\n%d trials in %.0f s (%d errored). Best trial %s: %s = %.4f at epoch %s",
+        len(trials),
+        wall_s,
+        len(errored),
+        best["trial_id"],
+        plan.metric,
+        best[plan.metric],
+        best["best_epoch"],
+    )
     log.info("  config: %s", config_of(best))
     log.info("  checkpoint: %s", best["checkpoint_path"])
     log.info("  results: %s", join_path(plan.experiment_path, TRIALS_FILE))

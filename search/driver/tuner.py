@@ -61,8 +61,9 @@ def build_searcher(plan: Plan, space: Space, epochs: int | None = None):
 
         storage, where = study_storage(plan.experiment_path, plan.name)
         log.info("Optuna study: optuna-dashboard %s", where)
-        searcher = BestEpochOptuna(epochs, sampler=TPESampler(seed=plan.seed), storage=storage,
-                                   study_name=plan.name)  # fmt: skip
+        searcher = BestEpochOptuna(
+            epochs, sampler=TPESampler(seed=plan.seed), storage=storage, study_name=plan.name
+        )
     if budget is not None:
         searcher = DeadlineSearcher(searcher, budget)
     return ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)

@@ -93,11 +93,14 @@ def explain_trials(
     remote = explain_one.options(**(resources or {"num_cpus": 1}))
     futures = {
         t["trial_id"]: remote.remote(
-            t["checkpoint_path"], join_path(experiment_path, t["trial_id"], ATTRIBUTION_DIR),
-            panel_ref, ig or {}, task.foreground,
+            t["checkpoint_path"],
+            join_path(experiment_path, t["trial_id"], ATTRIBUTION_DIR),
+            panel_ref,
+            ig or {},
+            task.foreground,
         )
         for t in chosen
-    }  # fmt: skip
+    }
     focus = {}
     for trial_id, future in futures.items():
         try:
@@ -141,16 +144,27 @@ def explain_checkpoint(
     defined = foreground == "otsu"
     focus = A.focus_score(images[rows], igs) if defined else np.full(len(rows), np.nan)
     classes = [_short(c) for c in ckpt["classes"]]
-    captions = [kind.caption(labels[r], probs[r], t, classes)
-                for r, t in zip(rows, targets, strict=True)]  # fmt: skip
+    captions = [
+        kind.caption(labels[r], probs[r], t, classes) for r, t in zip(rows, targets, strict=True)
+    ]
     with local_dir(out_dir) as local:
         A.save_grid(os.path.join(local, GRADCAM_PNG), images[rows], cams, captions, "Grad-CAM")
-        A.save_grid(os.path.join(local, IG_PNG), images[rows], igs, captions,
-                    "Integrated Gradients (SmoothGrad)")  # fmt: skip
+        A.save_grid(
+            os.path.join(local, IG_PNG),
+            images[rows],
+            igs,
+            captions,
+            "Integrated Gradients (SmoothGrad)",
+        )
         A.save_maps(
-            os.path.join(local, MAPS_FILE), rows=rows, targets=np.asarray(targets),
-            gradcam=cams, integrated_gradients=igs, focus=focus, probs=probs[rows],
-        )  # fmt: skip
+            os.path.join(local, MAPS_FILE),
+            rows=rows,
+            targets=np.asarray(targets),
+            gradcam=cams,
+            integrated_gradients=igs,
+            focus=focus,
+            probs=probs[rows],
+        )
     finite = focus[np.isfinite(focus)]
     return float(finite.mean()) if len(finite) else float("nan")
 
@@ -169,10 +183,18 @@ def _explain_masks(ckpt: dict, model, out_dir: str, panel: tuple, foreground) ->
     classes = [_short(c) for c in ckpt["classes"]]
     captions = [kind.caption(labels[i], probs[i], 0, classes) for i in range(len(images))]
     with local_dir(out_dir) as local:
-        A.save_mask_grid(os.path.join(local, GRADCAM_PNG), images, labels, predicted, cams,
-                         captions, f"Grad-CAM of the predicted {classes[-1]}")  # fmt: skip
-        A.save_maps(os.path.join(local, MAPS_FILE), gradcam=cams, focus=focus,
-                    probs=probs, masks=labels)  # fmt: skip
+        A.save_mask_grid(
+            os.path.join(local, GRADCAM_PNG),
+            images,
+            labels,
+            predicted,
+            cams,
+            captions,
+            f"Grad-CAM of the predicted {classes[-1]}",
+        )
+        A.save_maps(
+            os.path.join(local, MAPS_FILE), gradcam=cams, focus=focus, probs=probs, masks=labels
+        )
     finite = focus[np.isfinite(focus)]
     return float(finite.mean()) if len(finite) else float("nan")
 
@@ -239,13 +261,19 @@ def evaluate_on_test(
     ids = row_ids(ids_from)
     results = {}
     for t, (test_out, val_out) in zip(chosen, predictions, strict=True):
-        result, probs = _evaluate(task, test_out, val_out, ids, operating_point,
-                                  temperature_scaling, seed)  # fmt: skip
+        result, probs = _evaluate(
+            task, test_out, val_out, ids, operating_point, temperature_scaling, seed
+        )
         results[t["trial_id"]] = result
         extra = {"patients": ids["test_patients"]} if ids.get("test_patients") is not None else {}
-        write_npz(join_path(experiment_path, t["trial_id"], TEST_PREDICTIONS_FILE),
-                  labels=test_out[0], probs=probs, logits=test_out[1],
-                  ids=_image_ids(ids, len(test_out[0])), **extra)  # fmt: skip
+        write_npz(
+            join_path(experiment_path, t["trial_id"], TEST_PREDICTIONS_FILE),
+            labels=test_out[0],
+            probs=probs,
+            logits=test_out[1],
+            ids=_image_ids(ids, len(test_out[0])),
+            **extra,
+        )
     out = {"best_trial": chosen[0]["trial_id"], "trials": results}
     text = json.dumps(to_jsonable(out), indent=2, allow_nan=False)
     write_text(join_path(experiment_path, TEST_METRICS_FILE), text)
@@ -262,19 +290,23 @@ def _evaluate(task: Task, test_out, val_out, ids: dict, point: str, scaling: boo
         return task.kind_ops.test_figures(y, scores, list(task.classes), seed=seed), probs
     groups = (ids.get("val_patients"), ids.get("test_patients"))
     if val_out is not None:
-        return evaluate_split_pair(task.kind, list(task.classes), val_out, test_out, point,
-                                   scaling, seed, groups=groups)  # fmt: skip
+        return evaluate_split_pair(
+            task.kind, list(task.classes), val_out, test_out, point, scaling, seed, groups=groups
+        )
     import torch
 
     kind = task.kind_ops
     probs = kind.probabilities(torch.as_tensor(test_out[1]))
     y, scores = kind.test_inputs(test_out[0], probs)
-    result = evaluate_predictions(task.kind, y, scores, list(task.classes), seed=seed,
-                                  groups=groups[1])  # fmt: skip
+    result = evaluate_predictions(
+        task.kind, y, scores, list(task.classes), seed=seed, groups=groups[1]
+    )
     result["operating_point"] = {
-        "rule": "fixed", "value": 0.5, "chosen_on": None,
+        "rule": "fixed",
+        "value": 0.5,
+        "chosen_on": None,
         "how": "no validation predictions: the default threshold 0.5",
-    }  # fmt: skip
+    }
     return result, probs
 
 

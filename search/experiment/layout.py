@@ -1,12 +1,12 @@
 """The names inside an experiment folder, defined once (import-light: no Ray, no torch).
 
-    runs/<experiment>/
-      search.json  trials.parquet  history.parquet  test_metrics.json  report.html
-      <trial>/checkpoint/model.pt
-      <trial>/attribution/gradcam.png, integrated_gradients.png, maps.npz
-      <trial>/test_predictions.npz
-      optuna.db            the Optuna study (optuna-dashboard sqlite:///runs/<experiment>/optuna.db)
-      repeats/             --repeat-best: the best configuration retrained with new seeds
+runs/<experiment>/
+  search.json  trials.parquet  history.parquet  test_metrics.json  report.html
+  <trial>/checkpoint/model.pt
+  <trial>/attribution/gradcam.png, integrated_gradients.png, maps.npz
+  <trial>/test_predictions.npz
+  optuna.db            the Optuna study (optuna-dashboard sqlite:///runs/<experiment>/optuna.db)
+  repeats/             --repeat-best: the best configuration retrained with new seeds
 """
 
 from __future__ import annotations

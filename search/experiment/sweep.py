@@ -1,6 +1,6 @@
 """W&B sweep-config syntax shared by the space loader, the W&B engine and the report.
 
-    infer_distribution({"min": 1e-4, "max": 1e-2})   # "uniform"
+infer_distribution({"min": 1e-4, "max": 1e-2})   # "uniform"
 """
 
 from __future__ import annotations

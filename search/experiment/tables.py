@@ -37,16 +37,33 @@ CONFIG_PREFIX = "config/"
 BEST_PREFIX = "best/"
 FOLD_COLUMNS = ("folds", "best_fold", "best_fold_epoch")
 TRIAL_COLUMNS = (
-    "trial_id", "status", "error", "best_epoch", "epochs_run", "wall_time_s",
-    "checkpoint_path", "trial_path", "node_id", "nodes",
-)  # fmt: skip
+    "trial_id",
+    "status",
+    "error",
+    "best_epoch",
+    "epochs_run",
+    "wall_time_s",
+    "checkpoint_path",
+    "trial_path",
+    "node_id",
+    "nodes",
+)
 """Columns of every trials row, beside config/*, the metric, best/* and (after the search)
 `attr_focus` and `attr_focus_warning`."""
 HISTORY_COLUMNS = (
-    "epoch", "train_loss", *VAL_METRICS, "lr_now", "frozen", "augmented", "images_per_s",
-    "time_this_iter_s", "time_total_s", "timestamp", *(f"{m}_std" for m in VAL_METRICS),
+    "epoch",
+    "train_loss",
+    *VAL_METRICS,
+    "lr_now",
+    "frozen",
+    "augmented",
+    "images_per_s",
+    "time_this_iter_s",
+    "time_total_s",
+    "timestamp",
+    *(f"{m}_std" for m in VAL_METRICS),
     *FOLD_COLUMNS,
-)  # fmt: skip
+)
 """Numeric columns of history rows (missing values are null)."""
 
 
@@ -65,8 +82,9 @@ def collect(
         history.extend(history_rows(trial_id, rows))
         trial_path = join_path(experiment_path, os.path.basename(result.path.rstrip("/")))
         trials.append(
-            trial_row(trial_id, rows, result.config, result.error, trial_path, metric, mode,
-                      epochs)  # fmt: skip
+            trial_row(
+                trial_id, rows, result.config, result.error, trial_path, metric, mode, epochs
+            )
         )
     return trials, history
 
@@ -74,8 +92,11 @@ def collect(
 def history_rows(trial_id: str, rows: list[dict]) -> list[dict]:
     """One history row per reported result of a trial."""
     return [
-        {"trial_id": trial_id, **{c: _num(r.get(c)) for c in HISTORY_COLUMNS},
-         "node_id": r.get("node_id")}  # fmt: skip
+        {
+            "trial_id": trial_id,
+            **{c: _num(r.get(c)) for c in HISTORY_COLUMNS},
+            "node_id": r.get("node_id"),
+        }
         for r in rows
     ]
 
@@ -93,8 +114,7 @@ def trial_row(
     """A trial's row from its per-epoch results: the best epoch's metrics and checkpoint."""
     scored = [r for r in rows if is_finite(r.get(metric))]
     # Ties go to the later epoch, as in Ray's checkpoint manager (which keeps that one).
-    best = max(scored, key=lambda r: (sort_key(r[metric], mode), r.get("epoch") or 0),
-               default={})  # fmt: skip
+    best = max(scored, key=lambda r: (sort_key(r[metric], mode), r.get("epoch") or 0), default={})
     epochs_run = int(max((r.get("epoch") or 0) for r in rows)) if rows else 0
     if error is not None:
         status = ERRORED

@@ -31,11 +31,15 @@ def calibration_section(exp: Experiment) -> str:
     out = [head, _how(result), _figures_table(result), note(resampling_sentence(result))]
     shift = result.get("shift") or {}
     if shift.get("shifted"):
-        out.append(box("warn", (
-            f"The test split looks shifted from validation: at the chosen threshold the 95% "
-            f"intervals of {' and '.join(shift.get('figures', []))} on validation and on test "
-            "do not overlap, so validation figures (and the threshold) may not carry over."
-        )))  # fmt: skip
+        figures = " and ".join(shift.get("figures", []))
+        out.append(
+            box(
+                "warn",
+                "The test split looks shifted from validation: at the chosen threshold the 95% "
+                f"intervals of {figures} on validation and on test do not overlap, so "
+                "validation figures (and the threshold) may not carry over.",
+            )
+        )
     for line in result.get("warnings") or []:
         out.append(box("warn", line))
     out.append(_calibration(result.get("calibration") or {}))
@@ -45,8 +49,11 @@ def calibration_section(exp: Experiment) -> str:
 def _how(r: dict) -> str:
     op = r["operating_point"]
     threshold = op.get("threshold")
-    shown = (", ".join(f"{k} {fmt(v)}" for k, v in threshold.items())
-             if isinstance(threshold, dict) else fmt(threshold))  # fmt: skip
+    shown = (
+        ", ".join(f"{k} {fmt(v)}" for k, v in threshold.items())
+        if isinstance(threshold, dict)
+        else fmt(threshold)
+    )
     text = f"How the threshold was chosen: {op.get('how', 'not recorded')}"
     if threshold is None:
         text = "One class per image: the prediction is the most probable class (no threshold)"
@@ -86,9 +93,11 @@ def resampling_sentence(r: dict) -> str:
     what = "images drawn with replacement"
     if unit == "patient":
         what = "whole patients drawn with replacement, each image counted as its patient is"
-    return (f"95% intervals (in brackets): percentile bootstrap, {boot.get('n_used', '?')} "
-            f"resamples of the {boot.get('n_units', '?')} {unit}s of each split ({what}); "
-            "the model and the threshold are held fixed.")  # fmt: skip
+    return (
+        f"95% intervals (in brackets): percentile bootstrap, {boot.get('n_used', '?')} "
+        f"resamples of the {boot.get('n_units', '?')} {unit}s of each split ({what}); "
+        "the model and the threshold are held fixed."
+    )
 
 
 def _calibration(cal: dict) -> str:
@@ -96,9 +105,9 @@ def _calibration(cal: dict) -> str:
     if not splits:
         return note("Calibration: not available.")
     bins = splits[0][1].get("bins", "?")
-    text = (f"Expected calibration error (ECE, {bins} equal-width bins; "
-            f"{cal.get('what', '')}): ") + ", ".join(
-        f"{s} {fmt(c.get('ece'))}" for s, c in splits)  # fmt: skip
+    text = (
+        f"Expected calibration error (ECE, {bins} equal-width bins; {cal.get('what', '')}): "
+    ) + ", ".join(f"{s} {fmt(c.get('ece'))}" for s, c in splits)
     return f"<p>{text}.</p>" + img(reliability_figure(splits), "reliability diagram")
 
 
@@ -113,8 +122,13 @@ def reliability_figure(splits: list[tuple[str, dict]]) -> bytes:
         if pairs:
             xs, ys = zip(*pairs, strict=True)
             ax.plot(xs, ys, marker="o", label=f"{name} (ECE {fmt(c.get('ece'))})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="mean confidence", ylabel="observed frequency",
-           title="reliability")  # fmt: skip
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="mean confidence",
+        ylabel="observed frequency",
+        title="reliability",
+    )
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return figures.png(fig)

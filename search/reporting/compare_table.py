@@ -26,8 +26,18 @@ def columns(metric: str, test_name: str | None, spaced: bool = False) -> list[st
     if spaced:
         best, test = f"{best} (mean ± std)", f"{test} (mean ± std)"
     per = " / " if spaced else "/"
-    return ["searcher", "repeats", "trials", best, test, "stopped early", "errored",
-            f"wall s{per}search", f"CPU·h{per}search", f"GPU·h{per}search"]  # fmt: skip
+    return [
+        "searcher",
+        "repeats",
+        "trials",
+        best,
+        test,
+        "stopped early",
+        "errored",
+        f"wall s{per}search",
+        f"CPU·h{per}search",
+        f"GPU·h{per}search",
+    ]
 
 
 def searcher_table(rows: list[dict]) -> list[dict]:
@@ -40,16 +50,20 @@ def searcher_table(rows: list[dict]) -> list[dict]:
             r["test_metric"] for run in runs.values() for r in run if r["test_metric"] is not None
         ]
         mine = [r for run in runs.values() for r in run]
-        table.append({
-            "searcher": searcher, "repeats": len(runs), "trials": len(mine),
-            "best": _mean_std([f for f in finals if f is not None]),
-            "test": _mean_std(tests),
-            "stopped_early": sum(r["status"] == STOPPED_EARLY for r in mine),
-            "errored": sum(r["status"] == ERRORED for r in mine),
-            "wall_s": _mean([_max(r["wall_time_s"] for r in run) for run in runs.values()]),
-            "cpu_h": _mean([_sum(r["cpu_s"] for r in run) for run in runs.values()], 3600),
-            "gpu_h": _mean([_sum(r["gpu_s"] for r in run) for run in runs.values()], 3600),
-        })  # fmt: skip
+        table.append(
+            {
+                "searcher": searcher,
+                "repeats": len(runs),
+                "trials": len(mine),
+                "best": _mean_std([f for f in finals if f is not None]),
+                "test": _mean_std(tests),
+                "stopped_early": sum(r["status"] == STOPPED_EARLY for r in mine),
+                "errored": sum(r["status"] == ERRORED for r in mine),
+                "wall_s": _mean([_max(r["wall_time_s"] for r in run) for run in runs.values()]),
+                "cpu_h": _mean([_sum(r["cpu_s"] for r in run) for run in runs.values()], 3600),
+                "gpu_h": _mean([_sum(r["gpu_s"] for r in run) for run in runs.values()], 3600),
+            }
+        )
     return table
 
 

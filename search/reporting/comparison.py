@@ -58,8 +58,10 @@ def run_rows(searcher, repeat, trials, history, info, tested, metric, mode) -> l
     cpus, gpus = trial_resources(info)
     test_name = TEST_FIGURE.get(metric)
     # by finish; trials without a reported result last
-    order = sorted(trials, key=lambda t: (t["trial_id"] not in ends, ends.get(t["trial_id"], 0),
-                                          t["trial_id"]))  # fmt: skip
+    order = sorted(
+        trials,
+        key=lambda t: (t["trial_id"] not in ends, ends.get(t["trial_id"], 0), t["trial_id"]),
+    )
     rows, best = [], None
     for i, t in enumerate(order, start=1):
         value = _finite(t.get(metric))
@@ -67,16 +69,27 @@ def run_rows(searcher, repeat, trials, history, info, tested, metric, mode) -> l
         end = ends.get(t["trial_id"])
         trial_wall = _finite(t.get("wall_time_s"))
         test = ((tested.get("trials") or {}).get(t["trial_id"]) or {}).get(test_name) or {}
-        rows.append({
-            "searcher": searcher, "repeat": int(repeat), "trial_id": t["trial_id"],
-            "trial_order": i, "status": t.get("status"), "metric_name": metric,
-            "metric": value, "best_so_far": best,
-            "wall_time_s": None if end is None or started is None else max(end - started, 0.0),
-            "trial_wall_s": trial_wall, "epochs_run": t.get("epochs_run"),
-            "cpus": cpus, "gpus": gpus,
-            "cpu_s": _times(trial_wall, cpus), "gpu_s": _times(trial_wall, gpus),
-            "test_metric_name": test_name, "test_metric": _finite(test.get("value")),
-        })  # fmt: skip
+        rows.append(
+            {
+                "searcher": searcher,
+                "repeat": int(repeat),
+                "trial_id": t["trial_id"],
+                "trial_order": i,
+                "status": t.get("status"),
+                "metric_name": metric,
+                "metric": value,
+                "best_so_far": best,
+                "wall_time_s": None if end is None or started is None else max(end - started, 0.0),
+                "trial_wall_s": trial_wall,
+                "epochs_run": t.get("epochs_run"),
+                "cpus": cpus,
+                "gpus": gpus,
+                "cpu_s": _times(trial_wall, cpus),
+                "gpu_s": _times(trial_wall, gpus),
+                "test_metric_name": test_name,
+                "test_metric": _finite(test.get("value")),
+            }
+        )
     return rows
 
 
@@ -92,8 +105,11 @@ def trial_ends(history: Iterable[dict]) -> dict[str, float]:
 
 def _first_start(history: list[dict]) -> float | None:
     """Earliest trial start (last report minus the trial's running time) when no search.json."""
-    starts = [h["timestamp"] - (h.get("time_total_s") or 0.0)
-              for h in history if is_finite(h.get("timestamp"))]  # fmt: skip
+    starts = [
+        h["timestamp"] - (h.get("time_total_s") or 0.0)
+        for h in history
+        if is_finite(h.get("timestamp"))
+    ]
     return min(starts) if starts else None
 
 
@@ -125,9 +141,15 @@ def sweep_rows(runs: Iterable, metric: str, mode: str, limit: int | None = None)
         summary = dict(run.summary_metrics)
         runtime = _finite(summary.get("_runtime")) or 0.0
         start = datetime.fromisoformat(run.created_at.replace("Z", "+00:00")).timestamp()
-        trials.append({"trial_id": run.id, "status": SWEEP_STATUS[run.state],
-                       metric: summary.get(metric), "wall_time_s": runtime,
-                       "epochs_run": summary.get("epoch")})  # fmt: skip
+        trials.append(
+            {
+                "trial_id": run.id,
+                "status": SWEEP_STATUS[run.state],
+                metric: summary.get(metric),
+                "wall_time_s": runtime,
+                "epochs_run": summary.get("epoch"),
+            }
+        )
         history.append({"trial_id": run.id, "timestamp": start + runtime, "time_total_s": runtime})
     return run_rows(SWEEP_SEARCHER, 0, trials, history, {}, {}, metric, mode)
 

@@ -186,8 +186,11 @@ def roc_figure(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]]) -> b
     ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title="test ROC")
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left" if outside else "lower right",
-              bbox_to_anchor=(1.02, 1) if outside else None)  # fmt: skip
+    ax.legend(
+        fontsize=7,
+        loc="upper left" if outside else "lower right",
+        bbox_to_anchor=(1.02, 1) if outside else None,
+    )
     return png(fig)
 
 

@@ -27,8 +27,11 @@ def attribution_section(exp: Experiment) -> str:
     shown, missing = 0, []
     for t in order:
         folder = exp.root / t["trial_id"] / ATTRIBUTION_DIR
-        images = [(folder / f, title) for f, title in ATTRIBUTION_TITLES.items()
-                  if (folder / f).is_file()]  # fmt: skip
+        images = [
+            (folder / f, title)
+            for f, title in ATTRIBUTION_TITLES.items()
+            if (folder / f).is_file()
+        ]
         if not images:
             missing.append(t["trial_id"])
             continue
@@ -55,17 +58,23 @@ def focus_intro(exp: Experiment, median: float) -> str:
     """One sentence on what the focus score is for this task (none where it is undefined)."""
     known = exp.meta.get("foreground", "otsu" if math.isfinite(median) else None)
     if known not in FOCUS_TEXT or not math.isfinite(median):
-        return ("No focus score: this task defines no foreground (Otsu's threshold separates a "
-                "single cell from its background, not tissue or lungs from the rest of the "
-                "image), so only the maps are shown.")  # fmt: skip
-    return (f"{FOCUS_TEXT[known]} Median over trials: {fmt(median)}. A model focused far less "
-            "than the others may be using background shortcuts.")  # fmt: skip
+        return (
+            "No focus score: this task defines no foreground (Otsu's threshold separates a "
+            "single cell from its background, not tissue or lungs from the rest of the "
+            "image), so only the maps are shown."
+        )
+    return (
+        f"{FOCUS_TEXT[known]} Median over trials: {fmt(median)}. A model focused far less "
+        "than the others may be using background shortcuts."
+    )
 
 
 def _attribution_block(exp: Experiment, t: dict, images: list, median: float) -> str:
     focus = t.get("attr_focus")
-    head = (f"<h3>{html.escape(t['trial_id'])}: {exp.metric} {fmt(t.get(exp.metric))}, "
-            f"focus {fmt(focus)}</h3>")  # fmt: skip
+    head = (
+        f"<h3>{html.escape(t['trial_id'])}: {exp.metric} {fmt(t.get(exp.metric))}, "
+        f"focus {fmt(focus)}</h3>"
+    )
     low = is_finite(focus) and math.isfinite(median) and focus < median - FOCUS_GAP
     if t.get("attr_focus_warning") is True or low:
         text = (

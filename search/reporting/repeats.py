@@ -27,9 +27,17 @@ def repeats_section(exp: Experiment) -> str:
     tests = record.get("test_summary") or {}
     shown = [k for k in SHOWN if k in tests]
     head = ["seed", "trial", "status", "best epoch", metric, *(f"test {k}" for k in shown)]
-    body = [[r.get("seed"), r.get("trial_id"), r.get("status"), r.get("best_epoch"),
-             fmt(r.get(metric)), *(fmt((r.get("test") or {}).get(k)) for k in shown)]
-            for r in rows]  # fmt: skip
+    body = [
+        [
+            r.get("seed"),
+            r.get("trial_id"),
+            r.get("status"),
+            r.get("best_epoch"),
+            fmt(r.get(metric)),
+            *(fmt((r.get("test") or {}).get(k)) for k in shown),
+        ]
+        for r in rows
+    ]
     means = [_mean_sd(summary.get(metric)), *(_mean_sd(tests.get(k)) for k in shown)]
     body.append(["mean +/- sd", "", "", "", *means])
     out = (
@@ -37,9 +45,11 @@ def repeats_section(exp: Experiment) -> str:
         f"{fmt(record.get('source_value'))}) retrained with {len(rows)} new seed(s), the same "
         "configuration and epochs; only the training seed differs.</p>"
         + table(head, body)
-        + note("sd: sample standard deviation over seeds; the CIs of the winner's test "
-               "metrics above resample test images for one seed, this spread is over seeds.")
-    )  # fmt: skip
+        + note(
+            "sd: sample standard deviation over seeds; the CIs of the winner's test "
+            "metrics above resample test images for one seed, this spread is over seeds."
+        )
+    )
     return out + _margin(exp, summary.get(metric) or {})
 
 
@@ -57,8 +67,10 @@ def _margin(exp: Experiment, val: dict) -> str:
     if len(ranked) < 2 or not is_finite(sd):
         return ""
     gap = abs(exp.value(ranked[0]) - exp.value(ranked[1]))
-    text = (f"The search's best two trials differ by {fmt(gap)} in {exp.metric}; one seed to "
-            f"the next moves the best configuration by sd {fmt(sd)}.")  # fmt: skip
+    text = (
+        f"The search's best two trials differ by {fmt(gap)} in {exp.metric}; one seed to "
+        f"the next moves the best configuration by sd {fmt(sd)}."
+    )
     if gap < sd:
         return box("warn", text + " The winner's margin is within seed noise.")
     return note(text)

@@ -32,8 +32,13 @@ from trainables.files import write_atomic
 
 log = logging.getLogger("medsweep.report")
 
-SECTIONS = (experiment_section, search_section, winner_section, segmentation_section,
-            attribution_section)  # fmt: skip
+SECTIONS = (
+    experiment_section,
+    search_section,
+    winner_section,
+    segmentation_section,
+    attribution_section,
+)
 
 
 def build_report(experiment_dir: str | os.PathLike) -> str:

@@ -124,9 +124,7 @@ def _importances(exp: Experiment) -> str:
     except ValueError as err:
         return note(f"Not available: {err}")
     except Exception as err:  # optuna's evaluators raise assorted errors on degenerate studies
-        return note(
-            f"Not available: optuna could not compute them ({type(err).__name__}: {err})"
-        )
+        return note(f"Not available: optuna could not compute them ({type(err).__name__}: {err})")
     return img(figures.importances(scores), "importances") + note(
         "fANOVA over the trials with a finite metric; trials stopped early by ASHA count with "
         "the best value they reached. With few trials these are rough."
@@ -139,13 +137,15 @@ def _curves(exp: Experiment) -> str:
     curves = []
     for t in top:
         rows = exp.curve(t["trial_id"])
-        curves.append({
-            "label": f"{t['trial_id']} ({fmt(exp.value(t))})",
-            "epoch": [h.get("epoch") for h in rows],
-            "metric": [nan_if_missing(h.get(exp.metric)) for h in rows],
-            "train_loss": [nan_if_missing(h.get("train_loss")) for h in rows],
-            "stopped": t.get("status") == STOPPED_EARLY,
-        })  # fmt: skip
+        curves.append(
+            {
+                "label": f"{t['trial_id']} ({fmt(exp.value(t))})",
+                "epoch": [h.get("epoch") for h in rows],
+                "metric": [nan_if_missing(h.get(exp.metric)) for h in rows],
+                "train_loss": [nan_if_missing(h.get("train_loss")) for h in rows],
+                "stopped": t.get("status") == STOPPED_EARLY,
+            }
+        )
     out = ""
     if any(c["epoch"] for c in curves):
         out = img(figures.learning_curves(curves, exp.metric), "learning curves")
@@ -156,8 +156,9 @@ def _curves(exp: Experiment) -> str:
     else:
         out = note("Learning curves: not available (no per-epoch history for the top trials).")
     if stopped:
-        listed = ", ".join(f"{t['trial_id']} ({fmt(t.get('epochs_run'))} epochs run)"
-                           for t in stopped)  # fmt: skip
+        listed = ", ".join(
+            f"{t['trial_id']} ({fmt(t.get('epochs_run'))} epochs run)" for t in stopped
+        )
         out += f"<p>Stopped early by ASHA ({len(stopped)}): {html.escape(listed)}</p>"
     return out
 
@@ -165,8 +166,17 @@ def _curves(exp: Experiment) -> str:
 def _trial_table(exp: Experiment) -> str:
     winner = exp.winner()
     order = exp.ranked() + exp.unranked()
-    head = ["trial", "status", *exp.knobs, exp.metric, "best epoch", "epochs run", "wall time",
-            "attr focus", "error"]  # fmt: skip
+    head = [
+        "trial",
+        "status",
+        *exp.knobs,
+        exp.metric,
+        "best epoch",
+        "epochs run",
+        "wall time",
+        "attr focus",
+        "error",
+    ]
     folds = any(t.get("folds") for t in exp.trials)
     if folds:  # k-fold trials: the metric is the mean over folds; show its spread
         head.insert(head.index(exp.metric) + 1, "± std over folds")
@@ -176,11 +186,17 @@ def _trial_table(exp: Experiment) -> str:
         numbers = [t.get(exp.metric), t.get("best_epoch"), t.get("epochs_run")]
         if folds:
             numbers.insert(1, t.get(f"{BEST_PREFIX}{exp.metric}_std"))
-        rows.append([
-            t["trial_id"], t.get("status"), *(fmt(config_of(t).get(k)) for k in exp.knobs),
-            *map(fmt, numbers), duration(t.get("wall_time_s")),
-            fmt(t.get("attr_focus")), error[0][:160] if error else "",
-        ])  # fmt: skip
+        rows.append(
+            [
+                t["trial_id"],
+                t.get("status"),
+                *(fmt(config_of(t).get(k)) for k in exp.knobs),
+                *map(fmt, numbers),
+                duration(t.get("wall_time_s")),
+                fmt(t.get("attr_focus")),
+                error[0][:160] if error else "",
+            ]
+        )
         classes.append("best" if t is winner else "")
     return f"<div class='scroll'>{table(head, rows, classes)}</div>"
 

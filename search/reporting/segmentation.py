@@ -88,8 +88,9 @@ def explain_masks(ckpt: dict, image_paths: list, images: np.ndarray, out_dir=Non
     kind = get_kind(ckpt["kind"])
     probs = predict(ckpt, model, images)
     predicted = kind.predictions(probs)
-    cams = attribution.mask_gradcam_maps(model, normalised_input(ckpt, images),
-                                         model.cam_layer, predicted)  # fmt: skip
+    cams = attribution.mask_gradcam_maps(
+        model, normalised_input(ckpt, images), model.cam_layer, predicted
+    )
     name = ckpt["classes"][-1]
     results = []
     for i, path in enumerate(map(Path, image_paths)):
@@ -100,15 +101,26 @@ def explain_masks(ckpt: dict, image_paths: list, images: np.ndarray, out_dir=Non
         _write_mask(mask_png, predicted[i])
         share = float(predicted[i].mean())
         caption = f"{path.name}: {name} on {share:.1%} of pixels (p >= {THRESHOLD})"
-        attribution.save_mask_grid(overlay_png, images[i : i + 1], None,
-                                   predicted[i : i + 1], cams[i : i + 1], [caption],
-                                   f"predicted {name}")  # fmt: skip
-        results.append({
-            "image": str(path), "kind": ckpt["kind"], "predicted": [name] if share else [],
-            "probabilities": {f"{name} (share of pixels)": share},
-            "gradcam": str(overlay_png), "ig": str(mask_png),
-            "files": [str(mask_png), str(overlay_png)],
-        })  # fmt: skip
+        attribution.save_mask_grid(
+            overlay_png,
+            images[i : i + 1],
+            None,
+            predicted[i : i + 1],
+            cams[i : i + 1],
+            [caption],
+            f"predicted {name}",
+        )
+        results.append(
+            {
+                "image": str(path),
+                "kind": ckpt["kind"],
+                "predicted": [name] if share else [],
+                "probabilities": {f"{name} (share of pixels)": share},
+                "gradcam": str(overlay_png),
+                "ig": str(mask_png),
+                "files": [str(mask_png), str(overlay_png)],
+            }
+        )
     return results
 
 

@@ -68,8 +68,9 @@ def _other_evaluated(exp: Experiment, tid: str) -> str:
     others = {k: v for k, v in ((exp.tests or {}).get("trials") or {}).items() if k != tid}
     if not others:
         return ""
-    rows = [[k, *(fmt((v.get(n) or {}).get("value")) for n in HEADLINE)]
-            for k, v in others.items()]  # fmt: skip
+    rows = [
+        [k, *(fmt((v.get(n) or {}).get("value")) for n in HEADLINE)] for k, v in others.items()
+    ]
     return "<h4>Other evaluated trials</h4>" + table(["trial", *HEADLINE], rows)
 
 
@@ -80,8 +81,14 @@ def metrics_table(r: dict) -> str:
         v = r.get(name) or {}
         ci = f"{fmt(v.get('ci_low'))} - {fmt(v.get('ci_high'))}"
         rows.append([name, fmt(v.get("value")), ci])
-    for name in ("macro_precision", "macro_recall", "macro_specificity", "sensitivity",
-                 "specificity", "exact_match"):  # fmt: skip
+    for name in (
+        "macro_precision",
+        "macro_recall",
+        "macro_specificity",
+        "sensitivity",
+        "specificity",
+        "exact_match",
+    ):
         if name in r:
             rows.append([name, fmt(r[name]), ""])
     boot = r.get("bootstrap") or {}

@@ -180,10 +180,15 @@ def log_media(
             continue
         online = mode == "online"
         init = {
-            "project": project, "group": group, "name": trial_id, "mode": mode,
-            "id": media_run_id(trial_id, mode), "resume": "allow" if online else None,
-            "job_type": "trial" if online else "media", "dir": _local_dir(experiment_dir),
-        }  # fmt: skip
+            "project": project,
+            "group": group,
+            "name": trial_id,
+            "mode": mode,
+            "id": media_run_id(trial_id, mode),
+            "resume": "allow" if online else None,
+            "job_type": "trial" if online else "media",
+            "dir": _local_dir(experiment_dir),
+        }
         try:
             with wandb.init(**init, reinit="create_new") as run:
                 run.log({name: wandb.Image(image) for name, image in media.items()})

@@ -130,9 +130,14 @@ class Kind:
         return np.eye(scores.shape[1], dtype=bool)[scores.argmax(axis=1)]
 
     def test_extras(
-        self, y_ind: np.ndarray, pred_ind: np.ndarray, tp: np.ndarray, fn: np.ndarray,
-        fp: np.ndarray, tn: np.ndarray,
-    ) -> dict:  # fmt: skip
+        self,
+        y_ind: np.ndarray,
+        pred_ind: np.ndarray,
+        tp: np.ndarray,
+        fn: np.ndarray,
+        fp: np.ndarray,
+        tn: np.ndarray,
+    ) -> dict:
         """Figures only this kind reports, from indicators and per-column confusion counts."""
         return {}
 
@@ -145,8 +150,9 @@ class Kind:
         """(image rows, output index) pairs whose attribution maps are drawn."""
         raise NotImplementedError
 
-    def caption(self, label_row: np.ndarray, prob_row: np.ndarray, target: int,
-                classes: list[str]) -> str:  # fmt: skip
+    def caption(
+        self, label_row: np.ndarray, prob_row: np.ndarray, target: int, classes: list[str]
+    ) -> str:
         """One panel caption: the truth, the prediction and its probability."""
         pred = int(self.predictions(prob_row[None])[0])
         truth = classes[int(np.asarray(label_row).reshape(-1)[0])]
@@ -178,12 +184,16 @@ class Kind:
     def label_problem(self, images_shape: tuple, labels_shape: tuple, n_classes: int):
         """What is wrong with the stored labels' shape for these images, or None."""
         if len(labels_shape) != 2 or labels_shape[0] != images_shape[0]:
-            return (f"labels have shape {tuple(labels_shape)}, expected ({images_shape[0]}, L) "
-                    "(one row per image)")  # fmt: skip
+            return (
+                f"labels have shape {tuple(labels_shape)}, expected ({images_shape[0]}, L) "
+                "(one row per image)"
+            )
         width = self.label_width(n_classes)
         if labels_shape[1] != width:
-            return (f"labels have {labels_shape[1]} column(s), a {self.name} task with "
-                    f"{n_classes} classes expects {width}")  # fmt: skip
+            return (
+                f"labels have {labels_shape[1]} column(s), a {self.name} task with "
+                f"{n_classes} classes expects {width}"
+            )
         return None
 
     def panel_labels(self, labels: np.ndarray) -> np.ndarray:
@@ -198,8 +208,9 @@ class Kind:
         """(images, loss targets) after augmentation; image labels do not move."""
         return augment(images), targets
 
-    def test_figures(self, y_true, scores, class_names: list[str], n_boot: int = 1000,
-                     seed: int = 0) -> dict:  # fmt: skip
+    def test_figures(
+        self, y_true, scores, class_names: list[str], n_boot: int = 1000, seed: int = 0
+    ) -> dict:
         """A dense kind's test figures (image kinds use `trainables.evaluation`)."""
         raise NotImplementedError
 
@@ -246,8 +257,10 @@ def warn_missing(missing: list[int], where: str, names: list[str] | None = None)
     if not missing:
         return None
     shown = ", ".join(names[c] if names else f"class {c}" for c in missing)
-    line = (f"{where}: no positive (or no negative) example of {shown}, so AUROC is "
-            "undefined there; the macro AUROC averages the other classes")  # fmt: skip
+    line = (
+        f"{where}: no positive (or no negative) example of {shown}, so AUROC is "
+        "undefined there; the macro AUROC averages the other classes"
+    )
     if line not in _WARNED:
         _WARNED.add(line)
         log.warning("%s", line)
@@ -275,9 +288,12 @@ def pos_weights(labels: np.ndarray, power: float) -> torch.Tensor:
     raw = (np.maximum(negatives, 1.0) / np.maximum(positives, 1.0)) ** power
     capped = np.minimum(raw, POS_WEIGHT_CAP)
     if (raw > POS_WEIGHT_CAP).any():
-        log.info("pos_weight capped at %g for label(s) %s (raw %s)", POS_WEIGHT_CAP,
-                 np.flatnonzero(raw > POS_WEIGHT_CAP).tolist(),
-                 np.round(raw[raw > POS_WEIGHT_CAP], 1).tolist())  # fmt: skip
+        log.info(
+            "pos_weight capped at %g for label(s) %s (raw %s)",
+            POS_WEIGHT_CAP,
+            np.flatnonzero(raw > POS_WEIGHT_CAP).tolist(),
+            np.round(raw[raw > POS_WEIGHT_CAP], 1).tolist(),
+        )
     scale = len(labels) / np.maximum(positives * capped + negatives, 1e-12)
     return torch.as_tensor(np.stack([scale, capped]), dtype=torch.float32)
 

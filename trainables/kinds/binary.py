@@ -82,9 +82,14 @@ class Binary(Kind):
         return s_ind[:, 1], y_ind[:, 1]
 
     def test_extras(
-        self, y_ind: np.ndarray, pred_ind: np.ndarray, tp: np.ndarray, fn: np.ndarray,
-        fp: np.ndarray, tn: np.ndarray,
-    ) -> dict:  # fmt: skip
+        self,
+        y_ind: np.ndarray,
+        pred_ind: np.ndarray,
+        tp: np.ndarray,
+        fn: np.ndarray,
+        fp: np.ndarray,
+        tn: np.ndarray,
+    ) -> dict:
         """The positive class's sensitivity and specificity (at the threshold used)."""
         return {
             "sensitivity": ratio(tp[1], tp[1] + fn[1]),

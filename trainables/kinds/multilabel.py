@@ -85,9 +85,14 @@ class Multilabel(Kind):
         return s_ind.ravel(), y_ind.ravel()
 
     def test_extras(
-        self, y_ind: np.ndarray, pred_ind: np.ndarray, tp: np.ndarray, fn: np.ndarray,
-        fp: np.ndarray, tn: np.ndarray,
-    ) -> dict:  # fmt: skip
+        self,
+        y_ind: np.ndarray,
+        pred_ind: np.ndarray,
+        tp: np.ndarray,
+        fn: np.ndarray,
+        fp: np.ndarray,
+        tn: np.ndarray,
+    ) -> dict:
         """`exact_match`: the share of images with every label right (subset accuracy)."""
         return {"exact_match": accuracy_score(y_ind, pred_ind)}
 

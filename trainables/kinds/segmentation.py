@@ -45,8 +45,10 @@ class Segmentation(Kind):
 
     def label_problem(self, images_shape: tuple, labels_shape: tuple, n_classes: int):
         if tuple(labels_shape) != tuple(images_shape[:3]):
-            return (f"masks have shape {tuple(labels_shape)}, expected {tuple(images_shape[:3])} "
-                    "(one 0/1 mask per image, the image's height and width)")  # fmt: skip
+            return (
+                f"masks have shape {tuple(labels_shape)}, expected {tuple(images_shape[:3])} "
+                "(one 0/1 mask per image, the image's height and width)"
+            )
         return None
 
     def class_counts(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -72,9 +74,11 @@ class Segmentation(Kind):
         return torch.full((1, 1, 1), weight, dtype=torch.float32)
 
     def make_loss(
-        self, weights: torch.Tensor | None = None, bce_weight: float = 0.5,
+        self,
+        weights: torch.Tensor | None = None,
+        bce_weight: float = 0.5,
         dice_weight: float = 1.25,
-    ) -> torch.nn.Module:  # fmt: skip
+    ) -> torch.nn.Module:
         return BceDiceLoss(weights, bce_weight, dice_weight)
 
     def loss_settings(self, cfg) -> dict:
@@ -103,13 +107,16 @@ class Segmentation(Kind):
     def explain_targets(self, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, list]:
         return np.arange(len(labels)), [0] * len(labels)
 
-    def caption(self, label_row: np.ndarray, prob_row: np.ndarray, target: int,
-                classes: list[str]) -> str:  # fmt: skip
+    def caption(
+        self, label_row: np.ndarray, prob_row: np.ndarray, target: int, classes: list[str]
+    ) -> str:
         truth, pred = np.asarray(label_row)[None], self.predictions(prob_row[None])
         tp, fp, fn, _ = pixel_counts(truth, pred)[0]
         dice = ratio(2 * tp, 2 * tp + fp + fn)
-        return (f"Dice {dice:.2f}; {classes[-1]}: true {truth.mean():.0%}, "
-                f"predicted {pred.mean():.0%} of pixels")  # fmt: skip
+        return (
+            f"Dice {dice:.2f}; {classes[-1]}: true {truth.mean():.0%}, "
+            f"predicted {pred.mean():.0%} of pixels"
+        )
 
     def test_inputs(self, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(labels).astype(np.uint8), _masks(probs)
@@ -123,15 +130,21 @@ class Segmentation(Kind):
         }
 
     def test_figures(
-        self, y_true: np.ndarray, scores: np.ndarray, class_names: list[str],
-        n_boot: int = 1000, seed: int = 0,
-    ) -> dict:  # fmt: skip
+        self,
+        y_true: np.ndarray,
+        scores: np.ndarray,
+        class_names: list[str],
+        n_boot: int = 1000,
+        seed: int = 0,
+    ) -> dict:
         """Every test figure (module docstring) for masks `y_true` (N, H, W) and foreground
         probabilities `scores` (N, H, W)."""
         y_true, scores = np.asarray(y_true), np.asarray(scores, np.float64)
         if y_true.shape != scores.shape or y_true.ndim != 3:
-            raise ValueError(f"masks {y_true.shape} and scores {scores.shape} do not fit: "
-                             "expected both (N, H, W)")  # fmt: skip
+            raise ValueError(
+                f"masks {y_true.shape} and scores {scores.shape} do not fit: "
+                "expected both (N, H, W)"
+            )
         if not np.isfinite(scores).all():
             raise ValueError("scores hold NaN or infinity: did the model diverge?")
         counts = pixel_counts(y_true, (scores >= THRESHOLD).astype(np.uint8)).astype(np.float64)
@@ -152,11 +165,20 @@ class Segmentation(Kind):
             "per_image": {k: [float(v) for v in per_image[k]] for k in FIGURES}
             | {"foreground_fraction": [float(v) for v in foreground_fraction(y_true)]},
             **_per_class(class_names, tp, fp, fn, tn, auroc),
-            "confusion_matrix": {"labels": list(class_names),
-                                 "matrix": [[int(tn), int(fp)], [int(fn), int(tp)]]},
-            "bootstrap": {"n_boot": n_boot, "n_used": n_boot, "n_skipped": 0, "seed": seed,
-                          "level": LEVEL, "method": "percentile", "unit": "images"},
-        }  # fmt: skip
+            "confusion_matrix": {
+                "labels": list(class_names),
+                "matrix": [[int(tn), int(fp)], [int(fn), int(tp)]],
+            },
+            "bootstrap": {
+                "n_boot": n_boot,
+                "n_used": n_boot,
+                "n_skipped": 0,
+                "seed": seed,
+                "level": LEVEL,
+                "method": "percentile",
+                "unit": "images",
+            },
+        }
 
 
 class BceDiceLoss(torch.nn.Module):
@@ -202,9 +224,12 @@ def figures_of(counts: np.ndarray) -> dict[str, np.ndarray]:
             "sensitivity": tp / (tp + fn),
             "specificity": tn / (tn + fp),
             "balanced_accuracy": (tp / (tp + fn) + tn / (tn + fp)) / 2,
-            "macro_dice": (np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 1.0)
-                           + np.where(tn + fp + fn > 0, 2 * tn / (2 * tn + fp + fn), 1.0)) / 2,
-        }  # fmt: skip
+            "macro_dice": (
+                np.where(tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 1.0)
+                + np.where(tn + fp + fn > 0, 2 * tn / (2 * tn + fp + fn), 1.0)
+            )
+            / 2,
+        }
 
 
 def foreground_fraction(labels: np.ndarray) -> np.ndarray:
@@ -227,8 +252,10 @@ def _bootstrap(counts: np.ndarray, per_image: dict, n_boot: int, seed: int):
     weights = np.bincount(idx.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
     boot_split = figures_of(weights @ counts)  # (n_boot,) per figure
     split_point = figures_of(counts.sum(axis=0))
-    split = {name: _interval(float(split_point[name]), boot_split[name])
-             for name in (*FIGURES, *SPLIT_ONLY)}  # fmt: skip
+    split = {
+        name: _interval(float(split_point[name]), boot_split[name])
+        for name in (*FIGURES, *SPLIT_ONLY)
+    }
     mean = {}
     for name in FIGURES:
         values = per_image[name]
@@ -269,17 +296,27 @@ def _headline(split: dict, auroc: float) -> dict:
         "dice": split["dice"],
         "iou": split["iou"],
         "pixel_accuracy": split["pixel_accuracy"],
-    }  # fmt: skip
+    }
 
 
 def _per_class(classes: list[str], tp, fp, fn, tn, auroc: float) -> dict:
     """Per class (background, foreground) over the split's pixels; support in pixels."""
-    fg = {"precision": ratio(tp, tp + fp), "recall": ratio(tp, tp + fn),
-          "specificity": ratio(tn, tn + fp), "f1": ratio(2 * tp, 2 * tp + fp + fn),
-          "support": int(tp + fn), "auroc": auroc}  # fmt: skip
-    bg = {"precision": ratio(tn, tn + fn), "recall": ratio(tn, tn + fp),
-          "specificity": ratio(tp, tp + fn), "f1": ratio(2 * tn, 2 * tn + fp + fn),
-          "support": int(tn + fp), "auroc": auroc}  # fmt: skip
+    fg = {
+        "precision": ratio(tp, tp + fp),
+        "recall": ratio(tp, tp + fn),
+        "specificity": ratio(tn, tn + fp),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "support": int(tp + fn),
+        "auroc": auroc,
+    }
+    bg = {
+        "precision": ratio(tn, tn + fn),
+        "recall": ratio(tn, tn + fp),
+        "specificity": ratio(tp, tp + fn),
+        "f1": ratio(2 * tn, 2 * tn + fp + fn),
+        "support": int(tn + fp),
+        "auroc": auroc,
+    }
     both = [bg, fg]
     return {
         "macro_precision": float(np.mean([c["precision"] for c in both])),
