@@ -119,6 +119,15 @@ class TrainConfig:
         )
 
 
+def planned_epochs(settings) -> int:
+    """The epochs a trial is planned to run: the fixed `epochs` setting (space file or
+    `--epochs`), else `TrainConfig.epochs`. The one rule: the trials, ASHA's `max_t`, the
+    searcher, the progress line, repeats and the tables (finished vs stopped early) all read it.
+    """
+    value = settings.get("epochs")
+    return int(value) if value is not None else TrainConfig.epochs
+
+
 def _coerce(cls: type, name: str, value):
     annotation = {f.name: f.type for f in dataclasses.fields(cls)}[name]
     if annotation == "int" and isinstance(value, float) and value.is_integer():

@@ -118,11 +118,6 @@ def param_space(args: argparse.Namespace, space: Space) -> dict:
     return values
 
 
-def planned_epochs(values: dict) -> int:
-    """Epochs per trial (a trial that ran fewer was stopped early)."""
-    return int(values.get("epochs", TrainConfig.epochs))
-
-
 def fetch_weights(values: dict, task: Task) -> None:
     """Fetch ImageNet weights once, on the driver, before any trial starts."""
     if values.get("weights") != "imagenet":

@@ -23,6 +23,8 @@ import time
 
 from ray.tune import Callback
 
+from trainables.config import planned_epochs
+
 log = logging.getLogger("medsweep")
 SLOW_S = 3600.0
 PROBE_IMAGES = 16  # images in the timed batch (scaled up to the batch size)
@@ -113,7 +115,7 @@ def cpu_estimate(plan, inputs) -> tuple[float, str] | None:
     step = {n: _step_seconds(n, inputs.task, size, batch, plan.cpus_per_worker) for n in names}
     per_image = sum(step.values()) / len(step) / batch
     epoch = per_image * (batches * batch + EVAL_SHARE * n_val)
-    epochs = int(values.get("epochs") or 10)
+    epochs = planned_epochs(values)
     total = plan.trials * epochs * epoch / max(1, plan.max_concurrent)
     how = (
         f"measured {', '.join(f'{n} {s:.2f} s' for n, s in step.items())} per batch of "

@@ -33,6 +33,7 @@ from search.experiment import after
 from search.experiment.layout import REPEATS_DIR, TEST_METRICS_FILE
 from search.experiment.storage import join_path, read_json, write_text
 from search.experiment.tables import collect, config_of, export_checkpoints, write_tables
+from trainables.config import planned_epochs
 from trainables.evaluation import to_jsonable
 from trainables.scores import is_finite
 
@@ -75,7 +76,7 @@ def train_repeats(plan: Plan, inputs, config: dict, seeds: list[int]) -> list[di
     """One Tune trial per seed, `config` fixed; the repeats' trials rows (in seed order)."""
     data_ref = [ray.put(inputs.data)] if inputs.data is not None else [inputs.source]
     fixed = {**inputs.values, **config}
-    epochs = int(fixed.get("epochs", 1))
+    epochs = planned_epochs(fixed)
     tuner = tune.Tuner(
         build_trainable(plan, data_ref),
         param_space={**fixed, "seed": tune.grid_search(seeds)},

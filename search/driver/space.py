@@ -24,6 +24,7 @@ from ray.tune.search.sample import Categorical, Domain
 
 from search.experiment.sweep import infer_distribution
 from search.experiment.tables import VAL_METRICS
+from trainables.config import planned_epochs
 from trainables.models import PRETRAINED
 from trainables.tasks import Task
 from trainables.train import TrainConfig
@@ -213,7 +214,7 @@ def dead_knobs(space: Space, task: Task, fixed: dict | None = None) -> dict[str,
     defaults = TrainConfig()
     weights = setting.get("weights", defaults.weights)
     models = _values(space.domains.get("model", setting.get("model") or task.model))
-    epochs = setting.get("epochs", defaults.epochs)
+    epochs = planned_epochs(setting)
     dead = {}
     if "unfreeze_epoch" in space.searched:
         if weights == "none":

@@ -39,7 +39,6 @@ from search.driver.inputs import (
     load_arrays,
     locate_data,
     param_space,
-    planned_epochs,
 )
 from search.driver.launch import build_trainable
 from search.driver.node_data import DataSource, node_arrays
@@ -63,6 +62,7 @@ from search.experiment.tables import (
     write_tables,
 )
 from search.tracking.runs import make_callbacks
+from trainables.config import planned_epochs
 from trainables.scores import best_of
 from trainables.stream import RESIDENT, STREAM, choose_path, resident_budget
 from trainables.tasks import Task, get_task

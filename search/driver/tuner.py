@@ -26,7 +26,8 @@ from search.driver.deadline import DeadlineSearcher, DeadlineVariants
 from search.driver.launch import build_trainable, checkpoint_config
 from search.driver.plan import Plan
 from search.driver.space import Space
-from trainables.train import KNOBS, TrainConfig
+from trainables.config import planned_epochs
+from trainables.train import KNOBS
 
 log = logging.getLogger("medsweep")
 
@@ -38,7 +39,7 @@ def build_searcher(plan: Plan, space: Space, epochs: int | None = None):
     trial's best epoch (search.driver.searcher)."""
     budget = plan.time_budget_s
     if epochs is None:
-        epochs = int(space.domains.get("epochs", TrainConfig.epochs))
+        epochs = planned_epochs(space.domains)
     if plan.searcher == "random" or not space.searched:  # nothing to search: repeat the config
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -82,7 +83,7 @@ def build_tuner(
     plan: Plan, space: Space, data_ref: list, param_space: dict, callbacks: list | None = None
 ) -> tune.Tuner:
     """The search; `callbacks` (W&B logging) stay out of `Plan`, which every trial receives."""
-    epochs = int(param_space.get("epochs", 1))
+    epochs = planned_epochs(param_space)
     searcher = build_searcher(plan, space, epochs)
     if plan.searcher == "wandb-bayes":  # the engine holds the space; Tune keeps the rest
         param_space = {k: v for k, v in param_space.items() if k not in space.searched}
