@@ -32,10 +32,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from search.benchmarks.core import BenchSettings, default_compile_budget
 from search.benchmarks.runner import SECTIONS, run
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> BenchSettings:
+    """The bench's settings from its flags (an unknown section: an error, exit code 2)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
         "--quick", action="store_true", help="small sizes (CPU: under 5 minutes on 2 cores)"
@@ -60,14 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(0 skips it; default 120 with --quick, 600 without, 0 with --smoke-test)",
     )
     args = p.parse_args(argv)
-    chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
+    chosen = tuple(s.strip() for s in args.sections.split(",") if s.strip())
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         p.error(f"--sections: unknown {unknown}; choose from {','.join(SECTIONS)}")
-    args.sections = chosen
     if args.compile_budget is None:
-        args.compile_budget = 0.0 if args.smoke_test else 120.0 if args.quick else 600.0
-    return args
+        args.compile_budget = default_compile_budget(args.quick, args.smoke_test)
+    return BenchSettings(**{**vars(args), "sections": chosen})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,11 +31,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from search.driver.comparison import run_comparison
+from search.driver.comparison import CompareSettings, run_comparison
 from search.driver.plan import LAUNCHERS, SEARCHERS
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+def parse_args(argv: list[str] | None = None) -> tuple[CompareSettings, list[str]]:
+    """(the comparison's settings, the arguments after `--`, passed to every search)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
@@ -71,13 +72,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
         help="also read this W&B sweep's runs (needs W&B online)",
     )
     args = p.parse_args(argv)
-    args.searchers = [s.strip() for s in args.searchers.split(",") if s.strip()]
-    unknown = [s for s in args.searchers if s not in SEARCHERS]
-    if unknown or not args.searchers:
+    searchers = tuple(s.strip() for s in args.searchers.split(",") if s.strip())
+    unknown = [s for s in searchers if s not in SEARCHERS]
+    if unknown or not searchers:
         p.error(f"--searchers {','.join(unknown) or '(none)'}: choose from {', '.join(SEARCHERS)}")
-    if args.trials < 1 or args.repeats < 1:
-        p.error("--trials and --repeats must be at least 1")
-    return args, passthrough
+    try:
+        settings = CompareSettings(**{**vars(args), "searchers": searchers})
+    except ValueError as err:
+        p.error(str(err))
+    return settings, passthrough
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,12 +10,17 @@ uses (`search.experiment.tables`, `.after`, `.manifest`), fed by real training r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,12 +101,117 @@ def isbi_path() -> Path:
     return ISBI
 
 
+# --- one Ray head for the session ---------------------------------------------------------
+
+HEAD_MARK = "MEDSWEEP_TEST_RAY_HEAD"
+"""Set in the environment of `ray start`, so every process of the head (workers rename
+themselves `ray::...`) carries it: that is how `RayHead.stop` finds them."""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _processes() -> dict[int, tuple[int, str, bytes]]:
+    """{pid: (parent pid, command line, environment)} of every process this user may read."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, UnicodeDecodeError, ValueError, IndexError):
+            continue
+        found[int(pid)] = (parent, cmd, environ)
+    return found
+
+
+def _processes_of(temp_dir: str) -> set[int]:
+    """The processes of the head in `temp_dir`: those that name it on their command line or
+    carry its mark, and their descendants; never this process."""
+    table = _processes()
+    mark = f"{HEAD_MARK}={temp_dir}".encode()
+    found = {p for p, (_, cmd, env) in table.items() if temp_dir in cmd or mark in env}
+    while True:
+        children = {p for p, (parent, _, _) in table.items() if parent in found} - found
+        if not children:
+            break
+        found |= children
+    return found - {os.getpid()}
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A Ray head this session started with `ray start --head`."""
+
+    address: str
+    """host:port of its GCS: what `--address` and `ray.init(address=...)` take."""
+    temp_dir: str
+    """Its own temp dir: session folders, logs, sockets."""
+
+    @property
+    def session_dir(self) -> Path:
+        return Path(self.temp_dir, "session_latest").resolve()
+
+    def stop(self) -> int:
+        """SIGKILL its processes by PID (never `ray stop`: that stops every Ray instance on the
+        machine, other sessions' included); how many are still there afterwards."""
+        for _ in range(3):
+            for pid in _processes_of(self.temp_dir):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(1)
+        return len(_processes_of(self.temp_dir))
+
+
+def start_ray_head(num_cpus: int = 2) -> RayHead:
+    """`ray start --head` on free ports in a temp dir of its own (short: Ray's sockets live in
+    it), with its dashboard (Ray Train's placement-group cleanup asks its state API)."""
+    from ray.util import get_node_ip_address
+
+    temp_dir = tempfile.mkdtemp(prefix="msw-ray-", dir="/tmp")
+    port, dashboard = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",  # no token for the drivers to carry (NOTES.md)
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard}",  # as connect_ray does
+        HEAD_MARK: temp_dir,
+    }
+    args = ["start", "--head", "--port", str(port), "--num-cpus", str(num_cpus)]
+    args += ["--temp-dir", temp_dir, "--disable-usage-stats", "--include-dashboard", "true"]
+    args += ["--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard)]
+    args += ["--ray-client-server-port", str(_free_port())]
+    exe = str(Path(sys.executable).with_name("ray"))
+    out = subprocess.run([exe, *args], env=env, capture_output=True, text=True, timeout=300)
+    head = RayHead(f"{get_node_ip_address()}:{port}", temp_dir)
+    if out.returncode != 0:
+        head.stop()
+        raise AssertionError(out.stdout[-2000:] + out.stderr[-2000:])
+    return head
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One local Ray cluster for every in-process Ray test (2 CPUs, as CI has)."""
+def ray_head():
+    """One Ray head (2 CPUs, as CI has) for the whole session: the searches that `run_search`
+    and `searches` start join it (`--address`) instead of each starting Ray, and `ray_cluster`
+    connects this process to it. Stopped by PID at the end; none of its processes may outlive
+    that."""
+    head = start_ray_head()
+    yield head
+    left = head.stop()
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+    assert left == 0, f"{left} process(es) of the session's Ray head outlived its stop"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head):
+    """This process connected to the session's Ray head, for in-process Ray tests."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # the head runs without token auth
+    ray.init(address=ray_head.address, configure_logging=False)
     yield ray
     ray.shutdown()
 
@@ -163,14 +273,6 @@ def _write_space(path: Path, min_iter: int = 1, **parameters) -> str:
     return str(path)
 
 
-def _run_search(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    print(proc.stdout[-3000:], proc.stderr[-6000:])
-    return proc
-
-
 @pytest.fixture
 def write_space():
     """`write_space(path, min_iter=1, **parameters) -> str`: a space file (simple_cnn, no
@@ -179,11 +281,87 @@ def write_space():
     return _write_space
 
 
+class Searches:
+    """search/run.py as a user runs it, in subprocesses with W&B off. A search joins the
+    session's Ray head (`--address`, started on first use) unless `local=True` (a fresh
+    `ray.init()` of its own, what a user gets) or its arguments name an address."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._request = request
+
+    def command(self, args: tuple[str, ...], local: bool) -> list[str]:
+        args = list(args)
+        if not local and "--address" not in args:
+            args += ["--address", self._request.getfixturevalue("ray_head").address]
+        return [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
+
+    @staticmethod
+    def env(extra: dict | None = None) -> dict:
+        base = {"WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+        return {**os.environ, **base, **(extra or {})}
+
+    def run(
+        self, *args: str, timeout: int = 600, local: bool = False, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
+        """Run to the end; the CompletedProcess (its output tails are printed)."""
+        cmd, env = self.command(args, local), self.env(env)
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        print(proc.stdout[-3000:], proc.stderr[-6000:])
+        return proc
+
+    def start(self, *args: str, local: bool = False, env: dict | None = None) -> subprocess.Popen:
+        """Start in the background; its output (stdout and stderr) goes to `proc.stdout`, a
+        file: a pipe nobody reads fills up and blocks the search."""
+        log = tempfile.TemporaryFile(mode="w+")
+        proc = subprocess.Popen(
+            self.command(args, local),
+            cwd=ROOT,
+            env=self.env(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        proc.stdout = log
+        return proc
+
+    @staticmethod
+    def finish(proc: subprocess.Popen, timeout: float = 400) -> tuple[int, str]:
+        """Wait for a started search; (exit code, its output; the tail is printed)."""
+        proc.wait(timeout=timeout)
+        proc.stdout.seek(0)
+        out = proc.stdout.read()
+        print(out[-4000:])
+        return proc.returncode, out
+
+    @staticmethod
+    def wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+        """Poll `predicate`; fail with the search's output if it ends first or time runs out."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if predicate():
+                return
+            if proc.poll() is not None:
+                proc.stdout.seek(0)
+                out = proc.stdout.read()[-3000:]
+                raise AssertionError(f"the search ended before {what}:\n{out}")
+            time.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 @pytest.fixture
-def run_search():
-    """`run_search(*args, timeout=600)`: search/run.py in a subprocess, W&B off; the
-    CompletedProcess (its output tails are printed for failing tests)."""
-    return _run_search
+def searches(request) -> Searches:
+    """`searches.run(*args, local=False, env=None)`, `.start(...)`, `.finish(proc)`,
+    `.wait_for(predicate, what, proc)`: search/run.py in subprocesses (see `Searches`)."""
+    return Searches(request)
+
+
+@pytest.fixture
+def run_search(searches):
+    """`run_search(*args, timeout=600, local=False)`: `searches.run`, search/run.py to its end
+    on the session's Ray head (`local=True`: a fresh local Ray); the CompletedProcess."""
+    return searches.run
 
 
 # --- real checkpoints and experiment folders -------------------------------------------------
@@ -208,11 +386,12 @@ def _train(task, arrays: dict, config: dict, report) -> BaseException | None:
     """`train_loop` on the CPU; the exception it raised, if any."""
     import torch
 
-    from trainables.train import train_loop
+    from trainables.train import Placement, train_loop
 
     base = {"task": task.name, "model": "simple_cnn", "weights": "none", "batch_size": 16}
+    cpu = Placement(device=torch.device("cpu"))
     try:
-        train_loop({**base, **config}, report, arrays, task=task, device=torch.device("cpu"))
+        train_loop({**base, **config}, report, arrays, task=task, placement=cpu)
     except _StopTrial:
         return None
     except Exception as err:  # an errored trial, as Tune records it
@@ -352,7 +531,9 @@ def build_experiment(root: Path, kind: str = "multiclass", trials: int = 4) -> P
     history = [h for _, rows_ in results for h in rows_]
     export_checkpoints(rows, str(root))
     _explain(root, task, arrays, rows)
-    after.evaluate_on_test(rows, str(root), task, str(data_path), task.metric, task.mode)
+    splits = after.SplitSources(str(data_path))
+    settings = after.EvaluationSettings(task.metric, task.mode)
+    after.evaluate_on_test(rows, str(root), task, splits, settings)
     write_tables(str(root), rows, history)
     space = _space_config(task)
     knobs = [k for k in KNOBS if k in space["parameters"]]

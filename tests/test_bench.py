@@ -6,20 +6,19 @@ pytest tests/test_bench.py                 # plus the cheap sections, for real
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 
 from search.bench import parse_args
-from search.benchmarks.core import Bench, sizes_for
+from search.benchmarks.core import Bench, BenchSettings, sizes_for
 from search.benchmarks.ondisk import evict, resident_mb, write_npz
 from search.benchmarks.precision import mfu, precision
 from search.benchmarks.probes import bf16_probe
@@ -27,6 +26,8 @@ from search.benchmarks.runner import SECTIONS, format_table
 from search.benchmarks.trials import first_step_time
 from search.driver.node_data import describe, node_arrays
 from trainables.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CHEAP = ("data", "precision", "mfu")  # no Ray, no GPU: the sections cheap enough for CI
 SMOKED = CHEAP  # stream starts Ray and writes a dataset: its rows are checked by hand (note)
@@ -58,7 +59,7 @@ EXPECTED = {
 
 def _bench(**settings) -> Bench:
     device = torch.device("cpu")
-    return Bench(argparse.Namespace(**settings), device, sizes_for(True, True, device))
+    return Bench(BenchSettings(**settings), device, sizes_for(True, True, device))
 
 
 def test_a_row_is_a_ratio_to_its_baseline_and_never_a_non_finite_value():
@@ -109,9 +110,9 @@ def test_first_step_time_takes_off_epoch_one_and_the_smallest_overhead():
 
 def test_flags_choose_sections_and_the_compile_budget():
     args = parse_args(["--quick", "--sections", " data, mfu ,"])
-    assert args.sections == ["data", "mfu"] and args.compile_budget == 120.0
+    assert args.sections == ("data", "mfu") and args.compile_budget == 120.0
     assert parse_args(["--smoke-test"]).compile_budget == 0.0
-    assert parse_args([]).sections == list(SECTIONS) and parse_args([]).compile_budget == 600.0
+    assert parse_args([]).sections == SECTIONS and parse_args([]).compile_budget == 600.0
     with pytest.raises(SystemExit):
         parse_args(["--sections", "data,nope"])
 

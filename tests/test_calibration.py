@@ -19,6 +19,7 @@ from sklearn.metrics import roc_curve
 from search.driver.fingerprint import data_fingerprint
 from search.driver.folders import convert_folder
 from search.experiment.after import evaluate_on_test, row_ids
+from search.experiment.after_settings import EvaluationSettings, SplitSources
 from trainables.calibration import (
     BINS,
     OperatingPoint,
@@ -239,9 +240,8 @@ def test_after_writes_patients_ids_and_the_operating_point(
     task = get_task("malaria")
     ckpt = make_checkpoint("binary", 3, 28, classes=tuple(classes))
     trials = [{"trial_id": "t0", "checkpoint_path": str(ckpt), "val_auc": 0.9}]
-    out = evaluate_on_test(
-        trials, str(tmp_path / "exp"), task, path, "val_auc", "max", operating_point="sens=0.9"
-    )
+    settings = EvaluationSettings("val_auc", "max", operating_point="sens=0.9")
+    out = evaluate_on_test(trials, str(tmp_path / "exp"), task, SplitSources(path), settings)
     r = out["trials"]["t0"]
     assert r["bootstrap"]["unit"] == "patient"
     assert r["bootstrap"]["n_units"] == len(set(ids["test_patients"]))
@@ -259,7 +259,8 @@ def test_after_writes_patients_ids_and_the_operating_point(
 
 
 def test_val_loss_is_unweighted():
-    from trainables.train import Step, evaluate
+    from trainables.train import evaluate
+    from trainables.trial import Step
 
     kind = get_kind("binary")
     labels = np.array([[0]] * 30 + [[1]] * 2)
@@ -300,7 +301,7 @@ def test_data_fingerprint_of_an_npz_and_a_converted_folder(tmp_path, make_malari
 
 def test_checkpoint_carries_the_data_fingerprint(tmp_path):
     from trainables.tasks import Task
-    from trainables.train import train_loop
+    from trainables.train import Placement, train_loop
 
     task = Task(
         name="fp",
@@ -334,5 +335,5 @@ def test_checkpoint_carries_the_data_fingerprint(tmp_path):
         saved.append(load_checkpoint(checkpoint_dir))
 
     config = {"task": "fp", "epochs": 1, "batch_size": 8, "data_fingerprint": fingerprint}
-    train_loop(config, keep, arrays, task=task, device=torch.device("cpu"))
+    train_loop(config, keep, arrays, task=task, placement=Placement(device=torch.device("cpu")))
     assert saved[0]["data"] == fingerprint

@@ -5,6 +5,7 @@ three searches in subprocesses: about 1-2 min on 2 cores)
 """
 
 import base64
+import dataclasses
 import os
 import re
 import subprocess
@@ -251,7 +252,7 @@ def test_command_line_of_each_search(tmp_path, monkeypatch):
             "1",
         ]
     )
-    args.out, args.gpus_per_trial = str(tmp_path), 0.0
+    args = dataclasses.replace(args, out=str(tmp_path), gpus_per_trial=0.0)
     cmd = search_command(args, "random", 1, passthrough)
     flat = " ".join(cmd[2:])
     for part in (

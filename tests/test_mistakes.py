@@ -3,9 +3,12 @@ starts, in one line `error: <what is wrong>; <what to do>`, with exit code 2 and
 naming the flag or the file. Requests the cluster can never satisfy are refused right after Ray
 connects (slow: they start Ray).
 
-Every command runs in its own process with `RAY_TMPDIR` pointing into the test's folder, so
-"no Ray session started" is checked on disk. The commands run four at a time (most are flag
-mistakes, answered before torch or Ray is imported; file mistakes import them first).
+Every mistake goes through the entry function search/run.py calls (`pipeline.main(argv)`), in
+this process, with `RAY_TMPDIR` pointing into the test's folder, so "no Ray session started" is
+checked on disk. A handful also run as the command itself, in a process of their own: the exit
+code, the one line on stderr and no Ray session, as a shell sees them.
+
+    pytest tests/test_mistakes.py -q      # a few seconds; the GPU refusal is slow (-m slow)
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,11 +72,39 @@ MISTAKES = {
     "data-dir-missing": (["!", "--task", "pneumonia", "--data-dir", "{d}/no-such"], "--data-dir"),
     "folder-task-no-data-dir": (["!", "--task", "malaria"], "--data-dir"),
     "resume-nothing-there": (["!", "--resume", "{d}/no-experiment"], "--resume"),
-    # files (the rest run in this process, below: each CLI call here imports torch and Ray)
     "space-missing": (["--space", "{d}/nope.yaml"], "--space"),
+    # files: the file and the problem are named
     "npz-32px-as-28": (
         ["!", "--task", "pneumonia", "--data-dir", "{d}/big", "--space", "{d}/good.yaml"],
         "big/pneumoniamnist.npz",
+    ),
+    "space-bad-range": (["--space", "{d}/range.yaml"], "range.yaml: parameter 'lr': min 0.1"),
+    "space-unknown-key": (["--space", "{d}/key.yaml"], "key.yaml: parameter 'lrate'"),
+    "space-not-yaml": (["--space", "{d}/bad.yaml"], "bad.yaml: not valid YAML"),
+    "space-not-a-number": (["--space", "{d}/abc.yaml"], "abc.yaml: parameter 'lr': 'abc'"),
+    "npz-truncated": (
+        ["--data-dir", "{d}/truncated", "--space", "{d}/good.yaml"],
+        "truncated/pneumoniamnist.npz",
+    ),
+    "npz-label-out-of-range": (
+        ["--data-dir", "{d}/labels", "--space", "{d}/good.yaml"],
+        "labels/pneumoniamnist.npz [train]",
+    ),
+    "npz-test-labels": (
+        ["--data-dir", "{d}/testlabels", "--space", "{d}/good.yaml"],
+        "testlabels/pneumoniamnist.npz [test]",
+    ),
+    "npz-empty": (
+        ["--data-dir", "{d}/empty", "--space", "{d}/good.yaml"],
+        "empty/pneumoniamnist.npz",
+    ),
+    "npz-one-class-in-val": (
+        ["--data-dir", "{d}/oneclass", "--space", "{d}/good.yaml"],
+        "oneclass/pneumoniamnist.npz [val]",
+    ),
+    "folder-one-class": (
+        ["!", "--task", "folder", "--data-dir", "{d}/oneclass-folder", "--space", "{d}/good.yaml"],
+        "at least 2",
     ),
 }
 
@@ -124,25 +154,28 @@ def _broken_files(d: Path) -> None:
         )
 
 
-def command(args: list[str], d: Path) -> list[str]:
+# Run as the command itself too: a check of the flags, argparse's own refusals, a file.
+AS_COMMANDS = ("trials-zero", "trials-not-a-number", "task-typo", "space-missing", "no-task")
+
+
+def run_args(args: list[str], d: Path) -> list[str]:
+    """The arguments of search/run.py for a MISTAKES entry (`{d}`: the broken files' folder)."""
     args = [a.replace("{d}", str(d)) for a in args]
     if args[:1] == ["!"]:
         args = args[1:]
     else:
         args = ["--task", "pneumonia", "--data-dir", str(DATA), *args]
-    return [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
+    return [*args, "--wandb", "off"]
+
+
+def command(args: list[str], d: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "search" / "run.py"), *run_args(args, d)]
 
 
 def refuse(cmd: list[str], ray_tmp: Path) -> dict:
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "WANDB_MODE": "offline"}
-    t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    return {
-        "code": proc.returncode,
-        "stderr": proc.stderr,
-        "stdout": proc.stdout,
-        "seconds": time.perf_counter() - t0,
-    }
+    return {"code": proc.returncode, "stderr": proc.stderr, "stdout": proc.stdout}
 
 
 @pytest.fixture(scope="module")
@@ -153,22 +186,47 @@ def broken(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture
+def main_in_process(monkeypatch, capsys, tmp_path):
+    """`main_in_process(argv) -> {"code", "stderr", "stdout", "ray_tmp"}`: search/run.py's entry
+    function here, as the command calls it (from the repository root), with `RAY_TMPDIR` in
+    the test's folder; an argparse refusal's SystemExit becomes its code."""
+    from search.driver.pipeline import main
+
+    ray_tmp = tmp_path / "ray-tmp"
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER", raising=False)  # main sets it
+    monkeypatch.chdir(ROOT)
+
+    def run(argv: list[str]) -> dict:
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        except SystemExit as stop:
+            code = stop.code
+        out = capsys.readouterr()
+        return {"code": code, "stderr": out.err, "stdout": out.out, "ray_tmp": ray_tmp}
+
+    return run
+
+
 @pytest.fixture(scope="module")
-def refusals(broken) -> dict:
-    d = broken
+def commands(broken) -> dict:
+    """AS_COMMANDS run as search/run.py, four at a time (each answers before importing torch)."""
     with ThreadPoolExecutor(4) as pool:
         futures = {
-            key: pool.submit(refuse, command(args, d), d / f"ray-{key}")
-            for key, (args, _) in MISTAKES.items()
+            key: pool.submit(refuse, command(MISTAKES[key][0], broken), broken / f"ray-{key}")
+            for key in AS_COMMANDS
         }
         found = {key: f.result() for key, f in futures.items()}
     for key, r in found.items():
-        r["ray_tmp"], r["dir"] = d / f"ray-{key}", d
+        r["ray_tmp"] = broken / f"ray-{key}"
     return found
 
 
 def assert_refused(result: dict, named: str) -> str:
-    """Exit code 2, one `error: ` line naming `named`, no traceback; the line."""
+    """Exit code 2, one `error: ` line naming `named`, no traceback, no Ray session; the line."""
     out = result["stderr"] + result["stdout"]
     errors = [line for line in result["stderr"].splitlines() if line.startswith("error: ")]
     assert result["code"] == 2, out[-3000:]
@@ -176,18 +234,24 @@ def assert_refused(result: dict, named: str) -> str:
     assert "Traceback" not in out, out[-3000:]
     assert named in errors[0], errors[0]
     assert "; " in errors[0], errors[0]  # what is wrong; what to do
+    assert not (result["ray_tmp"] / "ray").exists(), "a Ray session was started"
     return errors[0]
 
 
 @pytest.mark.parametrize("key", list(MISTAKES))
-def test_mistake_is_refused_in_one_line_before_ray(refusals, key):
-    result = refusals[key]
-    assert_refused(result, MISTAKES[key][1])
-    assert not (result["ray_tmp"] / "ray").exists(), "a Ray session was started"
+def test_mistake_is_refused_in_one_line_before_ray(broken, main_in_process, key):
+    args, named = MISTAKES[key]
+    assert_refused(main_in_process(run_args(args, broken)), named)
 
 
-def test_a_mistyped_data_dir_is_not_created(refusals):
-    assert not (refusals["data-dir-missing"]["dir"] / "no-such").exists()
+@pytest.mark.parametrize("key", AS_COMMANDS)
+def test_the_command_itself_exits_2_with_one_line(commands, key):
+    assert_refused(commands[key], MISTAKES[key][1])
+
+
+def test_a_mistyped_data_dir_is_not_created(broken, main_in_process):
+    main_in_process(run_args(MISTAKES["data-dir-missing"][0], broken))
+    assert not (broken / "no-such").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -224,35 +288,3 @@ def test_gpus_on_a_cluster_without_gpus_are_refused_once_ray_connects(tmp_path):
     assert "no GPU" in line
     assert started, "Ray did start (RAY_TMPDIR is where its sessions go)"
     assert not left, "the session folder was left behind"
-
-
-# The same checks, in this process (no import per case): the file and the problem are named.
-IN_PROCESS = {
-    "space-bad-range": (["--space", "{d}/range.yaml"], "range.yaml: parameter 'lr': min 0.1"),
-    "space-unknown-key": (["--space", "{d}/key.yaml"], "key.yaml: parameter 'lrate'"),
-    "space-not-yaml": (["--space", "{d}/bad.yaml"], "bad.yaml: not valid YAML"),
-    "npz-truncated": (["--data-dir", "{d}/truncated"], "truncated/pneumoniamnist.npz"),
-    "npz-label-out-of-range": (["--data-dir", "{d}/labels"], "labels/pneumoniamnist.npz [train]"),
-    "npz-test-labels": (["--data-dir", "{d}/testlabels"], "testlabels/pneumoniamnist.npz [test]"),
-    "space-not-a-number": (["--space", "{d}/abc.yaml"], "abc.yaml: parameter 'lr': 'abc'"),
-    "npz-empty": (["--data-dir", "{d}/empty"], "empty/pneumoniamnist.npz"),
-    "npz-one-class-in-val": (["--data-dir", "{d}/oneclass"], "oneclass/pneumoniamnist.npz [val]"),
-    "folder-one-class": (["--task", "folder", "--data-dir", "{d}/oneclass-folder"], "at least 2"),
-}
-
-
-@pytest.mark.parametrize("key", list(IN_PROCESS))  # (read_inputs, as main calls it)
-def test_file_mistakes_name_the_file(broken, key):
-    from search.driver.checks import UserError, check_flags
-    from search.driver.options import parse_args
-    from search.driver.steps import read_inputs
-
-    extra, named = IN_PROCESS[key]
-    base = {"--task": "pneumonia", "--data-dir": str(DATA), "--space": str(broken / "good.yaml")}
-    base.update(dict(zip(extra[::2], extra[1::2], strict=True)))
-    argv = [x.replace("{d}", str(broken)) for kv in base.items() for x in kv]
-    args = parse_args(argv)
-    check_flags(args)
-    with pytest.raises(UserError) as refused:
-        read_inputs(args)
-    assert named in str(refused.value) and "; " in str(refused.value), str(refused.value)

@@ -4,16 +4,19 @@ the exit code. Fast: the experiment folder trains a few tiny trials once per ses
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from search.driver.checks import UserError, given
 from search.driver.inputs import param_space
 from search.driver.launch import trial_resources
 from search.driver.options import parse_args
 from search.driver.plan import DRIVER_CPU, Plan, resolve_launcher
+from search.driver.settings import OutputSettings, SearchSettings, Settings, updated
 from search.driver.space import parse_space
 from search.driver.steps import summarise
 from search.experiment import after
@@ -64,8 +67,24 @@ def test_command_line_needs_a_task_or_resume(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--trials", "3"])
     assert "--task is required" in capsys.readouterr().err
-    args = parse_args(["--task", "blood", "--epochs", "3"])
-    assert args.argv == ["--task", "blood", "--epochs", "3"] and args.launcher == "auto"
+    settings = parse_args(["--task", "blood", "--epochs", "3"])
+    assert settings.argv == ("--task", "blood", "--epochs", "3")
+    assert settings.resources.launcher == "auto" and settings.search.epochs == 3
+    assert given(settings, "--epochs") and not given(settings, "--trials")
+
+
+def test_settings_are_frozen_and_checked_where_they_are_built():
+    settings = parse_args(["--task", "blood", "--name", "x", "--ig-baseline", "0.5"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.search.trials = 3
+    assert settings.attribution.ig() == {"n_samples": 4, "steps": 16, "baseline": 0.5}
+    moved = updated(settings, outputs={"storage": "/tmp/elsewhere"})
+    assert moved.outputs == OutputSettings(name="x", storage="/tmp/elsewhere")
+    assert settings.outputs.storage != "/tmp/elsewhere"  # the original is unchanged
+    with pytest.raises(UserError, match="--batch-size 0 must be >= 1"):
+        parse_args(["--task", "blood", "--batch-size", "0"])
+    with pytest.raises(UserError, match="cannot take --trials"):
+        parse_args(["--task", "blood", "--smoke-test", "--trials=3"])
 
 
 def test_param_space_lays_the_command_line_over_the_space():
@@ -78,7 +97,7 @@ def test_param_space_lays_the_command_line_over_the_space():
     smoke = param_space(parse_args(["--task", "blood", "--smoke-test"]), space)
     assert smoke["epochs"] == 1 and smoke["max_batches"] == 3
     with pytest.raises(ValueError, match="batch_size 0 must be >= 1"):
-        param_space(parse_args(["--task", "blood", "--batch-size", "0"]), space)
+        param_space(Settings(search=SearchSettings(batch_size=0)), space)  # bypasses the check
 
 
 def test_launcher_and_resources_follow_the_plan():

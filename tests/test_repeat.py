@@ -3,7 +3,6 @@ trials, each evaluated on test; the table in test_metrics.json and the report.""
 
 from __future__ import annotations
 
-import argparse
 import json
 from types import SimpleNamespace
 
@@ -12,6 +11,7 @@ import pytest
 from search.driver.inputs import load_arrays
 from search.driver.plan import Plan
 from search.driver.repeat import figures_of, repeat_best, repeat_seeds, spread
+from search.driver.settings import AfterSettings
 from search.experiment.tables import config_of, read_table
 from search.reporting.folder import load_experiment
 from search.reporting.repeats import repeats_section
@@ -80,9 +80,9 @@ def test_repeat_best_retrains_the_best_config_with_new_seeds(
         "config/dropout": 0.1,
     }
     worse = {**best, "trial_id": "t1", "val_auc": 0.7, "config/lr": 1e-4}
-    args = argparse.Namespace(repeat_best=2, operating_point="youden", temperature_scaling=False)
+    settings = AfterSettings(repeat_best=2, operating_point="youden", temperature_scaling=False)
 
-    record = repeat_best(args, plan, inputs, [worse, best])
+    record = repeat_best(settings, plan, inputs, [worse, best])
 
     rows = read_table(str(exp / "repeats" / "trials.parquet"))
     assert sorted(r["config/seed"] for r in rows) == [1, 2]

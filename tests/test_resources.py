@@ -6,8 +6,6 @@ autoscaling test (tests/test_autoscale.py) checks the same rule against a real a
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from search.driver.resources import (
@@ -18,6 +16,7 @@ from search.driver.resources import (
     default_gpus,
     gpu_share,
 )
+from search.driver.settings import ResourceSettings, SearchSettings, Settings
 
 HEAD = {"CPU": 8.0, HEAD_RESOURCE: 1.0}
 GPU_WORKER = NodeType("gpu_worker", {"CPU": 4, "GPU": 1}, max_workers=8)
@@ -88,9 +87,11 @@ def test_multi_worker_trials_take_several_slots():
     assert concurrency(view, {"CPU": 1, "GPU": 1}, slots_per_trial=2) == 4
 
 
-def _args(**kw) -> argparse.Namespace:
-    base = dict(gpus_per_trial=None, smoke_test=False, address="auto", image_size=None)
-    return argparse.Namespace(**{**base, **kw})
+def _args(gpus_per_trial: float | None = None, smoke_test: bool = False) -> Settings:
+    return Settings(
+        search=SearchSettings(smoke_test=smoke_test),
+        resources=ResourceSettings(address="auto", gpus_per_trial=gpus_per_trial),
+    )
 
 
 def test_explicit_gpus_per_trial_always_wins():

@@ -13,16 +13,16 @@ import pytest
 from optuna.trial import TrialState
 from ray import tune
 
-from search.driver.searcher import BestEpochOptuna, on_network_fs, study_storage
+from search.driver.searcher import BestEpochOptuna, on_network_fs, open_storage, study_storage
 from search.experiment.tables import read_table
 
 SPACE = {"lr": tune.loguniform(1e-4, 1e-2)}
 
 
 def _searcher(tmp_path, mode="max", epochs=3, name="s"):
-    storage, _ = study_storage(str(tmp_path), name)
+    _, where = study_storage(str(tmp_path), name)
     return BestEpochOptuna(
-        epochs, space=SPACE, metric="val_auc", mode=mode, storage=storage, study_name=name
+        epochs, storage=where, study_name=name, seed=0, space=SPACE, metric="val_auc", mode=mode
     )
 
 
@@ -96,6 +96,49 @@ def test_save_and_restore_continue_the_study(tmp_path):
         (TrialState.COMPLETE, 0.85),
         (TrialState.COMPLETE, 0.3),
     ]
+
+
+def test_restore_tells_an_interrupted_trial_pruned_with_every_step_and_keeps_the_journal(
+    tmp_path,
+):
+    """A trial interrupted mid-way and stopped after the restore: its intermediate values from
+    both runs are in the study, and it is PRUNED; a journal study (network filesystems)
+    restores as SQLite does."""
+    where = str(tmp_path / "optuna.journal")
+    searcher = BestEpochOptuna(3, storage=where, study_name="j", seed=0)
+    assert searcher.set_search_properties("val_auc", "max", {**SPACE, "epochs": 3})
+    assert not searcher.set_search_properties("val_auc", "max", SPACE)  # set once, as Ray's
+    searcher.suggest("b")
+    searcher.on_trial_result("b", _result(1, 0.8))
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = BestEpochOptuna(1)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert (restored.metric, restored.mode, restored.epochs) == ("val_auc", "max", 3)
+    restored.on_trial_complete("b", result=_result(2, 0.7))  # ASHA's STOP at epoch 2
+    study = optuna.load_study(study_name="j", storage=open_storage(where))
+    (trial,) = study.get_trials()
+    assert (trial.state, trial.value) == (TrialState.PRUNED, 0.7)
+    assert trial.intermediate_values == {1: 0.8, 2: 0.7}
+
+
+def test_a_broken_study_warns_and_the_search_goes_on(tmp_path, caplog):
+    searcher = _searcher(tmp_path)
+    _run(searcher, "a", [0.6, 0.7, 0.65])
+    searcher.suggest("b")
+    searcher.on_trial_result("b", _result(1, 0.5))
+    searcher.study.tell(searcher.study.trials[-1].number, 0.5)  # finished behind its back
+    with caplog.at_level("WARNING", logger="medsweep"):
+        searcher.on_trial_complete("b", result=_result(3, 0.9))
+    assert "could not record trial b" in caplog.text
+    _run(searcher, "c", [0.1, 0.2, 0.3])
+    assert len(_study(tmp_path).get_trials()) == 3
+
+
+def test_several_objectives_are_refused_for_now(tmp_path):
+    with pytest.raises(NotImplementedError, match="one metric for now"):
+        BestEpochOptuna(3, metric=["val_auc", "val_loss"], mode=["max", "min"])
+    with pytest.raises(ValueError, match="one 'max' or 'min' per metric"):
+        BestEpochOptuna(3, metric=["val_auc"], mode=["max", "min"])
 
 
 def test_study_storage_local_uri_and_network_filesystems(tmp_path, monkeypatch):

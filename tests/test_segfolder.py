@@ -4,14 +4,13 @@ that names every bad file."""
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from search.driver.inputs import locate_data
 from search.driver.segfolders import convert_segfolder
+from search.driver.settings import DataSettings
 from trainables.data import load_npz
 from trainables.tasks import get_task
 
@@ -82,13 +81,12 @@ def test_locate_data_converts_a_segfolder(tmp_path, monkeypatch):
     src = tmp_path / "seg"
     for i in range(6):
         _pair(src, "", f"x{i}.png")
-    args = argparse.Namespace(data_dir=str(src), split="auto", seed=0)
-    task, path = locate_data(get_task("segfolder"), 32, args)
+    task, path = locate_data(get_task("segfolder"), 32, DataSettings(data_dir=str(src)), seed=0)
     assert task.channels == 1 and task.kind == "segmentation"
     arrays = load_npz(path, task)
     assert arrays["train_labels"].shape == (4, 32, 32)
     with pytest.raises(SystemExit, match="--data-dir"):
-        locate_data(get_task("segfolder"), 32, argparse.Namespace(data_dir=None, seed=0))
+        locate_data(get_task("segfolder"), 32, DataSettings(data_dir=None))
     bad = dict(arrays, train_labels=arrays["train_labels"][:, :8])
     np.savez(
         tmp_path / "bad.npz",

@@ -25,9 +25,10 @@ from trainables.kinds.segmentation import BceDiceLoss, pixel_counts
 from trainables.models import build_model, set_backbone_frozen, train_mode
 from trainables.panels import choose_panel
 from trainables.tasks import get_task
-from trainables.train import train_loop
+from trainables.train import Placement, train_loop
 
 SEG = get_kind("segmentation")
+CPU = Placement(device=torch.device("cpu"))
 
 
 def _tiny_masks():
@@ -83,7 +84,7 @@ def test_the_panel_shows_sparse_and_dense_masks():
 
 def test_a_mask_moves_with_its_image():
     """kornia draws per image; the mask gets the same flip as its image, every time."""
-    augment = make_augment(("hflip", "vflip"), 1, 8, masks=True)
+    augment = make_augment(("hflip", "vflip"), 1, 8, SEG.augment_keys())
     images = torch.zeros(32, 1, 8, 8)
     images[:, 0, 1, 2] = 1.0
     masks = (images > 0).float()
@@ -186,7 +187,7 @@ def test_a_trial_trains_the_decoder_on_a_frozen_transferred_encoder(tmp_path):
         "weights": path,
         "unfreeze_epoch": 1,
     }
-    train_loop(config, keep, _masks_data(n=4), task=task, device=torch.device("cpu"))
+    train_loop(config, keep, _masks_data(n=4), task=task, placement=CPU)
     ((metrics, ckpt),) = saved
     assert metrics["frozen"] == 1
     for key, value in state.items():
@@ -230,7 +231,7 @@ def seg_checkpoint(tmp_path_factory):
         "aug_cutoff_epoch": 1,
         "dropout": 0.1,
     }
-    train_loop(config, keep, arrays, task=task, device=torch.device("cpu"))
+    train_loop(config, keep, arrays, task=task, placement=CPU)
     return task, arrays, folder, reports
 
 
@@ -262,7 +263,9 @@ def test_test_figures_have_image_bootstrap_cis(seg_checkpoint, tmp_path):
     path = tmp_path / "data.npz"
     np.savez(path, **arrays)
     trials = [{"trial_id": "t0", "checkpoint_path": str(folder), "val_dice": 0.5}]
-    out = after.evaluate_on_test(trials, str(tmp_path), task, str(path), "val_dice", "max")
+    settings = after.EvaluationSettings("val_dice", "max")
+    splits = after.SplitSources(str(path))
+    out = after.evaluate_on_test(trials, str(tmp_path), task, splits, settings)
     result = json.loads((tmp_path / "test_metrics.json").read_text())["trials"]["t0"]
     assert result["n"] == 4 and result["bootstrap"]["unit"] == "images"
     labels = load_npz(path, task, splits=("test",))["test_labels"]

@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import synthetic_arrays
 
+from search.driver.fingerprint import npz_key
 from search.driver.node_data import (
     CACHE_ENV,
     cached_files,
     describe,
-    fingerprint,
     node_arrays,
     open_data,
 )
@@ -33,7 +33,7 @@ from trainables.stream import (
     resident_budget,
 )
 from trainables.tasks import get_task
-from trainables.train import train_loop
+from trainables.train import Placement, train_loop
 
 torch.set_num_threads(2)
 SPLITS = ("train", "val", "test")
@@ -141,7 +141,7 @@ def test_processes_racing_on_one_node_write_one_copy(pneumonia_path, node_cache)
 def test_a_source_on_storage_is_copied_down_once(pneumonia_path, node_cache):
     task = get_task("pneumonia")
     source = describe(f"file://{pneumonia_path}", task, 28)  # a URI: pyarrow.fs reads it
-    assert source.key == fingerprint(str(pneumonia_path))
+    assert source.key == npz_key(str(pneumonia_path))
     arrays = node_arrays(source, ("val",))
     np.testing.assert_array_equal(
         arrays["val_images"], load_npz(pneumonia_path, task)["val_images"]
@@ -154,7 +154,7 @@ def test_a_different_file_on_the_node_is_refused(tmp_path, make_npz, node_cache)
     path = make_npz(task, n=16)
     source = describe(str(path), task, 28)
     make_npz(task, n=16, seed=1)  # same path, other content: another node's version
-    assert fingerprint(str(path)) != source.key
+    assert npz_key(str(path)) != source.key
     with pytest.raises(ValueError, match="differs from the driver's copy"):
         node_arrays(source)
 
@@ -179,9 +179,8 @@ def test_same_seed_trains_the_same_batches_on_both_paths(tmp_path, node_cache):
         ("stream", open_data([describe(str(path), task, 28)])),
     ):
         reports: list[dict] = []
-        train_loop(
-            config, lambda m, d, out=reports: out.append(m), data, device=torch.device("cpu")
-        )
+        cpu = Placement(device=torch.device("cpu"))
+        train_loop(config, lambda m, d, out=reports: out.append(m), data, placement=cpu)
         runs[name] = reports[0]
     assert (runs["resident"]["streamed"], runs["stream"]["streamed"]) == (0, 1)
     for key in ("train_loss", "val_loss", "val_auc", "val_acc"):

@@ -291,7 +291,7 @@ def test_a_gpu_without_cuda_falls_back_to_the_cpu_once(make_npz, monkeypatch, ca
     """A fake autoscaling cluster's GPU: Ray sets CUDA_VISIBLE_DEVICES, CUDA is absent."""
     import logging
 
-    from trainables.train import pick_device
+    from trainables.trial import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")

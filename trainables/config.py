@@ -68,8 +68,6 @@ class TrainConfig:
     data_fingerprint: dict = field(default_factory=dict)
     """Which data this trial trains on (npz MD5 or converted folder hash, split rule, seed,
     fold), set by the driver (`search.driver.fingerprint`) and saved in every checkpoint."""
-    extra: dict = field(default_factory=dict)
-    """Launcher-owned values (data references, paths) that training ignores."""
 
     def __post_init__(self) -> None:
         checks = [

@@ -3,7 +3,7 @@
     arrays = load_npz("pneumoniamnist.npz", task, splits=("train", "val"))
     x = to_device_images(arrays["train_images"], device)           # uint8 (N, C, H, W)
     for idx in batch_indices(len(x), 128, shuffle=True, generator=g): ...
-    augment = make_augment(task.augment, channels=3)                 # kornia, draws per image
+    augment = make_augment(task.augment, 3, 28, task.kind_ops.augment_keys())  # kornia, per image
 
 Every dataset becomes `{train,val,test}_images` (uint8, (N,H,W) or (N,H,W,C)) and
 `{train,val,test}_labels` ((N, L) integers) once, so everything after loading is one code path.
@@ -24,6 +24,7 @@ import torch
 from trainables.tasks import Task
 
 SPLITS = ("train", "val", "test")
+SEARCH_SPLITS = ("train", "val")  # what trials read; test is read once, after the search
 MEDMNIST_SIZES = (28, 64, 128, 224)
 
 
@@ -214,14 +215,15 @@ AUGMENTATIONS = ("hflip", "vflip", "rotate", "crop", "color", "contrast")
 
 
 def make_augment(
-    names: Sequence[str], channels: int, image_size: int, masks: bool = False
+    names: Sequence[str], channels: int, image_size: int, keys: Sequence[str] = ("input",)
 ) -> torch.nn.Module:
     """A kornia pipeline over float images in [0, 1], drawing its parameters per image.
 
-    (torchvision.transforms.v2 applied to a batch draws once for the whole batch.) With
-    `masks`, it is called as `augment(images, masks)` and moves each (N, 1, H, W) mask with its
-    image (`data_keys=["input", "mask"]`: geometric draws shared, masks resampled nearest,
-    colour changes on the image only).
+    (torchvision.transforms.v2 applied to a batch draws once for the whole batch.) `keys` are
+    kornia's `data_keys`, what the kind moves together (`Kind.augment_keys`): with
+    `("input", "mask")` it is called as `augment(images, masks)` and moves each (N, 1, H, W)
+    mask with its image (geometric draws shared, masks resampled nearest, colour changes on the
+    image only).
     """
     import kornia.augmentation as K
 
@@ -239,5 +241,4 @@ def make_augment(
         "contrast": lambda: K.ColorJitter(0.15, 0.15, p=0.5),
     }
     chosen = [ops[n]() for n in names if not (n == "color" and channels == 1)]
-    keys = ["input", "mask"] if masks else ["input"]
-    return K.AugmentationSequential(*chosen, data_keys=keys, same_on_batch=False)
+    return K.AugmentationSequential(*chosen, data_keys=list(keys), same_on_batch=False)

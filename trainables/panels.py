@@ -19,8 +19,8 @@ from trainables.kinds import get_kind
 
 def choose_panel(labels: np.ndarray, kind: str, per_class: int, seed: int) -> np.ndarray:
     """Indices of a fixed panel of images: up to ``per_class`` per class, the same for the
-    same seed (one class per image, `Kind.exclusive`: grouped by class; multi-label: in
-    index order).
+    same seed (the kind groups them, `Kind.panel_rows`: one class per image, by class;
+    multi-label and masks, in index order).
 
     ``labels`` is (N, L) as in MedMNIST npz files: class ids in one column for "multiclass"
     and "binary", 0/1 per label for "multilabel". For multi-label, each label gets
@@ -28,35 +28,11 @@ def choose_panel(labels: np.ndarray, kind: str, per_class: int, seed: int) -> np
     the quota of every label they are positive for, so the panel stays small. Images with no
     positive label are never chosen. Classes with fewer images contribute what they have.
     """
-    exclusive = get_kind(kind).exclusive
-    labels = get_kind(kind).panel_labels(np.asarray(labels))  # masks: grouped by foreground
+    ops = get_kind(kind)
+    labels = ops.panel_labels(np.asarray(labels))  # masks: grouped by foreground
     if labels.ndim == 1:
         labels = labels[:, None]
-    rng = np.random.default_rng(seed)
-    if not exclusive:
-        return _per_label_panel(labels.astype(bool), per_class, rng)
-    if labels.shape[1] != 1:
-        raise ValueError(
-            f"kind={kind!r} needs labels shaped (N, 1) with class ids, got {labels.shape}; "
-            "pass kind='multilabel' for one 0/1 column per label"
-        )
-    y = labels[:, 0]
-    picks = [_pick(np.flatnonzero(y == c), per_class, rng) for c in np.unique(y)]
-    return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
-
-
-def _per_label_panel(positive: np.ndarray, per_class: int, rng: np.random.Generator):
-    chosen = np.zeros(len(positive), bool)
-    for label in range(positive.shape[1]):
-        need = per_class - int((chosen & positive[:, label]).sum())
-        candidates = np.flatnonzero(positive[:, label] & ~chosen)
-        chosen[_pick(candidates, need, rng)] = True
-    return np.flatnonzero(chosen).astype(np.int64)
-
-
-def _pick(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    n = max(0, min(n, len(candidates)))
-    return np.sort(rng.choice(candidates, size=n, replace=False))
+    return ops.panel_rows(labels, per_class, np.random.default_rng(seed))
 
 
 def save_grid(

@@ -3,14 +3,17 @@
     improves(0.91, 0.90, "max")              # True
     best = best_of(trials, "val_auc", "max")  # the row with the best finite score, or None
     order = ranked(trials, "val_auc", "max")  # rows with a finite score, best first
+    i = best_index([0.8, 0.9, 0.9], "max")    # 1: the best epoch, the earliest on a tie
 
 Non-finite scores (NaN, inf, None) never beat a finite one, and rank after every finite one.
+A tie keeps the earlier score: the best epoch of a trial is the first epoch that reached its
+best value, for Tune's tables, the folds, the searchers, W&B and the checkpoints alike.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 MODES = ("max", "min")
 
@@ -48,6 +51,15 @@ def best_of(rows: Iterable[Mapping], key: str, mode: str):
     """The row with the best finite `key`, or None."""
     order = ranked(rows, key, mode)
     return order[0] if order else None
+
+
+def best_index(values: Sequence, mode: str) -> int | None:
+    """Index of the best finite value (the earliest on a tie), or None when none is finite."""
+    best = None
+    for i, value in enumerate(values):
+        if is_finite(value) and (best is None or improves(value, values[best], mode)):
+            best = i
+    return best
 
 
 def better(a: float | None, b: float | None, mode: str) -> float | None:

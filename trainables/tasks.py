@@ -3,10 +3,11 @@
     from trainables.tasks import get_task
     task = get_task("pathology")  # Task(name='pathology', flag='pathmnist', kind='multiclass')
 
-A task says what the data is (a MedMNIST flag), what kind of prediction it is
-(`multiclass`, `binary`, `multilabel`), its class names, the default model and image size, and
-the metric the search optimises. Everything that depends on `kind` (loss, activation, metrics,
-what to explain) is decided once, by the kind object `task.kind_ops` (`trainables.kinds`).
+A task says what the data is (a MedMNIST flag, or a folder converted once: `source`), what
+kind of prediction it is (one of `trainables.kinds.KINDS`: `multiclass`, `binary`,
+`multilabel`, `segmentation`), its class names, the default model and image size, and the
+metric the search optimises. Everything that depends on `kind` (loss, activation, metrics,
+augmentation, what to explain and how to test) is decided by the kind object `task.kind_ops`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class Task:
     flag: str
     """MedMNIST flag; the file is `<flag>.npz` (28 px) or `<flag>_<size>.npz`."""
     kind: str
-    """`multiclass` | `binary` | `multilabel` | `segmentation`."""
+    """A key of `trainables.kinds.KINDS`: `multiclass` | `binary` | `multilabel` |
+    `segmentation`."""
     classes: tuple[str, ...]
     """Class (or label) names in label-index order."""
     channels: int
@@ -52,9 +54,9 @@ class Task:
     `segfolder` (images/ + masks/, converted once: `search.driver.segfolders`)."""
     foreground: str | None = None
     """What the attribution focus score counts as the object: `otsu` (Otsu's threshold
-    separates one cell from a plain background), or None where no foreground is defined
-    (tissue tiles, cropped X-rays, skin lesions, an unknown folder dataset): no focus score
-    and no low-focus warning."""
+    separates one cell from a plain background), `mask` (segmentation: the share of Grad-CAM on
+    the true mask), or None where no foreground is defined (tissue tiles, cropped X-rays, skin
+    lesions, an unknown folder dataset): no focus score and no low-focus warning."""
 
     def __post_init__(self) -> None:
         if self.kind not in KIND_NAMES:
@@ -71,7 +73,8 @@ class Task:
 
     @property
     def num_outputs(self) -> int:
-        """Width of the model's last layer (one logit for binary, one per class otherwise)."""
+        """Width of the model's last layer (`Kind.num_outputs`: one logit for binary and
+        segmentation, one per class otherwise)."""
         return self.kind_ops.num_outputs(len(self.classes))
 
 

@@ -1,6 +1,7 @@
 """The bench's record and sizes: settings, the shared Ray state, and the results table.
 
-    b = Bench(args, device, sizes_for(args.quick, args.smoke_test, device))
+    settings = BenchSettings(quick=True, sections=("data", "mfu"))   # what bench.py's flags say
+    b = Bench(settings, device, sizes_for(settings.quick, settings.smoke_test, device))
     add = b.rows("data")                       # add(figure, value, unit, note="", vs=None)
     add("x/new", 2.0, "img/s", "what it is", vs="x/base")   # ratio = 2.0 / x/base's value
     start_ray(b)                               # once per run, for the sections that use Ray
@@ -10,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
@@ -26,6 +26,26 @@ from search.benchmarks.probes import bf16_probe
 
 CLASSES = 8  # the `blood` task: 8 classes, RGB
 NO_GPU = "skipped: no GPU"
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What search/bench.py's flags decide: `quick` / `smoke_test` sizes, `device` (auto, cpu,
+    cuda), the JSON file `out`, the `sections` to run (`runner.SECTIONS` order), and the
+    seconds each torch.compile may take (`compile_budget`, 0 skips it; search/bench.py's
+    default: `default_compile_budget`)."""
+
+    quick: bool = False
+    smoke_test: bool = False
+    device: str = "auto"
+    out: str = "bench.json"
+    sections: tuple[str, ...] = ()
+    compile_budget: float = 600.0
+
+
+def default_compile_budget(quick: bool, smoke_test: bool) -> float:
+    """Seconds each torch.compile may take: 0 (none) for a smoke test, 120 quick, else 600."""
+    return 0.0 if smoke_test else 120.0 if quick else 600.0
 
 
 @dataclass(frozen=True)
@@ -196,7 +216,7 @@ def synthetic_data(n_train: int, n_val: int, size: int, seed: int = 0) -> dict[s
 class Bench:
     """One run's settings, shared Ray state and results: {section: {figure: row}}."""
 
-    args: argparse.Namespace
+    settings: BenchSettings
     device: torch.device
     sizes: Sizes
     results: dict = field(default_factory=dict)

@@ -52,7 +52,7 @@ def precision(b: Bench) -> None:
 
 
 def _compile_rows(b: Bench, add: Callable, size: int, batch: int, cache: str) -> None:
-    figure, budget = f"{size}px/compile", b.args.compile_budget
+    figure, budget = f"{size}px/compile", b.settings.compile_budget
     if not b.bf16["fast"]:  # the compiled step is bf16 + channels_last
         return add(figure, None, "img/s", b.bf16_skipped())
     if size not in b.sizes.compile_sizes or budget <= 0:

@@ -1,7 +1,7 @@
 """Run the chosen sections over one `Bench`, print the table and write the JSON report.
 
     from search.benchmarks.runner import SECTIONS, run
-    code = run(args)   # args as `search/bench.py` parses them; 1 when a section failed
+    code = run(BenchSettings(quick=True, sections=SECTIONS))   # 1 when a section failed
 
 `search/bench.py` is the command; each section lives in its own module (`overhead` and
 `packing`, `data`, `precision` and `mfu`, `memory`, `stream`, `unet`).
@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -20,7 +19,7 @@ from dataclasses import asdict
 
 import torch
 
-from search.benchmarks.core import Bench, sizes_for, stop_ray
+from search.benchmarks.core import Bench, BenchSettings, sizes_for, stop_ray
 from search.benchmarks.memory import memory
 from search.benchmarks.overhead import overhead, packing
 from search.benchmarks.pipelines import data
@@ -51,7 +50,7 @@ def run_sections(b: Bench) -> tuple[dict, list[str]]:
     order = [s for s in SECTIONS if s not in RAY_SECTIONS] + list(RAY_SECTIONS)  # Ray idle last
     host, failed = {}, []
     try:
-        for section in (s for s in order if s in b.args.sections):
+        for section in (s for s in order if s in b.settings.sections):
             print(f"[bench] {section} ...", flush=True)
             t0 = time.perf_counter()
             try:
@@ -69,10 +68,11 @@ def run_sections(b: Bench) -> tuple[dict, list[str]]:
     return host, failed
 
 
-def run(args: argparse.Namespace) -> int:
-    """Measure `args.sections`, print the table, write `args.out`; 1 if a section failed."""
-    device = pick_device(args.device)
-    b = Bench(args, device, sizes_for(args.quick, args.smoke_test, device))
+def run(settings: BenchSettings) -> int:
+    """Measure `settings.sections`, print the table, write `settings.out`; 1 if a section
+    failed."""
+    device = pick_device(settings.device)
+    b = Bench(settings, device, sizes_for(settings.quick, settings.smoke_test, device))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's console output only: the table
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     machine, started = machine_info(device), time.perf_counter()
@@ -83,23 +83,23 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "machine": machine,
         "settings": {
-            "quick": args.quick,
-            "smoke_test": args.smoke_test,
-            "sections": args.sections,
-            "compile_budget_s": args.compile_budget,
+            "quick": settings.quick,
+            "smoke_test": settings.smoke_test,
+            "sections": list(settings.sections),
+            "compile_budget_s": settings.compile_budget,
             **asdict(b.sizes),
         },
         "elapsed": {**host, "total_s": round(time.perf_counter() - started, 1)},
         "results": b.results,
     }
-    with open(args.out, "w") as f:
+    with open(settings.out, "w") as f:
         json.dump(report, f, indent=1)
     print(format_table(b.results, SECTIONS))
     total = report["elapsed"]["total_s"]
     print(
         f"\n{machine['device_name']}, {machine['cpu_count']} CPUs, torch {machine['torch']}; "
         f"load average {machine['load_avg_1m']} at start; seconds and load average after "
-        f"each section: {host}; total {total} s; wrote {args.out}"
+        f"each section: {host}; total {total} s; wrote {settings.out}"
     )
     return 1 if failed else 0
 

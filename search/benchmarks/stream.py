@@ -36,7 +36,8 @@ from search.driver.node_data import DataSource, cache_root, describe, node_array
 from trainables.data import channel_stats
 from trainables.stream import RESIDENT, STREAM
 from trainables.tasks import get_task
-from trainables.train import setup, train_loop, train_one_epoch
+from trainables.train import Placement, train_loop, train_one_epoch
+from trainables.trial import setup
 
 TASK = "blood"  # 8 classes, RGB: what `synthetic_data` and `write_npz` label
 MEMORY_EVERY_S = 2.0
@@ -63,7 +64,7 @@ def _dataset(b: Bench, add: Callable, tmp: str) -> DataSource:
     wrote = time.perf_counter() - started
     source = describe(path, get_task(TASK), 224)
     source = dataclasses.replace(source, cache_dir=os.path.join(tmp, "node-cache"))
-    mode = "--smoke-test" if b.args.smoke_test else "--quick" if b.args.quick else ""
+    mode = "--smoke-test" if b.settings.smoke_test else "--quick" if b.settings.quick else ""
     size = f"{mode}: a small set" if mode else "the full set"
     add(
         "dataset_mb",
@@ -133,25 +134,18 @@ def _trial(b: Bench, model: str, size: int, batch: int, data: dict, path: str):
     """A trial's state built by `train_loop`'s own `setup`, on the `path` data path."""
     config = b.trial_config(model=model, image_size=size, batch_size=batch, epochs=1)
     with torch_threads(b.threads):
-        return setup(config, data, device=b.device, task=get_task(TASK), data_path=path)
+        placement = Placement(device=b.device, data_path=path)
+        return setup(config, data, placement, task=get_task(TASK))
 
 
 def _epoch_rate(trial, batches: int, busy: list, gpu: bool) -> float:
     """Images/s of one `train_one_epoch` of `batches` batches (GPU busy % sampled meanwhile)."""
     probes = _nvml() if gpu else {}
+    trial = dataclasses.replace(trial, cfg=dataclasses.replace(trial.cfg, max_batches=batches))
     with sampling(probes, every_s=0.05) as samples:
         sync(trial.device)
         started = time.perf_counter()
-        _, seen = train_one_epoch(
-            trial.model,
-            trial.step,
-            trial.x_train,
-            trial.y_train,
-            optimizer=trial.optimizer,
-            generator=torch.Generator().manual_seed(0),
-            augment=trial.augment,
-            max_batches=batches,
-        )
+        _, seen = train_one_epoch(trial, trial.model, torch.Generator().manual_seed(0), True)
         sync(trial.device)
         elapsed = time.perf_counter() - started
     busy.extend(samples.get("gpu_util", []))
@@ -221,7 +215,8 @@ def _first_step(b: Bench, config: dict, open_data: Callable[[], dict]) -> float:
     try:
         with torch_threads(b.threads), contextlib.suppress(_FirstStep):
             started = time.perf_counter()
-            train_loop(config, _no_report, open_data(), device=b.device, task=get_task(TASK))
+            placement = Placement(device=b.device)
+            train_loop(config, _no_report, open_data(), placement=placement, task=get_task(TASK))
             raise RuntimeError("train_loop finished without a training step")
         return time.perf_counter() - started
     finally:

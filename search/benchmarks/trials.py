@@ -34,7 +34,7 @@ def first_step_time(report_times: list[float], rates: list[float], seen: int) ->
 
 def plain_call(config: dict, data: dict, device: torch.device, threads: int) -> dict:
     """`train_loop` called as a plain function here, with a trial's thread count."""
-    from trainables.train import train_loop
+    from trainables.train import Placement, train_loop
 
     times, rates = [], []
 
@@ -44,7 +44,7 @@ def plain_call(config: dict, data: dict, device: torch.device, threads: int) -> 
 
     with torch_threads(threads):
         started = time.perf_counter()
-        train_loop(config, report, data, device=device)
+        train_loop(config, report, data, placement=Placement(device=device))
         wall = time.perf_counter() - started
     seen = _seen(config, data)
     return {

@@ -24,8 +24,8 @@ N_TRAIN, N_VAL = 20, 5  # the ISBI sample's 20/5/5 split
 
 def unet(b: Bench) -> None:
     add = b.rows("unet")
-    smoke = b.args.smoke_test
-    sizes, epochs = ((64,), 2) if smoke else (SIZES, 2 if b.args.quick else 3)
+    smoke = b.settings.smoke_test
+    sizes, epochs = ((64,), 2) if smoke else (SIZES, 2 if b.settings.quick else 3)
     n_train = 4 if smoke else N_TRAIN
     for size in sizes:
         epoch_s, rates = _trial(b, size, n_train, epochs)
@@ -45,7 +45,7 @@ def _trial(b: Bench, size: int, n_train: int, epochs: int) -> tuple[list[float],
     import dataclasses
 
     from trainables.tasks import get_task
-    from trainables.train import train_loop
+    from trainables.train import Placement, train_loop
 
     task = dataclasses.replace(get_task("segfolder"), image_size=size)
     data = _masks(n_train, N_VAL, size)
@@ -67,7 +67,7 @@ def _trial(b: Bench, size: int, n_train: int, epochs: int) -> tuple[list[float],
         "seed": 0,
     }
     with torch_threads(b.threads):
-        train_loop(config, report, data, device=b.device, task=task)
+        train_loop(config, report, data, placement=Placement(device=b.device), task=task)
     return list(np.diff(stamps)), rates
 
 

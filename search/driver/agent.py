@@ -11,10 +11,10 @@ best value, not its last: W&B's Bayesian search reads the summary.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 
+from search.driver.settings import DataSettings
 from trainables.scores import improves, is_finite
 
 
@@ -61,8 +61,9 @@ def run_trial(settings: dict, data_dir: str | None, project: str, split: str) ->
     with wandb.init(project=project, config=settings, job_type="trial") as run:
         config = run_config(run)
         task = get_task(config["task"])
-        where = argparse.Namespace(data_dir=data_dir, split=split, seed=int(config.get("seed", 0)))
-        task, path = locate_data(task, config.get("image_size") or task.image_size, where)
+        where = DataSettings(task=task.name, data_dir=data_dir, split=split)
+        size = config.get("image_size") or task.image_size
+        task, path = locate_data(task, size, where, seed=int(config.get("seed", 0)))
         keeper = BestKeeper(run, task.metric, task.mode)
         train_loop(config, keeper, load_arrays(path, task), task=task)
         if keeper.best is not None:

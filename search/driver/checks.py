@@ -1,9 +1,9 @@
 """Every user mistake refused before Ray starts (or, for resources, right after it connects).
 
     from search.driver.checks import UserError, check_flags, user_errors
-    check_flags(args)                 # flag values, --name, --storage, --data-dir: no import
+    check_flags(settings)             # flag values, --name, --storage, --data-dir: no import
     with user_errors():               # ValueError / FileNotFoundError of the space and data
-        inputs = read_inputs(args)    # files -> UserError
+        inputs = read_inputs(settings)    # files -> UserError
     check_space(space)                # non-numeric constants, named by file and key
     check_data(path, task, size, source)   # image shape vs the image size, classes per split
     check_cluster(plan, view)         # requests no node has or can add (after Ray connects)
@@ -16,12 +16,13 @@ is an internal error and keeps its traceback. This module imports nothing heavy 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+
+from search.driver.settings import Settings
 
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
 SEED_MAX = 2**32 - 1  # numpy's RandomState range
@@ -60,52 +61,76 @@ def _with_hint(message: str, hint: str) -> str:
 
 # --- flags ------------------------------------------------------------------------------------
 
-_AT_LEAST = (  # (attribute, flag, lowest value, what it means)
-    ("trials", "--trials", 1, "the number of trials"),
-    ("epochs", "--epochs", 1, "epochs per trial"),
-    ("batch_size", "--batch-size", 1, "images per batch"),
-    ("max_concurrent", "--max-concurrent", 1, "trials at once; leave it out for what fits"),
-    ("workers_per_trial", "--workers-per-trial", 1, "Ray Train workers per trial"),
-    ("gpus_per_trial", "--gpus-per-trial", 0, "GPUs per trial, 0 for CPU, 0.25 for a quarter"),
-    ("max_failures", "--max-failures", -1, "retries of a failed trial, -1 for forever"),
-    ("test_top", "--test-top", 0, "best trials evaluated on test, 0 for none"),
-    ("explain_top", "--explain-top", 0, "trials explained, 0 for none"),
-    ("repeat_best", "--repeat-best", 0, "seeds the best configuration is retrained with"),
-    ("ig_samples", "--ig-samples", 1, "SmoothGrad samples"),
-    ("ig_steps", "--ig-steps", 1, "integration steps"),
-    ("image_size", "--image-size", 8, "pixels a side"),
+_AT_LEAST = (  # (group, attribute, flag, lowest value, what it means)
+    ("search", "trials", "--trials", 1, "the number of trials"),
+    ("search", "epochs", "--epochs", 1, "epochs per trial"),
+    ("search", "batch_size", "--batch-size", 1, "images per batch"),
+    (
+        "resources",
+        "max_concurrent",
+        "--max-concurrent",
+        1,
+        "trials at once; leave it out for what fits",
+    ),
+    ("resources", "workers_per_trial", "--workers-per-trial", 1, "Ray Train workers per trial"),
+    (
+        "resources",
+        "gpus_per_trial",
+        "--gpus-per-trial",
+        0,
+        "GPUs per trial, 0 for CPU, 0.25 for a quarter",
+    ),
+    (
+        "resources",
+        "max_failures",
+        "--max-failures",
+        -1,
+        "retries of a failed trial, -1 for forever",
+    ),
+    ("after", "test_top", "--test-top", 0, "best trials evaluated on test, 0 for none"),
+    ("attribution", "explain_top", "--explain-top", 0, "trials explained, 0 for none"),
+    ("after", "repeat_best", "--repeat-best", 0, "seeds the best configuration is retrained with"),
+    ("attribution", "ig_samples", "--ig-samples", 1, "SmoothGrad samples"),
+    ("attribution", "ig_steps", "--ig-steps", 1, "integration steps"),
+    ("data", "image_size", "--image-size", 8, "pixels a side"),
 )
 _ABOVE_ZERO = (
-    ("time_budget", "--time-budget", "seconds"),
-    ("cpus_per_worker", "--cpus-per-worker", "CPUs per worker"),
-    ("resident_budget_mb", "--resident-budget-mb", "MB"),
+    ("search", "time_budget", "--time-budget", "seconds"),
+    ("resources", "cpus_per_worker", "--cpus-per-worker", "CPUs per worker"),
+    ("data", "resident_budget_mb", "--resident-budget-mb", "MB"),
 )
 
 
-def check_flags(args: argparse.Namespace) -> None:
-    """Refuse flag values that can never run, before anything is imported or started."""
-    for attr, flag, low, what in _AT_LEAST:
-        value = getattr(args, attr, None)
+def check_flags(settings: Settings) -> None:
+    """Refuse flag values that can never run, before anything is imported or started
+    (`search.driver.options.parse_args` calls it where it builds the settings)."""
+    _check_ranges(settings)
+    seed, folds = settings.search.seed, settings.data.folds
+    if not 0 <= seed <= SEED_MAX:
+        raise UserError(f"--seed {seed}: numpy seeds lie in [0, {SEED_MAX}]; pass one there")
+    if folds == 1 or folds < 0:
+        raise UserError(
+            f"--folds {folds}: K-fold needs K >= 2; pass --folds 0 (the "
+            "given split) or --folds K with K >= 2"
+        )
+    _check_smoke(settings)
+    _check_name(settings.outputs.name)
+    _check_task_data(settings)
+    check_storage_uri(settings.outputs.storage)
+    _check_operating_point(settings.after.operating_point)
+
+
+def _check_ranges(settings: Settings) -> None:
+    for group, attr, flag, low, what in _AT_LEAST:
+        value = getattr(getattr(settings, group), attr)
         if value is not None and value < low:
             raise UserError(
                 f"{flag} {value:g} must be >= {low} ({what}); pass {flag} {low} or more"
             )
-    for attr, flag, what in _ABOVE_ZERO:
-        value = _number(getattr(args, attr, None), flag)
+    for group, attr, flag, what in _ABOVE_ZERO:
+        value = _number(getattr(getattr(settings, group), attr), flag)
         if value is not None and not value > 0:
             raise UserError(f"{flag} {value:g} must be above 0 ({what}); pass a positive number")
-    if not 0 <= args.seed <= SEED_MAX:
-        raise UserError(f"--seed {args.seed}: numpy seeds lie in [0, {SEED_MAX}]; pass one there")
-    if args.folds == 1 or args.folds < 0:
-        raise UserError(
-            f"--folds {args.folds}: K-fold needs K >= 2; pass --folds 0 (the "
-            "given split) or --folds K with K >= 2"
-        )
-    _check_smoke(args)
-    _check_name(args.name)
-    _check_task_data(args)
-    check_storage_uri(args.storage)
-    _check_operating_point(args.operating_point)
 
 
 def _number(value, flag: str) -> float | None:
@@ -117,15 +142,15 @@ def _number(value, flag: str) -> float | None:
         raise UserError(f"{flag} {value!r} is not a number; pass a number") from None
 
 
-def given(args: argparse.Namespace, flag: str) -> bool:
+def given(settings: Settings, flag: str) -> bool:
     """Whether `flag` appears on the command line as typed (not just its default)."""
-    return any(a == flag or a.startswith(flag + "=") for a in getattr(args, "argv", []))
+    return flag in settings.given
 
 
-def _check_smoke(args: argparse.Namespace) -> None:
-    if not args.smoke_test:
+def _check_smoke(settings: Settings) -> None:
+    if not settings.search.smoke_test:
         return
-    clash = [f for f in ("--trials", "--epochs") if given(args, f)]
+    clash = [f for f in ("--trials", "--epochs") if given(settings, f)]
     if clash:
         raise UserError(
             f"--smoke-test runs 2 trials of 1 epoch and a few batches, so it cannot "
@@ -145,25 +170,25 @@ def _check_name(name: str | None) -> None:
         )
 
 
-def _check_task_data(args: argparse.Namespace) -> None:
-    data_dir = args.data_dir
-    if args.task in FOLDER_TASKS and not data_dir and not args.resume:
+def _check_task_data(settings: Settings) -> None:
+    data = settings.data
+    if data.task in FOLDER_TASKS and not data.data_dir and not settings.resume:
         raise UserError(
-            f"--task {args.task} reads a dataset folder and needs --data-dir; pass "
+            f"--task {data.task} reads a dataset folder and needs --data-dir; pass "
             "--data-dir DIR (for malaria, the NIH cell_images/ folder or the folder "
             "it was unpacked into)"
         )
-    if args.space and not os.path.isfile(os.path.expanduser(args.space)):
+    if data.space and not os.path.isfile(os.path.expanduser(data.space)):
         raise UserError(
-            f"--space {args.space}: no such file; pass a space file (W&B sweep YAML, "
+            f"--space {data.space}: no such file; pass a space file (W&B sweep YAML, "
             "e.g. spaces/pneumonia-cnn.yaml), or leave it out for spaces/<task>.yaml"
         )
-    if data_dir and "://" not in data_dir:
-        path = os.path.expanduser(data_dir)
+    if data.data_dir and "://" not in data.data_dir:
+        path = os.path.expanduser(data.data_dir)
         if not os.path.isdir(path):
             what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
             raise UserError(
-                f"--data-dir {data_dir} {what}; pass the folder that holds the "
+                f"--data-dir {data.data_dir} {what}; pass the folder that holds the "
                 "data (e.g. --data-dir data), or leave it out for ~/.medmnist"
             )
 
@@ -235,7 +260,10 @@ def check_space(space) -> None:
 
 def check_data(path: str, task, image_size: int, labels: dict) -> None:
     """The npz against the search: images at the image size, 2+ classes in train and val,
-    test labels in range (the test split is read only after the search)."""
+    and the test split's format: its labels in range and its images' header, so a broken
+    file fails now and not after hours of search. No test image is read and nothing is
+    scored on the test labels here: the test split is evaluated once, after the search
+    (`search.experiment.after`)."""
     from trainables.data import inspect_npz, npz_headers
 
     for key, (shape, _) in sorted(npz_headers(path).items()):

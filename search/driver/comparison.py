@@ -1,19 +1,22 @@
 """Run a searcher comparison: one `search/run.py` search per (searcher, repeat), then its rows,
 table and page (`search.reporting.comparison`, `compare_table`, `compare_page`).
 
-    code = run_comparison(args, passthrough)     # args: search/compare.py's parsed flags
+    code = run_comparison(CompareSettings("blood", ("optuna", "random")), passthrough)
 
-Each search runs in a subprocess with seed = repeat, named `compare-<task>-<searcher>-r<k>`
-under `args.out`, its log beside it; a finished one (its search.json exists) is reused. W&B
+`CompareSettings` is what search/compare.py's flags decide. Each search runs in a subprocess
+with seed = repeat, named `compare-<task>-<searcher>-r<k>` under `settings.out`, its log
+beside it; a finished one (its search.json exists) is reused. W&B
 stays off in the searches so it is out of the timing; `--wandb-sweep` reads a sweep run on
 W&B's service afterwards (`read_sweep`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from search.experiment.tables import write_table
@@ -25,38 +28,66 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_PY = ROOT / "search" / "run.py"
 
 
+@dataclass(frozen=True)
+class CompareSettings:
+    """A comparison: `task`, the `searchers` (run.py's `--searcher` values), `trials` per
+    search, `repeats` per searcher (seeds 0..R-1); `epochs`, `data_dir`, `space`, `launcher`
+    and `gpus_per_trial` (None: 1 if a GPU is visible, else 0) passed to every search; `out`
+    (None: runs/compare-<task>); `wandb_sweep`: a W&B sweep whose runs are read too."""
+
+    task: str
+    searchers: tuple[str, ...] = ("optuna", "wandb-bayes", "random")
+    trials: int = 30
+    repeats: int = 3
+    epochs: int | None = None
+    data_dir: str | None = None
+    space: str | None = None
+    launcher: str = "auto"
+    gpus_per_trial: float | None = None
+    out: str | None = None
+    wandb_sweep: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.searchers:
+            raise ValueError("--searchers: name at least one")
+        if self.trials < 1 or self.repeats < 1:
+            raise ValueError("--trials and --repeats must be at least 1")
+
+
 def run_name(task: str, searcher: str, repeat: int) -> str:
     return f"compare-{task}-{searcher}-r{repeat}"
 
 
-def search_command(args, searcher: str, repeat: int, passthrough: list[str]) -> list[str]:
+def search_command(
+    settings: CompareSettings, searcher: str, repeat: int, passthrough: list[str]
+) -> list[str]:
     """The `search/run.py` command line of one (searcher, repeat)."""
     cmd = [
         sys.executable,
         str(RUN_PY),
         "--task",
-        args.task,
+        settings.task,
         "--name",
-        run_name(args.task, searcher, repeat),
+        run_name(settings.task, searcher, repeat),
         "--storage",
-        args.out,
+        settings.out,
         "--searcher",
         searcher,
         "--seed",
         str(repeat),
         "--trials",
-        str(args.trials),
+        str(settings.trials),
         "--launcher",
-        args.launcher,
+        settings.launcher,
         "--gpus-per-trial",
-        str(args.gpus_per_trial),
+        str(settings.gpus_per_trial),
         "--explain-top",
         "0",
     ]
     for flag, value in (
-        ("--epochs", args.epochs),
-        ("--data-dir", args.data_dir),
-        ("--space", args.space),
+        ("--epochs", settings.epochs),
+        ("--data-dir", settings.data_dir),
+        ("--space", settings.space),
     ):
         if value is not None:
             cmd += [flag, str(value)]
@@ -76,17 +107,19 @@ def search_env(passthrough: list[str]) -> dict[str, str]:
     return env
 
 
-def run_search(args, searcher: str, repeat: int, passthrough: list[str]) -> str:
+def run_search(
+    settings: CompareSettings, searcher: str, repeat: int, passthrough: list[str]
+) -> str:
     """Run one search (or reuse a finished one); its folder."""
-    name = run_name(args.task, searcher, repeat)
-    folder = os.path.join(args.out, name)
+    name = run_name(settings.task, searcher, repeat)
+    folder = os.path.join(settings.out, name)
     if os.path.isfile(os.path.join(folder, "search.json")):
         print(f"{name}: reusing the finished search in {folder} (delete it to rerun)")
         return folder
-    log_path = os.path.join(args.out, f"{name}.log")
+    log_path = os.path.join(settings.out, f"{name}.log")
     print(f"{name}: running, log in {log_path}", flush=True)
     with open(log_path, "w") as log:
-        cmd = search_command(args, searcher, repeat, passthrough)
+        cmd = search_command(settings, searcher, repeat, passthrough)
         proc = subprocess.run(
             cmd, env=search_env(passthrough), stdout=log, stderr=subprocess.STDOUT
         )
@@ -118,36 +151,44 @@ def read_sweep(path: str, metric: str, mode: str, limit: int | None = None) -> l
         return []
 
 
-def run_comparison(args, passthrough: list[str]) -> int:
+def run_comparison(settings: CompareSettings, passthrough: list[str]) -> int:
     """Every (searcher, repeat) search, then compare.parquet, compare.html and the table on
     stdout; the exit code (1 when no search produced trials)."""
     from search.driver.space import default_space_path, load_space
     from trainables.tasks import get_task
 
-    task = get_task(args.task)
-    space = load_space(args.space or default_space_path(task), task, fixed=vars(args))
-    args.out = os.path.abspath(args.out or os.path.join("runs", f"compare-{task.name}"))
-    os.makedirs(args.out, exist_ok=True)
-    if args.gpus_per_trial is None:
-        import torch
-
-        args.gpus_per_trial = 1.0 if torch.cuda.is_available() else 0.0
+    task = get_task(settings.task)
+    space_path = settings.space or default_space_path(task)
+    space = load_space(space_path, task, fixed={"epochs": settings.epochs})
+    settings = resolved(settings, task.name)
+    os.makedirs(settings.out, exist_ok=True)
     run_dirs = {
-        (searcher, k): run_search(args, searcher, k, passthrough)
-        for k in range(args.repeats)
-        for searcher in args.searchers
+        (searcher, k): run_search(settings, searcher, k, passthrough)
+        for k in range(settings.repeats)
+        for searcher in settings.searchers
     }
     rows = summarise(run_dirs, space.metric, space.mode)
-    if args.wandb_sweep:
-        rows += read_sweep(args.wandb_sweep, space.metric, space.mode, args.trials)
+    if settings.wandb_sweep:
+        rows += read_sweep(settings.wandb_sweep, space.metric, space.mode, settings.trials)
     if not rows:
-        print("no search produced trials; see the logs in", args.out)
+        print("no search produced trials; see the logs in", settings.out)
         return 1
-    parquet = os.path.join(args.out, "compare.parquet")
-    page = os.path.join(args.out, "compare.html")
+    parquet = os.path.join(settings.out, "compare.parquet")
+    page = os.path.join(settings.out, "compare.html")
     write_table(rows, parquet)
-    title = f"{task.name}: {', '.join(searchers(rows))}, {args.trials} trials"
+    title = f"{task.name}: {', '.join(searchers(rows))}, {settings.trials} trials"
     write_html(rows, page, space.metric, title)
     table = format_table(searcher_table(rows), space.metric, TEST_FIGURE.get(space.metric))
     print(f"\n{table}\n\n{page}\n{parquet}")
     return 0
+
+
+def resolved(settings: CompareSettings, task: str) -> CompareSettings:
+    """`settings` with `out` an absolute folder and `gpus_per_trial` decided."""
+    out = os.path.abspath(settings.out or os.path.join("runs", f"compare-{task}"))
+    gpus = settings.gpus_per_trial
+    if gpus is None:
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    return dataclasses.replace(settings, out=out, gpus_per_trial=gpus)

@@ -1,6 +1,7 @@
 """`--time-budget N`: stop starting trials N seconds into the search; running ones finish.
 
-    searcher = with_deadline(searcher, budget_s=3600)   # a Searcher or a BasicVariantGenerator
+    searcher = DeadlineSearcher(searcher, budget_s=3600)     # wraps any Tune Searcher
+    variants = DeadlineVariants(3600, random_state=0, max_concurrent=2)   # random / repeated
 
 Tune's own `time_budget_s` stops every running trial at the deadline too, and such trials look
 like ASHA stops (`stopped_early`). Here the searcher simply has no more suggestions after the

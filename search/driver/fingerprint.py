@@ -1,7 +1,10 @@
-"""Which data a search trains on, as every checkpoint records it (`TrainConfig.data_fingerprint`).
+"""Every data fingerprint medsweep computes, in one place: which data a search trains on.
 
-    values["data_fingerprint"] = data_fingerprint(data_file, seed=args.seed, folds=args.folds)
+    values["data_fingerprint"] = data_fingerprint(data_file, seed=seed, folds=folds)
+    key = npz_key(npz_path)                 # a node cache's key (reads the zip directory only)
+    digest = folder_fingerprint(src, files, settings)   # a folder conversion's cache check
 
+`data_fingerprint` is what every checkpoint records (`TrainConfig.data_fingerprint`).
 Computed once on the driver, before Ray starts: a MedMNIST npz is named by its MD5 (for an
 official file, the digest `medmnist.INFO` lists; a subset or variant has its own); a converted
 folder by the fingerprint stored in its npz (relative path, size and mtime of every image plus
@@ -9,6 +12,13 @@ the conversion settings: `search.driver.folders`), which reading the npz again w
 `split` is the rule that made train/val/test ("medmnist" for the official split, else the
 folder split: premade, patient or cell), `seed` the search seed that drew it (and the folds),
 `folds` the number of folds (0: the given train/val); a fold's trial adds its `fold` index.
+
+`npz_key` names an npz by its zip directory (every member's name, size and CRC-32, as the zip
+records them: nothing is hashed again, and of a URI only the directory travels): the streaming
+path's node caches are keyed by it (`search.driver.node_data`). `folder_fingerprint` is the
+converted folders' (`search.driver.folders`, `search.driver.segfolders`) check that a cached
+conversion is still current: the conversion settings plus every source image's relative path,
+size and mtime; the npz stores it and `data_fingerprint` reports it as `folder_hash`.
 """
 
 from __future__ import annotations
@@ -16,8 +26,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+from collections.abc import Iterable
 
 import numpy as np
+
+from search.experiment.storage import filesystem, is_uri
 
 CHUNK = 1 << 22
 
@@ -51,3 +65,33 @@ def file_md5(path: str) -> str:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def npz_key(path: str) -> str:
+    """A content key of an npz (local path or URI) from its zip directory: every member's name,
+    size and CRC-32."""
+    with _open_zip(path) as zf:
+        entries = sorted((i.filename, i.file_size, i.CRC) for i in zf.infolist())
+    return hashlib.sha256(repr(entries).encode()).hexdigest()[:20]
+
+
+def folder_fingerprint(src: str, files: Iterable[str], settings: dict) -> str:
+    """The conversion `settings` and the relative path, size and mtime of every file under
+    `src`: what decides whether a cached folder conversion is still current."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for rel in sorted(files):
+        stat = os.stat(os.path.join(src, rel))
+        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def path_tag(path: str) -> str:
+    """A short tag of a path (8 hex digits): two datasets may share a folder name."""
+    return hashlib.sha256(path.encode()).hexdigest()[:8]
+
+
+def _open_zip(path: str) -> zipfile.ZipFile:
+    if not is_uri(path):
+        return zipfile.ZipFile(path)
+    fs, fs_path = filesystem(path)
+    return zipfile.ZipFile(fs.open_input_file(fs_path))

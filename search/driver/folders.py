@@ -34,8 +34,9 @@ all unreadable files are named in one error.
 Cache: `<src>/.medsweep/<name>_<size>_<split>_s<seed>.npz`, or
 `<cache_dir>/<name>-<hash of src>_<size>_<split>_s<seed>.npz` when `cache_dir` is given or src
 is read-only (default `$XDG_CACHE_HOME/medsweep/folders`). It is written atomically under a
-`FileLock` and reused until the fingerprint stored in it (relative path, size and mtime of every
-image, plus the conversion settings) changes. Beside the MedMNIST arrays the npz holds
+`FileLock` and reused until the fingerprint stored in it
+(`search.driver.fingerprint.folder_fingerprint`: relative path, size and mtime of every image,
+plus the conversion settings) changes. Beside the MedMNIST arrays the npz holds
 `{split}_files` (each row's path relative to src), `{split}_patients` (`patient_id` of each
 file name, "" where it has none: the test bootstrap resamples patients when all have one),
 `classes`, `fingerprint` and `info` (JSON).
@@ -43,14 +44,13 @@ file name, "" where it has none: the test bootstrap resamples patients when all 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import uuid
 
 import numpy as np
 from filelock import FileLock
 
+from search.driver.fingerprint import folder_fingerprint, path_tag
 from search.driver.folder_images import IMAGE_EXTENSIONS, read_images
 from search.driver.folder_split import (
     SPLIT_CHOICES,
@@ -62,6 +62,7 @@ from search.driver.folder_split import (
     resolve_split,
 )
 from trainables.data import SPLITS
+from trainables.files import write_atomic
 
 FORMAT_VERSION = 2  # part of the fingerprint: bump it when the conversion changes (2: patients)
 
@@ -96,16 +97,16 @@ def convert_folder(
         "channels": channels,
         "classes": order,
     }
-    fingerprint = _fingerprint(src, layout, settings)
-    path = _cache_path(src, cache_dir, image_size, split, seed)
-    info = _read_cached(path, fingerprint)
+    fingerprint = folder_fingerprint(src, all_files(layout), settings)
+    path = cache_path(src, cache_dir, image_size, split, seed)
+    info = read_cached(path, fingerprint)
     if info is None:
         with FileLock(path + ".lock"):
-            info = _read_cached(path, fingerprint)  # another process may have just built it
+            info = read_cached(path, fingerprint)  # another process may have just built it
             if info is None:
                 arrays, info = _build(src, layout, order, settings)
                 arrays.update(fingerprint=np.array(fingerprint), info=np.array(json.dumps(info)))
-                _write_atomic(path, arrays)
+                write_cached(path, arrays)
     return path, order, {**info, "source": src}
 
 
@@ -225,15 +226,7 @@ def _class_order(layout: Layout, classes: list[str] | None) -> list[str]:
     return list(classes)
 
 
-def _fingerprint(src: str, layout: Layout, settings: dict) -> str:
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for rel in sorted(all_files(layout)):
-        stat = os.stat(os.path.join(src, rel))
-        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def _cache_path(src: str, cache_dir: str | None, image_size: int, split: str, seed: int) -> str:
+def cache_path(src: str, cache_dir: str | None, image_size: int, split: str, seed: int) -> str:
     name = os.path.basename(src.rstrip(os.sep)) or "dataset"
     stem = f"_{image_size}_{split}_s{seed}.npz"
     if cache_dir is None and os.access(src, os.W_OK):
@@ -247,11 +240,10 @@ def _cache_path(src: str, cache_dir: str | None, image_size: int, split: str, se
         cache_dir = os.path.join(xdg, "medsweep", "folders")
     cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
     os.makedirs(cache_dir, exist_ok=True)
-    tag = hashlib.sha256(src.encode()).hexdigest()[:8]  # two datasets may share a folder name
-    return os.path.join(cache_dir, f"{name}-{tag}{stem}")
+    return os.path.join(cache_dir, f"{name}-{path_tag(src)}{stem}")
 
 
-def _read_cached(path: str, fingerprint: str) -> dict | None:
+def read_cached(path: str, fingerprint: str) -> dict | None:
     if not os.path.isfile(path):
         return None
     try:
@@ -263,16 +255,10 @@ def _read_cached(path: str, fingerprint: str) -> dict | None:
         return None
 
 
-def _write_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"  # opened plainly, so the umask applies (not 0600)
-    try:
-        with open(tmp, "xb") as f:
-            np.savez(f, **arrays)  # uncompressed: written once, loaded by every run
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def write_cached(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """The conversion's npz, written atomically (uncompressed: written once, loaded by every
+    run)."""
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _build(

@@ -35,8 +35,9 @@ ranks and may stop a trial, but early stopping cannot save compute under `--fold
 
 Checkpoint: the best fold's own best checkpoint, a normal self-describing one (its `epoch` and
 `metrics` are that fold's, so its epoch may differ from the trial's best epoch of the mean). It is
-attached to every result where the mean metric reaches a new best (ties included), so the best
-result of any prefix that ASHA lets through carries it. A fold that raises fails the trial
+attached to every result where the mean metric reaches a new best (a tie keeps the earlier
+epoch, `trainables.scores.improves`), so the best result of any prefix that ASHA lets through
+carries it. A fold that raises fails the trial
 (`RuntimeError: fold i of K failed: ...`) and cancels its other folds. A retried or restored
 trial trains all its folds again; Ray Train (`--workers-per-trial` > 1) is not used.
 """
@@ -58,14 +59,14 @@ from search.driver.folder_split import patient_id
 from search.driver.node_data import DataSource, node_arrays
 from search.driver.plan import DRIVER_CPU, Plan
 from trainables.checkpoint import FILENAME
+from trainables.data import SEARCH_SPLITS
 from trainables.kinds import get_kind
-from trainables.scores import sort_key
+from trainables.scores import improves, sort_key
 from trainables.stream import Rows, is_streamed
 from trainables.tasks import Task, get_task
 from trainables.train import train_loop
 
 log = logging.getLogger("medsweep")
-POOLED = ("train", "val")
 FoldResult = tuple[list[dict], bytes | None, int | None]  # (history, best model.pt, its epoch)
 
 
@@ -140,7 +141,7 @@ def _name(c: int, classes: Sequence[str] | None) -> str:
 def patient_groups(arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """Patient id per image of train+val (in pooled order) from `{train,val}_files`, or None
     when those arrays are absent (MedMNIST) or some file name carries no id (with a warning)."""
-    names = [arrays.get(f"{s}_files") for s in POOLED]
+    names = [arrays.get(f"{s}_files") for s in SEARCH_SPLITS]
     if any(n is None for n in names):
         return None
     files = [str(f) for f in np.concatenate(names)]
@@ -156,14 +157,14 @@ def patient_groups(arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
     return np.array(ids)
 
 
-def file_arrays(path: str | os.PathLike, splits: Sequence[str] = POOLED) -> dict:
+def file_arrays(path: str | os.PathLike, splits: Sequence[str] = SEARCH_SPLITS) -> dict:
     """`{split}_files` arrays of an npz, where it has them (converted folders), else {}."""
     with np.load(path, allow_pickle=False) as npz:
         return {f"{s}_files": npz[f"{s}_files"] for s in splits if f"{s}_files" in npz.files}
 
 
 def pooled_labels(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    return np.concatenate([arrays[f"{s}_labels"] for s in POOLED])
+    return np.concatenate([arrays[f"{s}_labels"] for s in SEARCH_SPLITS])
 
 
 def take(arrays: Mapping[str, np.ndarray], part: str, idx: np.ndarray) -> np.ndarray:
@@ -214,14 +215,14 @@ def train_fold(
     if isinstance(arrays, DataSource):  # streamed: this node's memory-mapped cache
         arrays = node_arrays(arrays)
     history: list[dict] = []
-    best: dict = {"key": None, "bytes": None, "epoch": None}
+    best: dict = {"value": None, "bytes": None, "epoch": None}
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         history.append(dict(metrics))
-        key = sort_key(metrics.get(metric), mode)
-        if checkpoint_dir and (best["key"] is None or key >= best["key"]):  # ties: later epoch
+        value = metrics.get(metric)
+        if checkpoint_dir and improves(value, best["value"], mode):  # ties: the earlier epoch
             with open(os.path.join(checkpoint_dir, FILENAME), "rb") as f:
-                best.update(key=key, bytes=f.read(), epoch=int(metrics["epoch"]))
+                best.update(value=value, bytes=f.read(), epoch=int(metrics["epoch"]))
 
     train_loop(config, report, fold_data(arrays, train_idx, val_idx), task=task)
     return history, best["bytes"], best["epoch"]
@@ -305,11 +306,10 @@ def report_folds(results: list[FoldResult], metric: str, mode: str) -> None:
         if model_bytes is not None:
             with open(os.path.join(tmp, FILENAME), "wb") as f:
                 f.write(model_bytes)
-        running = None
+        best = None
         for row in rows:
-            key = sort_key(row.get(metric), mode)
-            improved = model_bytes is not None and (running is None or key >= running)
-            running = key if improved else running
+            improved = model_bytes is not None and improves(row.get(metric), best, mode)
+            best = row.get(metric) if improved else best
             checkpoint = tune.Checkpoint.from_directory(tmp) if improved else None
             tune.report({**row, **extra}, checkpoint=checkpoint)  # Tune copies it before return
 

@@ -1,18 +1,18 @@
 """What a search reads before Ray starts: the data file, the arrays, the weights, the space.
 
-    task, path = locate_data(task, image_size, args)   # MedMNIST npz, or a converted folder
+    task, path = locate_data(task, image_size, data, seed)   # npz, or a converted folder
     source = describe_data(path, task, image_size, folds=0)   # streamed: labels, no image
     data = load_arrays(path, task, folds=0)             # train + val (the resident path only)
-    values = param_space(args, space)                   # domains + command-line settings
+    values = param_space(settings, space)               # domains + command-line settings
     fetch_weights(values, task)                         # ImageNet weights, once, on the driver
 
-`args` needs `data_dir`, `split` and `seed` for `locate_data` (search/wandb_trial.py passes
-just those), and the command line's fixed settings for `param_space`.
+`data` is a `search.driver.settings.DataSettings` (`data_dir` and `split` are what
+`locate_data` reads; search/wandb_trial.py builds one with just those), `settings` the whole
+`Settings` (its fixed training settings, seed and `--smoke-test`) for `param_space`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 
@@ -22,6 +22,7 @@ from search.driver.folders import convert_folder
 from search.driver.folds import file_arrays
 from search.driver.node_data import DataSource, describe
 from search.driver.segfolders import convert_segfolder
+from search.driver.settings import DataSettings, Settings
 from search.driver.space import Space
 from trainables.data import load_npz
 from trainables.kinds import kind_for_classes
@@ -34,28 +35,31 @@ SMOKE_SETTINGS = {"epochs": 1, "max_batches": 3}
 SEARCH_SPLITS = ("train", "val")  # the test split is read once, after the search
 
 
-def locate_data(task: Task, image_size: int, args: argparse.Namespace) -> tuple[Task, str]:
-    """(task, npz path): a MedMNIST file, or a folder per class converted once (cached).
+def locate_data(
+    task: Task, image_size: int, data: DataSettings, seed: int = 0
+) -> tuple[Task, str]:
+    """(task, npz path): a MedMNIST file, or a folder per class converted once (cached) and
+    split with `seed`.
 
     A folder task comes back with its classes, kind and channels from the folder."""
     if task.source in CONVERTERS:
-        return CONVERTERS[task.source](task, image_size, args)
+        return CONVERTERS[task.source](task, image_size, data, seed)
     if task.source != "folder":
-        return task, ensure_dataset(task, image_size, args.data_dir)
-    if not args.data_dir:
+        return task, ensure_dataset(task, image_size, data.data_dir)
+    if not data.data_dir:
         raise SystemExit(
             f"--task {task.name} reads a folder per class: pass --data-dir DIR (for malaria, "
             "the NIH cell_images/ folder holding Parasitized/ and Uninfected/)"
         )
     fixed = list(task.classes) or None  # malaria fixes its order; folder takes the folders'
     path, classes, info = convert_folder(
-        args.data_dir, image_size, split=args.split, seed=args.seed, classes=fixed
+        data.data_dir, image_size, split=data.split, seed=seed, classes=fixed
     )
     for line in small_data_warnings(info["counts"]):
         log.warning("small data: %s", line)
     log.info(
         "%s: %s split, images per split %s",
-        args.data_dir,
+        data.data_dir,
         info["split"],
         {k: sum(v.values()) for k, v in info["counts"].items()},
     )
@@ -64,17 +68,19 @@ def locate_data(task: Task, image_size: int, args: argparse.Namespace) -> tuple[
     return task, path
 
 
-def locate_segfolder(task: Task, image_size: int, args) -> tuple[Task, str]:
+def locate_segfolder(
+    task: Task, image_size: int, data: DataSettings, seed: int
+) -> tuple[Task, str]:
     """(task with the images' channels, npz path) of an images/ + masks/ folder."""
-    if not args.data_dir:
+    if not data.data_dir:
         raise SystemExit(
             f"--task {task.name} reads images/ and masks/ of the same names: "
             "pass --data-dir DIR (e.g. data/isbi2012-membranes)"
         )
-    path, info = convert_segfolder(args.data_dir, image_size, seed=args.seed)
+    path, info = convert_segfolder(data.data_dir, image_size, seed=seed)
     log.info(
         "%s: %s split, images per split %s, foreground share %s",
-        args.data_dir,
+        data.data_dir,
         info["split"],
         {k: max(v.values()) for k, v in info["counts"].items()},
         {k: round(v, 3) for k, v in info["foreground"].items()},
@@ -101,17 +107,12 @@ def load_arrays(path: str, task: Task, folds: int = 0) -> dict:
     return data
 
 
-def param_space(args: argparse.Namespace, space: Space) -> dict:
+def param_space(settings: Settings, space: Space) -> dict:
     """The space's domains with the command line's fixed settings laid over them."""
-    overrides = {
-        "weights": args.weights,
-        "image_size": args.image_size,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-    }
+    overrides = settings.training_overrides()
     values = {**space.domains, **{k: v for k, v in overrides.items() if v is not None}}
-    values["seed"] = args.seed
-    if args.smoke_test:
+    values["seed"] = settings.search.seed
+    if settings.search.smoke_test:
         values.update(SMOKE_SETTINGS)
     fixed = {k: v for k, v in values.items() if k not in space.searched}
     TrainConfig.from_dict(fixed)  # a bad fixed setting fails here, before Ray starts

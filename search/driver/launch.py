@@ -7,26 +7,32 @@ Three drivers run the same `trainables.train.train_loop`:
   loop runs inside the Tune function itself, with no worker group to start (0.2-0.9 s to the
   first step against 14-30 s under Ray Train, measured by search/bench.py on 2 cores).
 - `train_driver` (`--launcher train`, the only way to DDP): a small driver that builds a
-  `TorchTrainer` (`--workers-per-trial`, `--gpus-per-trial`) with `TuneReportCallback`; its
-  workers run `_worker`.
+  `TorchTrainer` (`--workers-per-trial`, `--gpus-per-trial`; each worker holds
+  `search.driver.plan.worker_request`) with `TuneReportCallback`; its workers run
+  `worker_loop(data_ref, task)`, the trial's config being all Train hands them.
 - `search.driver.folds.folds_driver` (`--folds K`): the K folds as Ray tasks.
-The dataset reaches every trial through `data_ref`, a one-element list: on the resident path a
-nested object-store reference to the arrays, put once per search; on the streaming path a
-`search.driver.node_data.DataSource` (a small descriptor), which each node turns into
-memory-mapped arrays of its own local cache (`open_data`). Every result carries `node_id`, the
+The dataset and the task reach every trial through `tune.with_parameters` (and, for Train
+workers, the function bound by `worker_loop`), never through the trial's config. `data_ref` is
+a one-element list: on the resident path a nested object-store reference to the arrays, put
+once per search; on the streaming path a `search.driver.node_data.DataSource` (a small
+descriptor), which each node turns into memory-mapped arrays of its own local cache
+(`open_data`). Every result carries `node_id`, the
 Ray node the trial trained on.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import ray
 from ray import tune
 
 from search.driver.folds import folds_driver
 from search.driver.node_data import open_data
-from search.driver.plan import DRIVER_CPU, Plan
+from search.driver.plan import DRIVER_CPU, Plan, worker_request
 from search.experiment.storage import join_path
-from trainables.train import train_loop
+from trainables.tasks import Task
+from trainables.train import Placement, train_loop
 
 
 def _node_id() -> str:
@@ -34,27 +40,35 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _worker(cfg: dict) -> None:
-    """Ray Train's `train_loop_per_worker`: unwrap the data reference, run the one loop."""
+def worker_loop(data_ref: list, task: Task | None) -> Callable[[dict], None]:
+    """Ray Train's `train_loop_per_worker` for one trial: the trial's config is all Train hands
+    it; the data reference and the task are bound here."""
+
+    def loop(cfg: dict) -> None:
+        _worker(cfg, data_ref, task)
+
+    return loop
+
+
+def _worker(cfg: dict, data_ref: list, task: Task | None) -> None:
+    """One Train worker: open the data, run the one loop."""
     import ray.train
     import ray.train.torch
 
-    cfg = dict(cfg)
-    data = open_data(cfg.pop("_data_ref"))
-    task = cfg.pop("_task")
+    data = open_data(data_ref)
     ctx = ray.train.get_context()
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
         ckpt = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report({**metrics, "node_id": _node_id()}, checkpoint=ckpt)
 
-    args = (cfg, report, data, ctx.get_world_rank(), ctx.get_world_size())
     device = ray.train.torch.get_device()
+    placement = Placement(ctx.get_world_rank(), ctx.get_world_size(), device)
     checkpoint = ray.train.get_checkpoint()  # set when Train restarted this trial's workers
     if checkpoint is None:
-        return train_loop(*args, device=device, task=task)
+        return train_loop(cfg, report, data, placement=placement, task=task)
     with checkpoint.as_directory() as resume_from:
-        train_loop(*args, device=device, resume_from=resume_from, task=task)
+        train_loop(cfg, report, data, placement=placement, resume_from=resume_from, task=task)
 
 
 def train_driver(config: dict, data_ref: list, plan: Plan) -> None:
@@ -64,16 +78,13 @@ def train_driver(config: dict, data_ref: list, plan: Plan) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    per_worker = {"CPU": plan.cpus_per_worker}
-    if plan.gpus_per_trial:
-        per_worker["GPU"] = plan.gpus_per_trial / plan.workers_per_trial
     trainer = TorchTrainer(
-        _worker,
-        train_loop_config={**config, "_data_ref": data_ref, "_task": plan.task},
+        worker_loop(data_ref, plan.task),
+        train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=plan.workers_per_trial,
             use_gpu=plan.gpus_per_trial > 0,
-            resources_per_worker=per_worker,
+            resources_per_worker=worker_request(plan),
         ),
         run_config=RunConfig(
             name="train",  # deterministic: a restored trial finds its own Train run

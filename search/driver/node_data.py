@@ -1,13 +1,14 @@
 """The streaming path's data on each node: a small descriptor on the driver, a per-node cache of
 raw .npy files on the workers, memory-mapped by every trial of the node.
 
-    source = describe(npz_path, task, image_size, data_dir)      # the driver: no image is read
+    source = describe(npz_path, task, image_size)        # the driver: no image is read
+    source = describe(npz_path, task, image_size, labels=file_arrays(npz_path))  # + file names
     arrays = node_arrays(source)                 # a worker: {train,val}_images memmaps + labels
     test = node_arrays(source, ("test",))        # after the search, where the test task runs
     open_val = partial(node_arrays, source, ("val",))   # picklable: Ray tasks open it there
 
-`describe` reads the npz's zip directory and the labels: its `key` is a content fingerprint
-(every member's name, size and CRC-32, as the zip records them: nothing is hashed again).
+`describe` reads the npz's zip directory and the labels: its `key` is the npz's content
+fingerprint (`search.driver.fingerprint.npz_key`: the zip directory, nothing is hashed again).
 `node_arrays` runs on the node that trains: the first process there takes a file lock
 (`<cache>/<key>.lock`, filelock), writes each split's members as uncompressed .npy files
 (`<cache>/<key>/{split}_images.npy`, a temp file then `os.replace`, so a reader never sees half
@@ -21,7 +22,6 @@ driver saw it, else as the node sees it) or `<tmp>/medsweep-node-cache`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -36,14 +36,14 @@ import numpy as np
 from filelock import FileLock
 
 from search.driver.downloads import ensure_dataset
+from search.driver.fingerprint import npz_key
 from search.experiment.storage import filesystem, is_uri
-from trainables.data import STATS_KEY, channel_stats, inspect_npz
+from trainables.data import SEARCH_SPLITS, STATS_KEY, channel_stats, inspect_npz
 from trainables.files import write_atomic
 from trainables.tasks import Task
 
 log = logging.getLogger("medsweep")
 CACHE_ENV = "MEDSWEEP_NODE_CACHE"
-SEARCH_SPLITS = ("train", "val")
 _CHUNK = 16 << 20
 
 
@@ -70,13 +70,6 @@ class DataSource:
         return sum(self.sizes.get(s, 0) for s in SEARCH_SPLITS)
 
 
-def fingerprint(path: str) -> str:
-    """A content key from the zip directory: every member's name, size and CRC-32."""
-    with _open_zip(path) as zf:
-        entries = sorted((i.filename, i.file_size, i.CRC) for i in zf.infolist())
-    return hashlib.sha256(repr(entries).encode()).hexdigest()[:20]
-
-
 def describe(path: str, task: Task, image_size: int, labels: dict | None = None) -> DataSource:
     """The descriptor of `path` for streamed trials (the driver; reads no image: of a URI,
     only the zip directory, the .npy headers and the labels travel). `labels` adds arrays
@@ -89,7 +82,7 @@ def describe(path: str, task: Task, image_size: int, labels: dict | None = None)
         found, sizes = inspect_npz(path, task)
     return DataSource(
         path=path,
-        key=fingerprint(path),
+        key=npz_key(path),
         task=task,
         image_size=image_size,
         sizes=sizes,
@@ -194,7 +187,7 @@ def _local_npz(source: DataSource, folder: str) -> tuple[str, bool]:
             "readable on every node: put it on a shared filesystem, or pass --data-dir on "
             "storage (s3://, gs://) that every node reaches"
         )
-    if fingerprint(source.path) != source.key:
+    if npz_key(source.path) != source.key:
         raise ValueError(
             f"{source.path} on this node ({os.uname().nodename}) differs from the driver's "
             "copy (another version of the file?); give every node the same file"
@@ -203,17 +196,9 @@ def _local_npz(source: DataSource, folder: str) -> tuple[str, bool]:
 
 
 def _extract(zf: zipfile.ZipFile, member: str, target: str) -> None:
-    """One member, streamed (constant memory) to a temp file, then moved into place."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
-    try:
-        with zf.open(member) as src, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """One member, streamed (constant memory) into place atomically."""
+    with zf.open(member) as src:
+        write_atomic(target, lambda dst: shutil.copyfileobj(src, dst, _CHUNK))
 
 
 def _check_space(folder: str, need: int) -> None:
@@ -226,22 +211,8 @@ def _check_space(folder: str, need: int) -> None:
 
 
 def _download_uri(uri: str, target: str) -> str:
-    """Copy `uri` to the local `target` (temp file, then `os.replace`); `target`."""
+    """Copy `uri` to the local `target` atomically; `target`."""
     fs, fs_path = filesystem(uri)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), suffix=".tmp")
-    try:
-        with fs.open_input_stream(fs_path) as src, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst, _CHUNK)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with fs.open_input_stream(fs_path) as src:
+        write_atomic(target, lambda dst: shutil.copyfileobj(src, dst, _CHUNK))
     return target
-
-
-def _open_zip(path: str) -> zipfile.ZipFile:
-    if not is_uri(path):
-        return zipfile.ZipFile(path)
-    fs, fs_path = filesystem(path)
-    return zipfile.ZipFile(fs.open_input_file(fs_path))

@@ -1,12 +1,15 @@
-"""The command line of search/run.py, here so that `--resume` re-parses a stored one.
+"""The command line of search/run.py as typed settings, here so that `--resume` re-parses a
+stored one. The only module below the commands that knows argparse.
 
-    args = parse_args(["--task", "blood", "--trials", "8"])
-    args.argv                                   # the arguments as given, for search.json
+    settings = parse_args(["--task", "blood", "--trials", "8"])   # search.driver.settings
+    settings.argv                               # the arguments as given, for search.json
 
 The help text of search/run.py is its module docstring, handed in as `description`. This module
 imports nothing heavy (no torch, Ray or medmnist), so `--help` and a mistyped flag answer at
 once; the choices below are therefore literals, and tests/test_pipeline.py checks that they
-match the registries they mirror. A bad flag is one line, `error: ...; ...`, exit code 2.
+match the registries they mirror. A bad flag is one line, `error: ...; ...`, exit code 2; a
+flag value that can never run (`--trials 0`, a missing `--data-dir`) is a
+`search.driver.checks.UserError`, raised here where the settings are built.
 """
 
 from __future__ import annotations
@@ -14,6 +17,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
+
+from search.driver.checks import check_flags
+from search.driver.settings import (
+    AfterSettings,
+    AttributionSettings,
+    DataSettings,
+    OutputSettings,
+    ResourceSettings,
+    SearchSettings,
+    Settings,
+    WandbSettings,
+    flags_given,
+)
 
 # Mirrors of trainables.tasks.TASK_NAMES, search.driver.folder_split.SPLIT_CHOICES,
 # search.driver.plan.LAUNCHERS / SEARCHERS and trainables.stream.DATA_PATHS (checked by a test).
@@ -59,14 +76,39 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str] | None = None, description: str | None = None):
-    """The parsed flags, plus `argv`: the arguments as given (replayed by --resume)."""
+def parse_args(argv: list[str] | None = None, description: str | None = None) -> Settings:
+    """The settings of a command line, checked (`check_flags`: a `UserError` names the flag);
+    `argv` defaults to this process's."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     p = build_parser(description)
     args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not args.task and not args.resume:
         p.error(f"--task is required (one of: {', '.join(TASK_NAMES)}), or --resume EXPERIMENT")
-    return args
+    settings = settings_from(args, argv)
+    check_flags(settings)
+    return settings
+
+
+def settings_from(args: argparse.Namespace, argv: list[str]) -> Settings:
+    """The parsed flags as `Settings` (each group's fields are the flags' names)."""
+    values = vars(args)
+
+    def group(cls, **renamed: str):
+        return cls(**{f.name: values[renamed.get(f.name, f.name)] for f in fields(cls)})
+
+    return Settings(
+        data=group(DataSettings),
+        search=group(SearchSettings),
+        resources=group(ResourceSettings),
+        outputs=group(OutputSettings),
+        after=group(AfterSettings),
+        attribution=group(AttributionSettings),
+        wandb=group(WandbSettings, mode="wandb", project="wandb_project"),
+        resume=args.resume,
+        debug=args.debug,
+        argv=tuple(argv),
+        given=flags_given(argv),
+    )
 
 
 def _data_flags(p) -> None:
@@ -214,19 +256,3 @@ def _wandb_flags(p) -> None:
         default=os.environ.get("WANDB_PROJECT", "medsweep"),
         help="W&B project ($WANDB_PROJECT)",
     )
-
-
-def ig_settings(args: argparse.Namespace) -> dict:
-    """Integrated Gradients' keyword arguments from --ig-samples, --ig-steps, --ig-baseline."""
-    return {
-        "n_samples": args.ig_samples,
-        "steps": args.ig_steps,
-        "baseline": _number_or(args.ig_baseline),
-    }
-
-
-def _number_or(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text

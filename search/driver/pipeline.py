@@ -3,8 +3,9 @@
     from search.driver.pipeline import main
     sys.exit(main(["--task", "blood", "--trials", "8"]))   # what search/run.py does
 
-`main` parses and checks the command line (`search.driver.checks`) before anything heavy is
-imported, then runs the steps of `search.driver.steps` in order, each once. Exit codes:
+`main` turns the command line into typed settings (`search.driver.options.parse_args`, which
+checks them: `search.driver.checks`) before anything heavy is imported, then runs the steps of
+`search.driver.steps` in order, each once. Exit codes:
 - 0: the search finished (or `--resume` of a finished one: nothing is redone); 1: every trial
   failed;
 - 2: a mistake in the command, a file or the request, refused in one line `error: ...; ...`
@@ -18,19 +19,23 @@ Any other error is internal: its traceback is kept and the Ray session's logs ar
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from search.driver.checks import UserError, check_flags
+from search.driver.checks import UserError
 from search.driver.options import parse_args
 from search.driver.resume import has_tune_state, resume_command, resumed_args
 from search.driver.session import Interrupts, close_ray, interrupted_code, session_dir
+from search.driver.settings import Settings
 from search.experiment.manifest import FINISHED, INTERRUPTED, RUNNING, Manifest
+
+if TYPE_CHECKING:  # both import Ray and torch, which wait until the flags are good
+    from search.driver.plan import Plan
+    from search.driver.steps import Inputs
 
 log = logging.getLogger("medsweep")
 
@@ -39,12 +44,13 @@ log = logging.getLogger("medsweep")
 class Run:
     """What one invocation has got to (for the interrupt and error paths)."""
 
-    args: argparse.Namespace
+    settings: Settings
+    """The command line's settings (under `--resume`: the resumed search's)."""
     resume_path: str | None = None
     previous: Manifest | None = None
     """search.json of the search being resumed."""
-    plan: object | None = None
-    inputs: object | None = None
+    plan: Plan | None = None
+    inputs: Inputs | None = None
     started: float = field(default_factory=time.time)
 
     @property
@@ -60,17 +66,18 @@ class Run:
 def main(argv: list[str] | None = None, description: str | None = None) -> int:
     """Run one search from a command line (search/run.py's); the exit code (see above)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    args = parse_args(argv, description)
-    run, keep_logs = Run(args), False
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run: Run | None = None
+    keep_logs = False
     try:
+        run = Run(parse_args(argv, description))
         with Interrupts() as stop:
             try:
                 return search(run, stop)
             except KeyboardInterrupt:
                 return interrupted(run, stop.signal)
     except UserError as err:
-        if args.debug:
+        if run.settings.debug if run else "--debug" in argv:
             raise
         sys.stderr.write(f"error: {err}\n")
         return 2
@@ -88,26 +95,24 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
 
 def search(run: Run, stop: Interrupts) -> int:
     """The steps, in order (search.driver.steps); returns the exit code."""
-    check_flags(run.args)
-    if run.args.resume:
-        run.resume_path, run.args, run.previous = resumed_args(run.args)
+    if run.settings.resume:
+        run.resume_path, run.settings, run.previous = resumed_args(run.settings)
         if run.previous.finished:
             return already_finished(run.resume_path, run.previous)
-        check_flags(run.args)
     from search.driver import progress, steps  # Ray and torch: only once the flags are good
 
-    args = run.args
-    inputs = run.inputs = steps.read_inputs(args)
-    plan, dashboard = steps.start_ray(args, inputs.task, inputs.space)
+    settings = run.settings
+    inputs = run.inputs = steps.read_inputs(settings)
+    plan, dashboard = steps.start_ray(settings, inputs.task, inputs.space)
     run.plan = plan
     progress.log_start(plan, dashboard)
-    steps.place_data(args, plan, inputs)
+    steps.place_data(settings, plan, inputs)
     progress.warn_if_slow(plan, inputs, inputs.space.path)
     run.started = time.time()
-    wandb_mode = "off" if args.smoke_test and args.wandb is None else _wandb_mode(args)
-    start = steps.manifest(args, plan, inputs, run.first_started, _earlier(run), RUNNING)
+    wandb_mode = _wandb_mode(settings)
+    start = steps.manifest(settings, plan, inputs, run.first_started, _earlier(run), RUNNING)
     with stop.fitting():
-        grid = steps.fit(args, plan, inputs, wandb_mode, run.resume_path, start)
+        grid = steps.fit(settings, plan, inputs, wandb_mode, run.resume_path, start)
     if stop.signal is not None:
         return interrupted(run, stop.signal)
     return finish(run, grid, wandb_mode)
@@ -118,19 +123,19 @@ def finish(run: Run, grid, wandb_mode: str) -> int:
     from search.driver import steps
     from search.tracking.runs import log_media
 
-    args, plan, inputs = run.args, run.plan, run.inputs
+    settings, plan, inputs = run.settings, run.plan, run.inputs
     trials = steps.collect_results(grid, plan, inputs)
     wall = run.searched_s()
-    steps.after_search(args, plan, inputs, trials)
-    if args.repeat_best:
+    steps.after_search(settings, plan, inputs, trials)
+    if settings.after.repeat_best:
         from search.driver.repeat import repeat_best
 
-        repeat_best(args, plan, inputs, trials)
-    steps.manifest(args, plan, inputs, run.first_started, wall, FINISHED).write(
+        repeat_best(settings.after, plan, inputs, trials)
+    steps.manifest(settings, plan, inputs, run.first_started, wall, FINISHED).write(
         plan.experiment_path
     )
     report = steps.write_report(plan.experiment_path)
-    log_media(wandb_mode, args.wandb_project, plan.name, plan.experiment_path, trials)
+    log_media(wandb_mode, settings.wandb.project, plan.name, plan.experiment_path, trials)
     code = steps.summarise(trials, plan, wall)
     if report:
         log.info("  report: %s", report)
@@ -153,7 +158,7 @@ def interrupted(run: Run, sig: int | None) -> int:
         )
         return code
     steps.manifest(
-        run.args, plan, run.inputs, run.first_started, run.searched_s(), INTERRUPTED
+        run.settings, plan, run.inputs, run.first_started, run.searched_s(), INTERRUPTED
     ).write(path)
     log.warning(
         "\ninterrupted: the search state is saved in %s (no test evaluation, "
@@ -178,7 +183,10 @@ def _earlier(run: Run) -> float | None:
     return run.previous.wall_time_s if run.previous else None
 
 
-def _wandb_mode(args) -> str:
+def _wandb_mode(settings: Settings) -> str:
+    """`--wandb`; unset: off under `--smoke-test`, else online when logged in (offline not)."""
+    if settings.search.smoke_test and settings.wandb.mode is None:
+        return "off"
     from search.tracking.runs import resolve_mode
 
-    return resolve_mode(args.wandb)
+    return resolve_mode(settings.wandb.mode)

@@ -1,6 +1,6 @@
 """How one search runs: the `Plan` the command line decides (everything but the searched knobs).
 
-    plan = make_plan(args, space, name, task)      # args: search.driver.options.parse_args
+    plan = make_plan(settings, space, name, task)  # settings: search.driver.settings
     plan.experiment_path                           # <storage>/<name>, a local path or a URI
     plan.launcher                                  # "function" or "train" (after `auto`)
 
@@ -10,12 +10,12 @@ cluster holds, from what each trial's workers ask for), so call it after Ray is 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from dataclasses import dataclass
 
 from search.driver.resources import ClusterView, concurrency, default_gpus, read_cluster
+from search.driver.settings import Settings
 from search.driver.space import Space
 from search.experiment.storage import absolute, join_path
 from trainables.tasks import Task
@@ -85,30 +85,32 @@ def resolve_launcher(launcher: str, workers_per_trial: int) -> str:
     return "train" if workers_per_trial > 1 else "function"
 
 
-def make_plan(args: argparse.Namespace, space: Space, name: str, task: Task) -> Plan:
-    """The plan from the parsed command line; asks Ray what the cluster has and can add for
-    the default `--gpus-per-trial` and `--max-concurrent` (search.driver.resources)."""
-    view = read_cluster(local=args.address is None)
-    gpus, why = choose_gpus(args, view, image_size_of(args, space, task))
+def make_plan(settings: Settings, space: Space, name: str, task: Task) -> Plan:
+    """The plan from the command line's settings (`--storage` resolved: `session.check_storage`);
+    asks Ray what the cluster has and can add for the default `--gpus-per-trial` and
+    `--max-concurrent` (search.driver.resources)."""
+    search, res = settings.search, settings.resources
+    view = read_cluster(local=res.address is None)
+    gpus, why = choose_gpus(settings, view, image_size_of(settings, space, task))
     plan = Plan(
         name=name,
-        storage=absolute(args.storage),
-        trials=SMOKE_TRIALS if args.smoke_test else args.trials,
+        storage=absolute(settings.outputs.storage),
+        trials=SMOKE_TRIALS if search.smoke_test else search.trials,
         metric=space.metric,
         mode=space.mode,
-        searcher=args.searcher,
-        launcher=resolve_launcher(args.launcher, args.workers_per_trial),
-        seed=args.seed,
-        workers_per_trial=args.workers_per_trial,
-        cpus_per_worker=args.cpus_per_worker,
+        searcher=search.searcher,
+        launcher=resolve_launcher(res.launcher, res.workers_per_trial),
+        seed=search.seed,
+        workers_per_trial=res.workers_per_trial,
+        cpus_per_worker=res.cpus_per_worker,
         gpus_per_trial=gpus,
-        max_failures=args.max_failures,
-        time_budget_s=args.time_budget,
+        max_failures=res.max_failures,
+        time_budget_s=search.time_budget,
         task=task,
-        folds=args.folds,
+        folds=settings.data.folds,
     )
-    plan = with_concurrency(plan, args.max_concurrent, view)
-    where = "--max-concurrent" if args.max_concurrent else "what the cluster holds at its largest"
+    plan = with_concurrency(plan, res.max_concurrent, view)
+    where = "--max-concurrent" if res.max_concurrent else "what the cluster holds at its largest"
     log.info(
         "each trial asks for %s (%s); %d trial(s) at once (%s)",
         _asks(plan),
@@ -119,19 +121,19 @@ def make_plan(args: argparse.Namespace, space: Space, name: str, task: Task) -> 
     return plan
 
 
-def image_size_of(args: argparse.Namespace, space: Space, task: Task) -> int:
+def image_size_of(settings: Settings, space: Space, task: Task) -> int:
     """The image side trials train at: the flag, else the space's fixed value, else the task's."""
     fixed = space.domains.get("image_size")
-    if args.image_size:
-        return int(args.image_size)
+    if settings.data.image_size:
+        return int(settings.data.image_size)
     return int(fixed) if isinstance(fixed, int | float) else task.image_size
 
 
-def choose_gpus(args: argparse.Namespace, view: ClusterView, image_size: int) -> tuple[float, str]:
+def choose_gpus(settings: Settings, view: ClusterView, image_size: int) -> tuple[float, str]:
     """GPUs per trial and why: `--gpus-per-trial` if given, CPU for a smoke test, else the rule."""
-    if args.gpus_per_trial is not None:
-        return float(args.gpus_per_trial), "--gpus-per-trial"
-    if args.smoke_test:
+    if settings.resources.gpus_per_trial is not None:
+        return float(settings.resources.gpus_per_trial), "--gpus-per-trial"
+    if settings.search.smoke_test:
         return 0.0, "--smoke-test runs on the CPU"
     local_cuda = False
     if view.local:
@@ -142,7 +144,8 @@ def choose_gpus(args: argparse.Namespace, view: ClusterView, image_size: int) ->
 
 
 def worker_request(plan: Plan) -> dict:
-    """What one worker (or fold task) of a trial holds."""
+    """What one worker (or fold task, or after-search task) of a trial holds: the one rule of
+    per-worker resources (`{"CPU": c}`, plus `"GPU"`: the trial's GPUs over its workers)."""
     request = {"CPU": plan.cpus_per_worker}
     if plan.gpus_per_trial > 0:
         request["GPU"] = plan.gpus_per_trial / plan.workers_per_trial

@@ -2,7 +2,7 @@
 
     log_start(plan, dashboard_url)           # experiment folder, Ray dashboard, optuna-dashboard
     seconds = cpu_estimate(plan, inputs)     # measured forward+backward of one batch, on CPU
-    Progress(trials=20, epochs=10, max_concurrent=2, time_budget_s=None)   # a Tune Callback
+    Progress(trials=20, epochs=planned_epochs(values), max_concurrent=2)   # a Tune Callback
 
 `Progress` logs, after the first round of epochs and then at most every `every_s` seconds,
 the epochs done and an estimate of the time left: epochs still planned x the mean measured

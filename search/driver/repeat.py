@@ -1,6 +1,6 @@
 """`--repeat-best N`: retrain the best configuration with N new seeds; how much is seed noise.
 
-    repeats = repeat_best(args, plan, inputs, trials)   # after the search's after-step
+    repeats = repeat_best(settings.after, plan, inputs, trials)   # after the after-step
 
 Every trial of a search trains with the same seed (`--seed`, TrainConfig.seed: weights,
 shuffling, augmentation; the searcher's sampler is seeded with it too), so the winner's margin
@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 
 import numpy as np
 import ray
 from ray import tune
 
 from search.driver.launch import build_trainable, checkpoint_config
-from search.driver.node_data import node_arrays
 from search.driver.plan import Plan
+from search.driver.settings import AfterSettings
+from search.driver.steps import Inputs, evaluation_settings, split_source
 from search.experiment import after
+from search.experiment.after_settings import SplitSources
 from search.experiment.layout import REPEATS_DIR, TEST_METRICS_FILE
 from search.experiment.storage import join_path, read_json, write_text
 from search.experiment.tables import collect, config_of, export_checkpoints, write_tables
@@ -47,10 +48,13 @@ def repeat_seeds(seed: int, n: int) -> list[int]:
     return [seed + i for i in range(1, n + 1)]
 
 
-def repeat_best(args, plan: Plan, inputs, trials: list[dict]) -> dict | None:
-    """Retrain the best trial's config with `args.repeat_best` new seeds (module docstring);
-    the "repeats" record written into test_metrics.json, or None (N = 0, no best trial)."""
-    n = int(getattr(args, "repeat_best", 0) or 0)
+def repeat_best(
+    settings: AfterSettings, plan: Plan, inputs: Inputs, trials: list[dict]
+) -> dict | None:
+    """Retrain the best trial's config with `settings.repeat_best` new seeds (module
+    docstring); the "repeats" record written into test_metrics.json, or None (N = 0, no best
+    trial)."""
+    n = settings.repeat_best
     chosen = after.with_checkpoints(trials, plan.metric, plan.mode)[:1]
     if n <= 0 or not chosen:
         if n > 0:
@@ -66,13 +70,13 @@ def repeat_best(args, plan: Plan, inputs, trials: list[dict]) -> dict | None:
         "--repeat-best %d: trial %s's config with seeds %s -> %s", n, best["trial_id"], seeds, path
     )
     rows = train_repeats(plan, inputs, config_of(best), seeds)
-    tests = evaluate_repeats(args, plan, inputs, rows, path)
+    tests = evaluate_repeats(settings, plan, inputs, rows, path)
     record = repeats_record(best, rows, tests, plan.metric)
     merge_into_test_metrics(plan.experiment_path, record)
     return record
 
 
-def train_repeats(plan: Plan, inputs, config: dict, seeds: list[int]) -> list[dict]:
+def train_repeats(plan: Plan, inputs: Inputs, config: dict, seeds: list[int]) -> list[dict]:
     """One Tune trial per seed, `config` fixed; the repeats' trials rows (in seed order)."""
     data_ref = [ray.put(inputs.data)] if inputs.data is not None else [inputs.source]
     fixed = {**inputs.values, **config}
@@ -101,29 +105,14 @@ def train_repeats(plan: Plan, inputs, config: dict, seeds: list[int]) -> list[di
     return sorted(rows, key=lambda r: r.get("config/seed", 0))
 
 
-def evaluate_repeats(args, plan: Plan, inputs, rows: list[dict], path: str) -> dict:
+def evaluate_repeats(
+    settings: AfterSettings, plan: Plan, inputs: Inputs, rows: list[dict], path: str
+) -> dict:
     """{trial_id: test record} of every repeat with a checkpoint, evaluated as the search's
     best trial is (the same operating point, from each repeat's own validation split)."""
-    streamed = inputs.data is None
-    test = partial(node_arrays, inputs.source, ("test",)) if streamed else inputs.data_file
-    val = partial(node_arrays, inputs.source, ("val",)) if streamed else inputs.data_file
-    resources = {
-        "num_cpus": plan.cpus_per_worker,
-        "num_gpus": plan.gpus_per_trial / plan.workers_per_trial,
-    }
+    splits = SplitSources(split_source(inputs), split_source(inputs, "val"))
     out = after.evaluate_on_test(
-        rows,
-        path,
-        inputs.task,
-        test,
-        plan.metric,
-        plan.mode,
-        len(rows),
-        plan.seed,
-        resources,
-        val=val,
-        operating_point=getattr(args, "operating_point", "youden"),
-        temperature_scaling=bool(getattr(args, "temperature_scaling", False)),
+        rows, path, inputs.task, splits, evaluation_settings(settings, plan, len(rows))
     )
     return (out or {}).get("trials", {})
 

@@ -1,6 +1,6 @@
 """What each trial asks for, and how many run at once: decided from the cluster, not the driver.
 
-    view = read_cluster(local=args.address is None)     # after Ray is connected
+    view = read_cluster(local=address is None)    # after Ray is connected (--address)
     gpus, why = default_gpus(view, image_size)           # unless --gpus-per-trial is given
     n = concurrency(view, {"CPU": 1, "GPU": 0.25}, slots_per_trial=1)
 

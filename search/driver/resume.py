@@ -1,6 +1,6 @@
 """`--resume`: find an interrupted search and replay its command line from search.json.
 
-    path, args, previous = resumed_args(args)   # args: the new command line (--resume [EXP])
+    path, settings, previous = resumed_args(settings)   # settings: the new command line's
     previous.finished                           # a finished search: nothing left to do
 
 The experiment folder is `--resume EXPERIMENT`, or `<--storage>/<--name>` with a bare
@@ -10,24 +10,27 @@ only `--address` may change on the way.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import os
 
-from search.driver.checks import UserError
+from search.driver.checks import UserError, check_flags
 from search.driver.options import parse_args
+from search.driver.settings import Settings, updated
 from search.experiment.manifest import Manifest
 from search.experiment.storage import absolute, is_uri, join_path
 
 log = logging.getLogger("medsweep")
 
 
-def resumed_args(args: argparse.Namespace) -> tuple[str, argparse.Namespace, Manifest]:
-    """The experiment folder, the original command's arguments, and its search.json."""
-    if isinstance(args.resume, str):
-        path = args.resume
-    elif args.name:
-        path = join_path(args.storage or "runs", args.name)
+def resumed_args(settings: Settings) -> tuple[str, Settings, Manifest]:
+    """The experiment folder, the original command's settings (its argv re-parsed, in this
+    folder, on `--address` if given now), and its search.json."""
+    outputs = settings.outputs
+    if isinstance(settings.resume, str):
+        path = settings.resume
+    elif outputs.name:
+        path = join_path(outputs.storage or "runs", outputs.name)
     else:
         raise UserError(
             "--resume needs the experiment folder; pass --resume runs/<name> (or "
@@ -41,18 +44,21 @@ def resumed_args(args: argparse.Namespace) -> tuple[str, argparse.Namespace, Man
             "(runs/<name>, printed when it started)"
         )
     if previous.finished:
-        return path, args, previous
+        return path, settings, previous
     if not has_tune_state(path):
         raise UserError(
             f"--resume {path}: the search stopped before Ray Tune saved any state; "
             f"nothing to resume: run it again ({' '.join(previous.argv)})"
         )
     restored = parse_args(previous.argv)
-    restored.name = os.path.basename(path)
-    restored.storage = path.rsplit("/", 1)[0]
-    if args.address:
-        restored.address = args.address
-    restored.debug = restored.debug or args.debug
+    address = settings.resources.address or restored.resources.address
+    restored = updated(
+        restored,
+        outputs={"name": os.path.basename(path), "storage": path.rsplit("/", 1)[0]},
+        resources={"address": address},
+    )
+    restored = dataclasses.replace(restored, debug=restored.debug or settings.debug)
+    check_flags(restored)
     log.info("resuming %s (%s)", path, " ".join(previous.argv))
     return path, restored, previous
 

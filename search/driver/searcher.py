@@ -1,32 +1,42 @@
-"""Optuna learns what the results rank by: each trial's best epoch, its study on disk.
+"""Our Optuna searcher: a Tune `Searcher` over Optuna's public ask/tell API, told each trial's
+best epoch; the study lives on disk.
 
     storage, where = study_storage(plan.experiment_path, plan.name)   # where: for the dashboard
-    searcher = BestEpochOptuna(epochs=10, sampler=TPESampler(seed=0), storage=storage)
+    searcher = BestEpochOptuna(epochs=10, storage=where, study_name=plan.name, seed=0)
+    tune.TuneConfig(metric="val_auc", mode="max", search_alg=ConcurrencyLimiter(searcher, 2))
 
-Ray's `OptunaSearch.on_trial_complete` tells Optuna a trial's *last* reported value, as a
-COMPLETE trial, also for trials that ASHA stopped at an early rung; medsweep ranks trials by
-their *best* epoch (`trainables.scores`, `search.experiment.tables`). This subclass keeps each
-trial's best value of the metric (honouring the mode) and, at the end of a trial, tells Optuna:
+The searcher owns the `optuna.Study` (TPE, seeded; `load_if_exists`, so a study of the same
+name goes on). Tune hands it the metric, the mode and the param space
+(`set_search_properties`); the space's domains become Optuna distributions
+(`OptunaSearch.convert_search_space`, Ray's public converter), `suggest` asks the study for a
+config, `on_trial_result` reports each epoch's value as an intermediate value, and at the end
+of a trial it tells the study:
 
-- COMPLETE with the best value, for a trial that ran its epochs;
-- PRUNED for a trial that stopped early (ASHA): its last value is reported as the last
-  intermediate value first (Tune does not pass the result on which the scheduler said STOP,
-  also at the last rung, to `on_trial_result`), and Optuna records it as the trial's value.
-  TPE ranks pruned trials after every complete one, the further they got the better: the
-  judgement ASHA made;
+- COMPLETE with the trial's *best* epoch's value (honouring the mode), for a trial that ran its
+  planned epochs (`trainables.config.planned_epochs`);
+- PRUNED for a trial that stopped early (ASHA, the time budget): its last value is reported as
+  the last intermediate value first (Tune does not pass the result on which the scheduler said
+  STOP, also at the last rung, to `on_trial_result`), and Optuna records it as the trial's
+  value. TPE ranks pruned trials after every complete one, the further they got the better:
+  the judgement ASHA made;
 - FAIL for an errored trial, or one that never reported a finite value.
 
 Tune does not tell a searcher why a trial ended: the scheduler's STOP and the trial's own end
-both arrive as `on_trial_complete(trial_id, result)` with the last result. A trial ran its
-budget when its last `epoch` (what `train_loop` reports; `training_iteration` if absent)
-reached the planned epochs, the rule `trials.parquet` uses for `finished` vs `stopped_early`.
+both arrive as `on_trial_complete(trial_id, result)` with the last result. Finished vs stopped
+early is `search.experiment.tables.trial_status`, the rule `trials.parquet` uses, over the
+epochs the trial reported. A broken study (a locked or damaged database) is logged as a
+warning and never takes the search down.
+
+`metric` and `mode` may be lists (several objectives: the study then gets one direction per
+objective); only a single objective is supported for now.
 
 The study lives in SQLite at `<experiment>/optuna.db` (`optuna-dashboard sqlite:///<path>`), or,
 on a network filesystem (NFS, CIFS, Lustre, ...: SQLite's file locks are unsafe there), in an
 Optuna journal file `<experiment>/optuna.journal` (`optuna-dashboard <path>`). Storage on a URI
 (`s3://`, `gs://`) cannot hold a database: the study goes to `runs/<name>/optuna.db` on the
-driver's disk. `--resume` restores the searcher (and so the study, by its storage URL) from
-Tune's saved state: the study continues.
+driver's disk. `--resume`: Tune saves the searcher (`save`: the study's name and storage, the
+sampler, the space, each trial's Optuna trial and what it reported so far) and restores it
+(`restore`): the study continues, and unfinished trials are told correctly when they end.
 """
 
 from __future__ import annotations
@@ -34,13 +44,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
+from dataclasses import dataclass
 
+import optuna
 from optuna.trial import TrialState
-from ray.air.constants import TRAINING_ITERATION
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search.experiment.layout import OPTUNA_FILE
 from search.experiment.storage import is_uri, join_path
+from search.experiment.tables import ERRORED, FINISHED, epoch_of, trial_status
 from trainables.scores import better, is_finite
 
 log = logging.getLogger("medsweep")
@@ -62,72 +76,219 @@ NETWORK_FS = (
 )
 
 
-class BestEpochOptuna(OptunaSearch):
-    """`OptunaSearch` that tells Optuna each trial's best value (see the module docstring).
+@dataclass
+class Running:
+    """What the searcher keeps of one Tune trial until it tells the study."""
+
+    trial: optuna.trial.Trial
+    number: int
+    """The Optuna trial number (what `Study.tell` takes)."""
+    best: float | None = None
+    """The best finite value so far (the mode's)."""
+    ran: int = 0
+    """Epochs run so far."""
+    last: tuple[int, float] | None = None
+    """(step, value) of the last result seen."""
+    told: int = -1
+    """The last step reported to Optuna as an intermediate value."""
+    reported: bool = False
+    """Whether any result arrived."""
+
+
+class BestEpochOptuna(Searcher):
+    """Optuna's ask/tell behind Tune's Searcher protocol (see the module docstring).
 
     Args:
         epochs: the epochs a trial is planned to run (a trial that ran fewer was stopped).
-        **kwargs: as for `ray.tune.search.optuna.OptunaSearch` (sampler, storage, ...).
+        storage: where the study lives (`study_storage`'s second value: a `sqlite:///` URL or a
+            journal file path); None keeps it in memory.
+        study_name: the study's name (the experiment's).
+        seed: the TPE sampler's seed (ignored when `sampler` is given).
+        sampler: an Optuna sampler (default: `TPESampler(seed=seed)`).
+        space: the param space (Tune domains); default: the one Tune hands over.
+        metric, mode: default: Tune's (`TuneConfig`).
     """
 
-    def __init__(self, epochs: int, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self._epochs = int(epochs)
-        self._best: dict[str, float] = {}
-        self._ran: dict[str, int] = {}  # epochs run so far
-        self._last: dict[str, tuple[int, float]] = {}  # (step, value) of the last result
-        self._told: dict[str, int] = {}  # last step reported to Optuna
+    def __init__(
+        self,
+        epochs: int,
+        storage: str | None = None,
+        study_name: str = "medsweep",
+        seed: int | None = None,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        space: dict | None = None,
+        metric: str | list[str] | None = None,
+        mode: str | list[str] | None = None,
+    ) -> None:
+        self.objectives = _objectives(metric, mode)  # checked before Ray's own assertions
+        super().__init__(metric=metric, mode=mode)
+        self.epochs = int(epochs)
+        self.storage = storage
+        self.study_name = study_name
+        self.sampler = sampler or optuna.samplers.TPESampler(seed=seed)
+        self.space: dict = {}
+        self.study: optuna.Study | None = None
+        self.running: dict[str, Running] = {}
+        if space:
+            self.set_search_properties(metric, mode, space)
+
+    @property
+    def metric(self) -> str | list[str] | None:
+        return _one_or_list([m for m, _ in self.objectives]) if self.objectives else None
+
+    @property
+    def mode(self) -> str | list[str] | None:
+        return _one_or_list([d for _, d in self.objectives]) if self.objectives else None
+
+    def set_search_properties(self, metric, mode, config: dict, **spec) -> bool:
+        """Tune's metric, mode and param space: the study is created (or loaded) here."""
+        if self.study is not None:
+            return False
+        if metric and mode:
+            self.objectives = _objectives(metric, mode)
+        if not self.objectives:
+            raise ValueError("BestEpochOptuna needs a metric and a mode (TuneConfig's)")
+        self.space = OptunaSearch.convert_search_space(config)
+        if not self.space:
+            raise ValueError("BestEpochOptuna: the param space searches nothing")
+        self.study = self._open_study()
+        return True
+
+    def _open_study(self) -> optuna.Study:
+        directions = ["maximize" if d == "max" else "minimize" for _, d in self.objectives]
+        return optuna.create_study(
+            storage=open_storage(self.storage),
+            sampler=self.sampler,
+            pruner=optuna.pruners.NopPruner(),
+            study_name=self.study_name,
+            load_if_exists=True,
+            directions=directions,
+        )
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.study is None:
+            raise RuntimeError("BestEpochOptuna.suggest before Tune set its search properties")
+        if trial_id not in self.running:
+            trial = self.study.ask(fixed_distributions=self.space)
+            self.running[trial_id] = Running(trial, trial.number)
+        return dict(self.running[trial_id].trial.params)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._track(trial_id, result)
-        super().on_trial_result(trial_id, result)
-        if TRAINING_ITERATION in result:
-            self._told[trial_id] = int(result[TRAINING_ITERATION])
+        run = self.running.get(trial_id)
+        if run is None:
+            return
+        self._track(run, result)
+        if run.last is not None:
+            self._report(run, *run.last)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return super().on_trial_complete(trial_id, result, error)  # Ray's warning / error
+        run = self.running.pop(trial_id, None)
+        if run is None:
+            log.debug("optuna: completion of unknown or finished trial %s ignored", trial_id)
+            return
         if result:
-            self._track(trial_id, result)
-        state, value = self.verdict(trial_id, error)
-        ot_trial = self._ot_trials[trial_id]
-        if state != TrialState.FAIL and trial_id in self._last:
-            step, last = self._last[trial_id]
-            if step > self._told.get(trial_id, -1):  # the result that made ASHA stop it
-                ot_trial.report(last, step)  # (at max_t too): the study's curve ends there
+            self._track(run, result)
+        state, value = self.verdict(run, error)
+        if state != TrialState.FAIL and run.last is not None:
+            self._report(run, *run.last)  # the result that made ASHA stop it (also at max_t)
         try:
-            self._ot_study.tell(ot_trial, value, state=state)
+            self.study.tell(run.number, value, state=state)
         except Exception as exc:  # a broken study must not take the search down
             log.warning("optuna: could not record trial %s: %s", trial_id, exc)
-        self._completed_trials.add(trial_id)
 
-    def verdict(self, trial_id: str, error: bool = False) -> tuple[TrialState, float | None]:
+    def verdict(self, run: Running, error: bool = False) -> tuple[TrialState, float | None]:
         """(state, value) to tell Optuna for a trial that ended (see the module docstring)."""
-        best = self._best.get(trial_id)
-        if error or (trial_id in self._ran and not is_finite(best)):
+        status = trial_status(run.ran, self.epochs, error)
+        if status == ERRORED or (run.reported and not is_finite(run.best)):
             return TrialState.FAIL, None
-        if self._ran.get(trial_id, 0) >= self._epochs:
-            return TrialState.COMPLETE, best
+        if status == FINISHED:
+            return TrialState.COMPLETE, run.best
         return TrialState.PRUNED, None  # Optuna takes the last intermediate value
 
-    def _track(self, trial_id: str, result: dict) -> None:
-        value = result.get(self.metric) if isinstance(self.metric, str) else None
-        epoch = result.get("epoch", result.get(TRAINING_ITERATION))
-        if epoch is None:
+    def _track(self, run: Running, result: dict) -> None:
+        metric = self.objectives[0][0]
+        value = result.get(metric)
+        epoch = epoch_of(result)
+        if not epoch:
             return
-        self._ran[trial_id] = max(self._ran.get(trial_id, 0), int(epoch))
+        run.reported = True
+        run.ran = max(run.ran, epoch)
         if is_finite(value):
-            self._best[trial_id] = better(self._best.get(trial_id), float(value), self.mode)
-        step = int(result.get(TRAINING_ITERATION, epoch))
-        self._last[trial_id] = (step, float(value) if is_finite(value) else math.nan)
+            run.best = better(run.best, float(value), self.objectives[0][1])
+        step = int(result.get("training_iteration", epoch))
+        run.last = (step, float(value) if is_finite(value) else math.nan)
+
+    def _report(self, run: Running, step: int, value: float) -> None:
+        """An intermediate value, once per step (single objective only, as Optuna allows)."""
+        if len(self.objectives) > 1 or step <= run.told:
+            return
+        try:
+            run.trial.report(value, step)
+        except Exception as exc:
+            log.warning("optuna: could not report trial %d's step %d: %s", run.number, step, exc)
+        run.told = step
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's searcher state (`--resume`): everything but the study object itself."""
+        state = {
+            "epochs": self.epochs,
+            "storage": self.storage,
+            "study_name": self.study_name,
+            "sampler": self.sampler,
+            "objectives": self.objectives,
+            "space": self.space,
+            "running": self.running,
+        }
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Continue the saved search: the same study (by name and storage), the same trials."""
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.epochs, self.storage = state["epochs"], state["storage"]
+        self.study_name, self.sampler = state["study_name"], state["sampler"]
+        self.objectives, self.space = state["objectives"], state["space"]
+        self.running = state["running"]
+        self.study = self._open_study() if self.space else None
 
 
-def study_storage(experiment_path: str, name: str):
-    """(Optuna storage, where the dashboard opens it) for an experiment folder or URI."""
-    import optuna
+def _objectives(metric, mode) -> list[tuple[str, str]]:
+    """[(metric, mode)] from Tune's metric and mode (a string each, or lists)."""
+    if not metric or not mode:
+        return []
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    modes = [mode] if isinstance(mode, str) else list(mode)
+    if len(metrics) != len(modes) or any(m not in ("max", "min") for m in modes):
+        raise ValueError(f"metric {metric!r} and mode {mode!r}: one 'max' or 'min' per metric")
+    if len(metrics) > 1:
+        raise NotImplementedError(
+            f"several objectives ({metrics}): BestEpochOptuna takes one metric for now"
+        )
+    return list(zip(metrics, modes, strict=True))
 
+
+def _one_or_list(values: list[str]) -> str | list[str]:
+    return values[0] if len(values) == 1 else values
+
+
+def open_storage(where: str | None) -> optuna.storages.BaseStorage | None:
+    """The Optuna storage at `where`: a database URL (`sqlite:///...`), a journal file path,
+    or None (in memory)."""
+    if where is None:
+        return None
+    if "://" in where:
+        return optuna.storages.RDBStorage(where)
+    lock = optuna.storages.journal.JournalFileOpenLock(where)
+    backend = optuna.storages.journal.JournalFileBackend(where, lock_obj=lock)
+    return optuna.storages.JournalStorage(backend)
+
+
+def study_storage(experiment_path: str, name: str) -> tuple[optuna.storages.BaseStorage, str]:
+    """(Optuna storage, where: what `BestEpochOptuna` and the dashboard open) for an experiment
+    folder or URI."""
     folder = experiment_path
     if is_uri(experiment_path):
         folder = os.path.abspath(os.path.join("runs", name))
@@ -138,12 +299,10 @@ def study_storage(experiment_path: str, name: str):
         )
     os.makedirs(folder, exist_ok=True)
     if on_network_fs(folder):
-        path = join_path(folder, JOURNAL_FILE)
-        lock = optuna.storages.journal.JournalFileOpenLock(path)
-        backend = optuna.storages.journal.JournalFileBackend(path, lock_obj=lock)
-        return optuna.storages.JournalStorage(backend), path
-    path = join_path(folder, OPTUNA_FILE)
-    return optuna.storages.RDBStorage(f"sqlite:///{path}"), f"sqlite:///{path}"
+        where = join_path(folder, JOURNAL_FILE)
+    else:
+        where = f"sqlite:///{join_path(folder, OPTUNA_FILE)}"
+    return open_storage(where), where
 
 
 def on_network_fs(path: str, mounts: str = "/proc/mounts") -> bool:

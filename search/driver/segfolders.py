@@ -36,8 +36,10 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
+from search.driver.fingerprint import folder_fingerprint
 from search.driver.folder_images import IMAGE_EXTENSIONS, read_images
-from search.driver.folders import _cache_path, _fingerprint, _read_cached, _write_atomic
+from search.driver.folder_split import all_files
+from search.driver.folders import cache_path, read_cached, write_cached
 from trainables.data import SPLITS
 
 FORMAT_VERSION = 1  # part of the fingerprint: bump it when the conversion changes
@@ -68,19 +70,19 @@ def convert_segfolder(
         "test_frac": test_frac,
     }
     layout = {group: {"": [f for pair in items for f in pair]} for group, items in pairs.items()}
-    fingerprint = _fingerprint(src, layout, settings)
-    path = _cache_path(src, cache_dir, image_size, "seg", seed)
-    info = _read_cached(path, fingerprint)
+    fingerprint = folder_fingerprint(src, all_files(layout), settings)
+    path = cache_path(src, cache_dir, image_size, "seg", seed)
+    info = read_cached(path, fingerprint)
     if info is None:
         with FileLock(path + ".lock"):
-            info = _read_cached(path, fingerprint)  # another process may have just built it
+            info = read_cached(path, fingerprint)  # another process may have just built it
             if info is None:
                 check_pairs(src, pairs)
                 parts = assign(pairs, seed, val_frac, test_frac)
                 arrays, info = build(src, parts, image_size)
                 info["split"] = "seeded" if "all" in pairs else "premade"
                 arrays.update(fingerprint=np.array(fingerprint), info=np.array(json.dumps(info)))
-                _write_atomic(path, arrays)
+                write_cached(path, arrays)
     return path, {**info, "source": src}
 
 

@@ -3,7 +3,7 @@ interrupts, and leave no session folder of a local run behind.
 
     url = connect_ray(None)       # a fresh local Ray with its own dashboard port; its URL
     url = connect_ray("auto")     # the cluster `ray start` / `ray up` made
-    check_storage(args)           # a multi-node cluster needs --storage that every node reaches
+    storage = check_storage(None) # "runs"; on several nodes: UserError, pass --storage
     with Interrupts() as stop:    # SIGINT / SIGTERM end Tune's run gracefully (state saved)
         grid = tuner.fit()
     stop.signal                   # None, or the signal that ended the run
@@ -12,7 +12,6 @@ interrupts, and leave no session folder of a local run behind.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -22,7 +21,8 @@ from collections.abc import Iterator
 from search.driver.checks import UserError
 
 log = logging.getLogger("medsweep")
-_STARTED = {"session_dir": None}  # the session folder of the local Ray this process started
+# Whether connect_ray connected this process, and the session folder of the local Ray it started
+_STARTED = {"connected": False, "session_dir": None}
 
 
 def connect_ray(address: str | None) -> str | None:
@@ -39,6 +39,7 @@ def connect_ray(address: str | None) -> str | None:
     import ray
 
     quiet = {"log_to_driver": True, "logging_level": logging.WARNING}
+    _STARTED["connected"] = True
     if address:
         context = ray.init(address=address, **quiet)
         return _url(context.dashboard_url)
@@ -75,16 +76,17 @@ def session_dir() -> str | None:
 
 
 def close_ray(remove_session: bool) -> None:
-    """Shut Ray down; for a local Ray this process started, remove its session folder
-    (2 MB of logs per run, kept by Ray forever) when `remove_session`."""
+    """Disconnect what `connect_ray` connected (a Ray this process joined some other way is
+    left alone); for a local Ray it started, remove its session folder (2 MB of logs per run,
+    kept by Ray forever) when `remove_session`."""
     import shutil
-    import sys
 
-    if "ray" not in sys.modules:
+    if not _STARTED["connected"]:
         return
     import ray
 
     ray.shutdown()
+    _STARTED["connected"] = False
     folder = _STARTED["session_dir"]
     _STARTED["session_dir"] = None
     if remove_session and folder and os.path.basename(folder).startswith("session_"):
@@ -94,19 +96,19 @@ def close_ray(remove_session: bool) -> None:
             os.unlink(latest)
 
 
-def check_storage(args: argparse.Namespace) -> None:
-    """On a multi-node cluster, refuse a local default storage that workers cannot reach."""
+def check_storage(storage: str | None) -> str:
+    """The storage a search uses: `storage` (`--storage`), else `runs`; on a multi-node
+    cluster, refuse the local default, which the other nodes cannot reach. Changes nothing."""
     import ray
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and args.storage is None:
+    if len(nodes) > 1 and storage is None:
         raise UserError(
             f"this Ray cluster has {len(nodes)} nodes: checkpoints on this machine's disk are "
             "out of the other nodes' reach. Pass --storage s3://bucket/path (or gs://, or a "
             "shared filesystem path such as /mnt/nfs/runs), or set MEDSWEEP_STORAGE."
         )
-    if args.storage is None:
-        args.storage = "runs"
+    return "runs" if storage is None else storage
 
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}

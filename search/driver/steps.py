@@ -20,7 +20,6 @@ module only after the command line passed its checks: it pulls in Ray and torch)
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import time
@@ -42,14 +41,15 @@ from search.driver.inputs import (
 )
 from search.driver.launch import build_trainable
 from search.driver.node_data import DataSource, node_arrays
-from search.driver.options import ig_settings
-from search.driver.plan import Plan, make_plan
+from search.driver.plan import Plan, make_plan, worker_request
 from search.driver.progress import Progress
 from search.driver.resources import read_cluster
 from search.driver.session import check_storage, connect_ray
+from search.driver.settings import AfterSettings, Settings, updated
 from search.driver.space import Space, default_space_path, load_space
 from search.driver.tuner import build_tuner
 from search.experiment import after
+from search.experiment.after_settings import EvaluationSettings, ExplainSettings, SplitSources
 from search.experiment.manifest import Manifest
 from search.experiment.storage import is_uri, join_path
 from search.experiment.tables import (
@@ -91,41 +91,43 @@ class Inputs:
     """The train and val arrays on the resident path (the test split is read after)."""
 
 
-def read_inputs(args: argparse.Namespace) -> Inputs:
+def read_inputs(settings: Settings) -> Inputs:
     """Everything read before Ray starts; a mistake in a file is a `UserError` naming it."""
+    data, seed = settings.data, settings.search.seed
     with user_errors("fix the space file, or the flag that overrides it"):
-        task = get_task(args.task)
-        space = load_space(args.space or default_space_path(task), task, fixed=vars(args))
+        task = get_task(data.task)
+        fixed = settings.training_overrides()
+        space = load_space(data.space or default_space_path(task), task, fixed=fixed)
         check_space(space)
-        values = param_space(args, space)
+        values = param_space(settings, space)
     with user_errors("check that --data-dir holds the right data for --task (at --image-size)"):
         fetch_weights(values, task)
         size = values.get("image_size") or task.image_size
-        task, data_file = locate_data(task, size, args)
-        source = describe_data(data_file, task, size, args.folds)
+        task, data_file = locate_data(task, size, data, seed)
+        source = describe_data(data_file, task, size, data.folds)
         check_data(data_file, task, size, source.labels)
-        values["data_fingerprint"] = data_fingerprint(data_file, seed=args.seed, folds=args.folds)
+        values["data_fingerprint"] = data_fingerprint(data_file, seed=seed, folds=data.folds)
     return Inputs(task, space, values, data_file, source)
 
 
-def place_data(args, plan: Plan, inputs: Inputs) -> None:
+def place_data(settings: Settings, plan: Plan, inputs: Inputs) -> None:
     """Choose the data path (see the module docstring); load the arrays when resident."""
-    nbytes = inputs.source.nbytes
-    if args.resident_budget_mb is not None:
-        budget, why = float(args.resident_budget_mb) * 2**20, "--resident-budget-mb"
+    nbytes, data = inputs.source.nbytes, settings.data
+    if data.resident_budget_mb is not None:
+        budget, why = float(data.resident_budget_mb) * 2**20, "--resident-budget-mb"
     else:
         budget, why = default_budget(plan)
-    inputs.data_path = choose_path(nbytes, budget, args.data_path)
+    inputs.data_path = choose_path(nbytes, budget, data.data_path)
     log.info(
         "data: train+val images %.1f MB, resident budget %.1f MB (%s) -> %s%s",
         nbytes / 2**20,
         budget / 2**20,
         why,
         inputs.data_path,
-        "" if args.data_path == "auto" else " (--data-path)",
+        "" if data.data_path == "auto" else " (--data-path)",
     )
     if inputs.data_path == RESIDENT:
-        inputs.data = load_arrays(inputs.data_file, inputs.task, args.folds)
+        inputs.data = load_arrays(inputs.data_file, inputs.task, data.folds)
 
 
 def default_budget(plan: Plan) -> tuple[float, str]:
@@ -145,14 +147,15 @@ def default_budget(plan: Plan) -> tuple[float, str]:
     return budget, f"node memory {ram / gb:.0f} GB over {per_node} trial(s) + object store"
 
 
-def start_ray(args: argparse.Namespace, task: Task, space: Space) -> tuple[Plan, str | None]:
+def start_ray(settings: Settings, task: Task, space: Space) -> tuple[Plan, str | None]:
     """Connect to Ray, check the storage and the trials' request, and plan the search
     (concurrency asks Ray); the plan and the dashboard's URL."""
-    dashboard = connect_ray(args.address)
-    check_storage(args)
-    name = args.name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    plan = make_plan(args, space, name, task)
-    check_cluster(plan, read_cluster(local=args.address is None))
+    address = settings.resources.address
+    dashboard = connect_ray(address)
+    settings = updated(settings, outputs={"storage": check_storage(settings.outputs.storage)})
+    name = settings.outputs.name or f"{task.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    plan = make_plan(settings, space, name, task)
+    check_cluster(plan, read_cluster(local=address is None))
     log.info(
         "search %s: task %s, %d trials, %d at once, searcher %s, launcher %s -> %s",
         name,
@@ -166,14 +169,21 @@ def start_ray(args: argparse.Namespace, task: Task, space: Space) -> tuple[Plan,
     return plan, dashboard
 
 
-def fit(args, plan: Plan, inputs: Inputs, wandb_mode: str, resume_path, start: Manifest):
+def fit(
+    settings: Settings,
+    plan: Plan,
+    inputs: Inputs,
+    wandb_mode: str,
+    resume_path: str | None,
+    start: Manifest,
+):
     """Run the trials (a new search, or the rest of an interrupted one); the ResultGrid.
     `start` is the search.json written before the first trial (status running)."""
     # once per search: trials read resident arrays zero-copy, streamed ones their node's cache
     data_ref = [ray.put(inputs.data)] if inputs.data is not None else [inputs.source]
     tags = [plan.task.name, plan.searcher]
     callbacks = make_callbacks(
-        wandb_mode, args.wandb_project, plan.name, tags, wandb_dir=plan.experiment_path
+        wandb_mode, settings.wandb.project, plan.name, tags, wandb_dir=plan.experiment_path
     )
     epochs = planned_epochs(inputs.values)
     callbacks = [
@@ -202,24 +212,19 @@ def collect_results(grid, plan: Plan, inputs: Inputs) -> list[dict]:
     return trials
 
 
-def after_search(args, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
+def after_search(settings: Settings, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
     """Attribution maps (Ray tasks), focus scores, then the test split for the best trials."""
     t0 = time.time()
-    focus, resources = {}, after_resources(plan)
+    focus = {}
     streamed = inputs.data is None
-    if args.explain_top != 0:
+    if settings.attribution.explain_top != 0:
         val = inputs.source.labels if streamed else inputs.data
         focus = after.explain_trials(
             trials,
             plan.experiment_path,
             inputs.task,
             val,
-            plan.metric,
-            plan.mode,
-            plan.seed,
-            args.explain_top,
-            ig=ig_settings(args),
-            resources=resources,
+            explain_settings(settings, plan),
             open_val=partial(node_arrays, inputs.source, ("val",)) if streamed else None,
         )
     for trial_id in after.attach_focus(trials, focus):
@@ -231,19 +236,40 @@ def after_search(args, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
         )
     log.info("attribution maps for %d trials in %.1f s", len(focus), time.time() - t0)
     write_table(trials, join_path(plan.experiment_path, TRIALS_FILE))
-    if args.test_top:
+    if settings.after.test_top:
         after.evaluate_on_test(
             trials,
             plan.experiment_path,
             inputs.task,
-            split_source(inputs),
-            plan.metric,
-            plan.mode,
-            args.test_top,
-            plan.seed,
-            resources,
-            **operating_settings(args, inputs),
+            split_sources(inputs),
+            evaluation_settings(settings.after, plan, settings.after.test_top),
         )
+
+
+def explain_settings(settings: Settings, plan: Plan) -> ExplainSettings:
+    """What `after.explain_trials` explains and how: `--explain-top`, `--ig-*`."""
+    return ExplainSettings(
+        plan.metric,
+        plan.mode,
+        seed=plan.seed,
+        top_k=settings.attribution.explain_top,
+        ig=settings.attribution.ig(),
+        resources=after_resources(plan),
+    )
+
+
+def evaluation_settings(settings: AfterSettings, plan: Plan, top_k: int) -> EvaluationSettings:
+    """How `after.evaluate_on_test` evaluates the best `top_k` trials: `--operating-point`,
+    `--temperature-scaling`, on one trial worker's resources."""
+    return EvaluationSettings(
+        plan.metric,
+        plan.mode,
+        top_k=top_k,
+        seed=plan.seed,
+        resources=after_resources(plan),
+        operating_point=settings.operating_point,
+        temperature_scaling=settings.temperature_scaling,
+    )
 
 
 def split_source(inputs: Inputs, split: str = "test"):
@@ -253,26 +279,20 @@ def split_source(inputs: Inputs, split: str = "test"):
     return inputs.data_file
 
 
-def operating_settings(args, inputs: Inputs) -> dict:
-    """`evaluate_on_test`'s validation split, operating point and ids, from the flags."""
-    return {
-        "val": split_source(inputs, "val"),
-        "operating_point": args.operating_point,
-        "temperature_scaling": args.temperature_scaling,
-        "ids_from": inputs.data_file,
-    }
+def split_sources(inputs: Inputs) -> SplitSources:
+    """The test and validation splits and the npz naming their rows (patients, file names)."""
+    return SplitSources(split_source(inputs), split_source(inputs, "val"), inputs.data_file)
 
 
 def after_resources(plan: Plan) -> dict:
-    """Ray task options of the after-search work: one trial worker's CPUs and accelerator."""
-    return {
-        "num_cpus": plan.cpus_per_worker,
-        "num_gpus": plan.gpus_per_trial / plan.workers_per_trial,
-    }
+    """Ray task options of the after-search work: one trial worker's share
+    (`search.driver.plan.worker_request`)."""
+    request = worker_request(plan)
+    return {"num_cpus": request["CPU"], "num_gpus": request.get("GPU", 0.0)}
 
 
 def manifest(
-    args, plan: Plan, inputs: Inputs, started: float, wall: float | None, status: str
+    settings: Settings, plan: Plan, inputs: Inputs, started: float, wall: float | None, status: str
 ) -> Manifest:
     """`search.json`: what the report, compare.py and --resume need to know of this search.
     `started`: when it first started; `wall`: seconds searched so far (over resumed parts)."""
@@ -295,7 +315,7 @@ def manifest(
         finished_at=time.time() if status == "finished" else None,
         wall_time_s=wall,
         split_counts=split_counts(task, inputs.source.labels),
-        argv=args.argv,
+        argv=list(settings.argv),
         resources_per_trial=plan.resources_per_trial,
         status=status,
         foreground=task.foreground,

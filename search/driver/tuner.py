@@ -56,27 +56,29 @@ def build_searcher(plan: Plan, space: Space, epochs: int | None = None):
         config = {**space.sweep_config, "parameters": knobs}
         searcher = WandbSweepSearcher(config, method="bayes", seed=plan.seed)
     else:
-        from optuna.samplers import TPESampler
-
         from search.driver.searcher import BestEpochOptuna, study_storage
 
-        storage, where = study_storage(plan.experiment_path, plan.name)
+        _, where = study_storage(plan.experiment_path, plan.name)
         log.info("Optuna study: optuna-dashboard %s", where)
-        searcher = BestEpochOptuna(
-            epochs, sampler=TPESampler(seed=plan.seed), storage=storage, study_name=plan.name
-        )
+        searcher = BestEpochOptuna(epochs, storage=where, study_name=plan.name, seed=plan.seed)
     if budget is not None:
         searcher = DeadlineSearcher(searcher, budget)
     return ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
 
 
-def build_scheduler(plan: Plan, space: Space, epochs: int) -> ASHAScheduler:
-    return ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=max(epochs, 1),
-        grace_period=min(space.grace_period, max(epochs, 1)),
-        reduction_factor=space.reduction_factor,
-    )
+def scheduler_settings(space: Space, epochs: int) -> dict:
+    """ASHA's arguments: `max_t` is the planned epochs (`trainables.config.planned_epochs`),
+    the grace period and reduction factor the space's `early_terminate` block."""
+    return {
+        "time_attr": "training_iteration",
+        "max_t": max(epochs, 1),
+        "grace_period": min(space.grace_period, max(epochs, 1)),
+        "reduction_factor": space.reduction_factor,
+    }
+
+
+def build_scheduler(space: Space, epochs: int) -> ASHAScheduler:
+    return ASHAScheduler(**scheduler_settings(space, epochs))
 
 
 def build_tuner(
@@ -94,7 +96,7 @@ def build_tuner(
             metric=plan.metric,
             mode=plan.mode,
             search_alg=searcher,
-            scheduler=build_scheduler(plan, space, epochs),
+            scheduler=build_scheduler(space, epochs),
             num_samples=plan.trials,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),

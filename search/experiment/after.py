@@ -1,10 +1,14 @@
 """After the search: attribution maps for every trial (as Ray tasks), then the test split, once.
 
-    focus = explain_trials(trials, experiment_path, task, val_arrays, "val_auc", "max", seed=0,
-                           resources={"num_cpus": 1, "num_gpus": 0.25}, open_val=None)
+    explain = ExplainSettings("val_auc", "max", seed=0, resources={"num_cpus": 1})
+    focus = explain_trials(trials, experiment_path, task, val_arrays, explain, open_val=None)
     flagged = attach_focus(trials, focus)       # attr_focus / attr_focus_warning columns
-    evaluate_on_test(trials, experiment_path, task, data_path, "val_auc", "max", top_k=1)
-    evaluate_on_test(trials, experiment_path, task, open_test, "val_auc", "max", 1, 0, resources)
+    evaluate_on_test(trials, experiment_path, task, SplitSources(data_path),
+                     EvaluationSettings("val_auc", "max", top_k=1))
+    evaluate_on_test(trials, experiment_path, task, SplitSources(open_test, open_val),
+                     EvaluationSettings("val_auc", "max", 1, 0, resources))
+
+The settings are small frozen records (`search.experiment.after_settings`).
 
 Attribution runs one Ray task per trial's best checkpoint, asking for `resources` (what a trial's
 worker asks for: its GPU share and CPUs, so it runs where trials run, not on the driver), on the
@@ -19,7 +23,10 @@ the task record defines one (`Task.foreground`: "otsu" for single cells; None, a
 tiles and X-rays, gives NaN, so no trial is flagged). What is explained, and the captions, come
 from the task's kind (`trainables.kinds`: `explain_targets`, `caption`).
 
-The test split is read here and nowhere else: for the top-K trials by the search metric it
+The test split's images are read here and nowhere else, and only here is anything scored on
+it (before the search, `search.driver.checks.check_data` validates the test labels and the
+images' header, so a broken file fails before the search, not after): for the top-K trials
+by the search metric it
 writes `test_metrics.json` (with bootstrap 95% CIs) and `<trial>/test_predictions.npz` (labels,
 probabilities, logits, `ids`: file names or row numbers, and `patients` where the npz has them).
 The split comes from an npz path (read on the driver) or from `open_test`, a callable as above,
@@ -36,10 +43,12 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import ray
 
+from search.experiment.after_settings import EvaluationSettings, ExplainSettings, SplitSources
 from search.experiment.layout import (
     ATTRIBUTION_DIR,
     FOCUS_GAP,
@@ -72,31 +81,26 @@ def explain_trials(
     experiment_path: str,
     task: Task,
     val: dict[str, np.ndarray],
-    metric: str,
-    mode: str,
-    seed: int = 0,
-    top_k: int | None = None,
-    per_class: int = 2,
-    ig: dict | None = None,
-    resources: dict | None = None,
+    settings: ExplainSettings,
     open_val: Callable[[], dict] | None = None,
 ) -> dict[str, float]:
-    """Attribution maps for the best `top_k` trials (all by default); {trial_id: focus}."""
-    chosen = with_checkpoints(trials, metric, mode)[: top_k or None]
+    """Attribution maps for the best `settings.top_k` trials (all by default); {trial_id:
+    focus}. `val`: the validation labels (and images unless `open_val` reads them)."""
+    chosen = with_checkpoints(trials, settings.metric, settings.mode)[: settings.top_k or None]
     if not chosen:
         return {}
-    panel = A.choose_panel(val["val_labels"], task.kind, per_class, seed)
+    panel = A.choose_panel(val["val_labels"], task.kind, settings.per_class, settings.seed)
     if open_val is None:
         panel_ref = ray.put((val["val_images"][panel], val["val_labels"][panel]))
     else:
         panel_ref = ray.put((open_val, np.asarray(panel)))  # each task reads the rows itself
-    remote = explain_one.options(**(resources or {"num_cpus": 1}))
+    remote = explain_one.options(**(settings.resources or {"num_cpus": 1}))
     futures = {
         t["trial_id"]: remote.remote(
             t["checkpoint_path"],
             join_path(experiment_path, t["trial_id"], ATTRIBUTION_DIR),
             panel_ref,
-            ig or {},
+            dict(settings.ig),
             task.foreground,
         )
         for t in chosen
@@ -135,8 +139,16 @@ def explain_checkpoint(
     model = model_from_checkpoint(ckpt)
     probs = predict(ckpt, model, images)
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if kind.dense:  # masks: image / true / predicted mask / Grad-CAM in one grid, no IG
-        return _explain_masks(ckpt, model, out_dir, (images, labels, probs), foreground)
+    explain = kind.for_labels(images=partial(_explain_images, ig=ig), masks=_explain_masks)
+    return explain(ckpt, model, out_dir, (images, labels, probs), foreground)
+
+
+def _explain_images(ckpt: dict, model, out_dir: str, panel: tuple, foreground, ig: dict) -> float:
+    """An image-label checkpoint's Grad-CAM and IG (`ig`: its settings) grids and maps, for
+    the outputs `Kind.explain_targets` picks; the mean focus score (NaN where `foreground` is
+    None)."""
+    images, labels, probs = panel
+    kind = get_kind(ckpt["kind"])
     rows, targets = kind.explain_targets(labels, probs)
     x = normalised_input(ckpt, images[rows]).to(next(model.parameters()).device)
     cams = A.gradcam_maps(model, x, A.cam_layer(model, x), targets)
@@ -225,27 +237,18 @@ def evaluate_on_test(
     trials: list[dict],
     experiment_path: str,
     task: Task,
-    test: str | Callable[[], dict],
-    metric: str,
-    mode: str,
-    top_k: int = 1,
-    seed: int = 0,
-    resources: dict | None = None,
-    val: str | Callable[[], dict] | None = None,
-    operating_point: str = "youden",
-    temperature_scaling: bool = False,
-    ids_from: str | None = None,
+    splits: SplitSources,
+    settings: EvaluationSettings,
 ) -> dict | None:
-    """Test metrics (with CIs) of the best `top_k` trials; writes test_metrics.json. `test`:
-    the npz path, or a callable giving the test arrays where it is called (module docstring);
-    `val`: the same for the validation split (default: `test` when it is a path; None with a
-    callable: the threshold stays 0.5); `ids_from`: the npz whose `test_files` and
-    `{val,test}_patients` name the rows (default: `test` when a path); `resources`: run each
-    prediction as a Ray task asking for them."""
-    chosen = with_checkpoints(trials, metric, mode)[:top_k]
+    """Test metrics (with CIs) of the best `settings.top_k` trials; writes test_metrics.json.
+    `splits`: the test and validation splits, as npz paths or callables giving the arrays
+    where they are called (module docstring); `settings.resources`: run each prediction as a
+    Ray task asking for them."""
+    chosen = with_checkpoints(trials, settings.metric, settings.mode)[: settings.top_k]
     if not chosen:
         return None
-    ids_from = ids_from or (test if isinstance(test, str) else None)
+    test, val, resources = splits.test, splits.val, settings.resources
+    ids_from = splits.ids_from or (test if isinstance(test, str) else None)
     if isinstance(test, str):  # the only read of the test split
         val = val or test
         arrays = load_npz(test, task, splits=("test",))
@@ -261,9 +264,7 @@ def evaluate_on_test(
     ids = row_ids(ids_from)
     results = {}
     for t, (test_out, val_out) in zip(chosen, predictions, strict=True):
-        result, probs = _evaluate(
-            task, test_out, val_out, ids, operating_point, temperature_scaling, seed
-        )
+        result, probs = _evaluate(task, test_out, val_out, ids, settings)
         results[t["trial_id"]] = result
         extra = {"patients": ids["test_patients"]} if ids.get("test_patients") is not None else {}
         write_npz(
@@ -280,14 +281,27 @@ def evaluate_on_test(
     return out
 
 
-def _evaluate(task: Task, test_out, val_out, ids: dict, point: str, scaling: bool, seed: int):
-    """(test figures, test probabilities) of one checkpoint's (labels, logits) per split."""
-    if task.kind_ops.dense:  # masks: the kind's figures, CIs over images, threshold 0.5
-        import torch
+def _evaluate(task: Task, test_out, val_out, ids: dict, settings: EvaluationSettings):
+    """(test figures, test probabilities) of one checkpoint's (labels, logits) per split:
+    per image, or per mask (`Kind.for_labels`)."""
+    evaluate = task.kind_ops.for_labels(images=_evaluate_images, masks=_evaluate_masks)
+    return evaluate(task, test_out, val_out, ids, settings)
 
-        probs = task.kind_ops.probabilities(torch.as_tensor(np.array(test_out[1])))
-        y, scores = task.kind_ops.test_inputs(test_out[0], probs)
-        return task.kind_ops.test_figures(y, scores, list(task.classes), seed=seed), probs
+
+def _evaluate_masks(task: Task, test_out, val_out, ids: dict, settings: EvaluationSettings):
+    """A mask kind's test figures (`Kind.test_figures`: CIs over images, threshold 0.5)."""
+    import torch
+
+    probs = task.kind_ops.probabilities(torch.as_tensor(np.array(test_out[1])))
+    y, scores = task.kind_ops.test_inputs(test_out[0], probs)
+    return task.kind_ops.test_figures(y, scores, list(task.classes), seed=settings.seed), probs
+
+
+def _evaluate_images(task: Task, test_out, val_out, ids: dict, settings: EvaluationSettings):
+    """Image-label test figures at the operating point chosen on validation (calibration
+    included), or at the fixed 0.5 without validation predictions."""
+    seed = settings.seed
+    point, scaling = settings.operating_point, settings.temperature_scaling
     groups = (ids.get("val_patients"), ids.get("test_patients"))
     if val_out is not None:
         return evaluate_split_pair(

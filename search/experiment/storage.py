@@ -2,10 +2,12 @@
 
     path = join_path(experiment, trial_id, "checkpoint")   # local path or s3:// / gs:// URI
     write_text(join_path(experiment, "search.json"), text)  # atomic locally
+    write_file(join_path(experiment, "trials.parquet"), lambda f: pq.write_table(table, f))
     info = read_json(join_path(experiment, "search.json"))  # None when the file is missing
 
-Local files are written atomically (a temp file in the same folder, then `os.replace`);
-URIs go through `pyarrow.fs`, which is also what Ray uses for S3/GCS.
+Local files are written atomically (`trainables.files.write_atomic`, the one implementation:
+a temp file in the same folder, then `os.replace`); URIs go through `pyarrow.fs`, which is also
+what Ray uses for S3/GCS, from here and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -48,14 +51,20 @@ def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(absolute(path))
 
 
-def write_bytes(path: str, data: bytes) -> None:
+def write_file(path: str, data: bytes | Callable[[BinaryIO], object]) -> None:
+    """Write `data` (bytes, or a function that writes to a binary file) to a path or URI: a
+    local path atomically (`trainables.files.write_atomic`), a URI through `pyarrow.fs`."""
     if not is_uri(path):
         write_atomic(path, data)
         return
     fs, fs_path = filesystem(path)
     fs.create_dir(fs_path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(fs_path) as f:
-        f.write(data)
+        data(f) if callable(data) else f.write(data)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    write_file(path, data)
 
 
 def read_bytes(path: str) -> bytes | None:

@@ -11,22 +11,22 @@
 `history.parquet` one row per (trial, epoch) (`trial_id`, `HISTORY_COLUMNS`, `node_id`). The
 column names, statuses and file names are defined here and imported by every reader. Rows are
 built from plain per-epoch results (`trial_row`, `history_rows`), so anything that has the
-results `train_loop` reports can write the same tables. Both files go through `pyarrow.fs`
+results `train_loop` reports can write the same tables. A trial's best epoch is the earliest
+epoch with its best value (`trainables.scores.best_index`), its status `trial_status` (the rule
+the Optuna searcher tells Optuna by: `search.driver.searcher`). Both files go through `pyarrow.fs`
 (`search.experiment.storage`), so S3/GCS storage works like a folder.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from search.experiment.layout import CHECKPOINT_DIR, HISTORY_FILE, TRIALS_FILE
-from search.experiment.storage import copy_dir, filesystem, join_path, same_place
-from trainables.scores import is_finite, sort_key
+from search.experiment.storage import copy_dir, filesystem, join_path, same_place, write_file
+from trainables.scores import best_index, is_finite
 
 VAL_METRICS = ("val_loss", "val_acc", "val_f1", "val_auc", "val_dice", "val_iou", "val_pixel_acc")
 """The validation metrics every epoch reports (`trainables.train.train_loop`)."""
@@ -112,14 +112,10 @@ def trial_row(
     epochs: int,
 ) -> dict:
     """A trial's row from its per-epoch results: the best epoch's metrics and checkpoint."""
-    scored = [r for r in rows if is_finite(r.get(metric))]
-    # Ties go to the later epoch, as in Ray's checkpoint manager (which keeps that one).
-    best = max(scored, key=lambda r: (sort_key(r[metric], mode), r.get("epoch") or 0), default={})
-    epochs_run = int(max((r.get("epoch") or 0) for r in rows)) if rows else 0
-    if error is not None:
-        status = ERRORED
-    else:
-        status = FINISHED if epochs_run >= epochs else STOPPED_EARLY
+    index = best_index([r.get(metric) for r in rows], mode)  # ties: the earliest epoch
+    best = rows[index] if index is not None else {}
+    ran = epochs_run(rows)
+    status = trial_status(ran, epochs, error is not None)
     plain = {k: v for k, v in (config or {}).items() if _plain(v)}
     return {
         "trial_id": trial_id,
@@ -130,13 +126,36 @@ def trial_row(
         **{f"{BEST_PREFIX}{k}": _num(best.get(k)) for k in VAL_METRICS},
         **_fold_columns(best),
         "best_epoch": int(best["epoch"]) if best else None,
-        "epochs_run": epochs_run,
+        "epochs_run": ran,
         "wall_time_s": _num(rows[-1].get("time_total_s")) if rows else None,
-        "checkpoint_path": _checkpoint_path(trial_path, best),
+        "checkpoint_path": _checkpoint_path(trial_path, _kept(rows, best, metric)),
         "trial_path": trial_path,
         "node_id": rows[-1].get("node_id") if rows else None,
         "nodes": _nodes(rows),
     }
+
+
+def epoch_of(result: dict) -> int:
+    """The epoch a result reports (`epoch`, as `train_loop` counts; else Tune's
+    `training_iteration`; 0 when it has neither)."""
+    value = result.get("epoch")
+    if not is_finite(value):
+        value = result.get("training_iteration")
+    return int(value) if is_finite(value) else 0
+
+
+def epochs_run(rows: list[dict]) -> int:
+    """The epochs a trial ran: the highest epoch among its results (0 without any)."""
+    return max((epoch_of(r) for r in rows), default=0)
+
+
+def trial_status(ran: int, planned: int, errored: bool) -> str:
+    """A trial's `status`, the one rule (`trials.parquet`, the Optuna searcher): ERRORED when
+    it raised, FINISHED when it ran its planned epochs, else STOPPED_EARLY (ASHA, the time
+    budget)."""
+    if errored:
+        return ERRORED
+    return FINISHED if ran >= planned else STOPPED_EARLY
 
 
 def _nodes(rows: list[dict]) -> str | None:
@@ -158,6 +177,14 @@ def _fold_columns(best: dict) -> dict:
     stds = {f"{BEST_PREFIX}{k}_std": _num(best.get(f"{k}_std")) for k in VAL_METRICS}
     ints = {k: int(best[k]) for k in FOLD_COLUMNS if k in best}
     return {**stds, **ints}
+
+
+def _kept(rows: list[dict], best: dict, metric: str) -> dict:
+    """The row whose checkpoint Ray kept for the best value: on a tie, Ray's checkpoint manager
+    keeps the later checkpoint (a tie in the metric is a tie in the kept model's score too)."""
+    ties = [r for r in rows if best and r.get(metric) == best.get(metric)]
+    with_checkpoint = [r for r in ties if r.get("checkpoint_dir_name") or r.get("checkpoint_path")]
+    return with_checkpoint[-1] if with_checkpoint else best
 
 
 def _checkpoint_path(trial_path: str, best: dict) -> str | None:
@@ -204,18 +231,11 @@ def export_checkpoints(trials: list[dict], experiment_path: str) -> None:
 
 
 def write_table(rows: list[dict], path: str) -> None:
-    """Write rows as Parquet; locally via a temp file and an atomic rename."""
+    """Write rows as Parquet (a local path atomically, a URI through `pyarrow.fs`)."""
     table = (
         pa.Table.from_pylist(rows) if rows else pa.table({"trial_id": pa.array([], pa.string())})
     )
-    fs, fs_path = filesystem(path)
-    fs.create_dir(fs_path.rsplit("/", 1)[0], recursive=True)
-    if isinstance(fs, pafs.LocalFileSystem):
-        tmp = f"{fs_path}.{uuid.uuid4().hex}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, fs_path)
-    else:
-        pq.write_table(table, fs_path, filesystem=fs)
+    write_file(path, lambda f: pq.write_table(table, f))
 
 
 def read_table(path: str) -> list[dict]:

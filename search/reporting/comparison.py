@@ -12,7 +12,6 @@ held, and the test figure of the trial if it was evaluated on the test split.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -120,12 +119,21 @@ def trial_resources(info: dict) -> tuple[float | None, float | None]:
         return float(held.get("cpu", 0.0)), float(held.get("gpu", 0.0))
     if not info.get("argv"):
         return None, None
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
-    p.add_argument("--workers-per-trial", type=int, default=1)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
-    known, _ = p.parse_known_args(info["argv"])
-    return known.cpus_per_worker * known.workers_per_trial, known.gpus_per_trial
+    argv = info["argv"]
+    cpus = float(flag_value(argv, "--cpus-per-worker", 1.0))
+    workers = int(flag_value(argv, "--workers-per-trial", 1))
+    return cpus * workers, float(flag_value(argv, "--gpus-per-trial", 0.0))
+
+
+def flag_value(argv: list[str], flag: str, default):
+    """The last value `argv` gives `flag` (`--flag v` or `--flag=v`), else `default`."""
+    value = default
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def sweep_rows(runs: Iterable, metric: str, mode: str, limit: int | None = None) -> list[dict]:

@@ -15,6 +15,7 @@ Grad-CAM uses `trainables.attribution.cam_layer`; the overlays are `<stem>_gradc
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from trainables.checkpoint import (
     normalised_input,
     predict,
 )
-from trainables.kinds import THRESHOLD, get_kind
+from trainables.kinds import get_kind
 
 
 def explain_images(
@@ -50,8 +51,16 @@ def explain_images(
         raise ValueError(f"--steps {steps} and --samples {samples} must both be >= 1")
     ckpt = load_checkpoint(checkpoint_path)
     images = np.stack([read_image(p, ckpt["channels"], ckpt["image_size"]) for p in image_paths])
-    if get_kind(ckpt["kind"]).dense:  # masks: the predicted mask and its overlay, no IG
-        return explain_masks(ckpt, image_paths, images, out_dir)
+    per_image = partial(_explain_per_image, steps=steps, samples=samples)
+    explain = get_kind(ckpt["kind"]).for_labels(images=per_image, masks=explain_masks)
+    return explain(ckpt, image_paths, images, out_dir)  # masks: predicted mask, overlay, no IG
+
+
+def _explain_per_image(
+    ckpt: dict, image_paths: list, images: np.ndarray, out_dir, steps: int, samples: int
+) -> list[dict]:
+    """`explain_images` for a kind whose labels belong to whole images: the outputs
+    `Kind.read_out` names, each with its Grad-CAM and Integrated Gradients overlay."""
     model = model_from_checkpoint(ckpt)
     probs = predict(ckpt, model, images)
     x = normalised_input(ckpt, images)
@@ -118,8 +127,6 @@ def describe(result: dict) -> str:
     lines = [f"{result['image']}: predicted {predicted}"]
     width = max(map(len, result["probabilities"]), default=0)
     lines += [f"  {name:<{width}}  {p:.4f}" for name, p in result["probabilities"].items()]
-    kind = get_kind(result["kind"])
-    if not kind.exclusive and not kind.dense:  # each label its own yes/no
-        lines.append(f"  (one independent probability per label; present when >= {THRESHOLD})")
+    lines += [f"  {note}" for note in get_kind(result["kind"]).readout_notes()]
     lines.append(f"  maps: {', '.join(result.get('files') or [result['gradcam'], result['ig']])}")
     return "\n".join(lines)

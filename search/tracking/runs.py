@@ -1,6 +1,7 @@
 """Log every trial of a search to Weights & Biases, then add its attribution maps and test figures.
 
-    mode = resolve_mode(args.wandb)   # --wandb online|offline|off; default: online if logged in
+    mode = resolve_mode(settings.wandb.mode)   # --wandb; None: WANDB_MODE, else online iff
+                                               # logged in
     callbacks = make_callbacks(mode, "medsweep", group=name, tags=[task, searcher],
                                wandb_dir=experiment_path)   # -> tune.RunConfig(callbacks=...)
     ...                                                      # fit, collect, post-process

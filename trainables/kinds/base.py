@@ -176,10 +176,19 @@ class Kind:
             "targets": [(top, classes[top], float(probs[top]))],
         }
 
+    def readout_notes(self) -> list[str]:
+        """How to read one image's probabilities, for the text of `search/explain.py`."""
+        return []
+
     # --- per-pixel labels (segmentation); the defaults are those of image labels ----------
-    dense: ClassVar[bool] = False
-    """Labels are masks, one per image (H x W): augmented with their image, scored per pixel,
-    explained as masks (`test_figures` replaces `trainables.evaluation`)."""
+    def for_labels(self, images, masks):
+        """Of two variants of one step, the one for this kind's labels: `images` where labels
+        belong to whole images (the default), `masks` where each image has a mask, scored per
+        pixel and explained as a mask (segmentation: `test_figures` replaces
+        `trainables.evaluation`). Code outside the kinds that holds both variants (in
+        `search/`, which the kinds cannot import) hands them here instead of testing the kind
+        (tests/test_shape.py)."""
+        return images
 
     def label_problem(self, images_shape: tuple, labels_shape: tuple, n_classes: int):
         """What is wrong with the stored labels' shape for these images, or None."""
@@ -200,9 +209,31 @@ class Kind:
         """The stored labels as `trainables.panels.choose_panel` groups them."""
         return labels
 
+    def panel_rows(
+        self, labels: np.ndarray, per_class: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """Rows of `panel_labels`' (N, L) output for `trainables.panels.choose_panel`: up to
+        `per_class` images per class in class order (one class per image), or per label in
+        index order (`per_label_panel`)."""
+        if not self.exclusive:
+            return per_label_panel(labels.astype(bool), per_class, rng)
+        if labels.shape[1] != 1:
+            raise ValueError(
+                f"kind={self.name!r} needs labels shaped (N, 1) with class ids, got "
+                f"{labels.shape}; pass kind='multilabel' for one 0/1 column per label"
+            )
+        y = labels[:, 0]
+        picks = [_pick(np.flatnonzero(y == c), per_class, rng) for c in np.unique(y)]
+        return np.concatenate(picks).astype(np.int64) if picks else np.zeros(0, np.int64)
+
     def loss_settings(self, cfg) -> dict:
         """Keyword arguments of `make_loss` taken from the trial's `TrainConfig`."""
         return {}
+
+    def augment_keys(self) -> tuple[str, ...]:
+        """kornia's `data_keys` for this kind's augmentation (`trainables.data.make_augment`):
+        what moves together; here the image alone."""
+        return ("input",)
 
     def augment_batch(self, augment, images: torch.Tensor, targets: torch.Tensor):
         """(images, loss targets) after augmentation; image labels do not move."""
@@ -211,8 +242,24 @@ class Kind:
     def test_figures(
         self, y_true, scores, class_names: list[str], n_boot: int = 1000, seed: int = 0
     ) -> dict:
-        """A dense kind's test figures (image kinds use `trainables.evaluation`)."""
+        """A mask kind's test figures (image kinds use `trainables.evaluation`)."""
         raise NotImplementedError
+
+
+def per_label_panel(positive: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to `per_class` distinct images positive for each label; an image already chosen
+    counts towards every label it is positive for, so the panel stays small."""
+    chosen = np.zeros(len(positive), bool)
+    for label in range(positive.shape[1]):
+        need = per_class - int((chosen & positive[:, label]).sum())
+        candidates = np.flatnonzero(positive[:, label] & ~chosen)
+        chosen[_pick(candidates, need, rng)] = True
+    return np.flatnonzero(chosen).astype(np.int64)
+
+
+def _pick(candidates: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    n = max(0, min(n, len(candidates)))
+    return np.sort(rng.choice(candidates, size=n, replace=False))
 
 
 def class_ids(labels: np.ndarray) -> np.ndarray:

@@ -109,6 +109,9 @@ class Multilabel(Kind):
     def test_inputs(self, labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(labels), np.asarray(probs)
 
+    def readout_notes(self) -> list[str]:
+        return [f"(one independent probability per label; present when >= {THRESHOLD})"]
+
     def read_out(self, classes: list[str], probs: np.ndarray) -> dict:
         present = np.flatnonzero(probs >= THRESHOLD).tolist()
         explained = present or [int(probs.argmax())]

@@ -34,7 +34,9 @@ class Segmentation(Kind):
     name = "segmentation"
     explains = "the predicted foreground (Grad-CAM of the summed foreground logits)"
     exclusive = False  # labels are per pixel: no image has exactly one class
-    dense = True
+
+    def for_labels(self, images, masks):
+        return masks
 
     # --- layout --------------------------------------------------------------------------
     def num_outputs(self, n_classes: int) -> int:
@@ -86,6 +88,9 @@ class Segmentation(Kind):
 
     def loss_targets(self, labels: torch.Tensor) -> torch.Tensor:
         return labels.reshape(len(labels), 1, *labels.shape[-2:]).float()
+
+    def augment_keys(self) -> tuple[str, ...]:
+        return ("input", "mask")  # each mask moves with its image
 
     def augment_batch(self, augment, images: torch.Tensor, targets: torch.Tensor):
         """The same geometric draw on each image and its mask (kornia, data_keys input+mask)."""

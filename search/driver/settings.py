@@ -1,0 +1,165 @@
+"""The typed, frozen settings of one search: what the command line decided, in groups.
+
+    from search.driver.options import parse_args
+    settings = parse_args(["--task", "blood", "--trials", "8"])   # built and checked once
+    settings.search.trials, settings.resources.cpus_per_worker, settings.data.task
+    settings = updated(settings, outputs={"storage": "runs"})     # a changed copy
+
+`search.driver.options` builds a `Settings` from flags (it is the only module that knows
+argparse) and checks it there (`search.driver.checks.check_flags`); the W&B agent and the tests
+build the groups directly. The library receives these objects, never an argparse Namespace.
+Field names are the flags' names with `_` for `-`; defaults are the flags' defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+
+def _env(name: str, default: str | None = None):
+    return field(default_factory=lambda: os.environ.get(name, default))
+
+
+def _env_float(name: str):
+    return field(default_factory=lambda: float(os.environ[name]) if os.environ.get(name) else None)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Task and data: `--task`, `--space`, `--data-dir`, `--split`, `--folds`, `--weights`,
+    `--image-size`, `--data-path`, `--resident-budget-mb`."""
+
+    task: str | None = None
+    space: str | None = None
+    data_dir: str | None = None
+    split: str = "auto"
+    folds: int = 0
+    weights: str | None = None
+    image_size: int | None = None
+    data_path: str = "auto"
+    resident_budget_mb: float | None = _env_float("MEDSWEEP_RESIDENT_BUDGET_MB")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The search: `--trials`, `--epochs`, `--batch-size`, `--time-budget`, `--seed`,
+    `--searcher`, `--smoke-test`."""
+
+    trials: int = 20
+    epochs: int | None = None
+    batch_size: int | None = None
+    time_budget: float | None = None
+    seed: int = 0
+    searcher: str = "optuna"
+    smoke_test: bool = False
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    """Resources: `--address`, `--launcher`, `--max-concurrent`, `--workers-per-trial`,
+    `--gpus-per-trial` (None: decided from the cluster), `--cpus-per-worker`,
+    `--max-failures`."""
+
+    address: str | None = None
+    launcher: str = "auto"
+    max_concurrent: int | None = None
+    workers_per_trial: int = 1
+    gpus_per_trial: float | None = None
+    cpus_per_worker: float = 1.0
+    max_failures: int = 0
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """Where the experiment goes: `--name`, `--storage` (None: $MEDSWEEP_STORAGE, else `runs`
+    once `search.driver.session.check_storage` resolved it)."""
+
+    name: str | None = None
+    storage: str | None = _env("MEDSWEEP_STORAGE")
+
+
+@dataclass(frozen=True)
+class AfterSettings:
+    """After the search: `--test-top`, `--operating-point`, `--temperature-scaling`,
+    `--repeat-best`."""
+
+    test_top: int = 1
+    operating_point: str = "youden"
+    temperature_scaling: bool = False
+    repeat_best: int = 0
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """Attribution maps: `--explain-top` (None: all), `--ig-samples`, `--ig-steps`,
+    `--ig-baseline` (zero, mean or a number)."""
+
+    explain_top: int | None = None
+    ig_samples: int = 4
+    ig_steps: int = 16
+    ig_baseline: str = "zero"
+
+    def ig(self) -> dict:
+        """Integrated Gradients' keyword arguments (`trainables.attribution`)."""
+        return {
+            "n_samples": self.ig_samples,
+            "steps": self.ig_steps,
+            "baseline": _number_or(self.ig_baseline),
+        }
+
+
+@dataclass(frozen=True)
+class WandbSettings:
+    """W&B: `--wandb` (online, offline, off; None: online if logged in) and `--wandb-project`."""
+
+    mode: str | None = None
+    project: str = _env("WANDB_PROJECT", "medsweep")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One search's settings, in groups; `argv` is the command line as given (search.json
+    keeps it and `--resume` replays it), `given` the flags typed on it."""
+
+    data: DataSettings = field(default_factory=DataSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
+    outputs: OutputSettings = field(default_factory=OutputSettings)
+    after: AfterSettings = field(default_factory=AfterSettings)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    wandb: WandbSettings = field(default_factory=WandbSettings)
+    resume: str | bool | None = None
+    """`--resume`: the experiment folder, True for a bare `--resume`, or None."""
+    debug: bool = False
+    argv: tuple[str, ...] = ()
+    given: frozenset[str] = frozenset()
+    """The flags typed on the command line (`--trials`, ...), not just defaulted."""
+
+    def training_overrides(self) -> dict:
+        """The training settings the command line fixes over the space's (None: not given)."""
+        return {
+            "weights": self.data.weights,
+            "image_size": self.data.image_size,
+            "epochs": self.search.epochs,
+            "batch_size": self.search.batch_size,
+        }
+
+
+def updated(settings: Settings, **groups: dict) -> Settings:
+    """`settings` with fields of some groups changed: `updated(s, outputs={"name": "x"})`."""
+    changes = {g: dataclasses.replace(getattr(settings, g), **c) for g, c in groups.items()}
+    return dataclasses.replace(settings, **changes)
+
+
+def flags_given(argv: list[str] | tuple[str, ...]) -> frozenset[str]:
+    """The flags typed in `argv` (`--trials 3` and `--trials=3` both give `--trials`)."""
+    return frozenset(a.split("=", 1)[0] for a in argv if a.startswith("--"))
+
+
+def _number_or(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
