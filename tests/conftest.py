@@ -45,7 +45,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-def synthetic_arrays(
+def _synthetic_arrays(
     kind: str, n_classes: int, channels: int, size: int = 28, n: int = 96, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Learnable data: each class is a bright square in its own place on a noisy background."""
@@ -73,11 +73,25 @@ def synthetic_arrays(
 
 
 @pytest.fixture
+def synthetic_arrays():
+    """`synthetic_arrays(kind, n_classes, channels, size=28, n=96, seed=0) -> {split arrays}`:
+    learnable npz-layout arrays (see `_synthetic_arrays`)."""
+    return _synthetic_arrays
+
+
+@pytest.fixture
+def fake_classes() -> dict[str, tuple[str, ...]]:
+    """{kind: class names} of the `fake-<kind>` tasks that `make_checkpoint` and
+    `experiment_factory` train."""
+    return FAKE_CLASSES
+
+
+@pytest.fixture
 def make_npz(tmp_path):
     """Write a synthetic npz for a task's kind/classes/channels; returns its path."""
 
     def make(task, size: int = 28, n: int = 96, name: str | None = None, seed: int = 0) -> Path:
-        arrays = synthetic_arrays(task.kind, len(task.classes), task.channels, size, n, seed)
+        arrays = _synthetic_arrays(task.kind, len(task.classes), task.channels, size, n, seed)
         from trainables.data import npz_name
 
         path = tmp_path / (name or npz_name(task.flag, size))
@@ -115,16 +129,18 @@ def _free_port() -> int:
 
 
 def _processes() -> dict[int, tuple[int, str, bytes]]:
-    """{pid: (parent pid, command line, environment)} of every process this user may read."""
+    """{pid: (parent pid, command line, environment)} of every live process this user may
+    read."""
     found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             environ = Path(f"/proc/{pid}/environ").read_bytes()
-            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, UnicodeDecodeError, ValueError, IndexError):
+            state, parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, UnicodeDecodeError, ValueError):
             continue
-        found[int(pid)] = (parent, cmd, environ)
+        if state != "Z":  # a zombie has ended; only its parent's wait is missing
+            found[int(pid)] = (int(parent), cmd, environ)
     return found
 
 
@@ -158,11 +174,14 @@ class RayHead:
     def stop(self) -> int:
         """SIGKILL its processes by PID (never `ray stop`: that stops every Ray instance on the
         machine, other sessions' included); how many are still there afterwards."""
-        for _ in range(3):
-            for pid in _processes_of(self.temp_dir):
+        for _ in range(20):
+            pids = _processes_of(self.temp_dir)
+            if not pids:
+                return 0
+            for pid in pids:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-            time.sleep(1)
+            time.sleep(0.25)
         return len(_processes_of(self.temp_dir))
 
 
@@ -175,7 +194,7 @@ def start_ray_head(num_cpus: int = 2) -> RayHead:
     port, dashboard = _free_port(), _free_port()
     env = {
         **os.environ,
-        "RAY_AUTH_MODE": "disabled",  # no token for the drivers to carry (NOTES.md)
+        "RAY_AUTH_MODE": "disabled",  # so its drivers need no token (NOTES.md)
         "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{dashboard}",  # as connect_ray does
         HEAD_MARK: temp_dir,
     }
@@ -210,7 +229,6 @@ def ray_cluster(ray_head):
     """This process connected to the session's Ray head, for in-process Ray tests."""
     import ray
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"  # the head runs without token auth
     ray.init(address=ray_head.address, configure_logging=False)
     yield ray
     ray.shutdown()
@@ -297,7 +315,7 @@ class Searches:
 
     @staticmethod
     def env(extra: dict | None = None) -> dict:
-        base = {"WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": "disabled"}
+        base = {"WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
         return {**os.environ, **base, **(extra or {})}
 
     def run(
@@ -416,7 +434,7 @@ def make_checkpoint(tmp_path_factory):
         key = (kind, channels, image_size, tuple(classes or ()))
         if key not in made:
             task = fake_task(kind, channels, image_size, classes)
-            arrays = synthetic_arrays(kind, len(task.classes), channels, image_size, n=32)
+            arrays = _synthetic_arrays(kind, len(task.classes), channels, image_size, n=32)
             folder = tmp_path_factory.mktemp(f"checkpoint-{kind}") / "checkpoint"
 
             def keep(metrics: dict, checkpoint_dir: str | None) -> None:
@@ -522,7 +540,7 @@ def build_experiment(root: Path, kind: str = "multiclass", trials: int = 4) -> P
     from trainables.train import KNOBS
 
     task = fake_task(kind)
-    arrays = synthetic_arrays(kind, len(task.classes), task.channels, 28, n=64)
+    arrays = _synthetic_arrays(kind, len(task.classes), task.channels, 28, n=64)
     data_path = root.parent / f"{root.name}-data.npz"
     np.savez(data_path, **arrays)
     started = time.time()

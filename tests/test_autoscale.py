@@ -43,7 +43,7 @@ def _free_port() -> int:
 
 
 def _node_ip() -> str:
-    from ray._private.services import get_node_ip_address
+    from ray.util import get_node_ip_address
 
     return get_node_ip_address()
 

@@ -15,11 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
-from conftest import ROOT
 
 from search.experiment.tables import read_table
 from trainables.data import load_npz
@@ -44,39 +42,6 @@ def cluster():
     c.shutdown()
 
 
-def start_search(*args: str, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
-    # Output goes to a file, not a pipe: a pipe nobody reads fills up and blocks the search.
-    log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
-    )
-    proc.stdout = log
-    return proc
-
-
-def finish(proc: subprocess.Popen, timeout: int = 400) -> tuple[int, str]:
-    proc.wait(timeout=timeout)
-    proc.stdout.seek(0)
-    out = proc.stdout.read()
-    print(out[-4000:])
-    return proc.returncode, out
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    """Poll `predicate`; fail with the search's output if it ends or the time runs out."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            proc.stdout.seek(0)
-            raise AssertionError(f"the search ended before {what}:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def checkpoints(exp: str) -> dict[str, int]:
     """Epochs checkpointed so far per trial folder (function launcher: checkpoint_00000N)."""
     found = {}
@@ -96,7 +61,7 @@ def blood_npz(make_npz):
     return make_npz(get_task("blood"), n=1200)  # epochs of ~1 s on one core
 
 
-def test_kill_the_driver_then_resume(cluster, tmp_path, blood_npz, write_space):
+def test_kill_the_driver_then_resume(cluster, tmp_path, blood_npz, write_space, searches):
     """SIGKILL the driver mid-search; `--resume` completes it: all trials, none twice."""
     exp = str(tmp_path / "runs" / "killed")
     args = [
@@ -129,13 +94,15 @@ def test_kill_the_driver_then_resume(cluster, tmp_path, blood_npz, write_space):
         "--explain-top",
         "0",
     ]
-    proc = start_search(*args)
-    wait_for(lambda: len(checkpoints(exp)) >= 2, 240, "the second trial's first epoch", proc)
+    proc = searches.start(*args)
+    searches.wait_for(
+        lambda: len(checkpoints(exp)) >= 2, "the second trial's first epoch", proc, timeout=240
+    )
     killed_at = time.time()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = checkpoints(exp)
-    code, out = finish(start_search("--resume", exp, "--address", cluster.address))
+    code, out = searches.finish(searches.start("--resume", exp, "--address", cluster.address))
     assert code == 0, out[-2000:]
     trials = read_table(os.path.join(exp, "trials.parquet"))
     history = read_table(os.path.join(exp, "history.parquet"))
@@ -149,13 +116,13 @@ def test_kill_the_driver_then_resume(cluster, tmp_path, blood_npz, write_space):
     assert redone <= 1  # at most the epoch that was running when the driver died
 
 
-def test_ddp_two_workers_matches_one(cluster, tmp_path, make_npz, write_space):
+def test_ddp_two_workers_matches_one(cluster, tmp_path, make_npz, write_space, searches):
     """`--workers-per-trial 2` (gloo, one worker per node) gives the metrics of one worker."""
     task = get_task("blood")
     path = make_npz(task, n=256)
     space = write_space(tmp_path / "space.yaml", lr={"value": 3e-3}, batch_size={"value": 16})
-    code, out = finish(
-        start_search(
+    code, out = searches.finish(
+        searches.start(
             "--task",
             "blood",
             "--data-dir",
@@ -202,7 +169,7 @@ def test_ddp_two_workers_matches_one(cluster, tmp_path, make_npz, write_space):
     assert abs(trial["val_auc"] - best_single) < 0.05
 
 
-def test_multi_node_refuses_local_default_storage(cluster, tmp_path, make_npz):
+def test_multi_node_refuses_local_default_storage(cluster, tmp_path, make_npz, searches):
     path = make_npz(get_task("blood"))
     args = [
         "--task",
@@ -215,7 +182,7 @@ def test_multi_node_refuses_local_default_storage(cluster, tmp_path, make_npz):
         "--address",
         cluster.address,
     ]
-    code, out = finish(start_search(*args), timeout=120)
+    code, out = searches.finish(searches.start(*args), timeout=120)
     assert code != 0 and "Pass --storage s3://" in out
 
 
@@ -248,7 +215,10 @@ def s3_server():
         allow_bucket_creation=True,
     )
     try:
-        wait_for(lambda: _try(lambda: fs.create_dir("medsweep-test")), 30, "moto to start")
+        deadline = time.time() + 30
+        while not _try(lambda: fs.create_dir("medsweep-test")):
+            assert time.time() < deadline, "moto's S3 server did not start in 30 s"
+            time.sleep(0.2)
         yield env, fs
     finally:
         server.terminate()
@@ -263,14 +233,16 @@ def _try(fn) -> bool:
         return False
 
 
-def test_search_on_s3_storage(tmp_path, make_npz, s3_server, write_space):
+def test_search_on_s3_storage(tmp_path, make_npz, s3_server, write_space, searches):
+    """A fresh local Ray (`ray.init()`, what a user runs): its trials inherit the S3 settings
+    of the driver's environment."""
     import pyarrow.fs as pafs
 
     env, fs = s3_server
     path = make_npz(get_task("pneumonia"), n=64)
     space = write_space(tmp_path / "space.yaml", lr={"value": 3e-3})
-    code, out = finish(
-        start_search(
+    code, out = searches.finish(
+        searches.start(
             "--task",
             "pneumonia",
             "--data-dir",
@@ -288,6 +260,7 @@ def test_search_on_s3_storage(tmp_path, make_npz, s3_server, write_space):
             "--name",
             "s3run",
             env=env,
+            local=True,
         )
     )
     assert code == 0, out[-2000:]

@@ -276,9 +276,10 @@ def test_command_line_of_each_search(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_compare_end_to_end(tmp_path, make_npz):
+def test_compare_end_to_end(tmp_path, make_npz, ray_head):
     """Optuna against W&B's engine x 1 repeat x 2 trials x 1 epoch, through run.py in
-    subprocesses (random search is the same code path with another searcher)."""
+    subprocesses (random search is the same code path with another searcher), on the
+    session's Ray head (`-- --address`, passed through to every search)."""
     make_npz(get_task("pneumonia"), n=48)
     space = {
         "method": "bayes",
@@ -313,6 +314,9 @@ def test_compare_end_to_end(tmp_path, make_npz):
         str(tmp_path / "space.yaml"),
         "--out",
         str(out),
+        "--",
+        "--address",
+        ray_head.address,
     ]
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAKE_CLASSES
 from PIL import Image
 
 from search.explain import main
@@ -18,7 +17,6 @@ from trainables.attribution import cam_layer
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, normalised_input, predict
 
 PNG = b"\x89PNG\r\n\x1a\n"
-CLASSES = {kind: list(names) for kind, names in FAKE_CLASSES.items()}
 
 
 def write_images(folder: Path) -> list[Path]:
@@ -36,14 +34,14 @@ def assert_png(path: str) -> None:
         img.verify()
 
 
-def test_multiclass_png_and_jpeg(tmp_path, capsys, make_checkpoint):
+def test_multiclass_png_and_jpeg(tmp_path, capsys, make_checkpoint, fake_classes):
     folder = make_checkpoint("multiclass", channels=3)
     ckpt = folder / "model.pt"
     images = write_images(tmp_path)
     results = explain_images(folder, images, steps=4, samples=2)
     assert [r["image"] for r in results] == [str(p) for p in images]
     for r, image in zip(results, images, strict=True):
-        assert list(r["probabilities"]) == CLASSES["multiclass"]
+        assert list(r["probabilities"]) == list(fake_classes["multiclass"])
         assert sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-5)
         best = max(r["probabilities"], key=r["probabilities"].get)
         assert r["predicted"] == [best]
@@ -53,7 +51,7 @@ def test_multiclass_png_and_jpeg(tmp_path, capsys, make_checkpoint):
         assert_png(r["ig"])
     assert main([str(ckpt), str(images[0]), "--steps", "2", "--samples", "1"]) == 0
     out = capsys.readouterr().out
-    assert "cell.png: predicted" in out and all(c in out for c in CLASSES["multiclass"])
+    assert "cell.png: predicted" in out and all(c in out for c in list(fake_classes["multiclass"]))
     assert "independent probability" not in out  # one class per image: they sum to 1
 
 
@@ -73,7 +71,7 @@ def test_matches_predict_on_prepared_pixels(tmp_path, make_checkpoint):
     np.testing.assert_allclose(list(result["probabilities"].values()), expected[0], atol=1e-6)
 
 
-def test_binary_small_images_use_an_earlier_layer(tmp_path, make_checkpoint):
+def test_binary_small_images_use_an_earlier_layer(tmp_path, make_checkpoint, fake_classes):
     """At 12 px the simple CNN's last block is 3x3: Grad-CAM moves to a layer >= 4x4."""
     ckpt_path = make_checkpoint("binary", channels=1, image_size=12)
     ckpt = load_checkpoint(ckpt_path)
@@ -82,21 +80,21 @@ def test_binary_small_images_use_an_earlier_layer(tmp_path, make_checkpoint):
     assert cam_layer(model, x) is not model.cam_layer
     out = tmp_path / "maps"
     (r,) = explain_images(ckpt_path, [tmp_path / "cell.png"], out_dir=out, steps=2, samples=1)
-    assert list(r["probabilities"]) == CLASSES["binary"]
+    assert list(r["probabilities"]) == list(fake_classes["binary"])
     assert sum(r["probabilities"].values()) == pytest.approx(1)
     assert r["gradcam"] == str(out / "cell_gradcam.png")
     assert_png(r["gradcam"])
     assert_png(r["ig"])
 
 
-def test_multilabel_and_16_bit(tmp_path, make_checkpoint, capsys):
+def test_multilabel_and_16_bit(tmp_path, make_checkpoint, capsys, fake_classes):
     ckpt = make_checkpoint("multilabel", channels=1)
     deep = tmp_path / "deep.png"
     Image.fromarray(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 8).save(deep)
     pixels = read_image(deep, channels=1, size=28)
     assert pixels.min() < 20 and pixels.max() > 235  # scaled, not clipped to white
     (r,) = explain_images(ckpt, [deep], steps=2, samples=1)
-    assert list(r["probabilities"]) == CLASSES["multilabel"]
+    assert list(r["probabilities"]) == list(fake_classes["multilabel"])
     assert all(0 <= p <= 1 for p in r["probabilities"].values())
     assert r["predicted"] == [c for c, p in r["probabilities"].items() if p >= 0.5]
     assert_png(r["gradcam"])

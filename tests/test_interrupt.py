@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import signal
 import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -24,39 +20,7 @@ from search.experiment.tables import read_table
 from trainables.tasks import get_task
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2
-
-
-def start(*args: str) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
-    log = tempfile.TemporaryFile(mode="w+")  # a file: a pipe nobody reads blocks the search
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
-    )
-    proc.stdout = log
-    return proc
-
-
-def finish(proc: subprocess.Popen, timeout: float = 400) -> tuple[int, str]:
-    proc.wait(timeout=timeout)
-    proc.stdout.seek(0)
-    out = proc.stdout.read()
-    print(out[-3000:])
-    return proc.returncode, out
-
-
-def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            proc.stdout.seek(0)
-            raise AssertionError(f"the search ended before {what}:\n{proc.stdout.read()[-3000:]}")
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def checkpoints(exp: Path) -> list[str]:
@@ -104,12 +68,12 @@ def search_args(tmp_path, make_npz, write_space):
     return make
 
 
-def interrupt(proc: subprocess.Popen, exp: Path, ready, what: str) -> None:
+def interrupt(searches, proc: subprocess.Popen, exp: Path, ready, what: str) -> None:
     """SIGINT the search once `ready()`; it exits 130 with the resume line and nothing of a
     partial search."""
-    wait_for(ready, proc, what)
+    searches.wait_for(ready, what, proc)
     proc.send_signal(signal.SIGINT)
-    code, out = finish(proc)
+    code, out = searches.finish(proc)
     assert code == 130, out[-3000:]
     assert f"python search/run.py --resume {exp}" in out
     assert status(exp) == "interrupted"
@@ -117,26 +81,32 @@ def interrupt(proc: subprocess.Popen, exp: Path, ready, what: str) -> None:
         assert not (exp / partial).exists(), f"{partial} of a partial search"
 
 
-def test_sigint_before_and_after_a_checkpoint_each_resumed(search_args):
+def test_sigint_before_and_after_a_checkpoint_each_resumed(search_args, searches):
     """One search interrupted twice (before its first checkpoint, then after one in the resumed
-    run), resumed to its end, then resumed once more: the test split is read once."""
+    run), resumed to its end, then resumed once more: the test split is read once. (It runs on
+    the session's Ray head: a driver's SIGINT ends its own trials, not the cluster.)"""
     args, exp = search_args("sig")
     interrupt(
-        start(*args),
+        searches,
+        searches.start(*args),
         exp,
         lambda: started(exp) and not checkpoints(exp),
         "the first trial to start",
     )
     interrupt(
-        start("--resume", str(exp)), exp, lambda: bool(checkpoints(exp)), "the first checkpoint"
+        searches,
+        searches.start("--resume", str(exp)),
+        exp,
+        lambda: bool(checkpoints(exp)),
+        "the first checkpoint",
     )
-    code, out = finish(start("--resume", str(exp)))
+    code, out = searches.finish(searches.start("--resume", str(exp)))
     assert code == 0, out[-3000:]
     assert status(exp) == "finished"
     trials = read_table(str(exp / "trials.parquet"))
     assert len(trials) == 2 and all(t["epochs_run"] == EPOCHS for t in trials)
     assert (exp / "test_metrics.json").is_file() and (exp / "report.html").is_file()
     tested = (exp / "test_metrics.json").stat().st_mtime_ns
-    code, out = finish(start("--resume", str(exp)), timeout=120)
+    code, out = searches.finish(searches.start("--resume", str(exp)), timeout=120)
     assert code == 0 and "finished already" in out, out[-2000:]
     assert (exp / "test_metrics.json").stat().st_mtime_ns == tested  # the test split read once

@@ -272,3 +272,28 @@ def test_multiclass_macro_f1_and_auc_by_hand():
     assert math.isclose(m["auc"], 1.0)
     probs[3] = [0.75, 0.15, 0.1]
     assert math.isclose(kind.metrics(labels, probs)["auc"], (1.0 + 0.75 + 1.0) / 3)
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_each_kind_picks_one_variant_and_moves_what_it_labels(name):
+    """`for_labels` (how code outside the kinds tells image labels from masks) agrees with
+    the augmentation: a kind that picks the mask variant moves a mask with each image."""
+    kind = KINDS[name]
+    picked = kind.for_labels(images="images", masks="masks")
+    assert picked in ("images", "masks")
+    assert kind.augment_keys()[0] == "input"
+    assert ("mask" in kind.augment_keys()) == (picked == "masks")
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_readout_notes_say_when_labels_are_independent(name):
+    """A multi-label read-out warns that probabilities do not add up to one; one class per
+    image needs no note."""
+    notes = KINDS[name].readout_notes()
+    assert bool(notes) == (not KINDS[name].exclusive)
+    assert all("independent" in note for note in notes)
+
+
+def test_segmentation_is_the_mask_kind():
+    assert get_kind("segmentation").for_labels(images=0, masks=1) == 1
+    assert [n for n in CLASSIFIERS if KINDS[n].for_labels(images=0, masks=1)] == []

@@ -249,6 +249,15 @@ def test_the_command_itself_exits_2_with_one_line(commands, key):
     assert_refused(commands[key], MISTAKES[key][1])
 
 
+def test_a_refused_search_leaves_a_ray_it_did_not_connect_alone(
+    ray_cluster, broken, main_in_process
+):
+    """`main` disconnects only the Ray it connected: this process, joined to the session's
+    head, stays joined after a refused search (which is what lets these checks run here)."""
+    assert_refused(main_in_process(run_args(MISTAKES["npz-empty"][0], broken)), "empty/")
+    assert ray_cluster.is_initialized()
+
+
 def test_a_mistyped_data_dir_is_not_created(broken, main_in_process):
     main_in_process(run_args(MISTAKES["data-dir-missing"][0], broken))
     assert not (broken / "no-such").exists()

@@ -4,17 +4,18 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, synthetic_arrays
 
 from search.driver.node_data import CACHE_ENV, describe, node_arrays
 from search.driver.space import load_space
 from trainables.tasks import get_task
 from trainables.train import train_loop
 
+ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted(p for p in (ROOT / "spaces").glob("*-*.yaml"))
 
 
@@ -24,7 +25,7 @@ def test_presets_exist():
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
-def test_preset_runs_a_smoke_epoch(path, tmp_path, monkeypatch):
+def test_preset_runs_a_smoke_epoch(path, tmp_path, monkeypatch, synthetic_arrays):
     raw = yaml.safe_load(path.read_text())
     task = get_task(raw["parameters"]["task"]["value"])
     space = load_space(path, task)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from search.experiment.tables import read_table
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, predict
+from trainables.config import TrainConfig, planned_epochs
 from trainables.scores import is_finite
 from trainables.tasks import get_task
 
@@ -62,11 +64,21 @@ def test_search_end_to_end_under_ray_train(tmp_path, make_npz, write_space, run_
     assert "Best trial" in proc.stderr + proc.stdout
 
 
-def test_failing_trials_do_not_take_the_search_down(tmp_path, make_npz, write_space, run_search):
-    """lr 1e30 makes the loss NaN: those trials error with the message, the others finish."""
+def test_failing_trials_do_not_take_the_search_down_and_the_rest_run_their_planned_epochs(
+    tmp_path, make_npz, write_space, run_search
+):
+    """lr 1e30 makes the loss NaN: those trials error with the message, the others finish.
+
+    The space file has no `epochs` and the command no `--epochs` (issue 19: such trials used
+    to stop after one epoch, ASHA's `max_t` defaulting to 1): every trial that does not fail
+    runs the planned epochs, `TrainConfig.epochs`. ASHA's grace period is the whole run, so
+    it stops none of them."""
+    planned = planned_epochs({})
+    assert planned == TrainConfig.epochs == 10
     task = get_task("pneumonia")
-    data = make_npz(task, n=64)
-    space = write_space(tmp_path / "space.yaml", lr={"values": [1e-3, 1e30]})
+    data = make_npz(task, n=64)  # 2 batches of 32 per epoch: 10 epochs cost seconds
+    space = write_space(tmp_path / "space.yaml", min_iter=planned, lr={"values": [1e-3, 1e30]})
+    assert "epochs" not in Path(space).read_text()
     proc = run_search(
         "--task",
         "pneumonia",
@@ -76,8 +88,6 @@ def test_failing_trials_do_not_take_the_search_down(tmp_path, make_npz, write_sp
         space,
         "--trials",
         "4",
-        "--epochs",
-        "1",
         "--storage",
         str(tmp_path / "runs"),
         "--name",
@@ -89,12 +99,18 @@ def test_failing_trials_do_not_take_the_search_down(tmp_path, make_npz, write_sp
         "--seed",
         "3",
     )
-    trials = read_table(str(tmp_path / "runs" / "nan" / "trials.parquet"))
+    exp = tmp_path / "runs" / "nan"
+    trials = read_table(str(exp / "trials.parquet"))
+    history = read_table(str(exp / "history.parquet"))
     bad = [t for t in trials if t["config/lr"] > 1]
     good = [t for t in trials if t["config/lr"] < 1]
     assert bad and good, "seed 3 should draw both learning rates"
     assert all(t["status"] == "errored" and "training loss is nan" in t["error"] for t in bad)
     assert all(t["status"] == "finished" and t["checkpoint_path"] for t in good)
+    for t in good:
+        epochs = [h["epoch"] for h in history if h["trial_id"] == t["trial_id"]]
+        assert t["epochs_run"] == planned and sorted(epochs) == list(range(1, planned + 1))
+    assert json.loads((exp / "search.json").read_text())["epochs"] == planned
     assert proc.returncode == 0
 
 

@@ -75,3 +75,11 @@ def test_an_interrupt_stops_the_run_through_tunes_sigusr1_handler(ray_cluster, t
     assert stop.signal == signal.SIGINT
     assert grid[0].metrics["i"] < 99, RAY_INTERNAL  # the run ended early, not at its end
     assert has_tune_state(str(tmp_path / "interrupted")), "no state saved to --resume from"
+
+
+def test_the_session_folder_is_named_through_public_ray_calls(ray_cluster):
+    from search.driver.session import session_dir
+
+    folder = session_dir()
+    assert folder and os.path.basename(folder).startswith("session_"), folder
+    assert os.path.isdir(os.path.join(folder, "logs"))

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT
 from ray import tune
 
 from search.driver.space import default_space_path, load_space, parse_space
 from trainables.tasks import TASK_NAMES, get_task
 from trainables.train import KNOBS, TrainConfig
 
+ROOT = Path(__file__).resolve().parents[1]
 SPACE_FILES = sorted((ROOT / "spaces").glob("*.yaml"))
 
 

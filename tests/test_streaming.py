@@ -11,7 +11,6 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_arrays
 
 from search.driver.fingerprint import npz_key
 from search.driver.node_data import (
@@ -159,7 +158,7 @@ def test_a_different_file_on_the_node_is_refused(tmp_path, make_npz, node_cache)
         node_arrays(source)
 
 
-def test_same_seed_trains_the_same_batches_on_both_paths(tmp_path, node_cache):
+def test_same_seed_trains_the_same_batches_on_both_paths(tmp_path, node_cache, synthetic_arrays):
     task = get_task("blood")
     arrays = synthetic_arrays(task.kind, len(task.classes), task.channels, size=28, n=64)
     path = tmp_path / "blood.npz"

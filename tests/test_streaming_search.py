@@ -9,15 +9,11 @@ once per node, not once per trial.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
 
 from search.experiment.tables import FINISHED, TRIALS_FILE, read_table
 
@@ -95,21 +91,13 @@ class MemorySampler:
 
 
 @pytest.mark.slow
-def test_a_search_above_the_budget_streams_from_one_copy_per_node(tmp_path, write_space):
+def test_a_search_above_the_budget_streams_from_one_copy_per_node(tmp_path, write_space, searches):
     data_dir, cache = tmp_path / "data", tmp_path / "node-cache"
     data_dir.mkdir()
     dataset = _write_dataset(data_dir / "pathmnist_224.npz")
     lr = {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-2}
     space = write_space(tmp_path / "space.yaml", image_size={"value": SIZE}, lr=lr)
-    env = {
-        **os.environ,
-        "WANDB_MODE": "offline",
-        "PYTHONUNBUFFERED": "1",
-        "MEDSWEEP_NODE_CACHE": str(cache),
-    }
-    cmd = [
-        sys.executable,
-        str(ROOT / "search" / "run.py"),
+    args = [
         "--task",
         "pathology",
         "--data-dir",
@@ -123,8 +111,6 @@ def test_a_search_above_the_budget_streams_from_one_copy_per_node(tmp_path, writ
         "big",
         "--resident-budget-mb",
         "20",
-        "--wandb",
-        "off",
         "--explain-top",
         "1",
         "--ig-samples",
@@ -133,8 +119,7 @@ def test_a_search_above_the_budget_streams_from_one_copy_per_node(tmp_path, writ
         "4",
     ]
     with MemorySampler(cache) as memory:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    print(proc.stdout[-3000:], proc.stderr[-4000:])
+        proc = searches.run(*args, env={"MEDSWEEP_NODE_CACHE": str(cache)})
     assert proc.returncode == 0
     log = proc.stdout + proc.stderr
     assert "resident budget 20.0 MB (--resident-budget-mb) -> stream" in log

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_arrays
 
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from trainables.data import load_npz, make_augment, npz_name
@@ -22,7 +21,7 @@ from trainables.models import (
     train_mode,
 )
 from trainables.tasks import TASK_NAMES, get_task
-from trainables.train import TrainConfig, train_loop
+from trainables.train import Placement, TrainConfig, train_loop
 
 torch.set_num_threads(2)
 
@@ -76,7 +75,7 @@ def _write(tmp_path, **arrays):
         (lambda a: a.update(train_images=a["train_images"][..., 0]), "1 channel"),
     ],
 )
-def test_load_npz_rejects_bad_files(tmp_path, mutate, message):
+def test_load_npz_rejects_bad_files(tmp_path, mutate, message, synthetic_arrays):
     task = get_task("pathology")
     arrays = synthetic_arrays("multiclass", 9, 3)
     mutate(arrays)
@@ -84,7 +83,7 @@ def test_load_npz_rejects_bad_files(tmp_path, mutate, message):
         load_npz(_write(tmp_path, **arrays), task)
 
 
-def test_load_npz_rejects_foreign_and_corrupt_files(tmp_path):
+def test_load_npz_rejects_foreign_and_corrupt_files(tmp_path, synthetic_arrays):
     task = get_task("chest")
     wrong = synthetic_arrays("multiclass", 14, 1)  # class ids where 14 0/1 columns belong
     with pytest.raises(ValueError, match="14 classes expects 14"):
@@ -194,6 +193,32 @@ def test_config_rejects_unknown_and_bad_values():
     with pytest.raises(ValueError, match="dropout 1.5"):
         TrainConfig.from_dict({"dropout": 1.5})
     assert TrainConfig.from_dict({"epochs": 3.0}).epochs == 3
+    with pytest.raises(ValueError, match=r"unknown training setting\(s\) \['extra'\]"):
+        TrainConfig.from_dict({"extra": {}})  # launchers hand data to trials another way
+
+
+def test_placement_is_checked_where_it_is_built():
+    with pytest.raises(ValueError, match="data_path 'disk': choose auto, resident or stream"):
+        Placement(data_path="disk")
+    with pytest.raises(ValueError, match=r"rank 2 must lie in 0\.\.1"):
+        Placement(rank=2, world_size=2)
+    assert Placement().device is None  # resolved when the trial is set up (`pick_device`)
+
+
+def test_the_stream_path_trains_from_arrays_as_the_resident_path_does(make_npz):
+    """`Placement.data_path` decides how images reach the device, not what the loop computes."""
+    task = get_task("pneumonia")
+    data = load_npz(make_npz(task, n=24), task)
+    config = {"task": "pneumonia", "model": "simple_cnn", "epochs": 1, "batch_size": 8}
+    runs = {}
+    for path in ("resident", "stream"):
+        reports = []
+        cpu = Placement(device=torch.device("cpu"), data_path=path)
+        train_loop(config, lambda m, d, out=reports: out.append(m), data, placement=cpu)
+        runs[path] = reports[0]
+    assert (runs["resident"]["streamed"], runs["stream"]["streamed"]) == (0, 1)
+    for key in ("train_loss", "val_loss", "val_auc"):
+        assert runs["stream"][key] == pytest.approx(runs["resident"][key], rel=1e-5, abs=1e-6)
 
 
 def _run(config, data):

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT
 from PIL import Image
 from ray import tune
 from wandb.proto import wandb_internal_pb2
@@ -31,6 +30,7 @@ from trainables.checkpoint import load_checkpoint
 from trainables.data import load_npz
 from trainables.tasks import TASK_NAMES, get_task
 
+ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "fake-key-1234567890abcdef1234567890abcdef12345678"
 SPACES = sorted((ROOT / "spaces").glob("*.yaml"))
 BLOCK = 32 * 1024
@@ -157,7 +157,7 @@ def test_unreadable_netrc_means_offline(no_login):
 # --- one W&B run per Tune trial ------------------------------------------------------------
 
 
-def test_each_trial_is_one_offline_run(ray_cluster, tmp_path, make_npz, planted_key):
+def test_each_trial_is_one_offline_run(ray_cluster, ray_head, tmp_path, make_npz, planted_key):
     task = get_task("blood")
     data = load_npz(make_npz(task, n=48), task)
     plan = Plan(
@@ -208,8 +208,7 @@ def test_each_trial_is_one_offline_run(ray_cluster, tmp_path, make_npz, planted_
         assert [h["epoch"] for h in run["history"]] == [1, 2]
 
     assert files_holding(tmp_path, planted_key) == []  # W&B runs, tuner.pkl, results
-    session = Path(ray_cluster._private.worker._global_node.get_session_dir_path())
-    assert files_holding(session / "logs", planted_key) == []  # runtime_env_agent.log
+    assert files_holding(ray_head.session_dir / "logs", planted_key) == []  # runtime_env_agent.log
 
 
 def test_mode_off_gives_no_callbacks_and_no_runs(tmp_path):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import logging
 import math
 import random
 import tempfile
@@ -52,7 +51,6 @@ __all__ = [
     "train_one_epoch",
 ]
 Report = Callable[[dict, "str | None"], None]
-log = logging.getLogger("medsweep")
 
 
 def train_loop(

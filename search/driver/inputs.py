@@ -24,7 +24,7 @@ from search.driver.node_data import DataSource, describe
 from search.driver.segfolders import convert_segfolder
 from search.driver.settings import DataSettings, Settings
 from search.driver.space import Space
-from trainables.data import load_npz
+from trainables.data import SEARCH_SPLITS, load_npz
 from trainables.kinds import kind_for_classes
 from trainables.models import PRETRAINED, load_imagenet_state
 from trainables.tasks import Task
@@ -32,7 +32,6 @@ from trainables.train import TrainConfig
 
 log = logging.getLogger("medsweep")
 SMOKE_SETTINGS = {"epochs": 1, "max_batches": 3}
-SEARCH_SPLITS = ("train", "val")  # the test split is read once, after the search
 
 
 def locate_data(

@@ -65,14 +65,27 @@ def _url(address: str | None) -> str | None:
 
 
 def session_dir() -> str | None:
-    """This process's Ray session folder (its logs are under `logs/`), if Ray is connected."""
-    try:
-        import ray._private.worker as worker
+    """This process's Ray session folder (its logs are under `logs/`), if Ray is connected:
+    the folder of this node's raylet socket, as `ray.nodes()` reports it."""
+    import sys
 
-        node = worker._global_node
-        return node.get_session_dir_path() if node is not None else None
-    except Exception:  # no Ray, or an internal API that moved: nothing to name
+    if "ray" not in sys.modules:
         return None
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        context = ray.get_runtime_context()
+        node_id, session = context.get_node_id(), context.get_session_name()
+        nodes = ray.nodes()
+    except Exception:  # not connected (any more): nothing to name
+        return None
+    for node in nodes:
+        socket = node.get("RayletSocketName") or ""
+        if node.get("NodeID") == node_id and f"/{session}/" in socket:
+            return socket.split(f"/{session}/")[0] + f"/{session}"
+    return None
 
 
 def close_ray(remove_session: bool) -> None:

@@ -140,7 +140,7 @@ def default_budget(plan: Plan) -> tuple[float, str]:
     cpus = min(r.get("CPU", 1) for r in nodes)
     per_node = max(1, min(plan.max_concurrent, int(cpus / max(plan.cpus_per_worker, 1e-3))))
     gpu = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
-    budget = resident_budget(ram, per_node, gpu, plan.gpus_per_trial / plan.workers_per_trial)
+    budget = resident_budget(ram, per_node, gpu, worker_request(plan).get("GPU", 0.0))
     gb = 2**30
     if plan.gpus_per_trial > 0 and gpu:
         return budget, f"{plan.gpus_per_trial:g} x {gpu / gb:.0f} GB GPU, node {ram / gb:.0f} GB"

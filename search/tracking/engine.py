@@ -105,8 +105,19 @@ class WandbSweepSearcher(Searcher):
         self._seed = int(np.random.SeedSequence(seed).entropy)
         self._n_calls = 0
         self._runs: dict[str, sweeps.SweepRun] = {}
+        self._metric_name: str | None = None
+        self._metric_mode: str | None = None
         super().__init__(metric=None, mode=None)
         self._adopt_metric(metric, mode)
+
+    @property
+    def metric(self) -> str | None:
+        """The metric the engine learns from (the sweep's, else Tune's)."""
+        return self._metric_name
+
+    @property
+    def mode(self) -> str | None:
+        return self._metric_mode
 
     @property
     def sweep_config(self) -> dict:
@@ -174,10 +185,14 @@ class WandbSweepSearcher(Searcher):
     def _best_of(self, run: sweeps.SweepRun) -> dict:
         """The metric's best value over the run's history, and its epoch: what
         search/wandb_trial.py leaves in a real W&B run's summary (empty without one)."""
-        best = scores.best_of(run.history, self._metric, self._mode) if self._metric else None
+        best = (
+            scores.best_of(run.history, self._metric_name, self._metric_mode)
+            if self._metric_name
+            else None
+        )
         if best is None:
             return {}
-        out = {self._metric: best[self._metric]}
+        out = {self._metric_name: best[self._metric_name]}
         if "epoch" in best:
             out["best_epoch"] = best["epoch"]
         return out
@@ -191,15 +206,17 @@ class WandbSweepSearcher(Searcher):
         intermediate_values: list[float] | None = None,
     ) -> None:
         """Add a run evaluated elsewhere (warm start); `parameters` is a flat dict."""
-        if self._metric is None:
+        if self._metric_name is None:
             raise ValueError("add_evaluated_point needs the sweep's metric")
-        history = [{self._metric: v, "_step": i} for i, v in enumerate(intermediate_values or [])]
+        history = [
+            {self._metric_name: v, "_step": i} for i, v in enumerate(intermediate_values or [])
+        ]
         # by alias: sweeps 0.2.0 under pydantic 2 silently drops `summary_metrics=`, `history=`
         self._runs[f"evaluated_{len(self._runs)}"] = sweeps.SweepRun(
             name=f"evaluated_{len(self._runs)}",
             state=FAILED if error else FINISHED,
             config={name: {"value": _plain(v)} for name, v in parameters.items()},
-            summaryMetrics={self._metric: value},
+            summaryMetrics={self._metric_name: value},
             sampledHistory=history,
         )
 
@@ -209,8 +226,8 @@ class WandbSweepSearcher(Searcher):
             "seed": self._seed,
             "n_calls": self._n_calls,
             "runs": [run.model_dump(by_alias=True) for run in self._runs.values()],
-            "metric": self._metric,
-            "mode": self._mode,
+            "metric": self._metric_name,
+            "mode": self._metric_mode,
         }
 
     def set_state(self, state: dict) -> None:
@@ -218,7 +235,7 @@ class WandbSweepSearcher(Searcher):
         self._seed = state["seed"]
         self._n_calls = state["n_calls"]
         self._runs = {run["name"]: sweeps.SweepRun(**run) for run in state["runs"]}
-        self._metric, self._mode = state["metric"], state["mode"]
+        self._metric_name, self._metric_mode = state["metric"], state["mode"]
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -239,7 +256,7 @@ class WandbSweepSearcher(Searcher):
                     f"says metric.name={name!r}, goal={goal!r} (mode={GOAL_TO_MODE[goal]!r}); "
                     "pass the sweep's metric and mode to TuneConfig, or none at all"
                 )
-            self._metric, self._mode = name, GOAL_TO_MODE[goal]
+            self._metric_name, self._metric_mode = name, GOAL_TO_MODE[goal]
         elif metric:
             if mode not in GOAL_TO_MODE.values():
                 raise ValueError(
@@ -249,7 +266,7 @@ class WandbSweepSearcher(Searcher):
             self._sweep = fill_validate_metric(
                 {**self._sweep, "metric": {"name": metric, "goal": goal}}
             )
-            self._metric, self._mode = metric, mode
+            self._metric_name, self._metric_mode = metric, mode
 
     def _search_is_over(self) -> bool:
         """W&B ends a sweep once a finished run reaches `metric.target`."""
@@ -257,7 +274,9 @@ class WandbSweepSearcher(Searcher):
         if target is None:
             return False
         for run in self._runs.values():
-            if run.state == FINISHED and _reached(run, self._metric, self._mode, target):
+            if run.state == FINISHED and _reached(
+                run, self._metric_name, self._metric_mode, target
+            ):
                 return True
         return False
 
