@@ -15,6 +15,7 @@ import torchvision
 from torch import nn
 
 from trainables.attribution import (
+    IGSettings,
     choose_panel,
     focus_score,
     foreground_masks,
@@ -232,16 +233,17 @@ def test_integrated_gradients_is_seeded_and_keeps_batchnorm_state(data):
     before = model[1].running_mean.clone()
     rng_state = torch.get_rng_state()
     x = data["test_x"][:3]
-    a = integrated_gradients_maps(model, x, [0, 1, 0], seed=3, steps=8)
-    b = integrated_gradients_maps(model, x, [0, 1, 0], seed=3, steps=8)
-    c = integrated_gradients_maps(model, x, [0, 1, 0], seed=4, steps=8)
+    a = integrated_gradients_maps(model, x, [0, 1, 0], IGSettings(seed=3, steps=8))
+    b = integrated_gradients_maps(model, x, [0, 1, 0], IGSettings(seed=3, steps=8))
+    c = integrated_gradients_maps(model, x, [0, 1, 0], IGSettings(seed=4, steps=8))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert torch.equal(model[1].running_mean, before)
     assert model.training
     assert torch.equal(torch.get_rng_state(), rng_state)
     # One image alone gets the same map as inside a batch (eval-mode BatchNorm).
-    alone = integrated_gradients(model, x[:1], [0], n_samples=1, stdevs=0.0, steps=8)
-    batch = integrated_gradients(model, x, [0, 1, 0], n_samples=1, stdevs=0.0, steps=8)
+    one_noiseless = IGSettings(n_samples=1, stdevs=0.0, steps=8)
+    alone = integrated_gradients(model, x[:1], [0], one_noiseless)
+    batch = integrated_gradients(model, x, [0, 1, 0], one_noiseless)
     assert np.allclose(alone[0], batch[0], atol=1e-5)
 
 
@@ -250,12 +252,11 @@ def test_integrated_gradients_baselines_on_rgb_resnet(baseline):
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=3)
     x = torch.randn(2, 3, 32, 32)
-    maps = integrated_gradients_maps(
-        model, x, [0, 2], baseline=baseline, n_samples=2, steps=4, max_batch=4
-    )
+    settings = IGSettings(baseline=baseline, n_samples=2, steps=4, max_batch=4)
+    maps = integrated_gradients_maps(model, x, [0, 2], settings)
     assert maps.shape == (2, 32, 32) and np.isfinite(maps).all() and maps.std() > 0
-    with pytest.raises(ValueError, match="baseline"):
-        integrated_gradients_maps(model, x, [0, 2], baseline="median")
+    with pytest.raises(ValueError, match="baseline='median' is not valid"):
+        IGSettings(baseline="median")
 
 
 # Foreground and focus score

@@ -225,8 +225,9 @@ def commands(broken) -> dict:
     return found
 
 
-def assert_refused(result: dict, named: str) -> str:
-    """Exit code 2, one `error: ` line naming `named`, no traceback, no Ray session; the line."""
+def assert_refused(result: dict, named: str, before_ray: bool = True) -> str:
+    """Exit code 2, one `error: ` line naming `named`, no traceback and, `before_ray`, no Ray
+    session (in `result["ray_tmp"]`); the line."""
     out = result["stderr"] + result["stdout"]
     errors = [line for line in result["stderr"].splitlines() if line.startswith("error: ")]
     assert result["code"] == 2, out[-3000:]
@@ -234,7 +235,8 @@ def assert_refused(result: dict, named: str) -> str:
     assert "Traceback" not in out, out[-3000:]
     assert named in errors[0], errors[0]
     assert "; " in errors[0], errors[0]  # what is wrong; what to do
-    assert not (result["ray_tmp"] / "ray").exists(), "a Ray session was started"
+    if before_ray:
+        assert not (result["ray_tmp"] / "ray").exists(), "a Ray session was started"
     return errors[0]
 
 
@@ -293,7 +295,7 @@ def test_gpus_on_a_cluster_without_gpus_are_refused_once_ray_connects(tmp_path):
         started = (ray_tmp / "ray").is_dir()
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
-    line = assert_refused(result, "--gpus-per-trial 1")
+    line = assert_refused(result, "--gpus-per-trial 1", before_ray=False)
     assert "no GPU" in line
     assert started, "Ray did start (RAY_TMPDIR is where its sessions go)"
     assert not left, "the session folder was left behind"

@@ -16,7 +16,13 @@ from search.driver.inputs import param_space
 from search.driver.launch import trial_resources
 from search.driver.options import parse_args
 from search.driver.plan import DRIVER_CPU, Plan, resolve_launcher
-from search.driver.settings import OutputSettings, SearchSettings, Settings, updated
+from search.driver.settings import (
+    DataSettings,
+    OutputSettings,
+    SearchSettings,
+    Settings,
+    updated,
+)
 from search.driver.space import parse_space
 from search.driver.steps import summarise
 from search.experiment import after
@@ -71,6 +77,18 @@ def test_command_line_needs_a_task_or_resume(capsys):
     assert settings.argv == ("--task", "blood", "--epochs", "3")
     assert settings.resources.launcher == "auto" and settings.search.epochs == 3
     assert given(settings, "--epochs") and not given(settings, "--trials")
+
+
+def test_every_flag_is_a_setting_with_the_settings_default(monkeypatch):
+    from search.driver.options import build_parser, flag_defaults
+
+    monkeypatch.delenv("MEDSWEEP_STORAGE", raising=False)
+    parsed = vars(build_parser().parse_args([]))
+    assert set(parsed) == {*flag_defaults(Settings()), "resume", "debug"}
+    argv = ["--task", "blood"]
+    assert parse_args(argv) == Settings(
+        data=DataSettings(task="blood"), argv=tuple(argv), given=frozenset({"--task"})
+    )
 
 
 def test_settings_are_frozen_and_checked_where_they_are_built():

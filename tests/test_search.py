@@ -46,6 +46,8 @@ def test_search_end_to_end_under_ray_train(tmp_path, make_npz, write_space, run_
         "it",
         "--launcher",
         "train",
+        "--explain-top",
+        "0",  # attribution: the real-data search below
     )
     assert proc.returncode == 0
     exp = tmp_path / "runs" / "it"
@@ -65,7 +67,7 @@ def test_search_end_to_end_under_ray_train(tmp_path, make_npz, write_space, run_
 
 
 def test_failing_trials_do_not_take_the_search_down_and_the_rest_run_their_planned_epochs(
-    tmp_path, make_npz, write_space, run_search
+    tmp_path, make_npz, write_space, run_search, ray_head
 ):
     """lr 1e30 makes the loss NaN: those trials error with the message, the others finish.
 
@@ -98,6 +100,8 @@ def test_failing_trials_do_not_take_the_search_down_and_the_rest_run_their_plann
         "function",
         "--seed",
         "3",
+        "--explain-top",
+        "0",
     )
     exp = tmp_path / "runs" / "nan"
     trials = read_table(str(exp / "trials.parquet"))
@@ -112,6 +116,9 @@ def test_failing_trials_do_not_take_the_search_down_and_the_rest_run_their_plann
         assert t["epochs_run"] == planned and sorted(epochs) == list(range(1, planned + 1))
     assert json.loads((exp / "search.json").read_text())["epochs"] == planned
     assert proc.returncode == 0
+    # it ran on the session's Ray head (run_search): a search leaves a cluster it joined up
+    assert f"--address {ray_head.address}" in " ".join(proc.args)
+    assert (ray_head.session_dir / "logs").is_dir()
 
 
 def test_real_pneumonia_search_beats_090_test_auroc(
@@ -210,6 +217,8 @@ def test_malaria_folder_task_end_to_end(tmp_path, make_malaria, write_space, run
         str(tmp_path / "runs"),
         "--name",
         "mal",
+        "--explain-top",
+        "0",
     )
     assert proc.returncode == 0
     (trial,) = read_table(str(tmp_path / "runs" / "mal" / "trials.parquet"))

@@ -7,7 +7,7 @@ search) decides which checkpoint, which images and which output paths::
     x = normalise(val_images[idx])                       # (N, C, H, W) float, as the model expects
     layer = last_spatial_layer(model, x)                 # or e.g. model.layer4 at 224 px
     cams = gradcam_maps(model, x, layer, targets)        # (N, H, W) in [0, 1]
-    igs = integrated_gradients_maps(model, x, targets)   # (N, H, W) >= 0
+    igs = integrated_gradients_maps(model, x, targets, IGSettings(steps=16))  # (N, H, W) >= 0
     focus = focus_score(val_images[idx], igs)            # share of attribution on the foreground
     save_grid(out / "gradcam.png", val_images[idx], cams, captions, title="Grad-CAM")
     save_maps(out / "maps.npz", gradcam=cams, integrated_gradients=igs, focus=focus)
@@ -26,6 +26,7 @@ images of a batch never influence each other) and restore the mode it had.
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from trainables.panels import choose_panel, save_grid, save_maps, save_mask_grid
 
 __all__ = [
     "MIN_CAM_SIDE",
+    "IGSettings",
     "cam_layer",
     "choose_panel",
     "focus_score",
@@ -177,74 +179,82 @@ def mask_focus(masks: np.ndarray, maps: np.ndarray) -> np.ndarray:
         return np.where((total > 0) & masks.any(axis=(1, 2)), on / total, np.nan)
 
 
+@dataclass(frozen=True)
+class IGSettings:
+    """How Integrated Gradients with SmoothGrad noise runs (`integrated_gradients`)."""
+
+    baseline: str | float = 0.0
+    """"zero" or a float: a constant image in the model's (normalised) input space, so 0.0 is
+    the normalisation mean colour; "mean": each image's own per-channel mean."""
+    n_samples: int = 4
+    """Noisy copies of each image the attributions are averaged over."""
+    steps: int = 16
+    """Integration steps from the baseline to the image."""
+    stdevs: float = 0.1
+    """The noise's standard deviation, in the model's input space. The noise gives pixels
+    equal to the baseline attribution too (noise x gradient: about 10% of the mass at 0.1 on
+    [0, 1] images with a black background), so compare focus scores only at equal settings."""
+    seed: int = 0
+    """Seed of the noise, drawn without touching the global torch RNG."""
+    max_batch: int = 256
+    """The most inputs one forward pass sees (memory: `n_samples * steps` model evaluations
+    per image)."""
+
+    def __post_init__(self) -> None:
+        if self.baseline not in ("zero", "mean") and not isinstance(self.baseline, int | float):
+            raise ValueError(
+                f"baseline={self.baseline!r} is not valid; use 'zero', 'mean' or a number"
+            )
+
+
 def integrated_gradients_maps(
     model: nn.Module,
     images: torch.Tensor,
     targets: Sequence[int],
-    baseline: str | float = 0.0,
-    n_samples: int = 4,
-    steps: int = 16,
-    stdevs: float = 0.1,
+    settings: IGSettings | None = None,
     reduce: str = "abs",
-    seed: int = 0,
-    max_batch: int = 256,
 ) -> np.ndarray:
-    """Integrated Gradients with SmoothGrad noise, reduced over channels to (N, H, W).
+    """Integrated Gradients with SmoothGrad noise (`settings`; default `IGSettings()`),
+    reduced over channels to (N, H, W).
 
     ``reduce="abs"`` (default) sums |attribution| over channels: how much each pixel
     mattered, either way; "positive" keeps the evidence for the target class; see
     ``reduce_channels``. For the signed (N, C, H, W) attributions, call
     ``integrated_gradients`` instead.
     """
-    raw = integrated_gradients(
-        model, images, targets, baseline, n_samples, steps, stdevs, seed, max_batch
-    )
-    return reduce_channels(raw, reduce)
+    return reduce_channels(integrated_gradients(model, images, targets, settings), reduce)
 
 
 def integrated_gradients(
     model: nn.Module,
     images: torch.Tensor,
     targets: Sequence[int],
-    baseline: str | float = 0.0,
-    n_samples: int = 4,
-    steps: int = 16,
-    stdevs: float = 0.1,
-    seed: int = 0,
-    max_batch: int = 256,
+    settings: IGSettings | None = None,
 ) -> np.ndarray:
     """Signed Integrated Gradients attributions, (N, C, H, W) float32, averaged over
-    ``n_samples`` noisy copies of each image (captum ``NoiseTunnel``, smoothgrad).
-
-    ``baseline``: "zero" or a float is a constant image in the model's (normalised) input
-    space, so 0.0 is the normalisation mean colour; "mean" is each image's own per-channel
-    mean. ``stdevs`` is the noise standard deviation in that same space; the noise gives
-    pixels equal to the baseline attribution too (noise x gradient: about 10% of the mass
-    at 0.1 on [0, 1] images with a black background), so compare focus scores only at equal
-    settings. The noise is drawn
-    from ``seed`` without touching the global torch RNG. No forward pass sees more than
-    ``max_batch`` inputs (memory: ``n_samples * steps`` model evaluations per image).
-    """
+    `settings.n_samples` noisy copies of each image (captum ``NoiseTunnel``, smoothgrad);
+    `IGSettings` says what each setting means."""
     from captum.attr import IntegratedGradients, NoiseTunnel
 
+    s = settings or IGSettings()
     targets = _check_targets(images, targets)
     if not targets:
         return np.zeros(tuple(images.shape), np.float32)
     images = images.to(_device(model))
-    per_chunk = max(1, max_batch // n_samples)
+    per_chunk = max(1, s.max_batch // s.n_samples)
     tunnel = NoiseTunnel(IntegratedGradients(model))
     out = []
-    with _eval_mode(model), _seeded(seed, images.device):
+    with _eval_mode(model), _seeded(s.seed, images.device):
         for chunk, chunk_targets in _chunks(images, targets, per_chunk):
             attr = tunnel.attribute(
                 chunk,
                 nt_type="smoothgrad",
-                nt_samples=n_samples,
-                stdevs=stdevs,
-                baselines=_baseline(chunk, baseline),
+                nt_samples=s.n_samples,
+                stdevs=s.stdevs,
+                baselines=_baseline(chunk, s.baseline),
                 target=chunk_targets,
-                n_steps=steps,
-                internal_batch_size=max(max_batch, len(chunk) * n_samples),
+                n_steps=s.steps,
+                internal_batch_size=max(s.max_batch, len(chunk) * s.n_samples),
             )
             out.append(attr.detach().cpu().numpy())
     return np.concatenate(out).astype(np.float32)
@@ -333,9 +343,7 @@ def _baseline(images: torch.Tensor, baseline: str | float) -> torch.Tensor | flo
         return 0.0
     if baseline == "mean":
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images).contiguous()
-    if isinstance(baseline, int | float):
-        return float(baseline)
-    raise ValueError(f"baseline={baseline!r} is not valid; use 'zero', 'mean' or a number")
+    return float(baseline)  # a number (`IGSettings` checks)
 
 
 def _device(model: nn.Module) -> torch.device:

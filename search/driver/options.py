@@ -15,22 +15,11 @@ flag value that can never run (`--trials 0`, a missing `--data-dir`) is a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import fields
 
 from search.driver.checks import check_flags
-from search.driver.settings import (
-    AfterSettings,
-    AttributionSettings,
-    DataSettings,
-    OutputSettings,
-    ResourceSettings,
-    SearchSettings,
-    Settings,
-    WandbSettings,
-    flags_given,
-)
+from search.driver.settings import Settings, flags_given
 
 # Mirrors of trainables.tasks.TASK_NAMES, search.driver.folder_split.SPLIT_CHOICES,
 # search.driver.plan.LAUNCHERS / SEARCHERS and trainables.stream.DATA_PATHS (checked by a test).
@@ -73,6 +62,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--debug", action="store_true", help="show the traceback of a refused command too"
     )
+    p.set_defaults(**flag_defaults(Settings()))  # the settings' defaults are the flags'
     return p
 
 
@@ -89,21 +79,35 @@ def parse_args(argv: list[str] | None = None, description: str | None = None) ->
     return settings
 
 
+GROUPS = ("data", "search", "resources", "outputs", "after", "attribution", "wandb")
+"""The groups of `Settings` that hold flags."""
+DESTS = {("wandb", "mode"): "wandb", ("wandb", "project"): "wandb_project"}
+"""(group, field) -> the flag's argparse name where they differ (`--wandb`, `--wandb-project`)."""
+
+
+def _dest(group: str, name: str) -> str:
+    return DESTS.get((group, name), name)
+
+
+def flag_defaults(settings: Settings) -> dict:
+    """{argparse name: value} of every flag in `settings` (the defaults: `Settings()`)."""
+    return {
+        _dest(g, f.name): getattr(getattr(settings, g), f.name)
+        for g in GROUPS
+        for f in fields(getattr(settings, g))
+    }
+
+
 def settings_from(args: argparse.Namespace, argv: list[str]) -> Settings:
     """The parsed flags as `Settings` (each group's fields are the flags' names)."""
-    values = vars(args)
+    values, blank = vars(args), Settings()
 
-    def group(cls, **renamed: str):
-        return cls(**{f.name: values[renamed.get(f.name, f.name)] for f in fields(cls)})
+    def group(name: str):
+        cls = type(getattr(blank, name))
+        return cls(**{f.name: values[_dest(name, f.name)] for f in fields(cls)})
 
     return Settings(
-        data=group(DataSettings),
-        search=group(SearchSettings),
-        resources=group(ResourceSettings),
-        outputs=group(OutputSettings),
-        after=group(AfterSettings),
-        attribution=group(AttributionSettings),
-        wandb=group(WandbSettings, mode="wandb", project="wandb_project"),
+        **{name: group(name) for name in GROUPS},
         resume=args.resume,
         debug=args.debug,
         argv=tuple(argv),
@@ -131,21 +135,18 @@ def _data_flags(p) -> None:
     )
     p.add_argument(
         "--split",
-        default="auto",
         choices=SPLIT_CHOICES,
         help="folder tasks: premade, patient (malaria ids), cell, or auto",
     )
     p.add_argument(
         "--folds",
         type=int,
-        default=0,
         help="k-fold cross-validation over train+val inside each trial (0 = off)",
     )
     p.add_argument("--weights", help="none | imagenet | PATH (None: the space file's)")
     p.add_argument("--image-size", type=int, help="28, 64, 128 or 224 (None: the space's)")
     p.add_argument(
         "--data-path",
-        default="auto",
         choices=DATA_PATHS,
         help="resident: train+val images copied to each trial's device once; "
         "stream: memory-mapped from each node's local disk, batches read ahead; "
@@ -154,7 +155,6 @@ def _data_flags(p) -> None:
     p.add_argument(
         "--resident-budget-mb",
         type=float,
-        default=os.environ.get("MEDSWEEP_RESIDENT_BUDGET_MB"),
         help="largest train+val (MB) kept resident under --data-path auto "
         "(None: a share of the trial's device and node memory; "
         "$MEDSWEEP_RESIDENT_BUDGET_MB)",
@@ -162,14 +162,13 @@ def _data_flags(p) -> None:
 
 
 def _search_flags(p) -> None:
-    p.add_argument("--trials", type=int, default=20, help="number of trials")
+    p.add_argument("--trials", type=int, help="number of trials")
     p.add_argument("--epochs", type=int, help="epochs per trial (None: the space's)")
     p.add_argument("--batch-size", type=int, help="batch size per worker (None: the space's)")
     p.add_argument("--time-budget", type=float, help="stop starting trials after N seconds")
-    p.add_argument("--seed", type=int, default=0, help="seed of the searcher and training")
+    p.add_argument("--seed", type=int, help="seed of the searcher and training")
     p.add_argument(
         "--searcher",
-        default="optuna",
         choices=SEARCHERS,
         help="optuna (TPE), random, or wandb-bayes (W&B's Bayesian engine)",
     )
@@ -188,33 +187,30 @@ def _resource_flags(p) -> None:
     )
     p.add_argument(
         "--launcher",
-        default="auto",
         choices=("auto", *LAUNCHERS),
         help="auto: function for one worker per trial, train for DDP; train: a Ray "
         "Train TorchTrainer per trial; function: the loop inside the Tune trial",
     )
     p.add_argument("--max-concurrent", type=int, help="trials at once (None: what fits)")
-    p.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers (DDP)")
+    p.add_argument("--workers-per-trial", type=int, help="Ray Train workers (DDP)")
     p.add_argument(
         "--gpus-per-trial",
         type=float,
         help="fractional GPUs per trial; None: 1 if a GPU is visible, else 0",
     )
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker")
-    p.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial")
+    p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker")
+    p.add_argument("--max-failures", type=int, help="retries of a failed trial")
 
 
 def _after_flags(p) -> None:
     p.add_argument("--name", help="experiment name, one folder name (None: <task>-<date>-<time>)")
     p.add_argument(
         "--storage",
-        default=os.environ.get("MEDSWEEP_STORAGE"),
         help="local folder or s3://, gs:// URI (None: $MEDSWEEP_STORAGE, else runs)",
     )
-    p.add_argument("--test-top", type=int, default=1, help="evaluate the K best on test")
+    p.add_argument("--test-top", type=int, help="evaluate the K best on test")
     p.add_argument(
         "--operating-point",
-        default="youden",
         help="binary/multilabel threshold, chosen on validation: youden (Youden's "
         "J), a number such as 0.5, sens=0.95 or spec=0.95",
     )
@@ -226,7 +222,6 @@ def _after_flags(p) -> None:
     p.add_argument(
         "--repeat-best",
         type=int,
-        default=0,
         metavar="N",
         help="retrain the best configuration with N new seeds after the search "
         "(test metrics as mean +/- sd over seeds)",
@@ -239,9 +234,9 @@ def _explain_flags(p) -> None:
         type=int,
         help="attribution maps for the K best trials (None: all; 0 = none)",
     )
-    p.add_argument("--ig-samples", type=int, default=4, help="SmoothGrad samples for IG")
-    p.add_argument("--ig-steps", type=int, default=16, help="integration steps for IG")
-    p.add_argument("--ig-baseline", default="zero", help="IG baseline: zero, mean or a number")
+    p.add_argument("--ig-samples", type=int, help="SmoothGrad samples for IG")
+    p.add_argument("--ig-steps", type=int, help="integration steps for IG")
+    p.add_argument("--ig-baseline", help="IG baseline: zero, mean or a number")
 
 
 def _wandb_flags(p) -> None:
@@ -253,6 +248,5 @@ def _wandb_flags(p) -> None:
     )
     p.add_argument(
         "--wandb-project",
-        default=os.environ.get("WANDB_PROJECT", "medsweep"),
         help="W&B project ($WANDB_PROJECT)",
     )

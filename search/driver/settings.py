@@ -5,9 +5,9 @@
     settings.search.trials, settings.resources.cpus_per_worker, settings.data.task
     settings = updated(settings, outputs={"storage": "runs"})     # a changed copy
 
-`search.driver.options` builds a `Settings` from flags (it is the only module that knows
-argparse) and checks it there (`search.driver.checks.check_flags`); the W&B agent and the tests
-build the groups directly. The library receives these objects, never an argparse Namespace.
+`search.driver.options` builds a `Settings` from flags (it is the only library module that
+parses them) and checks it there (`search.driver.checks.check_flags`); the W&B agent and the
+tests build the groups directly. The library receives these objects, never parsed flags.
 Field names are the flags' names with `_` for `-`; defaults are the flags' defaults.
 """
 

@@ -72,8 +72,8 @@ def default_space_path(task: Task) -> str:
 
 def load_space(path: str | os.PathLike, task: Task, fixed: dict | None = None) -> Space:
     """Read and convert a space file; every problem is a ValueError naming `path`. `fixed`:
-    the command line's settings (e.g. `vars(args)`; None = not given), laid over the space's
-    when deciding which searched knobs can act (`drop_dead_knobs`)."""
+    the command line's settings (`Settings.training_overrides()`; None = not given), laid
+    over the space's when deciding which searched knobs can act (`drop_dead_knobs`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"space file {path} does not exist; pass --space FILE")

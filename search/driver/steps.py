@@ -32,7 +32,6 @@ from ray import tune
 from search.driver.checks import check_cluster, check_data, check_space, user_errors
 from search.driver.fingerprint import data_fingerprint
 from search.driver.inputs import (
-    SEARCH_SPLITS,
     describe_data,
     fetch_weights,
     load_arrays,
@@ -63,6 +62,7 @@ from search.experiment.tables import (
 )
 from search.tracking.runs import make_callbacks
 from trainables.config import planned_epochs
+from trainables.data import SEARCH_SPLITS
 from trainables.scores import best_of
 from trainables.stream import RESIDENT, STREAM, choose_path, resident_budget
 from trainables.tasks import Task, get_task

@@ -152,7 +152,7 @@ def _explain_images(ckpt: dict, model, out_dir: str, panel: tuple, foreground, i
     rows, targets = kind.explain_targets(labels, probs)
     x = normalised_input(ckpt, images[rows]).to(next(model.parameters()).device)
     cams = A.gradcam_maps(model, x, A.cam_layer(model, x), targets)
-    igs = A.integrated_gradients_maps(model, x, targets, **ig)
+    igs = A.integrated_gradients_maps(model, x, targets, A.IGSettings(**ig))
     defined = foreground == "otsu"
     focus = A.focus_score(images[rows], igs) if defined else np.full(len(rows), np.nan)
     classes = [_short(c) for c in ckpt["classes"]]

@@ -66,15 +66,14 @@ def _explain_per_image(
     x = normalised_input(ckpt, images)
     layer = attribution.cam_layer(model, x)
     kind = get_kind(ckpt["kind"])
+    ig = attribution.IGSettings(n_samples=samples, steps=steps)
     results = []
     for i, path in enumerate(image_paths):
         readout = kind.read_out(ckpt["classes"], probs[i])
         targets = [j for j, _, _ in readout["targets"]]
         rows = x[[i] * len(targets)]
         cams = attribution.gradcam_maps(model, rows, layer, targets)
-        igs = attribution.integrated_gradients_maps(
-            model, rows, targets, n_samples=samples, steps=steps
-        )
+        igs = attribution.integrated_gradients_maps(model, rows, targets, ig)
         results.append(_save(ckpt, Path(path), out_dir, images[i], readout, cams, igs))
     return results
 
