@@ -171,6 +171,15 @@ class RayHead:
     def session_dir(self) -> Path:
         return Path(self.temp_dir, "session_latest").resolve()
 
+    def is_up(self) -> bool:
+        """Its GCS answers on its port."""
+        host, port = self.address.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError:
+            return False
+        return True
+
     def stop(self) -> int:
         """SIGKILL its processes by PID (never `ray stop`: that stops every Ray instance on the
         machine, other sessions' included); how many are still there afterwards."""

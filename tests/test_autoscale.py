@@ -4,9 +4,9 @@ A real autoscaler (Ray's `fake_multinode` provider) adds `gpu_worker` nodes (1 C
 GPU) to a CPU-only head when trials ask for GPUs, and removes them when idle. The documented
 cluster command runs against it with no `--gpus-per-trial`: trials must ask for a GPU share,
 land on the added workers (never on the head), and the workers must go once the search ends.
-Then a worker is killed mid-trial (a spot reclaim): the trial resumes from its checkpoint on
-another node and no epoch is trained twice. Everything started is stopped by its processes
-(never `ray stop`, which would stop every Ray on the machine).
+In the same search a worker is killed mid-trial (a spot reclaim): the trial resumes from its
+checkpoint on another node and no epoch is trained twice. Everything started is stopped by its
+processes (never `ray stop`, which would stop every Ray on the machine).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from trainables.tasks import get_task
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's head node id
+EPOCHS = 3  # a worker is lost after a first epoch: two are left to resume
 LR = {"distribution": "log_uniform_values", "min": 1e-3, "max": 5e-3}
 
 
@@ -212,33 +213,46 @@ def _space(write_space, path: Path, epochs: int) -> str:
     return write_space(path, min_iter=epochs, batch_size={"value": 64}, lr=LR)
 
 
-def test_trials_go_to_the_gpu_workers_the_autoscaler_adds(
+def test_trials_go_to_the_gpu_workers_the_autoscaler_adds_and_survive_losing_one(
     fake_cluster, data_dir, tmp_path, write_space
 ):
+    """One search from a cold cluster: the autoscaler adds gpu_workers, every trial runs on
+    them; one worker is then killed mid-trial, its trial resumes on another node without
+    training an epoch twice; once the search ends, the workers go."""
     assert [n["id"] for n in fake_cluster.nodes()] == [FAKE_HEAD_NODE_ID]  # cold: head only
-    started = time.time()
+    exp, started = tmp_path / "runs" / "scale", time.time()
     proc, log = _search(
         fake_cluster,
         data_dir,
         tmp_path / "runs",
         "scale",
         "--space",
-        _space(write_space, tmp_path / "space.yaml", 2),
+        _space(write_space, tmp_path / "space.yaml", EPOCHS),
         "--trials",
         "4",
         "--epochs",
+        str(EPOCHS),
+        "--max-failures",
         "2",
+        "--explain-top",
+        "0",
     )
+    victim_trial, victim = _kill_a_worker_after_its_first_epoch(fake_cluster, exp, proc)
     out = _finish(proc, log)
     ended = time.time()
     assert re.search(r"each trial asks for 1 CPU, 0.25 GPU \(0.25 GPU per trial at 28 px", out)
     assert "2 trial(s) at once" in out  # 2 gpu_workers of 1 CPU each, none up at the start
-    trials = read_table(str(tmp_path / "runs" / "scale" / "trials.parquet"))
-    history = read_table(str(tmp_path / "runs" / "scale" / "history.parquet"))
-    assert len(trials) == 4 and all(t["status"] == "finished" for t in trials)
+    trials = read_table(str(exp / "trials.parquet"))
+    history = read_table(str(exp / "history.parquet"))
+    assert len(trials) == 4
+    assert all(t["status"] == "finished" and t["epochs_run"] == EPOCHS for t in trials)
     workers = {t["node_id"] for t in trials}
     assert FAKE_HEAD_NODE_ID not in workers and None not in workers
     assert FAKE_HEAD_NODE_ID not in {h["node_id"] for h in history}
+    moved = next(t for t in trials if t["trial_id"] == victim_trial)
+    assert victim in moved["nodes"] and moved["node_id"] != victim, moved["nodes"]
+    redone = len(history) - len({(h["trial_id"], h["epoch"]) for h in history})
+    assert redone == 0, f"{redone} epoch(s) trained twice"
     launches = re.findall(
         r"^(\S+ \S+),\d+.*Adding (\d+) node\(s\) of type gpu_worker",
         fake_cluster.monitor_log(),
@@ -252,9 +266,25 @@ def test_trials_go_to_the_gpu_workers_the_autoscaler_adds(
     print(
         f"autoscale: first gpu_worker launch {first:.0f} s after the search started; "
         f"workers launched {sum(map(int, added))} in {len(added)} launch(es); "
-        f"trials per node {sorted(per_node.values())}; search {ended - started:.0f} s; "
-        f"workers gone {gone:.0f} s after the search ended"
+        f"trials per node {sorted(per_node.values())}; lost worker: trial {victim_trial} "
+        f"moved {moved['nodes']}; search {ended - started:.0f} s; workers gone {gone:.0f} s "
+        "after the search ended"
     )
+
+
+def _kill_a_worker_after_its_first_epoch(cluster: FakeCluster, exp: Path, proc) -> tuple:
+    """SIGKILL the node of the first trial to report an epoch (a reclaimed spot VM); (that
+    trial, that node)."""
+    deadline = time.time() + 300
+    while not any(n >= 1 for _, n in _trial_nodes(exp).values()):
+        assert proc.poll() is None and time.time() < deadline, "no trial reported an epoch"
+        time.sleep(0.5)
+    victim_trial, (victim, _) = next(
+        (trial, found) for trial, found in _trial_nodes(exp).items() if found[1] >= 1
+    )
+    assert victim != FAKE_HEAD_NODE_ID
+    assert cluster.kill_node(victim) > 0
+    return victim_trial, victim
 
 
 def _wait_for_scale_down(cluster: FakeCluster, timeout: float) -> float:
@@ -274,39 +304,3 @@ def _trial_nodes(exp: Path) -> dict[str, tuple[str, int]]:
         if lines and lines[-1].get("node_id"):
             found[result.parent.name] = (lines[-1]["node_id"], len(lines))
     return found
-
-
-def test_a_lost_worker_costs_no_epoch(fake_cluster, data_dir, tmp_path, write_space):
-    exp = tmp_path / "runs" / "lost"
-    proc, log = _search(
-        fake_cluster,
-        data_dir,
-        tmp_path / "runs",
-        "lost",
-        "--space",
-        _space(write_space, tmp_path / "space.yaml", 4),
-        "--trials",
-        "2",
-        "--epochs",
-        "4",
-        "--max-failures",
-        "2",
-        "--explain-top",
-        "0",
-    )
-    deadline = time.time() + 300
-    while not any(n >= 1 for _, n in _trial_nodes(exp).values()):
-        assert proc.poll() is None and time.time() < deadline, "no trial reported an epoch"
-        time.sleep(0.5)
-    victim_trial, (victim, _) = next(iter(_trial_nodes(exp).items()))
-    assert fake_cluster.kill_node(victim) > 0
-    _finish(proc, log)
-    trials = read_table(str(exp / "trials.parquet"))
-    history = read_table(str(exp / "history.parquet"))
-    assert len(trials) == 2
-    assert all(t["status"] == "finished" and t["epochs_run"] == 4 for t in trials)
-    moved = next(t for t in trials if t["trial_id"] == victim_trial)
-    assert victim in moved["nodes"] and moved["node_id"] != victim, moved["nodes"]
-    redone = len(history) - len({(h["trial_id"], h["epoch"]) for h in history})
-    print(f"lost worker: trial {victim_trial} moved {moved['nodes']}; epochs redone {redone}")
-    assert redone == 0

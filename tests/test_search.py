@@ -118,7 +118,7 @@ def test_failing_trials_do_not_take_the_search_down_and_the_rest_run_their_plann
     assert proc.returncode == 0
     # it ran on the session's Ray head (run_search): a search leaves a cluster it joined up
     assert f"--address {ray_head.address}" in " ".join(proc.args)
-    assert (ray_head.session_dir / "logs").is_dir()
+    assert ray_head.is_up() and (ray_head.session_dir / "logs").is_dir()
 
 
 def test_real_pneumonia_search_beats_090_test_auroc(
