@@ -1,11 +1,16 @@
-"""Shared fixtures: synthetic data, the real sample, one Ray cluster, real checkpoints and a real
-experiment folder, and the helpers that run search/run.py.
+"""Shared fixtures: synthetic data, the real samples, one Ray head for the session, real
+checkpoints and a real experiment folder, and the runners of search/run.py.
 
-Tests make their own data (`make_npz`, `make_malaria`) or read the real samples shipped in `data/`;
-nothing is downloaded. Ray-backed tests share one local cluster
-(`ray_cluster`). Checkpoints (`make_checkpoint`) come from `trainables.train.train_loop`, and
-experiment folders (`experiment_factory`, `experiment_dir`) from the writers the search itself
-uses (`search.experiment.tables`, `.after`, `.manifest`), fed by real training runs.
+Tests make their own data (`make_npz`, `make_malaria`, `synthetic_arrays`) or read the real
+samples shipped in `data/`; nothing is downloaded. One Ray head (`ray_head`: `ray start --head`
+in a temp dir of its own, on free ports, 2 CPUs) serves the session: subprocess searches
+(`run_search`, `searches`) join it with `--address` instead of each paying `ray.init`, and
+in-process Ray tests connect to it (`ray_cluster`); it is stopped by PID at the end. A search
+that must start its own Ray, as a user's does, passes `local=True`. Checkpoints
+(`make_checkpoint`) come from `trainables.train.train_loop`, and experiment folders
+(`experiment_factory`, `experiment_dir`) from the writers the search itself uses
+(`search.experiment.tables`, `.after`, `.manifest`), fed by real training runs. Test modules
+take these as fixtures, never by importing this module.
 """
 
 from __future__ import annotations

@@ -6,15 +6,25 @@ autoscaling test (tests/test_autoscale.py) checks the same rule against a real a
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
+import yaml
 
 from search.driver.resources import (
     HEAD_RESOURCE,
+    NODE_GROUP_LABEL,
     ClusterView,
     NodeType,
     concurrency,
     default_gpus,
     gpu_share,
+    node_types_of,
+    read_autoscaling_config,
+    up_by_type,
 )
 from search.driver.settings import ResourceSettings, SearchSettings, Settings
 
@@ -104,15 +114,58 @@ def test_explicit_gpus_per_trial_always_wins():
     assert choose_gpus(_args(smoke_test=True), view, 28)[0] == 0.0  # smoke tests: CPU
 
 
-def test_the_ray_internal_behind_the_autoscaler_node_types_is_still_there():
-    """`search.driver.resources._autoscaler_types` reads the node groups autoscaler v2
-    (KubeRay) publishes through a Ray internal (Ray 2.60 has no public call for it): this
-    fails, naming it, when a Ray upgrade moves it."""
-    import importlib
+def test_nodes_up_are_counted_by_the_node_group_label_the_autoscaler_gives_them():
+    nodes = [
+        {"Labels": {NODE_GROUP_LABEL: "gpu_worker"}},
+        {"Labels": {NODE_GROUP_LABEL: "gpu_worker"}},
+        {"Labels": {NODE_GROUP_LABEL: "head"}},
+        {"Labels": {}},  # a node started by hand: no type
+        {},
+    ]
+    assert up_by_type(nodes) == {"gpu_worker": 2, "head": 1}
 
-    state = importlib.import_module("ray._private.state").state
-    assert callable(getattr(state, "get_cluster_config", None)), (
-        "ray._private.state.state.get_cluster_config() is gone: "
-        "search.driver.resources._autoscaler_types reads the autoscaler's node groups "
-        "through it; find where this Ray release publishes them"
+
+def test_the_autoscaler_config_is_the_file_its_monitor_of_this_cluster_runs_with(tmp_path):
+    """Real processes given `--autoscaling-config=` (as `ray start` starts the monitor): a
+    relative path is read from that process's folder, and this cluster's monitor wins over
+    another cluster's on the same machine."""
+    ours, other = tmp_path / "ours", tmp_path / "other"
+    for folder, worker in ((ours, "gpu_worker"), (other, "cpu_worker")):
+        folder.mkdir()
+        config = {"max_workers": 2, "available_node_types": {worker: {"resources": {"CPU": 1}}}}
+        (folder / "cluster.yaml").write_text(yaml.safe_dump(config))
+    sleepers = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *flags], cwd=folder)
+        for folder, flags in (
+            (other, ["--autoscaling-config=cluster.yaml", "--gcs-address=10.0.0.9:6379"]),
+            (ours, ["--autoscaling-config=cluster.yaml", "--gcs-address=10.0.0.1:6379"]),
+        )
+    ]
+    try:
+        config = read_autoscaling_config("10.0.0.1:6379")
+    finally:
+        for proc in sleepers:
+            proc.kill()
+            proc.wait()
+    assert [t.name for t in node_types_of(config)] == ["gpu_worker"]
+
+
+@pytest.mark.slow
+def test_ray_labels_a_node_with_the_type_it_was_started_as():
+    """`up_by_type` reads Ray's default `ray.io/node-group` label (from RAY_NODE_TYPE_NAME, which
+    Ray's autoscalers set): this fails, naming it, if a Ray upgrade drops that label."""
+    code = (
+        "import json, ray; ray.init(address='local', num_cpus=1, include_dashboard=False, "
+        "logging_level='ERROR'); print(json.dumps(ray.nodes()[0]['Labels'])); ray.shutdown()"
+    )
+    env = {**os.environ, "RAY_NODE_TYPE_NAME": "gpu_worker"}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    labels = json.loads(out.stdout.strip().splitlines()[-1])
+    assert labels.get(NODE_GROUP_LABEL) == "gpu_worker", (
+        f"Ray no longer labels a node {NODE_GROUP_LABEL}=<RAY_NODE_TYPE_NAME> ({labels}): "
+        "search.driver.resources.up_by_type counts the autoscaled nodes up by that label"
     )

@@ -154,6 +154,17 @@ def test_unreadable_netrc_means_offline(no_login):
     assert resolve_mode(None) == "offline"
 
 
+def test_online_without_a_key_fails_before_any_trial_naming_the_fix(no_login, monkeypatch):
+    (callback,) = make_callbacks("online", "p", "g", ["t"])
+    with pytest.raises(ValueError, match="wandb login"):
+        callback.setup()  # Tune calls it before the first trial starts
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    callback.setup()
+    (offline,) = make_callbacks("offline", "p", "g", ["t"])
+    monkeypatch.delenv("WANDB_API_KEY")
+    offline.setup()  # offline needs no key
+
+
 # --- one W&B run per Tune trial ------------------------------------------------------------
 
 

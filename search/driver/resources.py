@@ -21,11 +21,14 @@ The rule (stated once, here):
 from __future__ import annotations
 
 import math
+import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 GPU_SHARE_BY_SIZE = ((64, 0.25), (128, 0.5))
 """(largest image side, GPU share per trial); larger images take a whole GPU."""
 HEAD_RESOURCE = "node:__internal_head__"
+NODE_GROUP_LABEL = "ray.io/node-group"  # Ray's default node label: the node's type
 
 
 @dataclass(frozen=True)
@@ -117,30 +120,21 @@ def read_cluster(local: bool) -> ClusterView:
     """The view of the connected Ray cluster: live nodes, and the autoscaler's node types."""
     import ray
 
-    nodes = tuple(dict(n["Resources"]) for n in ray.nodes() if n.get("Alive"))
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    nodes = tuple(dict(n["Resources"]) for n in alive)
     if local:
         return ClusterView(local=True, nodes=nodes)
-    types, up = _autoscaler_types()
-    return ClusterView(local=False, nodes=nodes, node_types=types, up_by_type=up)
+    types = node_types_of(_head_autoscaling_config())
+    return ClusterView(local=False, nodes=nodes, node_types=types, up_by_type=up_by_type(alive))
 
 
-def _autoscaler_types() -> tuple[tuple[NodeType, ...], dict]:
-    """Worker node types the autoscaler may add, and how many of each are up.
-
-    Ray's autoscaler v2 (KubeRay) publishes its config to the GCS; the v1 autoscaler of
-    `ray up` and of the fake provider does not, so the config file its monitor runs with is
-    read on the head node (where `ray up` / `ray start --autoscaling-config` put it)."""
-    import ray._private.state
-
-    config = ray._private.state.state.get_cluster_config()
-    if config is not None and config.node_group_configs:
-        types = tuple(
-            NodeType(g.name, dict(g.resources), int(g.max_count))
-            for g in config.node_group_configs
-            if g.max_count > 0 and g.resources
-        )
-        return types, _up_by_type()
-    return node_types_of(_head_autoscaling_config()), _up_by_type()
+def up_by_type(nodes: list[dict]) -> dict:
+    """{node type: live nodes of that type}, from the `ray.io/node-group` label Ray gives
+    every node an autoscaler starts (`ray.nodes()` "Labels"; Ray sets it from the
+    RAY_NODE_TYPE_NAME the autoscaler starts the node with)."""
+    types = Counter((n.get("Labels") or {}).get(NODE_GROUP_LABEL) for n in nodes)
+    types.pop(None, None)
+    return dict(types)
 
 
 def node_types_of(config: dict | None) -> tuple[NodeType, ...]:
@@ -168,47 +162,43 @@ def _head_autoscaling_config() -> dict | None:
     if not head:
         return None
     on_head = NodeAffinitySchedulingStrategy(node_id=head[0], soft=False)
-    task = ray.remote(num_cpus=0)(_read_monitor_config).options(scheduling_strategy=on_head)
+    task = ray.remote(num_cpus=0)(read_autoscaling_config).options(scheduling_strategy=on_head)
     try:
-        return ray.get(task.remote(), timeout=60)
-    except Exception:  # no answer from the head: plan with the nodes that are up
+        return ray.get(task.remote(ray.get_runtime_context().gcs_address), timeout=60)
+    except Exception:  # no answer from the head, or no such file: plan with the nodes up
         return None
 
 
-def _read_monitor_config() -> dict | None:
-    """The YAML that this node's autoscaler monitor (`monitor.py --autoscaling-config=F`) runs."""
-    import os
-
+def read_autoscaling_config(gcs_address: str) -> dict | None:
+    """The YAML this node's autoscaler runs with: `ray start --head --autoscaling-config=F`
+    (`ray up` writes F = ~/ray_bootstrap_config.yaml) hands F to the autoscaler's monitor
+    process, with `--gcs-address=` of its cluster. Only this cluster's monitor counts (another
+    Ray on the same machine may autoscale too); a relative F is read from its folder."""
     import yaml
 
+    ours = [path for path, address in _autoscaling_configs() if address == gcs_address]
+    if not ours:
+        return None
+    with open(ours[0]) as f:
+        return yaml.safe_load(f)
+
+
+def _autoscaling_configs() -> list[tuple[str, str | None]]:
+    """(config file, GCS address) of every process on this node that was given
+    `--autoscaling-config=`."""
+    found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 args = f.read().decode(errors="replace").split("\0")
+            folder = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             continue
-        if not any(a.endswith("autoscaler/_private/monitor.py") for a in args):
-            continue
-        for a in args:
-            if a.startswith("--autoscaling-config="):
-                path = os.path.expanduser(a.split("=", 1)[1])
-                with open(path) as f:
-                    return yaml.safe_load(f)
-    return None
-
-
-def _up_by_type() -> dict:
-    """{node type: live nodes}, from the status the autoscaler monitor publishes."""
-    import json
-
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    try:
-        status = _internal_kv_get("__autoscaling_status")
-        report = json.loads(status)["autoscaler_report"] if status else {}
-    except Exception:  # an older or newer status format: count nothing as autoscaled
-        return {}
-    return dict(report.get("active_nodes") or {})
+        flags = dict(a.split("=", 1) for a in args if a.startswith("--") and "=" in a)
+        if flags.get("--autoscaling-config"):
+            path = os.path.expanduser(flags["--autoscaling-config"])
+            found.append((os.path.join(folder, path), flags.get("--gcs-address")))
+    return found
 
 
 def _short(resources: dict) -> str:

@@ -9,13 +9,14 @@
 
 One W&B run per trial: id and name are the Tune trial id, group is the experiment name, tags
 say the task and searcher, config is the trial's full config, and each epoch is one history
-step. Ray's `WandbLoggerCallback` does the logging from Tune's driver node with one logging
-actor per trial, so concurrent trials never share a run. Offline runs land in
-`<wandb_dir>/wandb/offline-run-<time>-<trial id>/`; `wandb sync` uploads them later.
+step. `TrialRuns`, a Tune callback, opens the runs in Tune's driver process, one
+`wandb.init(reinit="create_new")` per trial, so concurrent trials never share a run. Offline runs
+land in `<wandb_dir>/wandb/offline-run-<time>-<trial id>/`; `wandb sync` uploads them later.
 
 The API key is never an argument here (Tune pickles its callbacks into the experiment folder's
-`tuner.pkl`) nor a Ray runtime env (Ray logs those in plain text): W&B reads `WANDB_API_KEY` or
-`~/.netrc` itself, on the driver's node. Offline no key is needed. On a cluster, run
+`tuner.pkl`) nor a Ray runtime env (Ray logs those in plain text, as Ray's own
+`WandbLoggerCallback` forwards it): W&B reads `WANDB_API_KEY` or `~/.netrc` itself, in the
+driver's process. Offline no key is needed. On a cluster, run
 `wandb login` on the head node (or export the key before `ray start`) to log online.
 
 W&B cannot resume an offline run (a second offline run with the same id replaces the first
@@ -29,19 +30,39 @@ import io
 import logging
 import netrc
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from numbers import Number
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+from ray.tune.logger import LoggerCallback
 
 from search.experiment.layout import ATTRIBUTION_DIR, GRADCAM_PNG, IG_PNG, TEST_METRICS_FILE
 from search.experiment.storage import absolute, is_uri, join_path, read_bytes, read_json
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+    from wandb import Run
 
 log = logging.getLogger("medsweep")
 
 MODES = ("online", "offline", "off")
 ATTRIBUTIONS = (GRADCAM_PNG, IG_PNG)  # logged as `attribution/<file name without .png>`
 DEFAULT_HOST = "https://api.wandb.ai"
+TRAINING_ITERATION = "training_iteration"  # Tune's result key: the run's history step
+EXCLUDED_RESULTS = ("done", "should_checkpoint", "config")  # never in a run's history
+# Tune's per-result bookkeeping that goes to the run's config, not its history (the keys Ray's
+# WandbLoggerCallback moves there)
+AUTO_CONFIG_KEYS = (
+    "trial_id",
+    "experiment_tag",
+    "node_ip",
+    "experiment_id",
+    "hostname",
+    "pid",
+    "date",
+)
 
 
 def resolve_mode(flag: str | None) -> str:
@@ -75,47 +96,148 @@ def logged_in() -> bool:
     return bool(entry and entry[2])
 
 
-class _FlushingLoggingActor(_WandbLoggingActor):
-    """Ray's per-trial logging actor, which returns only once the run is on disk.
+class TrialRuns(LoggerCallback):
+    """A Tune callback that logs each trial as its own W&B run, from Tune's driver process.
 
-    With wandb 0.31, `wandb.finish()` returns before wandb-core has written the run's
-    transaction log, and Tune kills the actor as soon as `run()` returns: a trial's offline run
-    was left as a bare 7-byte header (seen here in about 1 run of 10). `wandb.teardown()` waits.
+    `wandb.init(reinit="create_new")` opens one run per trial when the trial starts; each
+    result becomes one history step (step = `training_iteration`), and the run is finished
+    when the trial ends or errors. Runs still open when the experiment ends (an interrupted
+    search) are finished then, and `wandb.teardown()` waits until every run is on disk: with
+    wandb 0.31, `run.finish()` returns before wandb-core has written the run's transaction log
+    (offline, 6 of 40 runs read right after their `finish()` had no exit record yet).
+
+    No actor, no runtime env: W&B reads the API key as the driver does, from the environment
+    or `~/.netrc`. A trial start costs the driver one `wandb.init` (offline: about 0.8 s for
+    the first, which starts wandb-core, then 0.1 s each; online add W&B's round trip). A W&B
+    error is logged as a warning and never stops the search; that trial then goes unlogged.
     """
 
-    def run(self):
-        super().run()
-        self._wandb.teardown()
+    def __init__(self, init: dict, config_exclude: Sequence[str] = ()):
+        self.init = dict(init)  # wandb.init's keyword arguments shared by every trial's run
+        self.excludes = list(config_exclude)  # out of the config and the history
+        self._runs: dict[str, Run | None] = {}  # None: its wandb.init failed
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_runs": {}}  # Tune pickles its callbacks (tuner.pkl)
+
+    def setup(self, **info) -> None:
+        if self.init["mode"] == "online" and not logged_in():
+            raise ValueError(
+                "W&B online needs an API key: run `wandb login` (or set WANDB_API_KEY), "
+                "or pass --wandb offline"
+            )
+
+    def log_trial_start(self, trial: Trial) -> None:
+        if trial.trial_id not in self._runs:  # a recovered trial goes on with its open run
+            self._runs[trial.trial_id] = self._open_run(trial)
+
+    def log_trial_result(self, iteration: int, trial: Trial, result: dict) -> None:
+        if trial.trial_id not in self._runs:
+            self.log_trial_start(trial)
+        run = self._runs[trial.trial_id]
+        if run is None:
+            return
+        config, metrics = split_result(result, [*EXCLUDED_RESULTS, *self.excludes])
+        with _warn_on_error("result", trial.trial_id):
+            run.config.update(config, allow_val_change=True)
+            run.log(metrics, step=result.get(TRAINING_ITERATION))
+
+    def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
+        self._finish(trial.trial_id)
+
+    def on_experiment_end(self, trials: list[Trial], **info) -> None:
+        import wandb
+
+        for trial_id in list(self._runs):
+            self._finish(trial_id)
+        wandb.teardown()  # returns once every run is written (and, online, uploaded)
+
+    def _open_run(self, trial: Trial) -> Run | None:
+        import wandb
+
+        config = plain(without(trial.config, self.excludes))
+        config["trial_log_path"] = trial.local_path
+        init = {**self.init, "id": trial.trial_id, "name": trial.trial_id, "config": config}
+        init["group"] = self.init.get("group") or trial.experiment_dir_name
+        if "dir" not in init:
+            init["dir"] = _default_dir(trial)
+        with _warn_on_error("start", trial.trial_id):
+            settings = wandb.Settings(console="off")  # not the driver's console in every run
+            return wandb.init(**init, reinit="create_new", settings=settings)
+        return None
+
+    def _finish(self, trial_id: str) -> None:
+        run = self._runs.pop(trial_id, None)
+        if run is not None:
+            with _warn_on_error("finish", trial_id):
+                run.finish()
 
 
-class TrialRunsCallback(WandbLoggerCallback):
-    """Ray's W&B logger, with each run named after its trial id and the API key kept in memory.
+@contextmanager
+def _warn_on_error(step: str, trial_id: str) -> Iterator[None]:
+    """W&B unreachable or refusing: say so and let the search go on (Tune's files stay)."""
+    try:
+        yield
+    except Exception as err:
+        log.warning(
+            "W&B: %s of trial %s not logged (%s: %s)", step, trial_id, type(err).__name__, err
+        )
 
-    Ray's own setup forwards `WANDB_API_KEY` to its logging actors as a `runtime_env` env var,
-    and Ray's runtime-env agent writes that env var in plain text to
-    `/tmp/ray/session_*/logs/runtime_env_agent.log`. Here the actors get no runtime env: they
-    run on the driver's node (Ray pins them there), where W&B finds the key as the driver does,
-    in `~/.netrc` or in the environment Ray was started with.
-    """
 
-    _logger_actor_cls = _FlushingLoggingActor
+def _default_dir(trial: Trial) -> str | None:
+    """Where W&B writes when make_callbacks got no local folder: `$WANDB_DIR`, else the
+    trial's local folder (which Tune syncs to storage)."""
+    if os.environ.get("WANDB_DIR"):
+        return None  # W&B reads it itself
+    os.makedirs(trial.local_path, exist_ok=True)
+    return trial.local_path
 
-    def setup(self, *args, **kwargs) -> None:
-        if self.kwargs.get("mode") != "offline":
-            super().setup(*args, **kwargs)  # fails early, naming the fix, when W&B has no key
-        import ray
-        from ray.air.util.node import _force_on_current_node
 
-        self._remote_logger_class = ray.remote(
-            num_cpus=0, **_force_on_current_node(), max_restarts=-1, max_task_retries=-1
-        )(self._logger_actor_cls)
+def split_result(result: dict, excludes: Sequence[str]) -> tuple[dict, dict]:
+    """(config update, metrics) of one Tune result: the trial's config and Tune's bookkeeping
+    strings (`AUTO_CONFIG_KEYS`) go to the run's config; numbers, flattened with `/`, to its
+    history; other values and the excluded keys (and everything under them) nowhere."""
+    config = plain(without(result.get("config", {}), excludes))
+    metrics = {}
+    for key, value in _flatten(result).items():
+        if _excluded(key, excludes):
+            continue
+        if _excluded(key, AUTO_CONFIG_KEYS):
+            config[key] = plain(value)
+        elif isinstance(value, Number):
+            metrics[key] = value
+    return config, metrics
 
-    def log_trial_start(self, trial) -> None:
-        self.kwargs = {
-            **self.kwargs,
-            "name": trial.trial_id,
-        }  # Ray names it <trainable>_<trial id>
-        super().log_trial_start(trial)
+
+def without(config: dict, excludes: Sequence[str]) -> dict:
+    """The config minus the excluded keys and Tune's `callbacks`."""
+    return {k: v for k, v in config.items() if k not in excludes and k != "callbacks"}
+
+
+def plain(value):
+    """A value W&B's config can hold: containers kept, numbers and strings as they are, numpy
+    scalars as Python numbers, anything else as its string."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [plain(v) for v in value]
+    if value is None or isinstance(value, str | Number):
+        return value.item() if hasattr(value, "item") else value
+    return str(value)
+
+
+def _flatten(result: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _excluded(key: str, names: Sequence[str]) -> bool:
+    return any(key == name or key.startswith(f"{name}/") for name in names)
 
 
 def make_callbacks(
@@ -137,17 +259,15 @@ def make_callbacks(
         raise ValueError(f"W&B mode {mode!r}: choose one of {', '.join(MODES)}")
     if mode == "off":
         return []
-    init = {"mode": mode, "tags": list(tags), "job_type": "trial"}
+    init = {"mode": mode, "project": project, "group": group, "tags": list(tags)}
+    init["job_type"] = "trial"
     local = _local_dir(wandb_dir)
     if local:
         os.makedirs(local, exist_ok=True)
         init["dir"] = local
     if mode == "online":
         init["resume"] = "allow"  # a restored search (--resume) continues its trials' runs
-    callback = TrialRunsCallback(
-        project=project, group=group, excludes=list(config_exclude), **init
-    )
-    return [callback]
+    return [TrialRuns(init, config_exclude)]
 
 
 def _local_dir(path: str | None) -> str | None:
