@@ -4,14 +4,17 @@
     grid = tuner.fit()
 
 `plan` is a `search.driver.plan.Plan`, `space` the loaded space file, `data_ref` the dataset
-put once in the object store (`[ray.put(arrays)]`), `param_space` the space's domains with the
+put once in the object store (`[ray.put(arrays)]`; it reaches the trials through
+`tune.with_parameters`, never through their config), `param_space` the space's domains with the
 command line's fixed settings laid over them (`search.driver.inputs.param_space`) and
 `callbacks` Tune callbacks (W&B logging), kept out of `Plan` because every trial receives it.
 The trainable (which launcher, which resources) comes from `search.driver.launch`.
-Searchers: Optuna TPE behind a `ConcurrencyLimiter` (default), W&B's Bayesian engine
-(`search.tracking.engine`), or random / a repeated config when nothing is searched.
-Scheduler: ASHA on the plan's metric, its grace period and reduction factor from the space's
-`early_terminate` block.
+Searchers: our Optuna TPE searcher (`search.driver.searcher`, told each trial's best epoch)
+behind a `ConcurrencyLimiter` (default), W&B's Bayesian engine (`search.tracking.engine`), or
+random / a repeated config when nothing is searched. Scheduler: ASHA on the plan's metric
+(`scheduler_settings`): `max_t` the planned epochs (`trainables.config.planned_epochs`, as the
+searcher, the progress line and the tables read them), its grace period and reduction factor
+from the space's `early_terminate` block.
 """
 
 from __future__ import annotations
