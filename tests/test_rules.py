@@ -147,3 +147,47 @@ def test_data_fingerprints_have_one_home():
 def test_split_names_have_one_definition():
     assert _where(r"(?m)^\s*[A-Z_]*SPLITS\s*=") == ["trainables/data.py"]
     assert _where(r"POOLED\s*=") == []
+
+
+@pytest.mark.slow
+def test_ray_keeps_the_checkpoint_of_the_earliest_tied_best_epoch(ray_cluster, tmp_path):
+    """Ray's checkpoint manager, ranking by checkpoint_score, keeps the epoch the tables name."""
+    from search.driver.launch import checkpoint_config
+
+    # defined here, so that Ray's workers (which cannot import test modules) get it by value
+    def _tied_trainable(config: dict) -> None:
+        """Reports the epochs' scores as train_loop does, a checkpoint every epoch."""
+        import tempfile
+
+        from trainables.scores import CHECKPOINT_SCORE, checkpoint_score
+
+        best = None
+        for epoch, value in enumerate(config["values"], start=1):
+            improved = improves(value, best, config["mode"])
+            best = value if improved else best
+            result = {"epoch": epoch, "val_auc": value}
+            result[CHECKPOINT_SCORE] = checkpoint_score(value, improved, config["mode"])
+            with tempfile.TemporaryDirectory() as tmp:
+                Path(tmp, "epoch.txt").write_text(str(epoch))
+                tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    values = [0.7, 0.9, 0.9, 0.8]
+    plan = Plan(name="tie", storage=str(tmp_path), trials=1, metric="val_auc", mode="max")
+    tuner = tune.Tuner(
+        tune.with_resources(_tied_trainable, {"cpu": 0.01}),
+        param_space={"values": values, "mode": "max"},
+        run_config=tune.RunConfig(
+            name="tie",
+            storage_path=str(tmp_path),
+            checkpoint_config=checkpoint_config(plan, tune.CheckpointConfig),
+            verbose=0,
+        ),
+    )
+    result = tuner.fit()[0]
+    kept = sorted(p.name for p in Path(result.path).glob("checkpoint_*"))
+    assert len(kept) == 2, kept  # the best and the latest
+    best = result.get_best_checkpoint("checkpoint_score", "max")
+    with best.as_directory() as folder:
+        assert Path(folder, "epoch.txt").read_text() == "2"
+    row = trial_row("t", _rows(values), {}, None, "t", "val_auc", "max", 4)
+    assert row["best_epoch"] == 2

@@ -67,6 +67,21 @@ def better(a: float | None, b: float | None, mode: str) -> float | None:
     return b if sort_key(b, mode) > sort_key(a, mode) else a
 
 
+CHECKPOINT_SCORE = "checkpoint_score"
+"""The result key Ray's checkpoint managers rank a trial's checkpoints by (`checkpoint_score`)."""
+
+
+def checkpoint_score(value: float | None, improved: bool, mode: str) -> float:
+    """What an epoch's checkpoint is ranked by: its score when it `improves` on every earlier
+    epoch, else the worst score of `mode`. Ray keeps the best-ranked checkpoint (plus the
+    latest) and, on equal ranks, the later one; ranking only improvements keeps the EARLIEST
+    of tied best epochs, the epoch `best_index` and `trials.parquet` name."""
+    _check_mode(mode)
+    if improved:
+        return float(value) if isinstance(value, int | float) else math.nan
+    return -math.inf if mode == "max" else math.inf
+
+
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} must be one of {MODES}")

@@ -36,7 +36,7 @@ from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import KNOBS, SCHEDULES, TrainConfig
 from trainables.data import batch_indices
 from trainables.models import Classifier, set_backbone_frozen, train_mode
-from trainables.scores import improves
+from trainables.scores import CHECKPOINT_SCORE, checkpoint_score, improves
 from trainables.stream import Streamed, device_batches
 from trainables.tasks import Task
 from trainables.trial import Placement, Step, Trial, setup
@@ -83,9 +83,11 @@ def train_loop(
             net, net_frozen = _maybe_ddp(trial.model, world_size, trial.device), frozen
         train_mode(trial.model, frozen)
         result = run_epoch(trial, net, epoch, generator, frozen)
-        if improves(result[metric], best, mode):
+        improved = improves(result[metric], best, mode)
+        if improved:
             best = result[metric]
         result[f"best_{metric}"] = best if best is not None else float("nan")
+        result[CHECKPOINT_SCORE] = checkpoint_score(result[metric], improved, mode)
         save_and_report(trial, epoch, result, report)
 
 

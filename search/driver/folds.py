@@ -61,7 +61,7 @@ from search.driver.plan import DRIVER_CPU, Plan
 from trainables.checkpoint import FILENAME
 from trainables.data import SEARCH_SPLITS
 from trainables.kinds import get_kind
-from trainables.scores import improves, sort_key
+from trainables.scores import CHECKPOINT_SCORE, checkpoint_score, improves, sort_key
 from trainables.stream import Rows, is_streamed
 from trainables.tasks import Task, get_task
 from trainables.train import train_loop
@@ -311,7 +311,10 @@ def report_folds(results: list[FoldResult], metric: str, mode: str) -> None:
             improved = model_bytes is not None and improves(row.get(metric), best, mode)
             best = row.get(metric) if improved else best
             checkpoint = tune.Checkpoint.from_directory(tmp) if improved else None
-            tune.report({**row, **extra}, checkpoint=checkpoint)  # Tune copies it before return
+            score = {CHECKPOINT_SCORE: checkpoint_score(row.get(metric), improved, mode)}
+            tune.report(
+                {**row, **extra, **score}, checkpoint=checkpoint
+            )  # Tune copies it before return
 
 
 def folds_driver(config: dict, data_ref: list, plan: Plan) -> None:

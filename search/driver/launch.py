@@ -31,6 +31,7 @@ from search.driver.folds import folds_driver
 from search.driver.node_data import open_data
 from search.driver.plan import DRIVER_CPU, Plan, worker_request
 from search.experiment.storage import join_path
+from trainables.scores import CHECKPOINT_SCORE
 from trainables.tasks import Task
 from trainables.train import Placement, train_loop
 
@@ -112,9 +113,12 @@ def function_driver(config: dict, data_ref: list, plan: Plan) -> None:
 
 
 def checkpoint_config(plan: Plan, cls):
-    """`cls` (Tune's or Train's CheckpointConfig) keeping the best checkpoint by the metric."""
+    """`cls` (Tune's or Train's CheckpointConfig) keeping the best checkpoint (the earliest of
+    tied best epochs: `trainables.scores.checkpoint_score`) plus the latest."""
     return cls(
-        num_to_keep=1, checkpoint_score_attribute=plan.metric, checkpoint_score_order=plan.mode
+        num_to_keep=1,
+        checkpoint_score_attribute=CHECKPOINT_SCORE,
+        checkpoint_score_order=plan.mode,
     )
 
 

@@ -128,7 +128,7 @@ def trial_row(
         "best_epoch": int(best["epoch"]) if best else None,
         "epochs_run": ran,
         "wall_time_s": _num(rows[-1].get("time_total_s")) if rows else None,
-        "checkpoint_path": _checkpoint_path(trial_path, _kept(rows, best, metric)),
+        "checkpoint_path": _checkpoint_path(trial_path, best),
         "trial_path": trial_path,
         "node_id": rows[-1].get("node_id") if rows else None,
         "nodes": _nodes(rows),
@@ -177,14 +177,6 @@ def _fold_columns(best: dict) -> dict:
     stds = {f"{BEST_PREFIX}{k}_std": _num(best.get(f"{k}_std")) for k in VAL_METRICS}
     ints = {k: int(best[k]) for k in FOLD_COLUMNS if k in best}
     return {**stds, **ints}
-
-
-def _kept(rows: list[dict], best: dict, metric: str) -> dict:
-    """The row whose checkpoint Ray kept for the best value: on a tie, Ray's checkpoint manager
-    keeps the later checkpoint (a tie in the metric is a tie in the kept model's score too)."""
-    ties = [r for r in rows if best and r.get(metric) == best.get(metric)]
-    with_checkpoint = [r for r in ties if r.get("checkpoint_dir_name") or r.get("checkpoint_path")]
-    return with_checkpoint[-1] if with_checkpoint else best
 
 
 def _checkpoint_path(trial_path: str, best: dict) -> str | None:
