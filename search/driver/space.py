@@ -44,7 +44,7 @@ DISTRIBUTIONS = (
     "q_log_uniform_values",
     "log_uniform",
 )
-LAUNCHER_OWNED = ("seed", "max_batches", "extra")
+LAUNCHER_OWNED = ("seed", "max_batches")
 
 
 @dataclass(frozen=True)

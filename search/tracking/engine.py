@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.search import Searcher
-from ray.tune.search.variant_generator import _has_unresolved_values
+from ray.tune.search.sample import Domain
 from sklearn.exceptions import ConvergenceWarning
 
 from search.tracking.schema import validate_sweep_config
@@ -138,7 +138,7 @@ class WandbSweepSearcher(Searcher):
     ) -> bool:
         """Check Tune's metric/mode against the sweep's; refuse a Tune search space."""
         self._adopt_metric(metric, mode)
-        if config and _has_unresolved_values(config):
+        if config and has_domains(config):
             return False  # the space is the sweep config; Tune explains the clash itself
         return True
 
@@ -334,3 +334,15 @@ def _numeric(result: dict) -> dict[str, float | int]:
         if number and key not in AUTO_RESULT_KEYS:
             out[key] = _plain(value)
     return out
+
+
+def has_domains(config) -> bool:
+    """Whether a Tune param space still holds something to sample (a `Domain` such as
+    `tune.uniform`, or a `grid_search`), at any depth."""
+    if isinstance(config, Domain):
+        return True
+    if isinstance(config, dict):
+        return "grid_search" in config or any(has_domains(v) for v in config.values())
+    if isinstance(config, list | tuple):
+        return any(has_domains(v) for v in config)
+    return False
