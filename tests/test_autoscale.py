@@ -98,14 +98,17 @@ class FakeCluster:
     def nodes(self) -> list[dict]:
         """Live nodes as [{"id", "gpu"}], asked by a fresh driver (this process has its Ray)."""
         code = (
-            "import json, ray; ray.init(logging_level='ERROR'); print(json.dumps([{'id': "
+            "import json, ray; ray.init(logging_level='ERROR'); print('NODES', json.dumps([{'id': "
             "n['NodeID'], 'gpu': n['Resources'].get('GPU', 0)} for n in ray.nodes() "
             "if n['Alive']]))"
         )
         out = subprocess.run(
             [sys.executable, "-c", code], env=self.env, capture_output=True, text=True, timeout=120
         )
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        # Ray may print autoscaler events ("(autoscaler +0s) Resized to 1 CPUs.") around it
+        lines = [x for x in out.stdout.splitlines() if x.startswith("NODES ")]
+        assert lines, out.stdout[-2000:] + out.stderr[-2000:]
+        return json.loads(lines[-1].removeprefix("NODES "))
 
     def monitor_log(self) -> str:
         logs = sorted(Path(self.temp_dir).glob("session_*/logs/monitor.log"))
