@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
+from optuna.trial import TrialState
 from sklearn.metrics import roc_auc_score
 
 from search.experiment.tables import read_table
@@ -193,6 +195,36 @@ def test_real_pneumonia_search_beats_090_test_auroc(
             assert not is_finite(t["attr_focus"])  # chest X-rays: no foreground, no focus
         assert t["trial_id"] in report
     assert report.count("data:image/png;base64,") >= 2 * len(trials)
+    _study_matches_the_tables(exp, "real")
+
+
+def _study_matches_the_tables(exp, name: str) -> None:
+    """Every trial of optuna.db has the state and value trials.parquet and history.parquet
+    give it: finished -> COMPLETE with the best epoch's metric, stopped early (ASHA from epoch
+    1) -> PRUNED with its last epoch's, errored -> FAIL."""
+    rows = read_table(str(exp / "trials.parquet"))
+    history = read_table(str(exp / "history.parquet"))
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{exp / 'optuna.db'}")
+    trials = study.get_trials()
+    assert len(trials) == len(rows)
+    expected = {
+        "finished": TrialState.COMPLETE,
+        "stopped_early": TrialState.PRUNED,
+        "errored": TrialState.FAIL,
+    }
+    for row in rows:
+        trial = next(t for t in trials if t.params["lr"] == pytest.approx(row["config/lr"]))
+        assert trial.state == expected[row["status"]], row
+        if row["status"] == "finished":
+            assert trial.value == pytest.approx(row["val_auc"])
+        elif row["status"] == "stopped_early":
+            epochs = [h for h in history if h["trial_id"] == row["trial_id"]]
+            last = max(epochs, key=lambda h: h["epoch"])
+            assert trial.value == pytest.approx(last["val_auc"])
+        if row["status"] != "errored":
+            assert max(trial.intermediate_values) == row["epochs_run"]
+    stopped = sum(r["status"] == "stopped_early" for r in rows)
+    print(f"optuna vs trials.parquet: {stopped} of {len(rows)} trials stopped by ASHA")
 
 
 def test_malaria_folder_task_end_to_end(tmp_path, make_malaria, write_space, run_search):

@@ -14,7 +14,6 @@ from optuna.trial import TrialState
 from ray import tune
 
 from search.driver.searcher import BestEpochOptuna, on_network_fs, open_storage, study_storage
-from search.experiment.tables import read_table
 
 SPACE = {"lr": tune.loguniform(1e-4, 1e-2)}
 
@@ -155,62 +154,47 @@ def test_study_storage_local_uri_and_network_filesystems(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_study_on_disk_matches_trials_parquet(tmp_path, pneumonia_subset, write_space, run_search):
-    """A real search (ASHA from epoch 1, eta 2): every trial of optuna.db has the state and
-    value trials.parquet and history.parquet give it: finished -> COMPLETE with the best
-    epoch's metric, stopped early -> PRUNED with its last epoch's, errored -> FAIL."""
-    data = pneumonia_subset()
-    space = write_space(
-        tmp_path / "space.yaml",
-        min_iter=1,
-        lr={"distribution": "log_uniform_values", "min": 1e-5, "max": 3e-2},
+def test_asha_and_the_study_agree_with_the_tables_on_real_tune(ray_cluster, tmp_path):
+    """Real Tune, ASHA from epoch 1 (eta 2), our searcher, one trial at a time, scripted
+    scores (the later trials worse, so ASHA stops some): every Optuna trial has the state and
+    value trials.parquet and history.parquet give it."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.experiment.tables import collect
+
+    def trainable(config: dict) -> None:  # nested: Ray's workers get it by value
+        for epoch in range(1, 4):
+            score = 0.9 - config["lr"] * 10 + (0.05 if epoch == 2 else 0.01 * epoch)
+            tune.report({"epoch": epoch, "val_auc": score})
+
+    where = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = BestEpochOptuna(3, storage=where, study_name="asha", seed=0)
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 0.01}),
+        param_space={"lr": tune.uniform(0.0, 0.05), "epochs": 3},
+        tune_config=tune.TuneConfig(
+            metric="val_auc",
+            mode="max",
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=1),
+            scheduler=ASHAScheduler(max_t=3, grace_period=1, reduction_factor=2),
+            num_samples=6,
+        ),
+        run_config=tune.RunConfig(name="asha", storage_path=str(tmp_path), verbose=0),
     )
-    proc = run_search(
-        "--task",
-        "pneumonia",
-        "--data-dir",
-        str(data.parent),
-        "--space",
-        space,
-        "--trials",
-        "4",
-        "--epochs",
-        "3",
-        "--launcher",
-        "function",
-        "--max-concurrent",
-        "1",
-        "--explain-top",
-        "0",
-        "--test-top",
-        "0",
-        "--storage",
-        str(tmp_path / "runs"),
-        "--name",
-        "opt",
-    )
-    assert proc.returncode == 0
-    exp = tmp_path / "runs" / "opt"
-    rows = read_table(str(exp / "trials.parquet"))
-    history = read_table(str(exp / "history.parquet"))
-    study = optuna.load_study(study_name="opt", storage=f"sqlite:///{exp / 'optuna.db'}")
-    trials = study.get_trials()
-    assert len(trials) == len(rows) == 4
-    expected = {
-        "finished": TrialState.COMPLETE,
-        "stopped_early": TrialState.PRUNED,
-        "errored": TrialState.FAIL,
-    }
+    rows, history = collect(tuner.fit(), "val_auc", "max", 3, str(tmp_path / "asha"))
+    trials = optuna.load_study(study_name="asha", storage=where).get_trials()
+    assert len(trials) == len(rows) == 6
+    expected = {"finished": TrialState.COMPLETE, "stopped_early": TrialState.PRUNED}
     for row in rows:
         trial = next(t for t in trials if t.params["lr"] == pytest.approx(row["config/lr"]))
         assert trial.state == expected[row["status"]], row
-        if row["status"] == "finished":
+        assert max(trial.intermediate_values) == row["epochs_run"]
+        epochs = [h for h in history if h["trial_id"] == row["trial_id"]]
+        if row["status"] == "finished":  # the best epoch (2), not the last
             assert trial.value == pytest.approx(row["val_auc"])
-        elif row["status"] == "stopped_early":
-            epochs = [h for h in history if h["trial_id"] == row["trial_id"]]
+            assert row["best_epoch"] == 2 and trial.value > epochs[-1]["val_auc"]
+        else:
             last = max(epochs, key=lambda h: h["epoch"])
             assert trial.value == pytest.approx(last["val_auc"])
-        if row["status"] != "errored":
-            assert max(trial.intermediate_values) == row["epochs_run"]
-    stopped = sum(r["status"] == "stopped_early" for r in rows)
-    print(f"optuna vs trials.parquet: {stopped} of {len(rows)} trials stopped by ASHA")
+    assert {r["status"] for r in rows} == {"finished", "stopped_early"}
