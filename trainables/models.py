@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 from torch import nn
 
 from trainables.unet import ENCODERS, IMAGENET_ARCH, build_unet
+
+if TYPE_CHECKING:
+    import torchvision
 
 SMALL_STEM_MAX = 64
 
@@ -185,10 +188,14 @@ def build_model(
 
 def imagenet_weights(arch: str) -> torchvision.models.WeightsEnum:
     """torchvision's default ImageNet weights enum for `arch`."""
+    import torchvision  # here, not at import: it costs every driver process ~1.4 s (dynamo)
+
     return torchvision.models.get_model_weights(arch).DEFAULT
 
 
 def _torchvision_model(arch: str, weights: str) -> nn.Module:
+    import torchvision
+
     net = torchvision.models.get_model(arch, weights=None)
     if weights == "none":
         return net
