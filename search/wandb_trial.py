@@ -27,7 +27,7 @@ import os
 import sys
 
 from search.driver.agent import run_trial
-from search.driver.folder_split import SPLIT_CHOICES
+from search.data.folder_split import SPLIT_CHOICES
 
 KEY_VALUE_HELP = "every other argument is --name=value: a training setting (TrainConfig)"
 

@@ -24,7 +24,7 @@ from search.benchmarks.precision import mfu, precision
 from search.benchmarks.probes import bf16_probe
 from search.benchmarks.runner import SECTIONS, format_table
 from search.benchmarks.trials import first_step_time
-from search.driver.node_data import describe, node_arrays
+from search.data.node_data import describe, node_arrays
 from trainables.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]

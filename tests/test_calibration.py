@@ -16,8 +16,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_curve
 
-from search.driver.fingerprint import data_fingerprint
-from search.driver.folders import convert_folder
+from search.data.fingerprint import data_fingerprint
+from search.data.folders import convert_folder
 from search.experiment.after import evaluate_on_test, row_ids
 from search.experiment.after_settings import EvaluationSettings, SplitSources
 from trainables.calibration import (

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.driver.folder_split import patient_id, small_data_warnings, split_counts
-from search.driver.folders import convert_folder
+from search.data.folder_split import patient_id, small_data_warnings, split_counts
+from search.data.folders import convert_folder
 from trainables.data import SPLITS, load_npz, validate_split
 from trainables.tasks import Task
 

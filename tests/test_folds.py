@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from search.driver.folders import convert_folder
+from search.data.folders import convert_folder
 from search.driver.folds import (
     best_fold,
     file_arrays,
@@ -98,7 +98,7 @@ def test_patient_groups_from_file_names():
 
 
 def test_converted_malaria_folds_keep_patients_apart(tmp_path, make_malaria):
-    """`file_arrays` reads the names `search.driver.folders` stored; whole patients go to one
+    """`file_arrays` reads the names `search.data.folders` stored; whole patients go to one
     side."""
     path, _, _ = convert_folder(str(make_malaria(tmp_path, cells=3)), 28, split="patient")
     arrays = {**dict(np.load(path)), **file_arrays(path)}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from search.driver.node_data import CACHE_ENV, describe, node_arrays
+from search.data.node_data import CACHE_ENV, describe, node_arrays
 from search.driver.space import load_space
 from trainables.tasks import get_task
 from trainables.train import train_loop

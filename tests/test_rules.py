@@ -141,7 +141,7 @@ def test_atomic_writes_have_one_implementation():
 
 
 def test_data_fingerprints_have_one_home():
-    assert _where(r"\bhashlib\b|\.CRC\b") == ["search/driver/fingerprint.py"]
+    assert _where(r"\bhashlib\b|\.CRC\b") == ["search/data/fingerprint.py"]
 
 
 def test_split_names_have_one_definition():

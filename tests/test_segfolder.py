@@ -1,4 +1,4 @@
-"""`--task segfolder`: images/ + masks/ converted once to the npz layout (search.driver.segfolders)
+"""`--task segfolder`: images/ + masks/ converted once to the npz layout (search.data.segfolders)
 and validated: the seeded 20/5/5 split of the ISBI sample, pre-made splits, and the one error
 that names every bad file."""
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from search.driver.inputs import locate_data
-from search.driver.segfolders import convert_segfolder
+from search.data.segfolders import convert_segfolder
 from search.driver.settings import DataSettings
 from trainables.data import load_npz
 from trainables.tasks import get_task

@@ -1,5 +1,5 @@
 """The streaming data path, fast: rows and batches (`trainables/stream.py`), the per-node cache
-(`search/driver/node_data.py`) on the real PneumoniaMNIST sample, the budget rule, and the
+(`search/data/node_data.py`) on the real PneumoniaMNIST sample, the budget rule, and the
 same seed training the same batches on the resident and the streamed path."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from search.driver.fingerprint import npz_key
-from search.driver.node_data import (
+from search.data.fingerprint import npz_key
+from search.data.node_data import (
     CACHE_ENV,
     cached_files,
     describe,

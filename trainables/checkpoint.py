@@ -8,7 +8,7 @@ A payload holds `format`, `task`, `kind`, `classes`, `channels`, `model`, `image
 `config`, `normalisation` (mean, std), `epoch`, `metrics` and `state_dict`; the training loop
 adds `optimizer`, `scheduler`, `metric` (the task metric, whose `best_<metric>` in `metrics`
 a resumed trial continues from) and `data` (the data fingerprint: npz MD5 or converted folder
-hash, split rule, seed, folds, fold; `search.driver.fingerprint`; {} when the driver set none).
+hash, split rule, seed, folds, fold; `search.data.fingerprint`; {} when the driver set none).
 Only tensors, numbers, strings, lists and dicts: it loads
 with `weights_only=True`.
 """

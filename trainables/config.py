@@ -67,7 +67,7 @@ class TrainConfig:
     """`auto` (bf16 autocast on GPU, fp32 on CPU), `fp32` or `bf16`."""
     data_fingerprint: dict = field(default_factory=dict)
     """Which data this trial trains on (npz MD5 or converted folder hash, split rule, seed,
-    fold), set by the driver (`search.driver.fingerprint`) and saved in every checkpoint."""
+    fold), set by the driver (`search.data.fingerprint`) and saved in every checkpoint."""
 
     def __post_init__(self) -> None:
         checks = [

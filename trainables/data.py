@@ -8,7 +8,7 @@
 Every dataset becomes `{train,val,test}_images` (uint8, (N,H,W) or (N,H,W,C)) and
 `{train,val,test}_labels` ((N, L) integers) once, so everything after loading is one code path.
 Arrays are read with numpy: medmnist's Dataset classes assert the official sample counts.
-Downloads are not done here (see `search/driver/downloads.py`).
+Downloads are not done here (see `search/data/downloads.py`).
 """
 
 from __future__ import annotations

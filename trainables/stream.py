@@ -19,7 +19,7 @@ the same images in the same order, and the torch RNG (augmentation) is untouched
 The budget (`resident_budget`, shares in `RESIDENT_SHARES`) says when train+val stay resident
 (today's path: one `ray.put`, uint8 on the device) and when they stream. Where the arrays come
 from on each node (a per-node cache of raw .npy files, written once under a file lock) is the
-search's business: `search/driver/node_data.py`.
+search's business: `search/data/node_data.py`.
 """
 
 from __future__ import annotations

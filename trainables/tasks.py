@@ -51,7 +51,7 @@ class Task:
     description: str = ""
     source: str = "medmnist"
     """`medmnist` (an npz by flag and size), `folder` (a folder per class, converted once) or
-    `segfolder` (images/ + masks/, converted once: `search.driver.segfolders`)."""
+    `segfolder` (images/ + masks/, converted once: `search.data.segfolders`)."""
     foreground: str | None = None
     """What the attribution focus score counts as the object: `otsu` (Otsu's threshold
     separates one cell from a plain background), `mask` (segmentation: the share of Grad-CAM on

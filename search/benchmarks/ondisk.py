@@ -6,7 +6,7 @@ and how much of them the page cache holds.
     resident_mb([path, ...])       # MB of these files in the page cache (mincore), shared or not
 
 The npz is what a user has (MedMNIST's layout, uncompressed), so the node cache that the
-streaming path writes from it (`search.driver.node_data`) is measured as a trial meets it.
+streaming path writes from it (`search.data.node_data`) is measured as a trial meets it.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 The dataset (`StreamSizes.train` + `val` random RGB uint8 images at 224 px: 20,000 = 3.0 GB in
 the full bench, a smaller set with --quick, named in the rows) is written as an npz into a
-temporary folder (`$TMPDIR`), cached per node by `search.driver.node_data` as a trial on that
+temporary folder (`$TMPDIR`), cached per node by `search.data.node_data` as a trial on that
 path does, and deleted after. Node memory is the bench's (`probes.node_memory`: summed PSS of
 the node's processes) with the dataset's pages counted once from the page cache (mincore), so
 a page only cached and a page mapped by four trials both count once. Run through
@@ -32,7 +32,7 @@ from search.benchmarks.ondisk import evict, files_under, resident_mb, write_npz
 from search.benchmarks.probes import node_memory, nvml_probes, sampling
 from search.benchmarks.timing import interleaved, sync, torch_threads
 from search.benchmarks.trials import run_trials
-from search.driver.node_data import DataSource, cache_root, describe, node_arrays
+from search.data.node_data import DataSource, cache_root, describe, node_arrays
 from trainables.data import channel_stats
 from trainables.stream import RESIDENT, STREAM
 from trainables.tasks import get_task

@@ -19,7 +19,7 @@ import torch
 
 from search.benchmarks.probes import sampling
 from search.benchmarks.timing import torch_threads
-from search.driver.node_data import DataSource
+from search.data.node_data import DataSource
 
 
 def first_step_time(report_times: list[float], rates: list[float], seen: int) -> float:

@@ -9,7 +9,7 @@ Splits, over train+val concatenated in that order (test is never touched):
 - kinds whose `fold_strata` gives class ids (multiclass, binary):
   `StratifiedKFold(shuffle=True, random_state=seed)`, so every fold's validation part holds
   each class within one image of its share.
-- patient ids (`{train,val}_files` arrays, as `search.driver.folders` writes, where every
+- patient ids (`{train,val}_files` arrays, as `search.data.folders` writes, where every
   name carries one): `StratifiedGroupKFold`, so a patient's images stay on one side.
 - kinds with no strata (multilabel): `KFold` (`GroupKFold` with patients), shuffled.
   Stratifying on the first label would balance that label alone and nothing else; on
@@ -55,8 +55,8 @@ import ray
 from ray import tune
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
-from search.driver.folder_split import patient_id
-from search.driver.node_data import DataSource, node_arrays
+from search.data.folder_split import patient_id
+from search.data.node_data import DataSource, node_arrays
 from search.driver.plan import DRIVER_CPU, Plan
 from trainables.checkpoint import FILENAME
 from trainables.data import SEARCH_SPLITS

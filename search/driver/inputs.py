@@ -16,12 +16,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from search.driver.downloads import ensure_dataset
-from search.driver.folder_split import small_data_warnings
-from search.driver.folders import convert_folder
+from search.data.downloads import ensure_dataset
+from search.data.folder_split import small_data_warnings
+from search.data.folders import convert_folder
 from search.driver.folds import file_arrays
-from search.driver.node_data import DataSource, describe
-from search.driver.segfolders import convert_segfolder
+from search.data.node_data import DataSource, describe
+from search.data.segfolders import convert_segfolder
 from search.driver.settings import DataSettings, Settings
 from search.driver.space import Space
 from trainables.data import SEARCH_SPLITS, load_npz
@@ -92,7 +92,7 @@ CONVERTERS = {"segfolder": locate_segfolder}
 
 
 def describe_data(path: str, task: Task, image_size: int, folds: int = 0) -> DataSource:
-    """The descriptor streamed trials get (`search.driver.node_data`): labels and sizes,
+    """The descriptor streamed trials get (`search.data.node_data`): labels and sizes,
     validated against the images' headers (no image is read); file names under `--folds`."""
     return describe(path, task, image_size, file_arrays(path) if folds > 1 else None)
 

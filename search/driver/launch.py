@@ -14,7 +14,7 @@ Three drivers run the same `trainables.train.train_loop`:
 The dataset and the task reach every trial through `tune.with_parameters` (and, for Train
 workers, the function bound by `worker_loop`), never through the trial's config. `data_ref` is
 a one-element list: on the resident path a nested object-store reference to the arrays, put
-once per search; on the streaming path a `search.driver.node_data.DataSource` (a small
+once per search; on the streaming path a `search.data.node_data.DataSource` (a small
 descriptor), which each node turns into memory-mapped arrays of its own local cache
 (`open_data`). Every result carries `node_id`, the
 Ray node the trial trained on.
@@ -28,7 +28,7 @@ import ray
 from ray import tune
 
 from search.driver.folds import folds_driver
-from search.driver.node_data import open_data
+from search.data.node_data import open_data
 from search.driver.plan import DRIVER_CPU, Plan, worker_request
 from search.experiment.storage import join_path
 from trainables.scores import CHECKPOINT_SCORE

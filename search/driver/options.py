@@ -19,19 +19,23 @@ import sys
 from dataclasses import fields
 
 from search.driver.checks import check_flags
+from search.data.settings import BLANK_POLICIES, UNCERTAIN_POLICIES
 from search.driver.settings import Settings, flags_given
 
-# Mirrors of trainables.tasks.TASK_NAMES, search.driver.folder_split.SPLIT_CHOICES,
+# Mirrors of trainables.tasks.TASK_NAMES, search.data.folder_split.SPLIT_CHOICES,
 # search.driver.plan.LAUNCHERS / SEARCHERS and trainables.stream.DATA_PATHS (checked by a test).
 TASK_NAMES = (
     "blood",
     "chest",
+    "chestxray14",
+    "chexpert",
     "derma",
     "folder",
     "malaria",
     "pathology",
     "pneumonia",
     "segfolder",
+    "table",
 )
 SPLIT_CHOICES = ("auto", "premade", "patient", "cell")
 LAUNCHERS = ("train", "function")
@@ -158,6 +162,67 @@ def _data_flags(p) -> None:
         help="largest train+val (MB) kept resident under --data-path auto "
         "(None: a share of the trial's device and node memory; "
         "$MEDSWEEP_RESIDENT_BUDGET_MB)",
+    )
+    _table_flags(p)
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="go on past images that cannot be read (named in search.json) instead of "
+        "refusing the data",
+    )
+    p.add_argument(
+        "--cache-dir",
+        help="where converted data is kept, keyed by its fingerprint (None: "
+        "$MEDSWEEP_CACHE_DIR, else $XDG_CACHE_HOME/medsweep/data); never the data folder",
+    )
+
+
+def _table_flags(p) -> None:
+    p.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="table tasks: the label table (CSV, TSV or Parquet), relative to --data-dir",
+    )
+    p.add_argument(
+        "--path-column", help="table: the image path column (None: Path, path, Image Index...)"
+    )
+    p.add_argument(
+        "--label-columns",
+        metavar="A,B,...",
+        help="table: the label columns: several 0/1 columns, one class column, or one "
+        "delimited column (A|B) (None: guessed)",
+    )
+    p.add_argument(
+        "--uncertain",
+        choices=UNCERTAIN_POLICIES,
+        help="table: uncertain (-1) labels: ignore (masked out of loss and metrics), zeros, "
+        "ones (None: the preset's, else ignore)",
+    )
+    p.add_argument(
+        "--blank",
+        choices=BLANK_POLICIES,
+        help="table: blank label cells: zeros (not mentioned = negative) or ignore "
+        "(None: the preset's, else zeros)",
+    )
+    p.add_argument("--patient-column", help="table: the patient id column")
+    p.add_argument(
+        "--patient-regex",
+        metavar="REGEX",
+        help="table: the patient id from the path (its first group), e.g. 'patient(\\d+)'",
+    )
+    p.add_argument(
+        "--split-column", help="table: the train/val/test column (None: a column named split)"
+    )
+    p.add_argument(
+        "--split-lists",
+        metavar="TRAIN,[VAL,]TEST",
+        help="table: list files of image names per split (NIH's train_val_list.txt,test_list.txt)",
+    )
+    p.add_argument(
+        "--where",
+        metavar="COLUMN=VALUE",
+        help="table: keep the rows where COLUMN=VALUE (or COLUMN!=VALUE), e.g. "
+        "'Frontal/Lateral=Frontal'",
     )
 
 

@@ -17,29 +17,11 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from search.data.settings import DataSettings
+
 
 def _env(name: str, default: str | None = None):
     return field(default_factory=lambda: os.environ.get(name, default))
-
-
-def _env_float(name: str):
-    return field(default_factory=lambda: float(os.environ[name]) if os.environ.get(name) else None)
-
-
-@dataclass(frozen=True)
-class DataSettings:
-    """Task and data: `--task`, `--space`, `--data-dir`, `--split`, `--folds`, `--weights`,
-    `--image-size`, `--data-path`, `--resident-budget-mb`."""
-
-    task: str | None = None
-    space: str | None = None
-    data_dir: str | None = None
-    split: str = "auto"
-    folds: int = 0
-    weights: str | None = None
-    image_size: int | None = None
-    data_path: str = "auto"
-    resident_budget_mb: float | None = _env_float("MEDSWEEP_RESIDENT_BUDGET_MB")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import ray
 from ray import tune
 
 from search.driver.checks import check_cluster, check_data, check_space, user_errors
-from search.driver.fingerprint import data_fingerprint
+from search.data.fingerprint import data_fingerprint
 from search.driver.inputs import (
     describe_data,
     fetch_weights,
@@ -39,7 +39,7 @@ from search.driver.inputs import (
     param_space,
 )
 from search.driver.launch import build_trainable
-from search.driver.node_data import DataSource, node_arrays
+from search.data.node_data import DataSource, node_arrays
 from search.driver.plan import Plan, make_plan, worker_request
 from search.driver.progress import Progress
 from search.driver.resources import read_cluster

@@ -1,6 +1,6 @@
 """Turn an images/ + masks/ folder into a segmentation npz (MedMNIST layout), once, cached.
 
-    from search.driver.segfolders import convert_segfolder
+    from search.data.segfolders import convert_segfolder
     path, info = convert_segfolder("data/isbi2012-membranes", image_size=128)
     arrays = load_npz(path, task, splits=("train", "val"))   # labels: (N, H, W) 0/1 masks
 
@@ -11,7 +11,7 @@ then carved out of train). Without pre-made splits the images are split by a see
 permutation, `val_frac` and `test_frac` (1/6 each: the ISBI sample's 30 images give 20/5/5).
 
 Images are resized, whole, to `image_size` x `image_size` (bilinear; channels as the folder
-task reads them, `search.driver.folder_images`), masks likewise after binarising them at the
+task reads them, `search.data.images`), masks likewise after binarising them at the
 source size (mask > 0 = foreground; the resized mask keeps a pixel where at least half of its
 area was foreground). Resized whole rather than cropped: every split then has one shape,
 validation and test see whole images (no tiling), and the augmentation's random resized crop
@@ -19,7 +19,7 @@ still varies scale during training. Every file is checked before
 anything is written, and every problem (an image without a mask or a mask without an image,
 an unreadable file, a mask whose size differs from its image) is named in one error.
 
-Cache: as the folder task's (`search.driver.folders`): `<src>/.medsweep/<name>_<size>_seg_s<seed>
+Cache: as the folder task's (`search.data.folders`): `<src>/.medsweep/<name>_<size>_seg_s<seed>
 .npz` (or the user cache when src is read-only), written atomically under a `FileLock`, reused
 until the fingerprint (every file's path, size and mtime, and the settings) changes. The npz
 holds `{split}_images`, `{split}_labels` (uint8 masks), `{split}_files`, `classes`
@@ -36,10 +36,10 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image
 
-from search.driver.fingerprint import folder_fingerprint
-from search.driver.folder_images import IMAGE_EXTENSIONS, read_images
-from search.driver.folder_split import all_files
-from search.driver.folders import cache_path, read_cached, write_cached
+from search.data.fingerprint import folder_fingerprint
+from search.data.images import IMAGE_EXTENSIONS, read_images
+from search.data.folder_split import all_files
+from search.data.folders import cache_path, read_cached, write_cached
 from trainables.data import SPLITS
 
 FORMAT_VERSION = 1  # part of the fingerprint: bump it when the conversion changes

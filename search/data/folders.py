@@ -1,7 +1,7 @@
 """Turn a folder-per-class image dataset into a MedMNIST-layout npz, once, cached beside it.
 
-    from search.driver.folder_split import small_data_warnings
-    from search.driver.folders import convert_folder
+    from search.data.folder_split import small_data_warnings
+    from search.data.folders import convert_folder
     path, classes, info = convert_folder("cell_images", image_size=64)  # NIH malaria cells
     arrays = load_npz(path, task, splits=("train", "val"))  # trainables.data, as for MedMNIST
     for line in small_data_warnings(info["counts"]):
@@ -19,8 +19,8 @@ which upper case sorts first; NIH malaria gives Parasitized=0, Uninfected=1). Pa
 `classes=[...]` to fix the order, e.g. `["Uninfected", "Parasitized"]` to make Parasitized the
 positive class (label 1) of a binary task.
 
-Splits (`split=`: premade, patient, cell or auto) are `search.driver.folder_split`'s; reading
-and resizing the images is `search.driver.folder_images`'s.
+Splits (`split=`: premade, patient, cell or auto) are `search.data.folder_split`'s; reading
+and resizing the images is `search.data.images`'s.
 
 Images: every image is resized, whole, to `image_size` x `image_size` with bilinear filtering
 (Pillow's, which antialiases when shrinking). Segmented malaria cells are roughly round and vary
@@ -35,7 +35,7 @@ Cache: `<src>/.medsweep/<name>_<size>_<split>_s<seed>.npz`, or
 `<cache_dir>/<name>-<hash of src>_<size>_<split>_s<seed>.npz` when `cache_dir` is given or src
 is read-only (default `$XDG_CACHE_HOME/medsweep/folders`). It is written atomically under a
 `FileLock` and reused until the fingerprint stored in it
-(`search.driver.fingerprint.folder_fingerprint`: relative path, size and mtime of every image,
+(`search.data.fingerprint.folder_fingerprint`: relative path, size and mtime of every image,
 plus the conversion settings) changes. Beside the MedMNIST arrays the npz holds
 `{split}_files` (each row's path relative to src), `{split}_patients` (`patient_id` of each
 file name, "" where it has none: the test bootstrap resamples patients when all have one),
@@ -50,9 +50,9 @@ import os
 import numpy as np
 from filelock import FileLock
 
-from search.driver.fingerprint import folder_fingerprint, path_tag
-from search.driver.folder_images import IMAGE_EXTENSIONS, read_images
-from search.driver.folder_split import (
+from search.data.fingerprint import folder_fingerprint, path_tag
+from search.data.images import IMAGE_EXTENSIONS, read_images
+from search.data.folder_split import (
     SPLIT_CHOICES,
     Layout,
     all_files,

@@ -8,7 +8,7 @@ raw .npy files on the workers, memory-mapped by every trial of the node.
     open_val = partial(node_arrays, source, ("val",))   # picklable: Ray tasks open it there
 
 `describe` reads the npz's zip directory and the labels: its `key` is the npz's content
-fingerprint (`search.driver.fingerprint.npz_key`: the zip directory, nothing is hashed again).
+fingerprint (`search.data.fingerprint.npz_key`: the zip directory, nothing is hashed again).
 `node_arrays` runs on the node that trains: the first process there takes a file lock
 (`<cache>/<key>.lock`, filelock), writes each split's members as uncompressed .npy files
 (`<cache>/<key>/{split}_images.npy`, a temp file then `os.replace`, so a reader never sees half
@@ -16,7 +16,7 @@ a file), and every later process finds them and maps them (`np.load(mmap_mode="r
 images live once per node, in the page cache, shared by all its trials. The npz comes from
 its local path when this node has the same file, from storage when the path is a URI (copied
 down once, under the same lock), or, for MedMNIST tasks, from medmnist's URL (downloaded once
-per node, `search.driver.downloads`). The cache folder is `$MEDSWEEP_NODE_CACHE` (as the
+per node, `search.data.downloads`). The cache folder is `$MEDSWEEP_NODE_CACHE` (as the
 driver saw it, else as the node sees it) or `<tmp>/medsweep-node-cache`.
 """
 
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from filelock import FileLock
 
-from search.driver.downloads import ensure_dataset
-from search.driver.fingerprint import npz_key
+from search.data.downloads import ensure_dataset
+from search.data.fingerprint import npz_key
 from search.experiment.storage import filesystem, is_uri
 from trainables.data import SEARCH_SPLITS, STATS_KEY, channel_stats, inspect_npz
 from trainables.files import write_atomic

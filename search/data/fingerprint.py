@@ -8,15 +8,15 @@
 Computed once on the driver, before Ray starts: a MedMNIST npz is named by its MD5 (for an
 official file, the digest `medmnist.INFO` lists; a subset or variant has its own); a converted
 folder by the fingerprint stored in its npz (relative path, size and mtime of every image plus
-the conversion settings: `search.driver.folders`), which reading the npz again would not give.
+the conversion settings: `search.data.folders`), which reading the npz again would not give.
 `split` is the rule that made train/val/test ("medmnist" for the official split, else the
 folder split: premade, patient or cell), `seed` the search seed that drew it (and the folds),
 `folds` the number of folds (0: the given train/val); a fold's trial adds its `fold` index.
 
 `npz_key` names an npz by its zip directory (every member's name, size and CRC-32, as the zip
 records them: nothing is hashed again, and of a URI only the directory travels): the streaming
-path's node caches are keyed by it (`search.driver.node_data`). `folder_fingerprint` is the
-converted folders' (`search.driver.folders`, `search.driver.segfolders`) check that a cached
+path's node caches are keyed by it (`search.data.node_data`). `folder_fingerprint` is the
+converted folders' (`search.data.folders`, `search.data.segfolders`) check that a cached
 conversion is still current: the conversion settings plus every source image's relative path,
 size and mtime; the npz stores it and `data_fingerprint` reports it as `folder_hash`.
 """
