@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from search.data.folders import convert_folder
+from search.data.sources import file_arrays
 from search.driver.folds import (
     best_fold,
-    file_arrays,
     fold_data,
     fold_metrics,
     fold_splits,

@@ -47,14 +47,11 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
     f1_score,
-    multilabel_confusion_matrix,
-    precision_recall_fscore_support,
-    roc_auc_score,
 )
 
 from trainables.files import write_atomic
 from trainables.kinds import Kind, get_kind
-from trainables.kinds.base import ratio
+from trainables.kinds.base import column_auroc, known_columns, ratio
 
 HEADLINE = ("accuracy", "balanced_accuracy", "auroc", "macro_f1")
 OPERATING = ("sensitivity", "specificity")
@@ -86,13 +83,15 @@ def evaluate_predictions(
     ``operating`` holds sensitivity and specificity with CIs (`OPERATING`), ``threshold`` the
     threshold used (``threshold``: what ``Kind.choose_threshold`` returns; None: 0.5),
     ``auroc_missing`` the classes (labels) left out of the AUROC.
-    ``groups``: one patient id per row; the bootstrap then resamples patients.
+    ``groups``: one patient id per row; the bootstrap then resamples patients. A multi-label
+    truth of -1 (unknown) leaves that image out of that label's figures.
     """
     ops = get_kind(kind)
-    y_ind, pred_ind, s_ind = _prepare(ops, y_true, scores, class_names, threshold)
-    mcm = multilabel_confusion_matrix(y_ind, pred_ind)
+    truth, pred_ind, s_ind = _prepare(ops, y_true, scores, class_names, threshold)
+    y_ind, known = known_columns(truth)
+    mcm = _confusion_counts(y_ind, pred_ind, known)
     tn, fp, fn, tp = (mcm[:, i, j].astype(float) for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
-    per_auc = _per_class_auroc(y_ind, s_ind)
+    per_auc = column_auroc(truth, s_ind)
     op_used = np.zeros(len(per_auc), bool)
     op_used[ops.auroc_columns(len(class_names))] = True  # binary: the positive class only
     auc_used = op_used & ~np.isnan(per_auc)
@@ -100,19 +99,26 @@ def evaluate_predictions(
     point |= _operating(tp, fn, fp, tn, op_used)
     unit, index = _units(groups, len(y_ind))
     boot, n_used = _bootstrap(
-        ops.exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed, index, op_used
+        ops.exclusive, truth, pred_ind, s_ind, auc_used, n_boot, seed, index, op_used
     )
     result: dict[str, Any] = {"kind": ops.name, "n": len(y_ind)}
     for name in HEADLINE:
         result[name] = _interval(point[name], boot[name])
     result["operating"] = {name: _interval(point[name], boot[name]) for name in OPERATING}
     result["threshold"] = ops.threshold_record(threshold, list(class_names))
-    result |= _per_class(y_ind, pred_ind, tn, fp, per_auc, class_names)
-    result |= ops.test_extras(y_ind, pred_ind, tp, fn, fp, tn)
+    result |= _per_class(tp, fn, fp, tn, per_auc, class_names)
+    # an unknown label cannot make an image's exact match wrong
+    result |= ops.test_extras(y_ind, np.where(known, pred_ind, y_ind), tp, fn, fp, tn)
     result["confusion_matrix"] = _confusion(ops.exclusive, y_ind, pred_ind, mcm, class_names)
     missing = [class_names[c] for c in np.flatnonzero(op_used & np.isnan(per_auc))]
     result["auroc_missing"] = missing
-    result["bootstrap"] = {
+    n_units = int(index.max()) + 1 if index is not None else len(y_ind)
+    result["bootstrap"] = _bootstrap_record(n_boot, n_used, seed, unit, n_units)
+    return to_jsonable(result)
+
+
+def _bootstrap_record(n_boot: int, n_used: int, seed: int, unit: str, n_units: int) -> dict:
+    return {
         "n_boot": n_boot,
         "n_used": n_used,
         "n_skipped": n_boot - n_used,
@@ -120,9 +126,20 @@ def evaluate_predictions(
         "level": LEVEL,
         "method": "percentile",
         "unit": unit,
-        "n_units": int(index.max()) + 1 if index is not None else len(y_ind),
+        "n_units": n_units,
     }
-    return to_jsonable(result)
+
+
+def _confusion_counts(y_ind: np.ndarray, pred_ind: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """(classes, 2, 2) int64 `[[tn, fp], [fn, tp]]` per column over its known rows (what
+    `multilabel_confusion_matrix` gives when every row is known)."""
+    cells = [
+        [~y_ind & ~pred_ind, ~y_ind & pred_ind],
+        [y_ind & ~pred_ind, y_ind & pred_ind],
+    ]
+    return np.stack(
+        [np.stack([(c & known).sum(axis=0) for c in row], axis=-1) for row in cells], axis=-2
+    ).astype(np.int64)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -146,8 +163,9 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def _prepare(kind: Kind, y_true, scores, class_names: list[str], threshold=None):
-    """(labels, predictions, scores) with one column per class (binary: two), the layout of
-    every figure: bool, bool and float64, each (N, classes)."""
+    """(truth, predictions, scores) with one column per class (binary: two), the layout of
+    every figure, each (N, classes): bool truth (multi-label: int8 1/0/-1, -1 unknown:
+    `known_columns`), bool predictions and float64 scores."""
     y_true, scores = np.asarray(y_true), np.asarray(scores, np.float64)
     if not np.isfinite(scores).all():
         raise ValueError("scores hold NaN or infinity: did the model diverge?")
@@ -178,16 +196,6 @@ def _operating(tp, fn, fp, tn, used: np.ndarray) -> dict[str, float]:
     return {"sensitivity": sens, "specificity": spec}
 
 
-def _per_class_auroc(y_ind: np.ndarray, s_ind: np.ndarray) -> np.ndarray:
-    """One-vs-rest AUROC per class; NaN where the class has no positives or no negatives
-    (the macro mean over classes equals sklearn's ``multi_class="ovr"`` when all exist)."""
-    auc = np.full(y_ind.shape[1], np.nan)
-    for c in range(y_ind.shape[1]):
-        if 0 < y_ind[:, c].sum() < len(y_ind):
-            auc[c] = roc_auc_score(y_ind[:, c], s_ind[:, c])
-    return auc
-
-
 def _point(exclusive, y_ind, pred_ind, tp, fn, fp, tn, aucs) -> dict[str, float]:
     """The headline figures by scikit-learn: over images for one class per image
     (``exclusive``), the mean over labels otherwise."""
@@ -197,10 +205,10 @@ def _point(exclusive, y_ind, pred_ind, tp, fn, fp, tn, aucs) -> dict[str, float]
         accuracy = accuracy_score(y, pred)
         balanced = balanced_accuracy_score(y, pred)
         macro_f1 = f1_score(y, pred, labels=labels, average="macro", zero_division=0)
-    else:
-        accuracy = float(np.mean((tp + tn) / len(y_ind)))
+    else:  # per label over its known rows
+        accuracy = float(np.mean((tp + tn) / np.maximum(tp + tn + fp + fn, 1)))
         balanced = float(np.nanmean(_balanced_per_label(tp, fn, fp, tn)))
-        macro_f1 = f1_score(y_ind, pred_ind, average="macro", zero_division=0)
+        macro_f1 = float(np.mean(_f1(tp, fn, fp)))
     auroc = float(np.mean(aucs)) if len(aucs) else math.nan
     return {
         "accuracy": accuracy,
@@ -210,11 +218,18 @@ def _point(exclusive, y_ind, pred_ind, tp, fn, fp, tn, aucs) -> dict[str, float]
     }
 
 
-def _per_class(y_ind, pred_ind, tn, fp, per_auc, class_names) -> dict[str, Any]:
-    """Per-class figures and their unweighted means (0 where a class is never predicted)."""
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_ind, pred_ind, average=None, zero_division=0
-    )
+def _f1(tp, fn, fp) -> np.ndarray:
+    """F1 per column from its counts, 0 where it has no positive and no prediction."""
+    denom = 2 * tp + fp + fn
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+
+
+def _per_class(tp, fn, fp, tn, per_auc, class_names) -> dict[str, Any]:
+    """Per-class figures from the confusion counts and their unweighted means (0 where a
+    class is never predicted; what `precision_recall_fscore_support(zero_division=0)` gives)."""
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+    recall = np.where(tp + fn > 0, tp / np.maximum(tp + fn, 1), 0.0)
+    f1, support = _f1(tp, fn, fp), tp + fn
     specificity = np.array([ratio(a, a + b) for a, b in zip(tn, fp, strict=True)])
     per_class = {
         name: {
@@ -245,17 +260,17 @@ def _confusion(exclusive, y_ind, pred_ind, mcm, class_names) -> Any:
 
 
 def _bootstrap(
-    exclusive, y_ind, pred_ind, s_ind, auc_used, n_boot, seed, groups=None, op_used=None
+    exclusive, truth, pred_ind, s_ind, auc_used, n_boot, seed, groups=None, op_used=None
 ):
     """Headline (and operating) figures for ``n_boot`` resamples of the images, or of whole
     patients (``groups``: row -> patient index): ({name: (n_used,) values}, n_used)."""
     rng = np.random.default_rng(seed)
-    n = len(y_ind)
+    n = len(truth)
     chunk = max(1, min(n_boot, MAX_CELLS // max(n, 1)))
     parts = []
     for start in range(0, n_boot, chunk):
         w = _resample_weights(rng, min(chunk, n_boot - start), n, groups)
-        parts.append(_replicates(exclusive, w, y_ind, pred_ind, s_ind, auc_used, op_used))
+        parts.append(_replicates(exclusive, w, truth, pred_ind, s_ind, auc_used, op_used))
     names = HEADLINE + OPERATING
     reps = {name: np.concatenate([p[name] for p in parts] or [[]]) for name in names}
     if auc_used.any():
@@ -281,13 +296,14 @@ def _resample_weights(
 
 
 def _replicates(
-    exclusive, w, y_ind, pred_ind, s_ind, auc_used, op_used=None
+    exclusive, w, truth, pred_ind, s_ind, auc_used, op_used=None
 ) -> dict[str, np.ndarray]:
     """The headline figures for every column of resample weights ``w`` (N, b), as `_point`
-    defines them for one class per image (``exclusive``) or per label, and `OPERATING` over
-    the ``op_used`` columns (default all)."""
-    yf, pf = y_ind.astype(w.dtype), pred_ind.astype(w.dtype)
-    cells = [yf * pf, yf * (1 - pf), (1 - yf) * pf, (1 - yf) * (1 - pf)]
+    defines them for one class per image (``exclusive``) or per label (over its known rows),
+    and `OPERATING` over the ``op_used`` columns (default all)."""
+    y_ind, known = known_columns(truth)
+    yf, pf, kf = y_ind.astype(w.dtype), pred_ind.astype(w.dtype), known.astype(w.dtype)
+    cells = [yf * pf * kf, yf * (1 - pf) * kf, (1 - yf) * pf * kf, (1 - yf) * (1 - pf) * kf]
     tp, fn, fp, tn = ((w.T @ c).astype(np.float64) for c in cells)  # each (b, classes)
     total = w.sum(axis=0, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -297,9 +313,9 @@ def _replicates(
             accuracy = tp.sum(axis=1) / total
             balanced = np.nanmean(recall, axis=1)
         else:
-            accuracy = ((tp + tn) / total[:, None]).mean(axis=1)
+            accuracy = ((tp + tn) / (tp + tn + fp + fn)).mean(axis=1)
             balanced = np.nanmean(_balanced_per_label(tp, fn, fp, tn), axis=1)
-    aucs = [_weighted_auroc(y_ind[:, c], s_ind[:, c], w) for c in np.flatnonzero(auc_used)]
+    aucs = [_column_replicates(y_ind, known, s_ind, w, c) for c in np.flatnonzero(auc_used)]
     auroc = np.mean(aucs, axis=0, dtype=np.float64) if aucs else np.full(w.shape[1], np.nan)
     op_used = np.ones(y_ind.shape[1], bool) if op_used is None else op_used
     return {
@@ -309,6 +325,14 @@ def _replicates(
         "macro_f1": f1.mean(axis=1),
         **_operating(tp, fn, fp, tn, op_used),
     }
+
+
+def _column_replicates(y_ind, known, s_ind, w, c: int) -> np.ndarray:
+    """`_weighted_auroc` of column `c` over its known rows."""
+    if known[:, c].all():
+        return _weighted_auroc(y_ind[:, c], s_ind[:, c], w)
+    rows = known[:, c]
+    return _weighted_auroc(y_ind[rows, c], s_ind[rows, c], w[rows])
 
 
 def _balanced_per_label(tp, fn, fp, tn) -> np.ndarray:

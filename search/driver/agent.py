@@ -3,7 +3,7 @@
     code = run_trial(settings, data_dir="data", project="medsweep", split="auto")
 
 The config W&B hands the run (the agent's, laid over `settings`) must name the `task`; the
-data are found as search/run.py finds them (`search.driver.inputs.locate_data`: a MedMNIST npz,
+data are found as search/run.py finds them (`search.data.sources.locate_data`: a MedMNIST npz,
 or a folder per class converted once). Every epoch's metrics are logged at step = epoch, the
 best checkpoint is kept in `<run dir>/checkpoint/`, and the run summary holds the metric's
 best value, not its last: W&B's Bayesian search reads the summary.
@@ -54,7 +54,7 @@ def run_trial(settings: dict, data_dir: str | None, project: str, split: str) ->
     """Train one W&B run's config; prints the best score and where its checkpoint is."""
     import wandb
 
-    from search.driver.inputs import load_arrays, locate_data
+    from search.data.sources import ingest_data, load_arrays, locate_data
     from trainables.tasks import get_task
     from trainables.train import train_loop
 
@@ -63,9 +63,11 @@ def run_trial(settings: dict, data_dir: str | None, project: str, split: str) ->
         task = get_task(config["task"])
         where = DataSettings(task=task.name, data_dir=data_dir, split=split)
         size = config.get("image_size") or task.image_size
-        task, path = locate_data(task, size, where, seed=int(config.get("seed", 0)))
+        located = locate_data(task, size, where, seed=int(config.get("seed", 0)))
+        located = ingest_data(located, where)
+        task = located.task
         keeper = BestKeeper(run, task.metric, task.mode)
-        train_loop(config, keeper, load_arrays(path, task), task=task)
+        train_loop(config, keeper, load_arrays(located), task=task)
         if keeper.best is not None:
             run.summary[task.metric] = keeper.best
             run.summary["best_epoch"] = keeper.best_epoch

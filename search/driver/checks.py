@@ -26,7 +26,21 @@ from search.driver.settings import Settings
 
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "file")
 SEED_MAX = 2**32 - 1  # numpy's RandomState range
-FOLDER_TASKS = ("folder", "malaria", "segfolder")  # --data-dir is the dataset folder
+TABLE_TASKS = ("table", "chexpert", "chestxray14")  # images listed in a label table
+FOLDER_TASKS = ("folder", "malaria", "segfolder", *TABLE_TASKS)  # --data-dir: the dataset
+TABLE_FLAGS = {
+    "labels": "--labels",
+    "path_column": "--path-column",
+    "label_columns": "--label-columns",
+    "uncertain": "--uncertain",
+    "blank": "--blank",
+    "patient_column": "--patient-column",
+    "patient_regex": "--patient-regex",
+    "split_column": "--split-column",
+    "split_lists": "--split-lists",
+    "where": "--where",
+}
+"""The table source's flags (`search.data.table`): refused with any other task."""
 
 
 class UserError(Exception):
@@ -178,6 +192,7 @@ def _check_task_data(settings: Settings) -> None:
             "--data-dir DIR (for malaria, the NIH cell_images/ folder or the folder "
             "it was unpacked into)"
         )
+    _check_table_flags(settings)
     if data.space and not os.path.isfile(os.path.expanduser(data.space)):
         raise UserError(
             f"--space {data.space}: no such file; pass a space file (W&B sweep YAML, "
@@ -191,6 +206,23 @@ def _check_task_data(settings: Settings) -> None:
                 f"--data-dir {data.data_dir} {what}; pass the folder that holds the "
                 "data (e.g. --data-dir data), or leave it out for ~/.medmnist"
             )
+
+
+def _check_table_flags(settings: Settings) -> None:
+    data = settings.data
+    if not data.task or settings.resume:
+        return
+    given_flags = [flag for attr, flag in TABLE_FLAGS.items() if getattr(data, attr) is not None]
+    if data.task not in TABLE_TASKS and given_flags:
+        raise UserError(
+            f"{', '.join(given_flags)} describe a label table, which --task {data.task} does "
+            f"not read; drop them, or pass --task table (or {', '.join(TABLE_TASKS[1:])})"
+        )
+    if data.task == "table" and not data.labels:
+        raise UserError(
+            "--task table reads images listed in a label table; pass --labels FILE (CSV, "
+            "TSV or Parquet, relative to --data-dir)"
+        )
 
 
 def check_storage_uri(storage: str | None) -> None:
@@ -256,6 +288,38 @@ def check_space(space) -> None:
                 f"{space.path}: parameter {key!r}: {bad[0]!r} is not a number; "
                 f"write a number, e.g. {key}: {{value: {numeric[key]}}}"
             )
+
+
+def check_space_values(space, values: dict) -> None:
+    """Every value a searched setting can take, checked by the trials' own check
+    (`TrainConfig`): both ends of a range and every listed value, each with the fixed
+    settings. A space that would fail some trials fails here, naming the file and the key."""
+    from trainables.train import TrainConfig
+
+    fixed = {k: v for k, v in values.items() if k not in space.searched}
+    for key in space.searched:
+        for value in corner_values(values[key]):
+            try:
+                TrainConfig.from_dict({**fixed, key: value})
+            except (TypeError, ValueError) as err:
+                raise UserError(
+                    f"{space.path}: parameter {key!r} can take {value!r}, which a trial "
+                    f"refuses ({err}); narrow its range or list only valid values"
+                ) from None
+
+
+def corner_values(domain) -> list:
+    """What a Tune domain can reach at its ends: every category, or the lowest and (just
+    under) the highest value of a range."""
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    if isinstance(domain, Categorical):
+        return list(domain.categories)
+    if isinstance(domain, Integer):
+        return [domain.lower, domain.upper - 1]  # randint's upper bound is exclusive
+    if isinstance(domain, Float):
+        return [domain.lower, domain.upper - (domain.upper - domain.lower) * 1e-9]
+    return [domain]
 
 
 def check_data(path: str, task, image_size: int, labels: dict) -> None:

@@ -157,12 +157,6 @@ def patient_groups(arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
     return np.array(ids)
 
 
-def file_arrays(path: str | os.PathLike, splits: Sequence[str] = SEARCH_SPLITS) -> dict:
-    """`{split}_files` arrays of an npz, where it has them (converted folders), else {}."""
-    with np.load(path, allow_pickle=False) as npz:
-        return {f"{s}_files": npz[f"{s}_files"] for s in splits if f"{s}_files" in npz.files}
-
-
 def pooled_labels(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([arrays[f"{s}_labels"] for s in SEARCH_SPLITS])
 

@@ -18,8 +18,8 @@ import argparse
 import sys
 from dataclasses import fields
 
-from search.driver.checks import check_flags
 from search.data.settings import BLANK_POLICIES, UNCERTAIN_POLICIES
+from search.driver.checks import check_flags
 from search.driver.settings import Settings, flags_given
 
 # Mirrors of trainables.tasks.TASK_NAMES, search.data.folder_split.SPLIT_CHOICES,

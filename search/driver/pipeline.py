@@ -104,7 +104,7 @@ def search(run: Run, stop: Interrupts) -> int:
     settings = run.settings
     inputs = run.inputs = steps.read_inputs(settings)
     plan, dashboard = steps.start_ray(settings, inputs.task, inputs.space)
-    run.plan = plan
+    run.plan = plan = steps.ingest(settings, plan, inputs)
     progress.log_start(plan, dashboard)
     steps.place_data(settings, plan, inputs)
     progress.warn_if_slow(plan, inputs, inputs.space.path)

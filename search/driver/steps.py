@@ -20,6 +20,7 @@ module only after the command line passed its checks: it pulls in Ray and torch)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -29,17 +30,24 @@ from functools import partial
 import ray
 from ray import tune
 
-from search.driver.checks import check_cluster, check_data, check_space, user_errors
-from search.data.fingerprint import data_fingerprint
-from search.driver.inputs import (
+from search.data.node_data import DataSource, node_arrays
+from search.data.sources import (
+    Located,
     describe_data,
-    fetch_weights,
+    fingerprint_data,
+    ingest_data,
     load_arrays,
     locate_data,
-    param_space,
 )
+from search.driver.checks import (
+    check_cluster,
+    check_data,
+    check_space,
+    check_space_values,
+    user_errors,
+)
+from search.driver.inputs import fetch_weights, param_space
 from search.driver.launch import build_trainable
-from search.data.node_data import DataSource, node_arrays
 from search.driver.plan import Plan, make_plan, worker_request
 from search.driver.progress import Progress
 from search.driver.resources import read_cluster
@@ -81,10 +89,13 @@ class Inputs:
     space: Space
     values: dict
     """The Tuner's param_space: the space's domains with the command line's settings."""
-    data_file: str
-    """The npz every split is read from (a MedMNIST file, or a converted folder)."""
-    source: DataSource
-    """The data's descriptor: train/val labels (and file names under --folds), sizes."""
+    located: Located
+    """Where the data is (`search.data.sources`); converted by `ingest` once Ray is up."""
+    data_file: str = ""
+    """The npz every split is read from (a MedMNIST file, or converted data): `ingest`."""
+    source: DataSource | None = None
+    """The data's descriptor: train/val labels (and file names under --folds), sizes:
+    `ingest`."""
     data_path: str = STREAM
     """`resident` or `stream` (`place_data`)."""
     data: dict | None = None
@@ -100,14 +111,30 @@ def read_inputs(settings: Settings) -> Inputs:
         space = load_space(data.space or default_space_path(task), task, fixed=fixed)
         check_space(space)
         values = param_space(settings, space)
-    with user_errors("check that --data-dir holds the right data for --task (at --image-size)"):
+        check_space_values(space, values)
+    with user_errors(DATA_HINT):
         fetch_weights(values, task)
         size = values.get("image_size") or task.image_size
-        task, data_file = locate_data(task, size, data, seed)
-        source = describe_data(data_file, task, size, data.folds)
-        check_data(data_file, task, size, source.labels)
-        values["data_fingerprint"] = data_fingerprint(data_file, seed=seed, folds=data.folds)
-    return Inputs(task, space, values, data_file, source)
+        located = locate_data(task, size, data, seed)
+    return Inputs(located.task, space, values, located)
+
+
+DATA_HINT = "check that --data-dir holds the right data for --task (at --image-size)"
+
+
+def ingest(settings: Settings, plan: Plan, inputs: Inputs) -> Plan:
+    """Once Ray is up: convert the data `read_inputs` located (decoding on the cluster), then
+    its descriptor, its checks and its fingerprint; the plan with the data's task (a folder's
+    channels are known once its images were read)."""
+    data = settings.data
+    with user_errors(DATA_HINT):
+        located = inputs.located = ingest_data(inputs.located, data)
+        inputs.task, inputs.data_file = located.task, located.path
+        inputs.source = describe_data(located, data.folds)
+        check_data(located.path, located.task, located.image_size, inputs.source.labels)
+        seed = settings.search.seed
+        inputs.values["data_fingerprint"] = fingerprint_data(located, seed, data.folds)
+    return dataclasses.replace(plan, task=located.task)
 
 
 def place_data(settings: Settings, plan: Plan, inputs: Inputs) -> None:
@@ -127,7 +154,7 @@ def place_data(settings: Settings, plan: Plan, inputs: Inputs) -> None:
         "" if data.data_path == "auto" else " (--data-path)",
     )
     if inputs.data_path == RESIDENT:
-        inputs.data = load_arrays(inputs.data_file, inputs.task, data.folds)
+        inputs.data = load_arrays(inputs.located, data.folds)
 
 
 def default_budget(plan: Plan) -> tuple[float, str]:

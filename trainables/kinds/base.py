@@ -49,6 +49,10 @@ class Kind:
         """The largest value a stored label may hold."""
         return n_classes - 1
 
+    def label_min(self, n_classes: int) -> int:
+        """The smallest value a stored label may hold (multilabel: -1, an unknown label)."""
+        return 0
+
     def indicators(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
         """(N, n_classes) bool: image i belongs to (or is positive for) class c."""
         ids = class_ids(labels)
@@ -118,8 +122,10 @@ class Kind:
     def test_columns(
         self, y_true: np.ndarray, scores: np.ndarray, n_classes: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(indicators, score columns), both (N, n_classes), from test labels and scores as
-        `test_inputs` gives them; a ValueError names the layout expected."""
+        """(truth columns, score columns), both (N, n_classes), from test labels and scores as
+        `test_inputs` gives them; a ValueError names the layout expected. Truth is the bool
+        indicators, or int8 1/0/-1 where a label can be unknown (multilabel: -1 leaves that
+        image out of that column's figures, `known_columns`)."""
         y = class_ids(y_true)
         check_fit(y, scores, (len(y), n_classes), "(N,) class ids and (N, K) probabilities")
         return self.indicators(y, n_classes), self.score_columns(scores)
@@ -281,6 +287,12 @@ def check_fit(y: np.ndarray, scores: np.ndarray, want: tuple[int, ...], what: st
         )
 
 
+def known_columns(truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positive, known): both bool, from `Kind.test_columns`' truth columns (-1 = unknown)."""
+    truth = np.asarray(truth)
+    return truth > 0, truth >= 0
+
+
 def ratio(num: float, den: float) -> float:
     """num / den, NaN where the denominator is 0."""
     return float(num / den) if den > 0 else float("nan")
@@ -288,15 +300,24 @@ def ratio(num: float, den: float) -> float:
 
 def macro_auroc(y_ind: np.ndarray, s_ind: np.ndarray) -> tuple[float, list[int]]:
     """(mean one-vs-rest AUROC over the columns with positives and negatives, the columns
-    left out); NaN when none has both. The same rule on validation and test."""
-    y_ind = np.asarray(y_ind).astype(bool)
-    aucs, missing = [], []
-    for c in range(y_ind.shape[1]):
-        if 0 < y_ind[:, c].sum() < len(y_ind):
-            aucs.append(roc_auc_score(y_ind[:, c], s_ind[:, c]))
-        else:
-            missing.append(c)
-    return (float(np.mean(aucs)) if aucs else float("nan")), missing
+    left out); NaN when none has both. The same rule on validation and test. Truth columns may
+    hold -1 (unknown): each column's AUROC uses the rows known there."""
+    per_column = column_auroc(y_ind, s_ind)
+    missing = np.flatnonzero(np.isnan(per_column)).tolist()
+    aucs = per_column[~np.isnan(per_column)]
+    return (float(np.mean(aucs)) if len(aucs) else float("nan")), missing
+
+
+def column_auroc(truth: np.ndarray, s_ind: np.ndarray) -> np.ndarray:
+    """AUROC per column over its known rows (truth 1/0, or -1 = unknown, left out); NaN
+    where a column has no positive or no negative."""
+    positive, known = known_columns(truth)
+    auc = np.full(positive.shape[1], np.nan)
+    for c in range(positive.shape[1]):
+        y, rows = positive[known[:, c], c], known[:, c]
+        if 0 < y.sum() < len(y):
+            auc[c] = roc_auc_score(y, np.asarray(s_ind)[rows, c])
+    return auc
 
 
 def warn_missing(missing: list[int], where: str, names: list[str] | None = None) -> str | None:
@@ -328,10 +349,10 @@ def pos_weights(labels: np.ndarray, power: float) -> torch.Tensor:
     The raw pos_weight is `(n_neg / n_pos) ** power` (counts floored at 1), capped at
     POS_WEIGHT_CAP (logged when it bites); the scale makes each label's loss weight average 1
     over the training samples, so the loss scale (and the learning rate) means the same for
-    every power."""
-    labels = np.asarray(labels).reshape(len(labels), -1).astype(np.float64)
-    positives = labels.sum(axis=0)
-    negatives = len(labels) - positives
+    every power. Unknown labels (-1, multilabel) count on neither side."""
+    labels = np.asarray(labels).reshape(len(labels), -1)
+    positives = (labels == 1).sum(axis=0).astype(np.float64)
+    negatives = (labels == 0).sum(axis=0).astype(np.float64)
     raw = (np.maximum(negatives, 1.0) / np.maximum(positives, 1.0)) ** power
     capped = np.minimum(raw, POS_WEIGHT_CAP)
     if (raw > POS_WEIGHT_CAP).any():
@@ -341,7 +362,7 @@ def pos_weights(labels: np.ndarray, power: float) -> torch.Tensor:
             np.flatnonzero(raw > POS_WEIGHT_CAP).tolist(),
             np.round(raw[raw > POS_WEIGHT_CAP], 1).tolist(),
         )
-    scale = len(labels) / np.maximum(positives * capped + negatives, 1e-12)
+    scale = (positives + negatives) / np.maximum(positives * capped + negatives, 1e-12)
     return torch.as_tensor(np.stack([scale, capped]), dtype=torch.float32)
 
 

@@ -1,0 +1,55 @@
+"""Every value a space lets a trial take is checked before Ray starts, by the trials' own
+check (`search.driver.checks.check_space_values`), at both ends of a range."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from search.driver.checks import UserError, check_space_values
+from search.driver.inputs import param_space
+from search.driver.settings import Settings
+from search.driver.space import load_space
+from trainables.tasks import TASK_NAMES, get_task
+
+HEAD = "method: random\nmetric: {name: val_auc, goal: maximize}\nparameters:\n"
+
+
+def _task_of(path: str):
+    stem = os.path.basename(path).removesuffix(".yaml")
+    name = max((t for t in TASK_NAMES if stem.startswith(t)), key=len, default=None)
+    return get_task(name or "segfolder")  # seg-unet.yaml
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("spaces/*.yaml")))
+def test_every_shipped_space_passes(path):
+    task = _task_of(path)
+    space = load_space(path, task)
+    check_space_values(space, param_space(Settings(), space))
+
+
+@pytest.mark.parametrize(
+    "knob, spec, bad",
+    [
+        ("dropout", "{distribution: uniform, min: -0.2, max: 0.5}", "-0.2"),
+        ("dropout", "{distribution: uniform, min: 0.2, max: 1.5}", "1.49"),
+        ("lr", "{values: [0.001, -0.1]}", "-0.1"),
+        ("lr_schedule", "{values: [none, cosin]}", "cosin"),
+        ("aug_cutoff_epoch", "{distribution: int_uniform, min: -2, max: 3}", "-2"),
+    ],
+)
+def test_a_value_some_draws_would_hit_is_refused(tmp_path, knob, spec, bad):
+    path = tmp_path / "space.yaml"
+    path.write_text(HEAD + f"  model: {{value: simple_cnn}}\n  {knob}: {spec}\n")
+    space = load_space(str(path), get_task("pneumonia"))
+    with pytest.raises(UserError, match=f"{knob}.*{bad}"):
+        check_space_values(space, param_space(Settings(), space))
+
+
+def test_a_range_inside_the_legal_values_passes(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(HEAD + "  dropout: {distribution: uniform, min: 0.0, max: 1.0}\n")
+    space = load_space(str(path), get_task("pneumonia"))
+    check_space_values(space, param_space(Settings(), space))
