@@ -23,6 +23,10 @@ Every figure is measured side by side in one run and given as a ratio to its bas
   set): node memory with 1 and 4 streamed trials against the set's size, images/s streamed
   against resident (28 and 224 px), time to first step with the node cache warm and cold
   against a small-data trial's, GPU busy % on a GPU.
+- ingest: a synthetic CheXpert-layout set (20,000 grayscale JPEGs of 320x390, a CSV with the
+  14 observations; `--quick` 5,000) decoded to 224 px: the Ray Data ingest and its thread pool
+  against today's threaded reader, images/s, driver peak RSS at a quarter and all of the set,
+  and a second ingest after 1% of the files changed.
 A benchmark, not a test: nothing is asserted (`tests/test_bench.py` checks that it runs).
 The sections live in search/benchmarks/ (one module each, or one per pair).
 """

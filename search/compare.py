@@ -23,15 +23,20 @@ searcher; it needs W&B online and is skipped with a message otherwise.
 
 `--launcher` defaults to `auto`, as in run.py (function for one worker per trial, train for
 DDP), and is passed to every search. The work is in `search.driver.comparison`; the rows,
-table and page in `search.reporting.comparison`, `compare_table` and `compare_page`.
+table and page in `search.reporting.comparison`, `compare_table` and `compare_page`. A mistake
+(a flag, an unknown task, a space file that does not load, a file as --out) is one line,
+`error: ...; ...`, exit code 2, before any search starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from search.driver.checks import UserError, user_errors
 from search.driver.comparison import CompareSettings, run_comparison
+from search.driver.options import Parser
 from search.driver.plan import LAUNCHERS, SEARCHERS
 
 
@@ -40,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[CompareSettings, list[str
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--task", required=True)
     p.add_argument(
         "--searchers",
@@ -83,8 +88,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[CompareSettings, list[str
     return settings, passthrough
 
 
+def check(settings: CompareSettings) -> None:
+    """A `UserError` for an unknown task, a space file that does not load for it, or an
+    --out that is a file: what every search would fail on."""
+    from search.driver.space import default_space_path, load_space
+    from trainables.tasks import get_task
+
+    with user_errors("fix --task or --space"):
+        task = get_task(settings.task)
+        load_space(settings.space or default_space_path(task), task, {"epochs": settings.epochs})
+    out = settings.out
+    if out and os.path.exists(out) and not os.path.isdir(out):
+        raise UserError(f"--out {out} is a file; pass a folder (made if missing)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args, passthrough = parse_args(argv)
+    try:
+        check(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return run_comparison(args, passthrough)
 
 

@@ -17,6 +17,8 @@ class there and convert it once, exactly as `search/run.py` does. The trial runs
 epoch, keeps the best checkpoint in `<run dir>/checkpoint/` (W&B uploads the run folder when
 the run ends, online) and leaves the task metric's best value, not its last, in the run
 summary: W&B's Bayesian search reads the summary. The trial itself is `search.driver.agent`.
+A mistake (a flag, an unknown or ill-typed setting, an unknown task) is one line,
+`error: ...; ...`, exit code 2, before W&B starts.
 """
 
 from __future__ import annotations
@@ -26,15 +28,17 @@ import ast
 import os
 import sys
 
-from search.driver.agent import run_trial
 from search.data.folder_split import SPLIT_CHOICES
+from search.driver.agent import run_trial
+from search.driver.checks import UserError, user_errors
+from search.driver.options import Parser
 
 KEY_VALUE_HELP = "every other argument is --name=value: a training setting (TrainConfig)"
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]:
     """(own flags, {setting: value}) from a command line like the agent's."""
-    p = argparse.ArgumentParser(
+    p = Parser(
         description=__doc__,
         epilog=KEY_VALUE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -76,8 +80,29 @@ def parse_value(text: str):
         return text
 
 
+def check_settings(settings: dict) -> None:
+    """A `UserError` for a setting `TrainConfig` rejects (unknown, ill-typed, out of range) or
+    an unknown task, named before W&B starts (the agent's config is laid over these)."""
+    from trainables.config import TrainConfig
+    from trainables.tasks import get_task
+
+    hint = "fix the --name=value settings (the space file's, under a sweep)"
+    with user_errors(hint):
+        try:
+            TrainConfig.from_dict(settings)
+        except TypeError as err:  # a text where a number belongs: TrainConfig compares it
+            raise ValueError(f"a setting has the wrong type ({err}): {settings}") from None
+        if "task" in settings:
+            get_task(settings["task"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args, settings = parse_args(argv)
+    try:
+        check_settings(settings)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return run_trial(settings, args.data_dir, args.project, args.split)
 
 

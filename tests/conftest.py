@@ -563,9 +563,10 @@ def build_experiment(root: Path, kind: str = "multiclass", trials: int = 4) -> P
     history = [h for _, rows_ in results for h in rows_]
     export_checkpoints(rows, str(root))
     _explain(root, task, arrays, rows)
-    splits = after.SplitSources(str(data_path))
+    from search.data.reader import SplitReader
+
     settings = after.EvaluationSettings(task.metric, task.mode)
-    after.evaluate_on_test(rows, str(root), task, splits, settings)
+    after.evaluate_on_test(rows, str(root), task, SplitReader.npz(str(data_path), task), settings)
     write_tables(str(root), rows, history)
     space = _space_config(task)
     knobs = [k for k in KNOBS if k in space["parameters"]]

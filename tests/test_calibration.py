@@ -18,8 +18,9 @@ from sklearn.metrics import roc_curve
 
 from search.data.fingerprint import data_fingerprint
 from search.data.folders import convert_folder
+from search.data.reader import SplitReader
 from search.experiment.after import evaluate_on_test, row_ids
-from search.experiment.after_settings import EvaluationSettings, SplitSources
+from search.experiment.after_settings import EvaluationSettings
 from trainables.calibration import (
     BINS,
     OperatingPoint,
@@ -241,7 +242,8 @@ def test_after_writes_patients_ids_and_the_operating_point(
     ckpt = make_checkpoint("binary", 3, 28, classes=tuple(classes))
     trials = [{"trial_id": "t0", "checkpoint_path": str(ckpt), "val_auc": 0.9}]
     settings = EvaluationSettings("val_auc", "max", operating_point="sens=0.9")
-    out = evaluate_on_test(trials, str(tmp_path / "exp"), task, SplitSources(path), settings)
+    reader = SplitReader.npz(path, task)
+    out = evaluate_on_test(trials, str(tmp_path / "exp"), task, reader, settings)
     r = out["trials"]["t0"]
     assert r["bootstrap"]["unit"] == "patient"
     assert r["bootstrap"]["n_units"] == len(set(ids["test_patients"]))

@@ -1,6 +1,7 @@
 """Folder datasets -> MedMNIST-layout npz: malaria-shaped patient splits, caching, layouts, errors.
 
-Every dataset here is a few dozen tiny PNGs written into tmp_path; the whole file runs in seconds.
+Every dataset here is a few dozen tiny PNGs written into tmp_path, and the cache folder
+(`$MEDSWEEP_CACHE_DIR`) is a tmp folder too; the whole file runs in seconds.
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ def make_generic(write_png):
     return make
 
 
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """The conversion cache of every test here: a tmp folder, never ~/.cache or data/."""
+    monkeypatch.setenv("MEDSWEEP_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
 def _load(path: str) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as npz:
         return {k: npz[k] for k in npz.files}
@@ -66,12 +78,14 @@ def test_patient_id_reads_nih_names(name, expected):
     assert patient_id(name) == expected
 
 
-def test_malaria_folder_converts_to_a_patient_split(tmp_path, make_malaria):
+def test_malaria_folder_converts_to_a_patient_split(tmp_path, make_malaria, cache_dir):
     src = make_malaria(tmp_path)
+    before = _tree(src)
     path, classes, info = convert_folder(str(src), image_size=28)
     assert classes == ["Parasitized", "Uninfected"]  # sorted folder names
     assert info["split"] == "patient" and info["channels"] == 3
-    assert path == str(src / ".medsweep" / "cell_images_28_patient_s0.npz")
+    assert Path(path).parent == cache_dir and Path(path).name.startswith("cell_images-")
+    assert _tree(src) == before  # nothing written into the data folder
     arrays = _load(path)
     for split in SPLITS:
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -134,10 +148,11 @@ def test_cache_is_reused_and_rebuilt_when_the_source_changes(tmp_path, make_mala
     mtime = os.stat(path).st_mtime_ns
     again, _, info_again = convert_folder(str(src), 16, split="cell")
     assert again == path and os.stat(path).st_mtime_ns == mtime
-    assert info_again == info
+    assert info_again == info and info["decoded"] == 50
     write_png(src / "Uninfected" / "C1_thinF_IMG_20150604_104722_cell_99.png", (90, 90), 170)
-    _, _, rebuilt = convert_folder(str(src), 16, split="cell")
-    assert os.stat(path).st_mtime_ns != mtime
+    rebuilt_path, _, rebuilt = convert_folder(str(src), 16, split="cell")
+    assert rebuilt_path != path  # the cache is keyed by the fingerprint
+    assert (rebuilt["decoded"], rebuilt["reused"]) == (1, 50)  # only the new file is decoded
     before = sum(sum(c.values()) for c in info["counts"].values())
     assert sum(sum(c.values()) for c in rebuilt["counts"].values()) == before + 1
 
@@ -146,16 +161,18 @@ def test_cache_dir_holds_the_npz_when_given(tmp_path, make_generic):
     src = make_generic(tmp_path / "shapes")
     path, _, _ = convert_folder(str(src), 16, cache_dir=str(tmp_path / "cache"))
     assert Path(path).parent == tmp_path / "cache"
-    assert Path(path).name.startswith("shapes-") and path.endswith("_16_cell_s0.npz")
+    assert Path(path).name.startswith("shapes-") and path.endswith(".npz")
     assert not (src / ".medsweep").exists()
 
 
-def test_read_only_source_caches_under_xdg_cache_home(tmp_path, monkeypatch, make_generic):
+def test_without_a_cache_setting_the_cache_is_under_xdg_cache_home(
+    tmp_path, monkeypatch, make_generic
+):
     src = make_generic(tmp_path / "shapes")
+    monkeypatch.delenv("MEDSWEEP_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as on a read-only mount
     path, _, _ = convert_folder(str(src), 16)
-    assert Path(path).parent == tmp_path / "xdg" / "medsweep" / "folders"
+    assert Path(path).parent == tmp_path / "xdg" / "medsweep" / "data"
     assert not (src / ".medsweep").exists()
 
 
@@ -240,15 +257,21 @@ def test_no_class_folders_says_the_layout(tmp_path, write_png):
         convert_folder(str(tmp_path / "flat"), 16)
 
 
-def test_every_corrupt_image_is_named_in_one_error(tmp_path, make_generic):
+def test_every_corrupt_image_is_named_in_one_error(tmp_path, make_generic, cache_dir):
     src = make_generic(tmp_path / "ds")
     (src / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     good = (src / "dog" / "img_000.png").read_bytes()
     (src / "eel" / "truncated.png").write_bytes(good[: len(good) // 2])
-    with pytest.raises(ValueError, match="2 of 38 image") as err:
+    with pytest.raises(ValueError, match="2 of 38 image.*--skip-bad") as err:
         convert_folder(str(src), 16)
     assert "broken.png" in str(err.value) and "truncated.png" in str(err.value)
-    assert not (src / ".medsweep" / "ds_16_cell_s0.npz").exists()
+    assert not list(cache_dir.glob("*.npz")) and not (src / ".medsweep").exists()
+    path, _, info = convert_folder(str(src), 16, skip_bad=True)
+    assert [s["file"] for s in info["skipped"]] == ["cat/broken.png", "eel/truncated.png"]
+    arrays = _load(path)
+    files = [f for s in SPLITS for f in arrays[f"{s}_files"]]
+    assert len(files) == 36 and "cat/broken.png" not in files
+    assert sum(len(arrays[f"{s}_images"]) for s in SPLITS) == 36
 
 
 def test_patient_split_needs_three_patients(tmp_path, write_png):

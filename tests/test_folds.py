@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from search.data.folders import convert_folder
+from search.data.reader import SplitReader
 from search.data.sources import file_arrays
 from search.driver.folds import (
     best_fold,
@@ -174,7 +175,7 @@ def test_a_failing_fold_fails_the_trial_with_its_message(ray_cluster, make_npz):
         np.concatenate([arrays["train_labels"], arrays["val_labels"]]), task.kind, 2, seed=0
     )
     with pytest.raises(RuntimeError, match=r"fold \d of 2 failed: FloatingPointError: training"):
-        run_folds(config, [ray_cluster.put(arrays)], splits, plan, task)
+        run_folds(config, SplitReader.resident(arrays), splits, plan, task)
 
 
 @pytest.mark.slow

@@ -8,13 +8,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from search.driver.inputs import load_arrays
+from search.data.node_data import describe
+from search.data.reader import SplitReader
 from search.driver.plan import Plan
 from search.driver.repeat import figures_of, repeat_best, repeat_seeds, spread
 from search.driver.settings import AfterSettings
 from search.experiment.tables import config_of, read_table
 from search.reporting.folder import load_experiment
 from search.reporting.repeats import repeats_section
+from trainables.data import load_npz
 from trainables.tasks import get_task
 
 
@@ -63,13 +65,9 @@ def test_repeat_best_retrains_the_best_config_with_new_seeds(
         "batch_size": 32,
         "seed": 0,
     }
-    inputs = SimpleNamespace(
-        task=task,
-        values=values,
-        data_file=data_file,
-        source=None,
-        data=load_arrays(data_file, task),
-    )
+    source = describe(data_file, task, 28)
+    reader = SplitReader.resident(load_npz(data_file, task), source)  # as the search made it
+    inputs = SimpleNamespace(task=task, values=values, reader=reader)
     best = {
         "trial_id": "t0",
         "status": "finished",

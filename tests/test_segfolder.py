@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.driver.inputs import locate_data
 from search.data.segfolders import convert_segfolder
-from search.driver.settings import DataSettings
+from search.data.settings import DataSettings
+from search.data.sources import prepare_data
 from trainables.data import load_npz
 from trainables.tasks import get_task
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    """The conversion cache of every test here: a tmp folder, never ~/.cache or data/."""
+    monkeypatch.setenv("MEDSWEEP_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def _pair(root, split: str, name: str, size=(40, 40), mask_size=None, value=200) -> None:
@@ -67,9 +74,13 @@ def test_one_error_names_every_bad_file(tmp_path):
     with pytest.raises(ValueError) as err:
         convert_segfolder(str(src), 32, cache_dir=str(tmp_path / "c"))
     text = str(err.value)
-    assert "2 bad file(s)" in text
-    assert "masks/wrong.png: mask is 40x30, its image images/wrong.png is 40x40" in text
+    assert "2 of 6 image(s)" in text
+    assert "mask masks/wrong.png is 40x30, its image images/wrong.png is 40x40" in text
     assert "masks/other.png" in text and "ok0" not in text
+    path, info = convert_segfolder(str(src), 32, cache_dir=str(tmp_path / "c"), skip_bad=True)
+    assert [s["file"] for s in info["skipped"]] == ["images/other.png", "images/wrong.png"]
+    with np.load(path) as npz:
+        assert sum(len(npz[f"{s}_labels"]) for s in ("train", "val", "test")) == 4
     (src / "masks" / "wrong.png").unlink()
     (src / "images" / "extra.png").write_bytes(b"")
     (src / "masks" / "lonely.png").write_bytes(b"")
@@ -77,16 +88,17 @@ def test_one_error_names_every_bad_file(tmp_path):
         convert_segfolder(str(src), 32, cache_dir=str(tmp_path / "c"))
 
 
-def test_locate_data_converts_a_segfolder(tmp_path, monkeypatch):
+def test_prepare_data_converts_a_segfolder(tmp_path, cache_dir):
     src = tmp_path / "seg"
     for i in range(6):
         _pair(src, "", f"x{i}.png")
-    task, path = locate_data(get_task("segfolder"), 32, DataSettings(data_dir=str(src)), seed=0)
+    data = DataSettings(data_dir=str(src), cache_dir=str(cache_dir))
+    task, path = prepare_data(get_task("segfolder"), 32, data, seed=0)
     assert task.channels == 1 and task.kind == "segmentation"
     arrays = load_npz(path, task)
     assert arrays["train_labels"].shape == (4, 32, 32)
-    with pytest.raises(SystemExit, match="--data-dir"):
-        locate_data(get_task("segfolder"), 32, DataSettings(data_dir=None))
+    with pytest.raises(ValueError, match="--data-dir"):
+        prepare_data(get_task("segfolder"), 32, DataSettings(data_dir=None))
     bad = dict(arrays, train_labels=arrays["train_labels"][:, :8])
     np.savez(
         tmp_path / "bad.npz",

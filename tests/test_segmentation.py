@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from search.data.reader import SplitReader
 from search.experiment import after
 from search.reporting.explanations import describe, explain_images
 from search.reporting.folder import Experiment
@@ -264,8 +265,8 @@ def test_test_figures_have_image_bootstrap_cis(seg_checkpoint, tmp_path):
     np.savez(path, **arrays)
     trials = [{"trial_id": "t0", "checkpoint_path": str(folder), "val_dice": 0.5}]
     settings = after.EvaluationSettings("val_dice", "max")
-    splits = after.SplitSources(str(path))
-    out = after.evaluate_on_test(trials, str(tmp_path), task, splits, settings)
+    reader = SplitReader.npz(str(path), task)
+    out = after.evaluate_on_test(trials, str(tmp_path), task, reader, settings)
     result = json.loads((tmp_path / "test_metrics.json").read_text())["trials"]["t0"]
     assert result["n"] == 4 and result["bootstrap"]["unit"] == "images"
     labels = load_npz(path, task, splits=("test",))["test_labels"]

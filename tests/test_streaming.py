@@ -13,13 +13,8 @@ import pytest
 import torch
 
 from search.data.fingerprint import npz_key
-from search.data.node_data import (
-    CACHE_ENV,
-    cached_files,
-    describe,
-    node_arrays,
-    open_data,
-)
+from search.data.node_data import CACHE_ENV, cached_files, describe, node_arrays
+from search.data.reader import SplitReader
 from trainables.data import STATS_KEY, batch_indices, channel_stats, load_npz
 from trainables.stream import (
     RESIDENT,
@@ -104,7 +99,7 @@ def test_node_cache_holds_the_npz_arrays_once(pneumonia_path, node_cache):
     expected = load_npz(pneumonia_path, task, splits=SPLITS)
     assert source.nbytes == expected["train_images"].nbytes + expected["val_images"].nbytes
     np.testing.assert_array_equal(source.labels["val_labels"], expected["val_labels"])
-    arrays = open_data([source])  # what a streamed trial opens
+    arrays = SplitReader.node_cached(source).arrays()  # what a streamed trial opens
     assert isinstance(arrays["train_images"], np.memmap)
     assert not arrays["train_images"].flags.writeable
     test = node_arrays(source, ("test",))  # after the search, where the test task runs
@@ -175,7 +170,7 @@ def test_same_seed_trains_the_same_batches_on_both_paths(tmp_path, node_cache, s
     runs = {}
     for name, data in (
         ("resident", load_npz(path, task)),
-        ("stream", open_data([describe(str(path), task, 28)])),
+        ("stream", SplitReader.node_cached(describe(str(path), task, 28)).arrays()),
     ):
         reports: list[dict] = []
         cpu = Placement(device=torch.device("cpu"))

@@ -22,6 +22,7 @@ from PIL import Image
 from ray import tune
 from wandb.proto import wandb_internal_pb2
 
+from search.data.reader import SplitReader
 from search.driver.launch import function_driver
 from search.driver.plan import Plan
 from search.tracking.runs import log_media, make_callbacks, resolve_mode
@@ -194,7 +195,8 @@ def test_each_trial_is_one_offline_run(ray_cluster, ray_head, tmp_path, make_npz
         ["blood", "random"],
         wandb_dir=str(tmp_path / "runs" / "wb"),
     )
-    trainable = tune.with_parameters(function_driver, data_ref=[ray_cluster.put(data)], plan=plan)
+    reader = SplitReader.resident(data)
+    trainable = tune.with_parameters(function_driver, reader=reader, plan=plan)
     grid = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space=space,

@@ -144,10 +144,11 @@ def validate_split(
         raise ValueError(f"{where}: {problem}")
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{where}: labels are {labels.dtype}, expected integers")
-    high = kind.label_max(n_classes)
-    if labels.min() < 0 or labels.max() > high:
+    low, high = kind.label_min(n_classes), kind.label_max(n_classes)  # multilabel: -1 unknown
+    if labels.min() < low or labels.max() > high:
         raise ValueError(
-            f"{where}: labels range over [{labels.min()}, {labels.max()}], expected [0, {high}] "
+            f"{where}: labels range over [{labels.min()}, {labels.max()}], expected "
+            f"[{low}, {high}] "
             f"for {task.kind} task {task.name!r} with classes {list(task.classes)}"
         )
 

@@ -50,8 +50,10 @@ class Task:
     """Augmentations used for epochs `< aug_cutoff_epoch` (see `trainables.data.AUGMENTATIONS`)."""
     description: str = ""
     source: str = "medmnist"
-    """`medmnist` (an npz by flag and size), `folder` (a folder per class, converted once) or
-    `segfolder` (images/ + masks/, converted once: `search.data.segfolders`)."""
+    """`medmnist` (an npz by flag and size), `folder` (a folder per class, converted once),
+    `segfolder` (images/ + masks/, converted once: `search.data.segfolders`) or `table` (images
+    listed in a CSV/TSV/Parquet table with their labels, converted once: `search.data.table`,
+    which also holds the table presets' defaults: label file, policies, filter, split)."""
     foreground: str | None = None
     """What the attribution focus score counts as the object: `otsu` (Otsu's threshold
     separates one cell from a plain background), `mask` (segmentation: the share of Grad-CAM on
@@ -145,6 +147,75 @@ _REGISTRY["segfolder"] = lambda: Task(
     source="segfolder",
     description="images/ and masks/ of the same names (mask > 0 = foreground)",
     foreground="mask",  # focus: the share of Grad-CAM on the true mask
+)
+# Images listed in a table (CSV, TSV, Parquet): classes and kind come from the table.
+_REGISTRY["table"] = lambda: Task(
+    name="table",
+    flag="table",
+    kind="multiclass",
+    classes=(),
+    channels=3,
+    image_size=128,
+    source="table",
+    description="images listed in a label table (CSV, TSV or Parquet)",
+)
+CHEXPERT_OBSERVATIONS = (
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+"""CheXpert's 14 observations in the paper's (and train.csv's) order (Irvin et al. 2019)."""
+NIH_FINDINGS = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
+)
+"""NIH ChestX-ray14's findings as Data_Entry_2017.csv spells them, in ChestMNIST's order."""
+_REGISTRY["chexpert"] = lambda: Task(
+    name="chexpert",
+    flag="chexpert",
+    kind="multilabel",
+    classes=CHEXPERT_OBSERVATIONS,
+    channels=1,
+    model="resnet50",
+    image_size=224,
+    augment=_XRAY_AUG,
+    source="table",
+    description="CheXpert chest radiographs (Stanford; train.csv / valid.csv, 14 observations)",
+)
+_REGISTRY["chestxray14"] = lambda: Task(
+    name="chestxray14",
+    flag="chestxray14",
+    kind="multilabel",
+    classes=NIH_FINDINGS,
+    channels=1,
+    model="resnet50",
+    image_size=224,
+    augment=_XRAY_AUG,
+    source="table",
+    description="NIH ChestX-ray14 (Data_Entry_2017.csv, official train_val / test lists)",
 )
 TASK_NAMES = tuple(sorted(_REGISTRY))
 

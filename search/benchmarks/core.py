@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from search.benchmarks.probes import bf16_probe
+from search.data.reader import SplitReader
 
 CLASSES = 8  # the `blood` task: 8 classes, RGB
 NO_GPU = "skipped: no GPU"
@@ -221,7 +222,8 @@ class Bench:
     sizes: Sizes
     results: dict = field(default_factory=dict)
     storage: str = ""
-    data_ref: list | None = None
+    reader: SplitReader | None = None
+    """The overhead data in the object store (`start_ray`), as the search's trials read it."""
     ray_init_s: float | None = None
     bf16_probe: dict | None = None
     """`probes.bf16_probe` of the device, once per run (see `bf16`)."""
@@ -269,22 +271,20 @@ class Bench:
 
 def start_ray(b: Bench) -> None:
     """Ray started as run.py starts it, and the overhead data put once, as run.py puts data."""
-    if b.data_ref is not None:
+    if b.reader is not None:
         return
-    import ray
-
     from search.driver.session import connect_ray
 
     started = time.perf_counter()
     connect_ray(None)  # a fresh local instance with its own dashboard port, never another's
     b.ray_init_s = time.perf_counter() - started
     b.storage = tempfile.mkdtemp(prefix="medsweep-bench-")
-    b.data_ref = [ray.put(synthetic_data(b.sizes.n_train, b.sizes.n_val, 28))]
+    b.reader = SplitReader.resident(synthetic_data(b.sizes.n_train, b.sizes.n_val, 28))
 
 
 def stop_ray(b: Bench) -> None:
     """Shut down the Ray instance `start_ray` started (if it did) and remove its storage."""
-    if b.data_ref is None:
+    if b.reader is None:
         return
     import ray
 

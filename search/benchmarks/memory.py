@@ -16,12 +16,11 @@ from collections.abc import Callable
 from search.benchmarks.core import Bench, start_ray, synthetic_data
 from search.benchmarks.probes import driver_uss_mb, node_memory
 from search.benchmarks.trials import run_trials
+from search.data.reader import SplitReader
 
 
 def memory(b: Bench) -> None:
     """The node's memory with 1 and N trials, and Tune's driver after many tiny trials."""
-    import ray
-
     start_ray(b)
     add, n = b.rows("memory"), b.sizes.memory_trials
     # a large validation split: every epoch evaluates it all, so trials hold the data for
@@ -30,14 +29,14 @@ def memory(b: Bench) -> None:
     images = f"{len(arrays['train_images'])} + {len(arrays['val_images'])} RGB 28 px images"
     add("dataset_mb", sum(a.nbytes for a in arrays.values()) / 2**20, "MB", f"{images}, put once")
     store_before = node_memory()["store_mb"]  # the overhead section's data is there too
-    ref = [ray.put(arrays)]
+    reader = SplitReader.resident(arrays)
     del arrays  # the driver keeps no copy of its own
     peak = {}
     config = b.trial_config(epochs=b.sizes.memory_epochs, max_batches=2)
     probes = {"mem": node_memory}
     for k in (1, n):
         gpus = 1.0 / k if b.gpu else 0.0
-        run = run_trials(b.storage, "function", config, ref, k, gpus=gpus, probes=probes)
+        run = run_trials(b.storage, "function", config, reader, k, gpus=gpus, probes=probes)
         peak[k] = max(run["samples"]["mem"], key=lambda m: (m["readers"], m["node_mb"]))
     add("node_mb/1_trial", peak[1]["node_mb"], "MB", "summed PSS of this Ray node's processes")
     add(

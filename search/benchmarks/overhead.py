@@ -24,12 +24,12 @@ def overhead(b: Bench) -> None:
     start_ray(b)
     add, gpus = b.rows("overhead"), 1.0 if b.gpu else 0.0
     add("ray_init_s", b.ray_init_s, "s", "run.py's connect_ray: a local Ray instance")
-    data = T.ray_get(b.data_ref)  # zero-copy from the object store, as a trial reads it
+    data = b.reader.arrays()  # zero-copy from the object store, as a trial reads it
     T.plain_call(b.trial_config(epochs=1, max_batches=2), data, b.device, threads=1)  # warm-up
     plain = T.plain_call(b.trial_config(), data, b.device, threads=1)
     runs, held = {}, {}
     for k in ("function", "train"):
-        runs[k] = T.run_trials(b.storage, k, b.trial_config(), b.data_ref, gpus=gpus)
+        runs[k] = T.run_trials(b.storage, k, b.trial_config(), b.reader, gpus=gpus)
         held[k] = T.held_cpus(wait_s=20.0)
     trial = {k: run["trials"][0] for k, run in runs.items()}
     what = f"{b.sizes.model}, {b.sizes.n_train} images x {b.sizes.epochs} epochs, 1 thread"
@@ -93,7 +93,7 @@ def packing(b: Bench) -> None:
     for n in b.sizes.packing:
         gpus = 1.0 / n if b.gpu else 0.0
         run = T.run_trials(
-            b.storage, launcher, b.trial_config(), b.data_ref, n, gpus=gpus, probes=probes
+            b.storage, launcher, b.trial_config(), b.reader, n, gpus=gpus, probes=probes
         )
         total = sum(steady(t["rates"]) for t in run["trials"])
         together = f"; all training together {T.overlap(run['trials']):.0%} of the time"

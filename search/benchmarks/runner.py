@@ -4,7 +4,7 @@
     code = run(BenchSettings(quick=True, sections=SECTIONS))   # 1 when a section failed
 
 `search/bench.py` is the command; each section lives in its own module (`overhead` and
-`packing`, `data`, `precision` and `mfu`, `memory`, `stream`, `unet`).
+`packing`, `data`, `precision` and `mfu`, `memory`, `stream`, `unet`, `ingest`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import asdict
 import torch
 
 from search.benchmarks.core import Bench, BenchSettings, sizes_for, stop_ray
+from search.benchmarks.ingest import ingest
 from search.benchmarks.memory import memory
 from search.benchmarks.overhead import overhead, packing
 from search.benchmarks.pipelines import data
@@ -28,9 +29,21 @@ from search.benchmarks.probes import machine_info
 from search.benchmarks.stream import stream
 from search.benchmarks.unet import unet
 
-SECTIONS = ("overhead", "data", "packing", "precision", "mfu", "memory", "stream", "unet")
+SECTIONS = (
+    "overhead",
+    "data",
+    "packing",
+    "precision",
+    "mfu",
+    "memory",
+    "stream",
+    "unet",
+    "ingest",
+)
 RAY_SECTIONS = ("packing", "memory", "stream", "overhead")  # run in this order: see `overhead`
-RUNNERS = {f.__name__: f for f in (overhead, data, packing, precision, mfu, memory, stream, unet)}
+RUNNERS = {
+    f.__name__: f for f in (overhead, data, packing, precision, mfu, memory, stream, unet, ingest)
+}
 
 
 def pick_device(choice: str) -> torch.device:

@@ -32,7 +32,8 @@ from search.benchmarks.ondisk import evict, files_under, resident_mb, write_npz
 from search.benchmarks.probes import node_memory, nvml_probes, sampling
 from search.benchmarks.timing import interleaved, sync, torch_threads
 from search.benchmarks.trials import run_trials
-from search.data.node_data import DataSource, cache_root, describe, node_arrays
+from search.data.node_data import DataSource, cache_root, describe
+from search.data.reader import SplitReader
 from trainables.data import channel_stats
 from trainables.stream import RESIDENT, STREAM
 from trainables.tasks import get_task
@@ -81,7 +82,7 @@ def _rate_rows(b: Bench, add: Callable, big: DataSource, tmp: str) -> None:
     from the node cache's memmaps (page cache warm: where both fit), taking turns."""
     for size, model, n, batch, batches in b.sizes.stream.rates:
         source = big if size == 224 else _small_source(tmp, n, size)
-        data = _first(node_arrays(source), n)
+        data = _first(SplitReader.node_cached(source).arrays(), n)
         resident = {k: np.array(v) for k, v in data.items()}  # in memory, then on the device
         trials = {
             RESIDENT: _trial(b, model, size, batch, resident, RESIDENT),
@@ -164,8 +165,9 @@ def _first_step_rows(b: Bench, add: Callable, big: DataSource) -> None:
     shutil.rmtree(folder, ignore_errors=True)  # the node holds no cache of the set ...
     evict([big.path])  # ... and the npz is read from disk, as from a shared filesystem
     big_config = {**config, "image_size": 224}
-    starts["cold"] = _first_step(b, big_config, partial(node_arrays, big))
-    starts["warm"] = _first_step(b, big_config, partial(node_arrays, big))
+    reader = SplitReader.node_cached(big)  # what a streamed trial is handed
+    starts["cold"] = _first_step(b, big_config, reader.arrays)
+    starts["warm"] = _first_step(b, big_config, reader.arrays)
     add(
         "first_step_s/small_data",
         starts["small"],
@@ -187,7 +189,7 @@ def _first_step_rows(b: Bench, add: Callable, big: DataSource) -> None:
         "224-px set already in the node cache (a second trial on the node); target <= 1.20x",
         "first_step_s/small_data",
     )
-    images = node_arrays(big)["train_images"]
+    images = reader.arrays()["train_images"]
     started = time.perf_counter()
     channel_stats(images)
     add(
@@ -204,7 +206,7 @@ class _FirstStep(Exception):
     """Raised by the hook at the first module call: the trial's first step has begun."""
 
 
-def _first_step(b: Bench, config: dict, open_data: Callable[[], dict]) -> float:
+def _first_step(b: Bench, config: dict, read_data: Callable[[], dict]) -> float:
     """Seconds from the call (data opened first, as a launcher does) to the first step's first
     module call (augmentation or the model); the trial stops there."""
 
@@ -216,7 +218,7 @@ def _first_step(b: Bench, config: dict, open_data: Callable[[], dict]) -> float:
         with torch_threads(b.threads), contextlib.suppress(_FirstStep):
             started = time.perf_counter()
             placement = Placement(device=b.device)
-            train_loop(config, _no_report, open_data(), placement=placement, task=get_task(TASK))
+            train_loop(config, _no_report, read_data(), placement=placement, task=get_task(TASK))
             raise RuntimeError("train_loop finished without a training step")
         return time.perf_counter() - started
     finally:
@@ -233,7 +235,8 @@ def _memory_rows(b: Bench, add: Callable, big: DataSource) -> None:
     start_ray(b)
     s, dataset = b.sizes.stream, big.nbytes / 2**20
     model, batch, batches, epochs = s.trial
-    node_arrays(big)  # warm: the cache is on the node (the first-step rows wrote it)
+    reader = SplitReader.node_cached(big)
+    reader.arrays()  # warm: the cache is on the node (the first-step rows wrote it)
     folder = os.path.join(cache_root(big), big.key)
     probe = partial(_held, folder, files_under(folder))
     config = b.trial_config(
@@ -247,7 +250,7 @@ def _memory_rows(b: Bench, add: Callable, big: DataSource) -> None:
             b.storage,
             "function",
             config,
-            [big],
+            reader,
             k,
             cpus=cpus,
             gpus=1.0 / k if b.gpu else 0.0,

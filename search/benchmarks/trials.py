@@ -1,7 +1,7 @@
 """Trials run for timing: through the search's real tuner, and as a plain call of `train_loop`.
 
-    run = run_trials(storage, "function", config, data_ref, n_trials=2)   # driver-side clock
-    run = run_trials(storage, "function", config, [source], n_trials=4)   # streamed: a DataSource
+    run = run_trials(storage, "function", config, reader, n_trials=2)   # driver-side clock
+    run = run_trials(storage, "function", config, SplitReader.node_cached(source), 4)  # streamed
     run["trials"][0]["rates"], run["trials"][0]["start_to_first_step_s"], run["wall_s"]
     plain = plain_call(config, data, device, threads=1)                  # the same loop, here
 
@@ -19,7 +19,7 @@ import torch
 
 from search.benchmarks.probes import sampling
 from search.benchmarks.timing import torch_threads
-from search.data.node_data import DataSource
+from search.data.reader import SplitReader
 
 
 def first_step_time(report_times: list[float], rates: list[float], seen: int) -> float:
@@ -46,7 +46,7 @@ def plain_call(config: dict, data: dict, device: torch.device, threads: int) -> 
         started = time.perf_counter()
         train_loop(config, report, data, placement=Placement(device=device))
         wall = time.perf_counter() - started
-    seen = _seen(config, data)
+    seen = _seen(config, len(data["train_images"]))
     return {
         "rates": rates,
         "first_step_s": max(first_step_time(times, rates, seen) - started, 0.0),
@@ -54,9 +54,8 @@ def plain_call(config: dict, data: dict, device: torch.device, threads: int) -> 
     }
 
 
-def _seen(config: dict, data) -> int:
-    """Training images an epoch sees: of arrays, or of a streamed `DataSource` (its labels)."""
-    n = len(data.labels["train_labels"] if isinstance(data, DataSource) else data["train_images"])
+def _seen(config: dict, n: int) -> int:
+    """Training images an epoch sees, of `n` training images."""
     cap = config.get("max_batches", 0) * config["batch_size"]
     return min(n, cap) if cap else n
 
@@ -85,7 +84,7 @@ def run_trials(
     storage: str,
     launcher: str,
     config: dict,
-    data_ref: list,
+    reader: SplitReader,
     n_trials: int = 1,
     cpus: float = 1.0,
     gpus: float = 0.0,
@@ -95,7 +94,7 @@ def run_trials(
     """`n_trials` identical trials at once through `search.driver.tuner`'s real path; per-trial
     timings from a driver-side clock (a Tune callback); `probes` sampled every `every_s`."""
     clock = _clock()
-    tuner = _fixed_tuner(storage, launcher, config, data_ref, n_trials, cpus, gpus, clock)
+    tuner = _fixed_tuner(storage, launcher, config, reader, n_trials, cpus, gpus, clock)
     held_cpus(wait_s=20.0)  # the last run's actors give their CPUs back asynchronously
     with sampling(probes or {}, every_s) as samples:
         started = time.perf_counter()
@@ -104,7 +103,7 @@ def run_trials(
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         raise RuntimeError(f"{len(errors)} of {n_trials} {launcher} trial(s) failed: {errors[0]}")
-    seen = _seen(config, ray_get(data_ref))
+    seen = _seen(config, len(reader.labels("train")))
     trials = []
     for trial_id, stamps in clock.results.items():
         times, rates = [t for t, _ in stamps], [r for _, r in stamps]
@@ -117,7 +116,7 @@ def run_trials(
     return {"wall_s": wall, "trials": trials, "samples": samples}
 
 
-def _fixed_tuner(storage, launcher, config, data_ref, n_trials, cpus, gpus, clock):
+def _fixed_tuner(storage, launcher, config, reader, n_trials, cpus, gpus, clock):
     """The search's tuner for `n_trials` copies of `config`: the space fixes every setting and
     ASHA's grace period is the whole run, so no trial stops early."""
     from search.driver.plan import Plan
@@ -147,7 +146,7 @@ def _fixed_tuner(storage, launcher, config, data_ref, n_trials, cpus, gpus, cloc
         gpus_per_trial=gpus,
         verbose=0,
     )
-    return build_tuner(plan, space, data_ref, dict(config), callbacks=[clock])
+    return build_tuner(plan, space, reader, dict(config), callbacks=[clock])
 
 
 def held_cpus(wait_s: float) -> float:
@@ -168,11 +167,3 @@ def overlap(trials: list[dict]) -> float:
     together = min(t["training"][1] for t in trials) - max(t["training"][0] for t in trials)
     mean = statistics.mean(t["training"][1] - t["training"][0] for t in trials)
     return max(together, 0.0) / mean
-
-
-def ray_get(data_ref: list):
-    """The dataset behind `data_ref` (zero-copy from the object store, as a trial reads it),
-    or the `DataSource` a streamed search hands its trials in its place."""
-    import ray
-
-    return data_ref[0] if isinstance(data_ref[0], DataSource) else ray.get(data_ref[0])

@@ -1,57 +1,52 @@
-"""Turn a folder-per-class image dataset into a MedMNIST-layout npz, once, cached beside it.
+"""Plan a folder-per-class image dataset as a `Conversion` (no pixel read); convert it, cached.
 
-    from search.data.folder_split import small_data_warnings
-    from search.data.folders import convert_folder
-    path, classes, info = convert_folder("cell_images", image_size=64)  # NIH malaria cells
+    from search.data.folders import convert_folder, plan_folder
+    classes, conversion = plan_folder("cell_images", image_size=64)   # the driver, before Ray
+    path, classes, info = convert_folder("cell_images", image_size=64)  # plan + ingest, cached
     arrays = load_npz(path, task, splits=("train", "val"))  # trainables.data, as for MedMNIST
-    for line in small_data_warnings(info["counts"]):
-        print("warning:", line)
 
 Layouts: `src/<class>/*.png` (also .jpg .jpeg .bmp .tif .tiff; images sit directly in the class
 folder), or pre-made splits `src/train/<class>/`, `src/val/<class>/`, `src/test/<class>/`
 (val or test may be missing: it is then carved out of train). At least two classes. `src` may
 also be the folder an archive was unpacked into when it holds exactly one dataset folder and
 nothing else (NIH malaria: `src/cell_images/{Parasitized,Uninfected}/`): that folder is used.
-Folders starting with `.` or `__` and non-image files (Thumbs.db, README) are ignored.
+`src` may be a URI (`s3://bucket/prefix`, through pyarrow.fs). Folders starting with `.` or `__`
+and non-image files (Thumbs.db, README) are ignored.
 
 Classes: label i is `classes[i]`; by default the sorted folder names (Python string order, in
 which upper case sorts first; NIH malaria gives Parasitized=0, Uninfected=1). Pass
 `classes=[...]` to fix the order, e.g. `["Uninfected", "Parasitized"]` to make Parasitized the
 positive class (label 1) of a binary task.
 
-Splits (`split=`: premade, patient, cell or auto) are `search.data.folder_split`'s; reading
-and resizing the images is `search.data.images`'s.
+Splits (`split=`: premade, patient, cell or auto) are `search.data.folder_split`'s; decoding
+is `search.data.ingest`'s (Ray Data over the cluster, or threads without Ray; the pixels are
+`search.data.images`'s).
 
 Images: every image is resized, whole, to `image_size` x `image_size` with bilinear filtering
 (Pillow's, which antialiases when shrinking). Segmented malaria cells are roughly round and vary
 in size (about 40 to 390 px a side), so squashing keeps the whole cell, and its rim where ring
 forms sit, at the cost of a small aspect change; a centre crop could cut parasites off and
 padding would waste pixels. Channels: 1 when every source image is grayscale, else 3 (a
-grayscale image in a colour dataset is repeated over RGB); `channels=` forces either. 16-bit and
-float images are scaled per image to 0-255. Every file is read before anything is written, and
-all unreadable files are named in one error.
+grayscale image in a colour dataset is repeated over RGB); `channels=` forces either. Every
+unreadable file is named in one error (or left out with `skip_bad`).
 
-Cache: `<src>/.medsweep/<name>_<size>_<split>_s<seed>.npz`, or
-`<cache_dir>/<name>-<hash of src>_<size>_<split>_s<seed>.npz` when `cache_dir` is given or src
-is read-only (default `$XDG_CACHE_HOME/medsweep/folders`). It is written atomically under a
-`FileLock` and reused until the fingerprint stored in it
-(`search.data.fingerprint.folder_fingerprint`: relative path, size and mtime of every image,
-plus the conversion settings) changes. Beside the MedMNIST arrays the npz holds
-`{split}_files` (each row's path relative to src), `{split}_patients` (`patient_id` of each
-file name, "" where it has none: the test bootstrap resamples patients when all have one),
-`classes`, `fingerprint` and `info` (JSON).
+Cache: `search.data.conversion.cache_file`: `<cache>/<name>-<fingerprint>.npz` (`cache_dir`,
+else `$MEDSWEEP_CACHE_DIR`, else `$XDG_CACHE_HOME/medsweep/data`), never inside `src`; built
+under a `FileLock` and reused while the fingerprint (every image's path, size and mtime plus
+the settings) holds. Beside the MedMNIST arrays the npz holds `{split}_files` (each row's path
+relative to src), `{split}_patients` (`patient_id` of each file name, "" where it has none: the
+test bootstrap resamples patients when all have one), `classes`, `fingerprint` and `info`.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import posixpath
 
 import numpy as np
 from filelock import FileLock
 
-from search.data.fingerprint import folder_fingerprint, path_tag
-from search.data.images import IMAGE_EXTENSIONS, read_images
+from search.data.conversion import Conversion, cache_file, is_current
 from search.data.folder_split import (
     SPLIT_CHOICES,
     Layout,
@@ -61,10 +56,10 @@ from search.data.folder_split import (
     patient_id,
     resolve_split,
 )
+from search.data.images import IMAGE_EXTENSIONS
+from search.data.listing import Tree, is_folder, list_tree
+from search.experiment.storage import absolute
 from trainables.data import SPLITS
-from trainables.files import write_atomic
-
-FORMAT_VERSION = 2  # part of the fingerprint: bump it when the conversion changes (2: patients)
 
 
 def convert_folder(
@@ -77,43 +72,100 @@ def convert_folder(
     channels: int | None = None,
     cache_dir: str | None = None,
     classes: list[str] | None = None,
+    skip_bad: bool = False,
 ) -> tuple[str, list[str], dict]:
     """Convert (or reuse the cached conversion of) a folder dataset; returns
     `(npz_path, classes, info)`, info = {"split", "counts", "patients" (patient split only),
-    "source", "channels", "image_size"}."""
-    src = os.path.abspath(os.path.expanduser(src))
+    "source", "channels", "image_size", "skipped", ...}."""
+    order, conversion = plan_folder(
+        src, image_size, split, seed, val_frac, test_frac, channels, classes
+    )
+    path, info = convert(conversion, cache_dir, skip_bad)
+    return path, order, {**info, "source": conversion.src}
+
+
+def convert(conversion: Conversion, cache_dir: str | None, skip_bad: bool) -> tuple[str, dict]:
+    """(npz path, info) of a planned conversion: the cached npz when current, else ingested
+    now (under a file lock: another process may be building it)."""
+    from search.data.ingest import run
+
+    path = cache_file(conversion, cache_dir)
+    fingerprint = conversion.fingerprint()
+    info = is_current(path, fingerprint)
+    if info is None:
+        with FileLock(path + ".lock"):
+            info = is_current(path, fingerprint)
+            if info is None:
+                info = run(conversion, path, skip_bad=skip_bad)
+    return path, info
+
+
+def plan_folder(
+    src: str,
+    image_size: int,
+    split: str = "auto",
+    seed: int = 0,
+    val_frac: float = 0.15,
+    test_frac: float = 0.15,
+    channels: int | None = None,
+    classes: list[str] | None = None,
+) -> tuple[list[str], Conversion]:
+    """(classes, the planned conversion): the listing, classes, split and checks; no pixel."""
+    src = absolute(src if "://" in src else os.path.expanduser(src))
     _check_arguments(src, image_size, split, val_frac, test_frac, channels)
-    src = dataset_root(src)
-    layout = _scan(src)
+    tree = list_tree(src)
+    tree = dataset_root(tree)
+    layout = _scan(tree)
     order = _class_order(layout, classes)
     split = resolve_split(split, "all" not in layout, all_files(layout))
     settings = {
-        "format": FORMAT_VERSION,
-        "image_size": image_size,
+        "kind": "folder",
         "split": split,
         "seed": seed,
         "val_frac": val_frac,
         "test_frac": test_frac,
-        "channels": channels,
         "classes": order,
     }
-    fingerprint = folder_fingerprint(src, all_files(layout), settings)
-    path = cache_path(src, cache_dir, image_size, split, seed)
-    info = read_cached(path, fingerprint)
-    if info is None:
-        with FileLock(path + ".lock"):
-            info = read_cached(path, fingerprint)  # another process may have just built it
-            if info is None:
-                arrays, info = _build(src, layout, order, settings)
-                arrays.update(fingerprint=np.array(fingerprint), info=np.array(json.dumps(info)))
-                write_cached(path, arrays)
-    return path, order, {**info, "source": src}
+    parts = assign(layout, order, settings)
+    return order, _conversion(tree, parts, order, image_size, channels, settings)
+
+
+def _conversion(
+    tree: Tree, parts: dict, classes: list[str], image_size: int, channels, settings: dict
+) -> Conversion:
+    dtype = np.uint8 if len(classes) <= 256 else np.int64
+    labelled = {
+        s: (files, np.asarray(labels, dtype).reshape(-1, 1))
+        for s, (files, labels) in parts.items()
+    }
+    extra = {"classes": np.array(classes)}
+    for s, (files, _) in parts.items():
+        extra[f"{s}_files"] = np.array(files, dtype=str)
+        extra[f"{s}_patients"] = np.array([patient_id(f) or "" for f in files], dtype=str)
+    info = {
+        "split": settings["split"],
+        "counts": count_labels({f"{s}_labels": lab for s, (_, lab) in labelled.items()}, classes),
+    }
+    if settings["split"] == "patient":
+        info["patients"] = {s: len({patient_id(f) for f in parts[s][0]}) for s in SPLITS}
+    files = [f for s in SPLITS for f in parts[s][0]]
+    return Conversion(
+        src=tree.root,
+        parts=labelled,
+        image_size=image_size,
+        channels=channels,
+        settings=settings,
+        name=posixpath.basename(tree.root.rstrip("/")) or "dataset",
+        extra=extra,
+        info=info,
+        file_stats={f: tree.files[f] for f in files},
+    )
 
 
 def _check_arguments(
     src: str, image_size: int, split: str, val_frac: float, test_frac: float, channels
 ) -> None:
-    if not os.path.isdir(src):
+    if not is_folder(src):
         raise ValueError(
             f"{src}: not a folder; expected a dataset laid out as {src}/<class>/*.png"
         )
@@ -130,35 +182,26 @@ def _check_arguments(
         raise ValueError(f"channels must be 1, 3 or None (infer), got {channels!r}")
 
 
-def dataset_root(src: str) -> str:
-    """`src`, or its only subfolder when `src` holds nothing else (no image) and that subfolder
-    holds folders (classes or splits) rather than images: an unpacked archive's root."""
-    inner = _subfolders(src)
-    if len(inner) != 1 or _images_in(src):
-        return src
-    candidate = os.path.join(src, inner[0])
-    if _subfolders(candidate) and not _images_in(candidate):
-        return candidate
-    return src
-
-
-def _subfolders(folder: str) -> list[str]:
-    return sorted(
-        e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith((".", "__"))
+def dataset_root(tree: Tree) -> Tree:
+    """`tree`, or the tree of its only subfolder when the root holds nothing else (no image)
+    and that subfolder holds folders (classes or splits) rather than images: an unpacked
+    archive's root."""
+    inner = tree.subfolders("")
+    if len(inner) != 1 or tree.images_in(""):
+        return tree
+    if not tree.subfolders(inner[0]) or tree.images_in(inner[0]):
+        return tree
+    prefix = inner[0] + "/"
+    return Tree(
+        tree.path(inner[0]),
+        {f[len(prefix) :]: stat for f, stat in tree.files.items() if f.startswith(prefix)},
+        {d[len(prefix) :] for d in tree.dirs if d.startswith(prefix)},
     )
 
 
-def _images_in(folder: str) -> list[str]:
-    return sorted(
-        e.name
-        for e in os.scandir(folder)
-        if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
-    )
-
-
-def _scan(src: str) -> Layout:
+def _scan(tree: Tree) -> Layout:
     """The class folders and their images: under "all", or under each pre-made split."""
-    top = _subfolders(src)
+    src, top = tree.root, tree.subfolders("")
     expected = f"{src}/<class>/*.png, or {src}/train/<class>/ (+ val/, test/)"
     if not top:
         raise ValueError(f"{src}: no class folders; expected {expected}")
@@ -171,30 +214,33 @@ def _scan(src: str) -> Layout:
             f"expected only train/, val/, test/ (move the others out)"
         )
     groups = premade or [""]
-    layout = {g or "all": _scan_classes(src, g) for g in groups}
-    _check_layout(src, layout)
+    layout = {g or "all": _scan_classes(tree, g) for g in groups}
+    _check_layout(tree, layout)
     return layout
 
 
-def _scan_classes(src: str, group: str) -> dict[str, list[str]]:
-    root = os.path.join(src, group)
-    classes = _subfolders(root)
+def _scan_classes(tree: Tree, group: str) -> dict[str, list[str]]:
+    classes = tree.subfolders(group)
     if not classes:
+        root = tree.path(group)
         raise ValueError(f"{root}: no class folders; expected {root}/<class>/*.png")
-    return {
-        c: [os.path.join(group, c, f) for f in _images_in(os.path.join(root, c))] for c in classes
-    }
+    return {c: tree.images_in(posixpath.join(group, c)) for c in classes}
 
 
-def _check_layout(src: str, layout: Layout) -> None:
+def _check_layout(tree: Tree, layout: Layout) -> None:
     empty = [
-        os.path.join(src, "" if group == "all" else group, name)
+        posixpath.join("" if group == "all" else group, name)
         for group, folders in layout.items()
         for name, files in folders.items()
         if not files
     ]
     if empty:
-        hints = [f"{p} (holds folders {_subfolders(p)})" if _subfolders(p) else p for p in empty]
+        hints = [
+            f"{tree.path(p)} (holds folders {tree.subfolders(p)})"
+            if tree.subfolders(p)
+            else tree.path(p)
+            for p in empty
+        ]
         raise ValueError(
             f"empty class folder(s), no {'/'.join(IMAGE_EXTENSIONS)} images directly inside: "
             f"{', '.join(hints)}; remove them or point src at the folder that holds the classes"
@@ -204,7 +250,7 @@ def _check_layout(src: str, layout: Layout) -> None:
         union = set().union(*sets.values())
         missing = {g: sorted(union - set(s)) for g, s in sets.items() if set(s) != union}
         raise ValueError(
-            f"{src}: the pre-made splits disagree on classes: {sets}; missing: {missing}. "
+            f"{tree.root}: the pre-made splits disagree on classes: {sets}; missing: {missing}. "
             "Every split needs the same class folders."
         )
 
@@ -224,64 +270,3 @@ def _class_order(layout: Layout, classes: list[str] | None) -> list[str]:
             "exactly once, in the label order you want"
         )
     return list(classes)
-
-
-def cache_path(src: str, cache_dir: str | None, image_size: int, split: str, seed: int) -> str:
-    name = os.path.basename(src.rstrip(os.sep)) or "dataset"
-    stem = f"_{image_size}_{split}_s{seed}.npz"
-    if cache_dir is None and os.access(src, os.W_OK):
-        try:
-            os.makedirs(os.path.join(src, ".medsweep"), exist_ok=True)
-            return os.path.join(src, ".medsweep", name + stem)
-        except OSError:
-            pass  # e.g. a read-only mount that os.access does not see
-    if cache_dir is None:
-        xdg = os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache"))
-        cache_dir = os.path.join(xdg, "medsweep", "folders")
-    cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
-    os.makedirs(cache_dir, exist_ok=True)
-    return os.path.join(cache_dir, f"{name}-{path_tag(src)}{stem}")
-
-
-def read_cached(path: str, fingerprint: str) -> dict | None:
-    if not os.path.isfile(path):
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if str(npz["fingerprint"]) != fingerprint:
-                return None
-            return json.loads(str(npz["info"]))
-    except (OSError, ValueError, KeyError):  # a damaged or foreign file: rebuild it
-        return None
-
-
-def write_cached(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """The conversion's npz, written atomically (uncompressed: written once, loaded by every
-    run)."""
-    write_atomic(path, lambda f: np.savez(f, **arrays))
-
-
-def _build(
-    src: str, layout: Layout, classes: list[str], settings: dict
-) -> tuple[dict[str, np.ndarray], dict]:
-    parts = assign(layout, classes, settings)
-    files = [f for split in SPLITS for f in parts[split][0]]
-    images, channels = read_images(src, files, settings["image_size"], settings["channels"])
-    dtype = np.uint8 if len(classes) <= 256 else np.int64
-    arrays, start = {"classes": np.array(classes)}, 0
-    for split in SPLITS:
-        names, labels = parts[split]
-        arrays[f"{split}_images"] = images[start : start + len(names)]
-        arrays[f"{split}_labels"] = np.asarray(labels, dtype=dtype).reshape(-1, 1)
-        arrays[f"{split}_files"] = np.array(names, dtype=str)
-        arrays[f"{split}_patients"] = np.array([patient_id(f) or "" for f in names], dtype=str)
-        start += len(names)
-    info = {
-        "split": settings["split"],
-        "counts": count_labels(arrays, classes),
-        "channels": channels,
-        "image_size": settings["image_size"],
-    }
-    if settings["split"] == "patient":
-        info["patients"] = {s: len({patient_id(f) for f in parts[s][0]}) for s in SPLITS}
-    return arrays, info

@@ -5,7 +5,9 @@ raw .npy files on the workers, memory-mapped by every trial of the node.
     source = describe(npz_path, task, image_size, labels=file_arrays(npz_path))  # + file names
     arrays = node_arrays(source)                 # a worker: {train,val}_images memmaps + labels
     test = node_arrays(source, ("test",))        # after the search, where the test task runs
-    open_val = partial(node_arrays, source, ("val",))   # picklable: Ray tasks open it there
+
+Trials and the after-search work take the descriptor inside a split reader
+(`search.data.reader.SplitReader.node_cached`), which calls `node_arrays` where it reads.
 
 `describe` reads the npz's zip directory and the labels: its `key` is the npz's content
 fingerprint (`search.data.fingerprint.npz_key`: the zip directory, nothing is hashed again).
@@ -89,16 +91,6 @@ def describe(path: str, task: Task, image_size: int, labels: dict | None = None)
         labels={**found, **(labels or {})},
         cache_dir=os.environ.get(CACHE_ENV),
     )
-
-
-def open_data(data_ref: list) -> dict:
-    """A trial's train/val arrays behind `data_ref` (`[ref]` or `[DataSource]`): from the
-    object store (resident), or this node's memory-mapped cache (streamed)."""
-    if isinstance(data_ref[0], DataSource):
-        return node_arrays(data_ref[0])
-    import ray
-
-    return ray.get(data_ref[0])
 
 
 def cache_root(source: DataSource) -> str:

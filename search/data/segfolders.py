@@ -1,7 +1,8 @@
-"""Turn an images/ + masks/ folder into a segmentation npz (MedMNIST layout), once, cached.
+"""Plan an images/ + masks/ folder as a segmentation `Conversion` (no pixel read); convert it.
 
-    from search.data.segfolders import convert_segfolder
-    path, info = convert_segfolder("data/isbi2012-membranes", image_size=128)
+    from search.data.segfolders import convert_segfolder, plan_segfolder
+    conversion = plan_segfolder("data/isbi2012-membranes", image_size=128)   # before Ray
+    path, info = convert_segfolder("data/isbi2012-membranes", image_size=128)  # + ingest, cached
     arrays = load_npz(path, task, splits=("train", "val"))   # labels: (N, H, W) 0/1 masks
 
 Layouts: `src/images/*.png` with `src/masks/*.png` of the same file names (also .jpg .jpeg
@@ -9,40 +10,36 @@ Layouts: `src/images/*.png` with `src/masks/*.png` of the same file names (also 
 `src/train/{images,masks}/`, `src/val/...`, `src/test/...` (val or test may be missing: it is
 then carved out of train). Without pre-made splits the images are split by a seeded
 permutation, `val_frac` and `test_frac` (1/6 each: the ISBI sample's 30 images give 20/5/5).
+`src` may be a URI (`s3://bucket/prefix`).
 
 Images are resized, whole, to `image_size` x `image_size` (bilinear; channels as the folder
 task reads them, `search.data.images`), masks likewise after binarising them at the
 source size (mask > 0 = foreground; the resized mask keeps a pixel where at least half of its
 area was foreground). Resized whole rather than cropped: every split then has one shape,
 validation and test see whole images (no tiling), and the augmentation's random resized crop
-still varies scale during training. Every file is checked before
-anything is written, and every problem (an image without a mask or a mask without an image,
-an unreadable file, a mask whose size differs from its image) is named in one error.
+still varies scale during training. The plan names every image without a mask and every mask
+without an image in one error; the ingest (`search.data.ingest`, in its decode tasks) names
+every unreadable file and every mask whose size differs from its image in another.
 
-Cache: as the folder task's (`search.data.folders`): `<src>/.medsweep/<name>_<size>_seg_s<seed>
-.npz` (or the user cache when src is read-only), written atomically under a `FileLock`, reused
-until the fingerprint (every file's path, size and mtime, and the settings) changes. The npz
+Cache: as the folder task's (`search.data.folders.convert`): `<cache>/<name>-<fingerprint>.npz`
+outside src, reused while every file's path, size and mtime and the settings hold. The npz
 holds `{split}_images`, `{split}_labels` (uint8 masks), `{split}_files`, `classes`
 (background, foreground), `fingerprint` and `info` (JSON: split, counts, foreground share).
 """
 
 from __future__ import annotations
 
-import json
 import os
-from concurrent.futures import ThreadPoolExecutor
+import posixpath
 
 import numpy as np
-from filelock import FileLock
-from PIL import Image
 
-from search.data.fingerprint import folder_fingerprint
-from search.data.images import IMAGE_EXTENSIONS, read_images
-from search.data.folder_split import all_files
-from search.data.folders import cache_path, read_cached, write_cached
+from search.data.conversion import Conversion
+from search.data.folders import convert
+from search.data.listing import Tree, is_folder, list_tree
+from search.experiment.storage import absolute
 from trainables.data import SPLITS
 
-FORMAT_VERSION = 1  # part of the fingerprint: bump it when the conversion changes
 CLASSES = ("background", "foreground")
 IMAGES, MASKS = "images", "masks"
 
@@ -54,82 +51,79 @@ def convert_segfolder(
     val_frac: float = 1 / 6,
     test_frac: float = 1 / 6,
     cache_dir: str | None = None,
+    skip_bad: bool = False,
 ) -> tuple[str, dict]:
     """Convert (or reuse the cached conversion of) a segmentation folder; `(npz_path, info)`,
-    info = {"split", "counts", "channels", "image_size", "foreground", "source"}."""
-    src = os.path.abspath(os.path.expanduser(src))
+    info = {"split", "counts", "channels", "image_size", "foreground", "source", ...}."""
+    conversion = plan_segfolder(src, image_size, seed, val_frac, test_frac)
+    path, info = convert(conversion, cache_dir, skip_bad)
+    return path, {**info, "source": conversion.src}
+
+
+def plan_segfolder(
+    src: str,
+    image_size: int,
+    seed: int = 0,
+    val_frac: float = 1 / 6,
+    test_frac: float = 1 / 6,
+) -> Conversion:
+    """The planned conversion (masks in `conversion.masks`): listing, pairs and split."""
+    src = absolute(src if "://" in src else os.path.expanduser(src))
     if not (isinstance(image_size, int) and image_size > 0):
         raise ValueError(f"image_size must be a positive int (pixels a side), got {image_size!r}")
-    pairs = scan(src)
-    settings = {
-        "format": FORMAT_VERSION,
-        "kind": "masks",
-        "image_size": image_size,
-        "seed": seed,
-        "val_frac": val_frac,
-        "test_frac": test_frac,
-    }
-    layout = {group: {"": [f for pair in items for f in pair]} for group, items in pairs.items()}
-    fingerprint = folder_fingerprint(src, all_files(layout), settings)
-    path = cache_path(src, cache_dir, image_size, "seg", seed)
-    info = read_cached(path, fingerprint)
-    if info is None:
-        with FileLock(path + ".lock"):
-            info = read_cached(path, fingerprint)  # another process may have just built it
-            if info is None:
-                check_pairs(src, pairs)
-                parts = assign(pairs, seed, val_frac, test_frac)
-                arrays, info = build(src, parts, image_size)
-                info["split"] = "seeded" if "all" in pairs else "premade"
-                arrays.update(fingerprint=np.array(fingerprint), info=np.array(json.dumps(info)))
-                write_cached(path, arrays)
-    return path, {**info, "source": src}
+    tree = list_tree(src) if is_folder(src) else None
+    pairs = scan(src, tree)
+    parts = assign(pairs, seed, val_frac, test_frac)
+    settings = {"kind": "masks", "seed": seed, "val_frac": val_frac, "test_frac": test_frac}
+    extra = {"classes": np.array(CLASSES)}
+    for split in SPLITS:
+        extra[f"{split}_files"] = np.array([image for image, _ in parts[split]], dtype=str)
+    files = [f for split in SPLITS for pair in parts[split] for f in pair]
+    return Conversion(
+        src=src,
+        parts={s: ([image for image, _ in parts[s]], None) for s in SPLITS},
+        image_size=image_size,
+        channels=None,
+        settings=settings,
+        name=posixpath.basename(src.rstrip("/")) or "dataset",
+        masks={s: [mask for _, mask in parts[s]] for s in SPLITS},
+        extra=extra,
+        info={"split": "seeded" if "all" in pairs else "premade"},
+        file_stats={f: tree.files[f] for f in files},
+    )
 
 
-def scan(src: str) -> dict[str, list[tuple[str, str]]]:
+def scan(src: str, tree: Tree | None) -> dict[str, list[tuple[str, str]]]:
     """{"all" | split: [(image, mask) paths relative to src]}; one error names every image
     without a mask and every mask without an image."""
     expected = f"{src}/{IMAGES}/ and {src}/{MASKS}/ (or {src}/train/{IMAGES}/, ...)"
-    if not os.path.isdir(src):
+    if tree is None:
         raise ValueError(f"{src}: not a folder; expected {expected}")
-    premade = [s for s in SPLITS if os.path.isdir(os.path.join(src, s))]
+    premade = [s for s in SPLITS if s in tree.subfolders("")]
     if premade and "train" not in premade:
         raise ValueError(f"{src}: has {premade} but no train/; expected {expected}")
-    groups = premade or [""]
     pairs, unmatched = {}, []
-    for group in groups:
-        folders = [os.path.join(src, group, d) for d in (IMAGES, MASKS)]
-        if not all(os.path.isdir(f) for f in folders):
+    for group in premade or [""]:
+        folders = [posixpath.join(group, d) for d in (IMAGES, MASKS)]
+        if not all(tree.is_dir(f) for f in folders):
             raise ValueError(
-                f"{os.path.join(src, group)}: needs {IMAGES}/ and {MASKS}/; expected {expected}"
+                f"{tree.path(group)}: needs {IMAGES}/ and {MASKS}/; expected {expected}"
             )
-        images, masks = (_by_stem(f) for f in folders)
+        images, masks = (_by_stem(tree, f) for f in folders)
         unmatched += [
-            os.path.join(folders[0], images[s]) + ": no mask of that name"
+            tree.path(images[s]) + ": no mask of that name"
             for s in sorted(set(images) - set(masks))
         ]
         unmatched += [
-            os.path.join(folders[1], masks[s]) + ": no image of that name"
+            tree.path(masks[s]) + ": no image of that name"
             for s in sorted(set(masks) - set(images))
         ]
-        pairs[group or "all"] = [
-            (os.path.join(group, IMAGES, images[s]), os.path.join(group, MASKS, masks[s]))
-            for s in sorted(set(images) & set(masks))
-        ]
+        pairs[group or "all"] = [(images[s], masks[s]) for s in sorted(set(images) & set(masks))]
     if unmatched:
         raise ValueError(_listing(src, unmatched, "unpaired"))
     if not any(pairs.values()):
         raise ValueError(f"{src}: no image/mask pairs; expected {expected}")
     return pairs
-
-
-def check_pairs(src: str, pairs: dict[str, list[tuple[str, str]]]) -> None:
-    """One error naming every unreadable file and every mask whose size differs."""
-    flat = [pair for items in pairs.values() for pair in items]
-    with ThreadPoolExecutor(8) as pool:
-        problems = [p for p in pool.map(lambda pair: _pair_problem(src, *pair), flat) if p]
-    if problems:
-        raise ValueError(_listing(src, problems, "bad"))
 
 
 def assign(pairs: dict, seed: int, val_frac: float, test_frac: float) -> dict[str, list]:
@@ -167,64 +161,9 @@ def assign(pairs: dict, seed: int, val_frac: float, test_frac: float) -> dict[st
     return parts
 
 
-def build(src: str, parts: dict[str, list], size: int) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays and info of a checked split."""
-    flat = [pair for s in SPLITS for pair in parts[s]]
-    images, channels = read_images(src, [image for image, _ in flat], size, None)
-    with ThreadPoolExecutor(8) as pool:
-        masks = np.stack(list(pool.map(lambda pair: read_mask(src, pair[1], size), flat)))
-    arrays, start = {"classes": np.array(CLASSES)}, 0
-    counts, share = {}, {}
-    for split in SPLITS:
-        n = len(parts[split])
-        arrays[f"{split}_images"] = images[start : start + n]
-        arrays[f"{split}_labels"] = masks[start : start + n]
-        arrays[f"{split}_files"] = np.array([image for image, _ in parts[split]], dtype=str)
-        start += n
-        labels = arrays[f"{split}_labels"].reshape(n, -1).astype(bool)
-        counts[split] = {
-            CLASSES[0]: int((~labels).any(1).sum()),
-            CLASSES[1]: int(labels.any(1).sum()),
-        }
-        share[split] = float(labels.mean())
-    info = {"counts": counts, "channels": channels, "image_size": size, "foreground": share}
-    return arrays, info
-
-
-def read_mask(src: str, rel: str, size: int) -> np.ndarray:
-    """(size, size) uint8 0/1: mask > 0 at the source size, resized with bilinear filtering
-    and kept where at least half a pixel's area was foreground."""
-    with Image.open(os.path.join(src, rel)) as im:
-        binary = np.asarray(im.convert("I") if im.mode not in ("1", "L") else im) > 0
-    mask = Image.fromarray((binary * 255).astype(np.uint8)).resize(
-        (size, size), Image.Resampling.BILINEAR
-    )
-    return (np.asarray(mask) >= 128).astype(np.uint8)
-
-
-def _pair_problem(src: str, image: str, mask: str) -> str | None:
-    sizes = []
-    for rel in (image, mask):
-        try:
-            with Image.open(os.path.join(src, rel)) as im:
-                im.verify()  # reads the whole file: truncated or git-lfs pointers fail here
-                sizes.append(im.size)
-        except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ...
-            return f"{os.path.join(src, rel)}: cannot be read ({err})"
-    if sizes[0] != sizes[1]:
-        return (
-            f"{os.path.join(src, mask)}: mask is {sizes[1][0]}x{sizes[1][1]}, its image "
-            f"{image} is {sizes[0][0]}x{sizes[0][1]}"
-        )
-    return None
-
-
-def _by_stem(folder: str) -> dict[str, str]:
-    return {
-        os.path.splitext(e.name)[0]: e.name
-        for e in sorted(os.scandir(folder), key=lambda e: e.name)
-        if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS)
-    }
+def _by_stem(tree: Tree, folder: str) -> dict[str, str]:
+    """{file name without extension: path relative to the root} of the images in `folder`."""
+    return {posixpath.splitext(posixpath.basename(f))[0]: f for f in tree.images_in(folder)}
 
 
 def _listing(src: str, problems: list[str], what: str) -> str:

@@ -3,7 +3,7 @@
     python search/run.py --task blood --folds 5            # each trial trains 5 folds
     splits = fold_splits(labels, "multiclass", k=5, seed=0)             # [(train_idx, val_idx)]
     splits = fold_splits(labels, "binary", 5, 0, groups=patient_groups(arrays))  # whole patients
-    arrays.update(file_arrays(npz_path))   # the driver: file names, for `patient_groups`
+    labels, groups = pooled_labels(reader), patient_groups(pooled_files(reader))  # a SplitReader
 
 Splits, over train+val concatenated in that order (test is never touched):
 - kinds whose `fold_strata` gives class ids (multiclass, binary):
@@ -18,8 +18,10 @@ Splits, over train+val concatenated in that order (test is never touched):
 The seed is the search's (`--seed`), so every trial is scored on the same folds.
 
 How a trial runs (`folds_driver`, the Tune trainable when `plan.folds > 1`): the driver holds a
-sliver of a CPU; each fold is a Ray task (streamed data: it maps its node's cache and indexes
-the memmaps, `fold_data`) that runs `trainables.train.train_loop` on its split
+sliver of a CPU; the labels and file names come from the search's split reader
+(`search.data.reader`: of a streamed search, its descriptor), and each fold is a Ray task that
+reads the data through the same reader (streamed data: it maps its node's cache and indexes
+the memmaps, `fold_data`) and runs `trainables.train.train_loop` on its split
 and returns its per-epoch metrics and its best checkpoint (`model.pt` bytes). A fold asks for
 what one trial asks for otherwise: `--gpus-per-trial` GPUs and `--cpus-per-worker` CPUs, less
 the driver's sliver (so a driver and its folds fill whole CPUs: with 1 CPU per fold, the two
@@ -56,7 +58,7 @@ from ray import tune
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from search.data.folder_split import patient_id
-from search.data.node_data import DataSource, node_arrays
+from search.data.reader import SplitReader
 from search.driver.plan import DRIVER_CPU, Plan
 from trainables.checkpoint import FILENAME
 from trainables.data import SEARCH_SPLITS
@@ -157,8 +159,14 @@ def patient_groups(arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
     return np.array(ids)
 
 
-def pooled_labels(arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-    return np.concatenate([arrays[f"{s}_labels"] for s in SEARCH_SPLITS])
+def pooled_labels(reader: SplitReader) -> np.ndarray:
+    """The labels of train+val, in pooled order (no image is read where the reader streams)."""
+    return np.concatenate([reader.labels(s) for s in SEARCH_SPLITS])
+
+
+def pooled_files(reader: SplitReader) -> dict:
+    """`{train,val}_files` (None where the data names no files), for `patient_groups`."""
+    return {f"{s}_files": reader.files(s) for s in SEARCH_SPLITS}
 
 
 def take(arrays: Mapping[str, np.ndarray], part: str, idx: np.ndarray) -> np.ndarray:
@@ -193,7 +201,7 @@ def fold_resources(plan: Plan) -> dict:
 
 @ray.remote
 def train_fold(
-    arrays: dict,
+    reader: SplitReader,
     train_idx,
     val_idx,
     config: dict,
@@ -206,8 +214,7 @@ def train_fold(
     import torch
 
     torch.set_num_threads(threads)
-    if isinstance(arrays, DataSource):  # streamed: this node's memory-mapped cache
-        arrays = node_arrays(arrays)
+    arrays = reader.arrays()  # resident: zero-copy; streamed: this node's memory-mapped cache
     history: list[dict] = []
     best: dict = {"value": None, "bytes": None, "epoch": None}
 
@@ -228,14 +235,15 @@ def fold_config(config: dict, fold: int) -> dict:
     return {**config, "data_fingerprint": {**fingerprint, "fold": fold}}
 
 
-def run_folds(config: dict, data_ref: list, splits: list, plan: Plan, task: Task) -> list:
+def run_folds(config: dict, reader: SplitReader, splits: list, plan: Plan, task: Task) -> list:
     """Every fold as a Ray task; their results in fold order. A failed fold cancels the rest
     and raises `RuntimeError: fold i of K failed: <its error>`."""
     threads = max(1, round(plan.cpus_per_worker))
     remote = train_fold.options(**fold_resources(plan))
+    reader_ref = ray.put(reader)  # once for K folds: a streamed reader carries the labels
     futures = [
         remote.remote(
-            data_ref[0], tr, va, fold_config(config, i), task, plan.metric, plan.mode, threads
+            reader_ref, tr, va, fold_config(config, i), task, plan.metric, plan.mode, threads
         )
         for i, (tr, va) in enumerate(splits)
     ]
@@ -311,7 +319,7 @@ def report_folds(results: list[FoldResult], metric: str, mode: str) -> None:
             )  # Tune copies it before return
 
 
-def folds_driver(config: dict, data_ref: list, plan: Plan) -> None:
+def folds_driver(config: dict, reader: SplitReader, plan: Plan) -> None:
     """The Tune trainable under `--folds K`: split, train the folds as Ray tasks, report."""
     if plan.workers_per_trial > 1:
         raise ValueError(
@@ -319,11 +327,9 @@ def folds_driver(config: dict, data_ref: list, plan: Plan) -> None:
             f"{plan.workers_per_trial} (DDP) cannot be combined with it"
         )
     task = plan.task or get_task(config["task"])
-    source = data_ref[0]  # streamed: the descriptor carries labels and file names
-    arrays = source.labels if isinstance(source, DataSource) else ray.get(source)
-    groups = patient_groups(arrays)
+    groups = patient_groups(pooled_files(reader))
     if groups is None and task.source == "folder":
         log.warning("--folds: no patient ids reach the folds, so they split images, not patients")
-    labels = pooled_labels(arrays)
+    labels = pooled_labels(reader)
     splits = fold_splits(labels, task.kind, plan.folds, plan.seed, groups, task.classes)
-    report_folds(run_folds(config, data_ref, splits, plan, task), plan.metric, plan.mode)
+    report_folds(run_folds(config, reader, splits, plan, task), plan.metric, plan.mode)

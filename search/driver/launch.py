@@ -1,6 +1,6 @@
 """The trial entry points: what Ray Tune runs for one trial, and the resources it asks for.
 
-    trainable = build_trainable(plan, data_ref)   # for tune.Tuner(...) or Tuner.restore(...)
+    trainable = build_trainable(plan, reader)   # for tune.Tuner(...) or Tuner.restore(...)
 
 Three drivers run the same `trainables.train.train_loop`:
 - `function_driver` (`--launcher function`, what `auto` picks for one worker per trial): the
@@ -9,15 +9,14 @@ Three drivers run the same `trainables.train.train_loop`:
 - `train_driver` (`--launcher train`, the only way to DDP): a small driver that builds a
   `TorchTrainer` (`--workers-per-trial`, `--gpus-per-trial`; each worker holds
   `search.driver.plan.worker_request`) with `TuneReportCallback`; its workers run
-  `worker_loop(data_ref, task)`, the trial's config being all Train hands them.
+  `worker_loop(reader, task)`, the trial's config being all Train hands them.
 - `search.driver.folds.folds_driver` (`--folds K`): the K folds as Ray tasks.
 The dataset and the task reach every trial through `tune.with_parameters` (and, for Train
-workers, the function bound by `worker_loop`), never through the trial's config. `data_ref` is
-a one-element list: on the resident path a nested object-store reference to the arrays, put
-once per search; on the streaming path a `search.data.node_data.DataSource` (a small
-descriptor), which each node turns into memory-mapped arrays of its own local cache
-(`open_data`). Every result carries `node_id`, the
-Ray node the trial trained on.
+workers, the function bound by `worker_loop`), never through the trial's config. The dataset is
+a `search.data.reader.SplitReader`: object-store references to arrays put once per search
+(resident), or a small descriptor that each node turns into memory-mapped arrays of its own
+local cache (streamed); a trial calls `reader.arrays()` either way. Every result carries
+`node_id`, the Ray node the trial trained on.
 """
 
 from __future__ import annotations
@@ -27,8 +26,8 @@ from collections.abc import Callable
 import ray
 from ray import tune
 
+from search.data.reader import SplitReader
 from search.driver.folds import folds_driver
-from search.data.node_data import open_data
 from search.driver.plan import DRIVER_CPU, Plan, worker_request
 from search.experiment.storage import join_path
 from trainables.scores import CHECKPOINT_SCORE
@@ -41,22 +40,22 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def worker_loop(data_ref: list, task: Task | None) -> Callable[[dict], None]:
+def worker_loop(reader: SplitReader, task: Task | None) -> Callable[[dict], None]:
     """Ray Train's `train_loop_per_worker` for one trial: the trial's config is all Train hands
-    it; the data reference and the task are bound here."""
+    it; the split reader and the task are bound here."""
 
     def loop(cfg: dict) -> None:
-        _worker(cfg, data_ref, task)
+        _worker(cfg, reader, task)
 
     return loop
 
 
-def _worker(cfg: dict, data_ref: list, task: Task | None) -> None:
+def _worker(cfg: dict, reader: SplitReader, task: Task | None) -> None:
     """One Train worker: open the data, run the one loop."""
     import ray.train
     import ray.train.torch
 
-    data = open_data(data_ref)
+    data = reader.arrays()
     ctx = ray.train.get_context()
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
@@ -72,7 +71,7 @@ def _worker(cfg: dict, data_ref: list, task: Task | None) -> None:
         train_loop(cfg, report, data, placement=placement, resume_from=resume_from, task=task)
 
 
-def train_driver(config: dict, data_ref: list, plan: Plan) -> None:
+def train_driver(config: dict, reader: SplitReader, plan: Plan) -> None:
     """The Tune trainable of the `train` launcher: one TorchTrainer per trial."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -80,7 +79,7 @@ def train_driver(config: dict, data_ref: list, plan: Plan) -> None:
 
     trial_id = tune.get_context().get_trial_id()
     trainer = TorchTrainer(
-        worker_loop(data_ref, plan.task),
+        worker_loop(reader, plan.task),
         train_loop_config=config,
         scaling_config=ScalingConfig(
             num_workers=plan.workers_per_trial,
@@ -98,7 +97,7 @@ def train_driver(config: dict, data_ref: list, plan: Plan) -> None:
     trainer.fit()
 
 
-def function_driver(config: dict, data_ref: list, plan: Plan) -> None:
+def function_driver(config: dict, reader: SplitReader, plan: Plan) -> None:
     """The Tune trainable of the `function` launcher: the loop runs right here."""
 
     def report(metrics: dict, checkpoint_dir: str | None) -> None:
@@ -107,9 +106,9 @@ def function_driver(config: dict, data_ref: list, plan: Plan) -> None:
 
     checkpoint = tune.get_checkpoint()  # set when Tune retried or restored this trial
     if checkpoint is None:
-        return train_loop(config, report, open_data(data_ref), task=plan.task)
+        return train_loop(config, report, reader.arrays(), task=plan.task)
     with checkpoint.as_directory() as resume_from:
-        train_loop(config, report, open_data(data_ref), resume_from=resume_from, task=plan.task)
+        train_loop(config, report, reader.arrays(), resume_from=resume_from, task=plan.task)
 
 
 def checkpoint_config(plan: Plan, cls):
@@ -130,11 +129,11 @@ def trial_resources(plan: Plan) -> dict:
     return {"cpu": plan.cpus_per_worker, "gpu": plan.gpus_per_trial}
 
 
-def build_trainable(plan: Plan, data_ref: list):
-    """The Tune trainable for `plan`: its driver, the data reference and its resources."""
+def build_trainable(plan: Plan, reader: SplitReader):
+    """The Tune trainable for `plan`: its driver, the split reader and its resources."""
     if plan.folds > 1:
         driver = folds_driver
     else:
         driver = train_driver if plan.launcher == "train" else function_driver
-    trainable = tune.with_parameters(driver, data_ref=data_ref, plan=plan)
+    trainable = tune.with_parameters(driver, reader=reader, plan=plan)
     return tune.with_resources(trainable, trial_resources(plan))

@@ -238,6 +238,18 @@ def _search_flags(p) -> None:
         help="optuna (TPE), random, or wandb-bayes (W&B's Bayesian engine)",
     )
     p.add_argument(
+        "--objective",
+        metavar="METRIC:max,METRIC:min",
+        help="several objectives (Optuna's multi-objective search; ASHA stops on the first), "
+        "e.g. val_auc:max,val_ece:min (None: the space's metric)",
+    )
+    p.add_argument(
+        "--warm-start",
+        metavar="EXPERIMENT",
+        help="tell the searcher an earlier experiment's finished trials (same task and "
+        "metric) before it suggests anything",
+    )
+    p.add_argument(
         "--smoke-test",
         action="store_true",
         help="2 trials, 1 epoch, a few batches, CPU: checks the whole path quickly "
@@ -290,6 +302,18 @@ def _after_flags(p) -> None:
         metavar="N",
         help="retrain the best configuration with N new seeds after the search "
         "(test metrics as mean +/- sd over seeds)",
+    )
+    p.add_argument(
+        "--select",
+        metavar="FIGURE>=X",
+        help="pick the best trial among those whose validation figures meet a constraint "
+        "(sensitivity>=0.95, specificity>=, npv>=, ece<=, ...), at each trial's threshold",
+    )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="K",
+        help="average the probabilities of the K best trials (ensemble.json; 0 = none)",
     )
 
 

@@ -9,7 +9,9 @@ checks them: `search.driver.checks`) before anything heavy is imported, then run
 - 0: the search finished (or `--resume` of a finished one: nothing is redone); 1: every trial
   failed;
 - 2: a mistake in the command, a file or the request, refused in one line `error: ...; ...`
-  before Ray starts (resources: right after it connects); `--debug` shows the traceback;
+  before Ray starts (resources: right after it connects); `--debug` shows the traceback. So is
+  an experiment folder in use by another search (its lock, held from before Ray starts to the
+  exit: `search.driver.resume.claim`), or, without `--resume`, one that holds a search;
 - 130 (SIGINT, Ctrl-C) / 143 (SIGTERM): interrupted; the trials stop, the search state is
   saved, search.json says `interrupted`, the `--resume` line is printed, and nothing runs on a
   partial search (no test split, attribution or report): the test split is read once per
@@ -19,6 +21,7 @@ Any other error is internal: its traceback is kept and the Ray session's logs ar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -28,7 +31,13 @@ from typing import TYPE_CHECKING
 
 from search.driver.checks import UserError
 from search.driver.options import parse_args
-from search.driver.resume import has_tune_state, resume_command, resumed_args
+from search.driver.resume import (
+    claim,
+    new_experiment,
+    resume_command,
+    resume_folder,
+    resumed_args,
+)
 from search.driver.session import Interrupts, close_ray, interrupted_code, session_dir
 from search.driver.settings import Settings
 from search.experiment.manifest import FINISHED, INTERRUPTED, RUNNING, Manifest
@@ -52,6 +61,8 @@ class Run:
     plan: Plan | None = None
     inputs: Inputs | None = None
     started: float = field(default_factory=time.time)
+    claims: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    """The experiment folder's lock (`search.driver.resume.claim`), held to the exit."""
 
     @property
     def first_started(self) -> float:
@@ -71,7 +82,7 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
     keep_logs = False
     try:
         run = Run(parse_args(argv, description))
-        with Interrupts() as stop:
+        with Interrupts() as stop, run.claims:
             try:
                 return search(run, stop)
             except KeyboardInterrupt:
@@ -95,15 +106,17 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
 
 def search(run: Run, stop: Interrupts) -> int:
     """The steps, in order (search.driver.steps); returns the exit code."""
-    if run.settings.resume:
-        run.resume_path, run.settings, run.previous = resumed_args(run.settings)
-        if run.previous.finished:
-            return already_finished(run.resume_path, run.previous)
+    finished = begin(run)
+    if finished is not None:
+        return finished
     from search.driver import progress, steps  # Ray and torch: only once the flags are good
+    from search.driver.relocate import use_experiment
 
     settings = run.settings
     inputs = run.inputs = steps.read_inputs(settings)
     plan, dashboard = steps.start_ray(settings, inputs.task, inputs.space)
+    stop.reinstall()  # connecting to Ray replaced the SIGTERM handler (see Interrupts)
+    run.claims.enter_context(use_experiment(plan.experiment_path))
     run.plan = plan = steps.ingest(settings, plan, inputs)
     progress.log_start(plan, dashboard)
     steps.place_data(settings, plan, inputs)
@@ -116,6 +129,25 @@ def search(run: Run, stop: Interrupts) -> int:
     if stop.signal is not None:
         return interrupted(run, stop.signal)
     return finish(run, grid, wandb_mode)
+
+
+def begin(run: Run) -> int | None:
+    """Claim the experiment folder (`search.driver.resume.claim`: refused when in use, or,
+    for a new search, when it holds one); under `--resume`, take the resumed search's
+    settings. The exit code when nothing is left to do (a finished search), else None."""
+    if not run.settings.resume:
+        path, run.settings = new_experiment(run.settings)
+        run.claims.enter_context(claim(path, resuming=False))
+        return None
+    path = resume_folder(run.settings)
+    run.claims.enter_context(claim(path, resuming=True))
+    resumed = resumed_args(run.settings)
+    run.settings = resumed.settings
+    if resumed.previous.finished:
+        return already_finished(path, resumed.previous)
+    if resumed.restore:  # else it stopped before Tune saved anything: it starts again
+        run.resume_path, run.previous = path, resumed.previous
+    return None
 
 
 def finish(run: Run, grid, wandb_mode: str) -> int:
@@ -151,11 +183,8 @@ def interrupted(run: Run, sig: int | None) -> int:
         log.warning("interrupted before the search started: nothing to resume")
         return code
     path = plan.experiment_path
-    if run.resume_path is None and not has_tune_state(path):
-        log.warning(
-            "interrupted before Ray Tune saved any state: nothing to resume; start the "
-            "command again"
-        )
+    if Manifest.read_optional(path) is None:  # the search had not started: nothing written
+        log.warning("interrupted before the search started: nothing to resume; start it again")
         return code
     steps.manifest(
         run.settings, plan, run.inputs, run.first_started, run.searched_s(), INTERRUPTED

@@ -22,15 +22,13 @@ import json
 import logging
 
 import numpy as np
-import ray
 from ray import tune
 
 from search.driver.launch import build_trainable, checkpoint_config
 from search.driver.plan import Plan
 from search.driver.settings import AfterSettings
-from search.driver.steps import Inputs, evaluation_settings, split_source
+from search.driver.steps import Inputs, evaluation_settings, split_reader
 from search.experiment import after
-from search.experiment.after_settings import SplitSources
 from search.experiment.layout import REPEATS_DIR, TEST_METRICS_FILE
 from search.experiment.storage import join_path, read_json, write_text
 from search.experiment.tables import collect, config_of, export_checkpoints, write_tables
@@ -77,12 +75,12 @@ def repeat_best(
 
 
 def train_repeats(plan: Plan, inputs: Inputs, config: dict, seeds: list[int]) -> list[dict]:
-    """One Tune trial per seed, `config` fixed; the repeats' trials rows (in seed order)."""
-    data_ref = [ray.put(inputs.data)] if inputs.data is not None else [inputs.source]
+    """One Tune trial per seed, `config` fixed; the repeats' trials rows (in seed order). The
+    trials read the search's own split reader (resident arrays are not put again)."""
     fixed = {**inputs.values, **config}
     epochs = planned_epochs(fixed)
     tuner = tune.Tuner(
-        build_trainable(plan, data_ref),
+        build_trainable(plan, split_reader(inputs)),
         param_space={**fixed, "seed": tune.grid_search(seeds)},
         tune_config=tune.TuneConfig(
             metric=plan.metric,
@@ -110,9 +108,12 @@ def evaluate_repeats(
 ) -> dict:
     """{trial_id: test record} of every repeat with a checkpoint, evaluated as the search's
     best trial is (the same operating point, from each repeat's own validation split)."""
-    splits = SplitSources(split_source(inputs), split_source(inputs, "val"))
     out = after.evaluate_on_test(
-        rows, path, inputs.task, splits, evaluation_settings(settings, plan, len(rows))
+        rows,
+        path,
+        inputs.task,
+        split_reader(inputs),
+        evaluation_settings(settings, plan, len(rows)),
     )
     return (out or {}).get("trials", {})
 

@@ -34,13 +34,18 @@ The study lives in SQLite at `<experiment>/optuna.db` (`optuna-dashboard sqlite:
 on a network filesystem (NFS, CIFS, Lustre, ...: SQLite's file locks are unsafe there), in an
 Optuna journal file `<experiment>/optuna.journal` (`optuna-dashboard <path>`). Storage on a URI
 (`s3://`, `gs://`) cannot hold a database: the study goes to `runs/<name>/optuna.db` on the
-driver's disk. `--resume`: Tune saves the searcher (`save`: the study's name and storage, the
+driver's disk. A study inside the experiment folder is kept relative to it (`home`): the
+folder the driver works on (`search.driver.relocate.use_experiment`, set by the pipeline) is
+where it is opened, and the saved state holds no Optuna object that names a storage, so a
+copied or moved experiment resumes on its own study and never writes to the original's.
+`--resume`: Tune saves the searcher (`save`: the study's name and storage, the
 sampler, the space, each trial's Optuna trial and what it reported so far) and restores it
 (`restore`): the study continues, and unfinished trials are told correctly when they end.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -52,6 +57,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from search.driver.relocate import EXPERIMENT_ENV, inside, located
 from search.experiment.layout import OPTUNA_FILE
 from search.experiment.storage import is_uri, join_path
 from search.experiment.tables import ERRORED, FINISHED, epoch_of, trial_status
@@ -80,7 +86,8 @@ NETWORK_FS = (
 class Running:
     """What the searcher keeps of one Tune trial until it tells the study."""
 
-    trial: optuna.trial.Trial
+    trial: optuna.trial.Trial | None
+    """None in saved state (`BestEpochOptuna.save`): rebuilt on the restored study."""
     number: int
     """The Optuna trial number (what `Study.tell` takes)."""
     best: float | None = None
@@ -107,6 +114,8 @@ class BestEpochOptuna(Searcher):
         sampler: an Optuna sampler (default: `TPESampler(seed=seed)`).
         space: the param space (Tune domains); default: the one Tune hands over.
         metric, mode: default: Tune's (`TuneConfig`).
+        home: the experiment folder; a storage inside it is kept relative to it, and opened
+            in the folder `use_experiment` names (a copy's own study), else in `home`.
     """
 
     def __init__(
@@ -119,15 +128,19 @@ class BestEpochOptuna(Searcher):
         space: dict | None = None,
         metric: str | list[str] | None = None,
         mode: str | list[str] | None = None,
+        home: str | None = None,
     ) -> None:
         self.objectives = _objectives(metric, mode)  # checked before Ray's own assertions
         super().__init__(metric=metric, mode=mode)
         self.epochs = int(epochs)
-        self.storage = storage
+        self.home = home
+        self.storage = storage if home is None or storage is None else inside(storage, home)
         self.study_name = study_name
         self.sampler = sampler or optuna.samplers.TPESampler(seed=seed)
         self.space: dict = {}
         self.study: optuna.Study | None = None
+        self.backend: optuna.storages.BaseStorage | None = None
+        """The storage the study was opened on."""
         self.running: dict[str, Running] = {}
         if space:
             self.set_search_properties(metric, mode, space)
@@ -156,14 +169,23 @@ class BestEpochOptuna(Searcher):
 
     def _open_study(self) -> optuna.Study:
         directions = ["maximize" if d == "max" else "minimize" for _, d in self.objectives]
+        self.backend = open_storage(self.where)
         return optuna.create_study(
-            storage=open_storage(self.storage),
+            storage=self.backend,
             sampler=self.sampler,
             pruner=optuna.pruners.NopPruner(),
             study_name=self.study_name,
             load_if_exists=True,
             directions=directions,
         )
+
+    @property
+    def where(self) -> str | None:
+        """The storage to open: a relative one in the current experiment folder."""
+        home = os.environ.get(EXPERIMENT_ENV) or self.home
+        if self.storage is None or home is None:
+            return self.storage
+        return located(self.storage, home)
 
     def suggest(self, trial_id: str) -> dict | None:
         if self.study is None:
@@ -239,7 +261,7 @@ class BestEpochOptuna(Searcher):
             "sampler": self.sampler,
             "objectives": self.objectives,
             "space": self.space,
-            "running": self.running,
+            "running": self.running if self.storage is None else self._unbound(),
         }
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
@@ -251,8 +273,26 @@ class BestEpochOptuna(Searcher):
         self.epochs, self.storage = state["epochs"], state["storage"]
         self.study_name, self.sampler = state["study_name"], state["sampler"]
         self.objectives, self.space = state["objectives"], state["space"]
-        self.running = state["running"]
         self.study = self._open_study() if self.space else None
+        self.running = self._bound(state["running"])
+
+    def _unbound(self) -> dict[str, Running]:
+        """The running trials without their Optuna `Trial` objects: each carries the storage it
+        was opened on, which would take a copied experiment back to the original's study."""
+        return {k: dataclasses.replace(run, trial=None) for k, run in self.running.items()}
+
+    def _bound(self, running: dict[str, Running]) -> dict[str, Running]:
+        """Saved running trials with `Trial` objects on this study again (found by number)."""
+        if self.study is None or self.backend is None:
+            return running
+        study_id = self.backend.get_study_id_from_name(self.study_name)
+        for run in running.values():
+            if run.trial is None:
+                trial_id = self.backend.get_trial_id_from_study_id_trial_number(
+                    study_id, run.number
+                )
+                run.trial = optuna.trial.Trial(self.study, trial_id)
+        return running
 
 
 def _objectives(metric, mode) -> list[tuple[str, str]]:

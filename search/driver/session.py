@@ -6,6 +6,7 @@ interrupts, and leave no session folder of a local run behind.
     storage = check_storage(None) # "runs"; on several nodes: UserError, pass --storage
     with Interrupts() as stop:    # SIGINT / SIGTERM end Tune's run gracefully (state saved)
         grid = tuner.fit()
+    stop.reinstall()              # after connecting to Ray: SIGTERM is ours again
     stop.signal                   # None, or the signal that ended the run
     close_ray(remove_session=True)  # ray.shutdown(); a local Ray's /tmp/ray/session_* removed
 """
@@ -133,6 +134,12 @@ class Interrupts:
     SIGUSR1 handler Tune installs for exactly that), and `tuner.fit()` returns; elsewhere, or
     on a second signal, KeyboardInterrupt. `signal` records the first. Sets
     TUNE_DISABLE_SIGINT_HANDLER=1: Tune's own handler would hide that the run was interrupted.
+
+    Connecting to Ray makes this process a Ray driver, whose core worker installs Abseil's
+    failure-signal handler (crash stacks for SIGSEGV, SIGABRT, ... and SIGTERM) over ours: a
+    SIGTERM then dumps a stack and aborts (exit 134). `reinstall()` after the connection
+    takes SIGINT and SIGTERM back (Ray's own switch, RAY_DISABLE_FAILURE_SIGNAL_HANDLER,
+    would also drop the crash stacks of real faults in the driver and its workers).
     """
 
     def __init__(self) -> None:
@@ -145,6 +152,11 @@ class Interrupts:
         for sig in EXIT_CODES:
             self._old[sig] = signal.signal(sig, self._handle)
         return self
+
+    def reinstall(self) -> None:
+        """Handle SIGINT and SIGTERM here again (see the class docstring)."""
+        for sig in self._old:
+            signal.signal(sig, self._handle)
 
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():

@@ -27,7 +27,7 @@ def _env(name: str, default: str | None = None):
 @dataclass(frozen=True)
 class SearchSettings:
     """The search: `--trials`, `--epochs`, `--batch-size`, `--time-budget`, `--seed`,
-    `--searcher`, `--smoke-test`."""
+    `--searcher`, `--smoke-test`, `--objective`, `--warm-start`."""
 
     trials: int = 20
     epochs: int | None = None
@@ -36,6 +36,10 @@ class SearchSettings:
     seed: int = 0
     searcher: str = "optuna"
     smoke_test: bool = False
+    objective: str | None = None
+    """`val_auc:max,val_ece:min`: several objectives (None: the space's metric alone)."""
+    warm_start: str | None = None
+    """An earlier experiment folder whose finished trials the searcher is told first."""
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,16 @@ class OutputSettings:
 @dataclass(frozen=True)
 class AfterSettings:
     """After the search: `--test-top`, `--operating-point`, `--temperature-scaling`,
-    `--repeat-best`."""
+    `--repeat-best`, `--select`, `--ensemble`."""
 
     test_top: int = 1
     operating_point: str = "youden"
     temperature_scaling: bool = False
     repeat_best: int = 0
+    select: str | None = None
+    """A constraint on validation figures, `sensitivity>=0.95` (None: the best by the metric)."""
+    ensemble: int = 0
+    """Average the K best trials' probabilities (0: no ensemble)."""
 
 
 @dataclass(frozen=True)

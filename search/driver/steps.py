@@ -8,9 +8,10 @@ module only after the command line passed its checks: it pulls in Ray and torch)
    against the cluster, make the `Plan`; `place_data`: the data path (`--data-path`; `auto`:
    resident when train+val fit the budget, `trainables.stream.resident_budget`), and on the
    resident path the arrays;
-3. `fit`: resident arrays go into the object store once (streamed trials get the descriptor
-   and read their node's cache); a new `Tuner` (search.json written first), or
-   `Tuner.restore` under `--resume`; `tuner.fit()`, with a progress line (time left);
+3. `fit`: the split reader every trial and the after-search work take (`split_reader`,
+   `search.data.reader`: resident arrays put in the object store once, or the descriptor
+   with which streamed trials read their node's cache); a new `Tuner` (search.json written
+   first), or `Tuner.restore` under `--resume`; `tuner.fit()`, with a progress line (time left);
 4. `collect_results`: `trials.parquet`, `history.parquet` and each trial's best checkpoint
    (`search.experiment.tables`);
 5. `after_search`: attribution maps and focus scores, then the test split for the best
@@ -25,12 +26,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import ray
 from ray import tune
 
-from search.data.node_data import DataSource, node_arrays
+from search.data.node_data import DataSource
+from search.data.reader import SplitReader
 from search.data.sources import (
     Located,
     describe_data,
@@ -56,7 +57,7 @@ from search.driver.settings import AfterSettings, Settings, updated
 from search.driver.space import Space, default_space_path, load_space
 from search.driver.tuner import build_tuner
 from search.experiment import after
-from search.experiment.after_settings import EvaluationSettings, ExplainSettings, SplitSources
+from search.experiment.after_settings import EvaluationSettings, ExplainSettings
 from search.experiment.manifest import Manifest
 from search.experiment.storage import is_uri, join_path
 from search.experiment.tables import (
@@ -100,6 +101,9 @@ class Inputs:
     """`resident` or `stream` (`place_data`)."""
     data: dict | None = None
     """The train and val arrays on the resident path (the test split is read after)."""
+    reader: SplitReader | None = None
+    """What trials, folds, attribution and the test prediction read the splits through: made
+    once, by `split_reader`."""
 
 
 def read_inputs(settings: Settings) -> Inputs:
@@ -206,8 +210,7 @@ def fit(
 ):
     """Run the trials (a new search, or the rest of an interrupted one); the ResultGrid.
     `start` is the search.json written before the first trial (status running)."""
-    # once per search: trials read resident arrays zero-copy, streamed ones their node's cache
-    data_ref = [ray.put(inputs.data)] if inputs.data is not None else [inputs.source]
+    reader = split_reader(inputs)
     tags = [plan.task.name, plan.searcher]
     callbacks = make_callbacks(
         wandb_mode, settings.wandb.project, plan.name, tags, wandb_dir=plan.experiment_path
@@ -221,12 +224,12 @@ def fit(
     if resume_path:
         tuner = tune.Tuner.restore(
             resume_path,
-            build_trainable(plan, data_ref),
+            build_trainable(plan, reader),
             resume_unfinished=True,
             resume_errored=False,
         )
     else:
-        tuner = build_tuner(plan, inputs.space, data_ref, inputs.values, callbacks)
+        tuner = build_tuner(plan, inputs.space, reader, inputs.values, callbacks)
     return tuner.fit()
 
 
@@ -242,17 +245,10 @@ def collect_results(grid, plan: Plan, inputs: Inputs) -> list[dict]:
 def after_search(settings: Settings, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
     """Attribution maps (Ray tasks), focus scores, then the test split for the best trials."""
     t0 = time.time()
-    focus = {}
-    streamed = inputs.data is None
+    focus, reader = {}, split_reader(inputs)
     if settings.attribution.explain_top != 0:
-        val = inputs.source.labels if streamed else inputs.data
         focus = after.explain_trials(
-            trials,
-            plan.experiment_path,
-            inputs.task,
-            val,
-            explain_settings(settings, plan),
-            open_val=partial(node_arrays, inputs.source, ("val",)) if streamed else None,
+            trials, plan.experiment_path, inputs.task, reader, explain_settings(settings, plan)
         )
     for trial_id in after.attach_focus(trials, focus):
         log.warning(
@@ -268,7 +264,7 @@ def after_search(settings: Settings, plan: Plan, inputs: Inputs, trials: list[di
             trials,
             plan.experiment_path,
             inputs.task,
-            split_sources(inputs),
+            reader,
             evaluation_settings(settings.after, plan, settings.after.test_top),
         )
 
@@ -299,16 +295,18 @@ def evaluation_settings(settings: AfterSettings, plan: Plan, top_k: int) -> Eval
     )
 
 
-def split_source(inputs: Inputs, split: str = "test"):
-    """The npz path (resident) or a callable that opens the node's cached split (streamed)."""
-    if inputs.data is None:
-        return partial(node_arrays, inputs.source, (split,))
-    return inputs.data_file
-
-
-def split_sources(inputs: Inputs) -> SplitSources:
-    """The test and validation splits and the npz naming their rows (patients, file names)."""
-    return SplitSources(split_source(inputs), split_source(inputs, "val"), inputs.data_file)
+def split_reader(inputs: Inputs) -> SplitReader:
+    """The search's split reader, made once (Ray is up): on the resident path the train and val
+    arrays go into the object store (trials read them zero-copy), on the streaming path the
+    descriptor (each node maps its own cache). The search, `--repeat-best` and the after-search
+    work all take this one."""
+    if inputs.reader is None:
+        inputs.reader = (
+            SplitReader.node_cached(inputs.source)
+            if inputs.data is None
+            else SplitReader.resident(inputs.data, inputs.source)
+        )
+    return inputs.reader
 
 
 def after_resources(plan: Plan) -> dict:
@@ -346,7 +344,21 @@ def manifest(
         resources_per_trial=plan.resources_per_trial,
         status=status,
         foreground=task.foreground,
+        extra={"data": data_record(inputs.located)},
     )
+
+
+def data_record(located: Located) -> dict:
+    """What search.json says of the data: its source, split rule, policies and the images
+    `--skip-bad` left out (each named)."""
+    info = located.info
+    keep = ("split", "policies", "rows", "dropped", "channels", "node_ids")
+    return {
+        "source": located.task.source,
+        "file": located.path,
+        **{k: info[k] for k in keep if k in info},
+        "skipped": list(info.get("skipped", [])),
+    }
 
 
 def split_counts(task: Task, data: dict) -> dict[str, dict[str, int]]:

@@ -1,11 +1,12 @@
 """Build the Ray Tune search: trainable, searcher, scheduler, run settings.
 
-    tuner = build_tuner(plan, space, data_ref, param_space, callbacks)
+    tuner = build_tuner(plan, space, reader, param_space, callbacks)
     grid = tuner.fit()
 
-`plan` is a `search.driver.plan.Plan`, `space` the loaded space file, `data_ref` the dataset
-put once in the object store (`[ray.put(arrays)]`; it reaches the trials through
-`tune.with_parameters`, never through their config), `param_space` the space's domains with the
+`plan` is a `search.driver.plan.Plan`, `space` the loaded space file, `reader` the search's
+`search.data.reader.SplitReader` (resident arrays put once in the object store, or the streamed
+data's descriptor; it reaches the trials through `tune.with_parameters`, never through their
+config), `param_space` the space's domains with the
 command line's fixed settings laid over them (`search.driver.inputs.param_space`) and
 `callbacks` Tune callbacks (W&B logging), kept out of `Plan` because every trial receives it.
 The trainable (which launcher, which resources) comes from `search.driver.launch`.
@@ -25,9 +26,11 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from search.data.reader import SplitReader
 from search.driver.deadline import DeadlineSearcher, DeadlineVariants
 from search.driver.launch import build_trainable, checkpoint_config
 from search.driver.plan import Plan
+from search.driver.relocate import relocatable
 from search.driver.space import Space
 from trainables.config import planned_epochs
 from trainables.train import KNOBS
@@ -63,7 +66,9 @@ def build_searcher(plan: Plan, space: Space, epochs: int | None = None):
 
         _, where = study_storage(plan.experiment_path, plan.name)
         log.info("Optuna study: optuna-dashboard %s", where)
-        searcher = BestEpochOptuna(epochs, storage=where, study_name=plan.name, seed=plan.seed)
+        searcher = BestEpochOptuna(
+            epochs, storage=where, study_name=plan.name, seed=plan.seed, home=plan.experiment_path
+        )
     if budget is not None:
         searcher = DeadlineSearcher(searcher, budget)
     return ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
@@ -85,7 +90,11 @@ def build_scheduler(space: Space, epochs: int) -> ASHAScheduler:
 
 
 def build_tuner(
-    plan: Plan, space: Space, data_ref: list, param_space: dict, callbacks: list | None = None
+    plan: Plan,
+    space: Space,
+    reader: SplitReader,
+    param_space: dict,
+    callbacks: list | None = None,
 ) -> tune.Tuner:
     """The search; `callbacks` (W&B logging) stay out of `Plan`, which every trial receives."""
     epochs = planned_epochs(param_space)
@@ -93,12 +102,12 @@ def build_tuner(
     if plan.searcher == "wandb-bayes":  # the engine holds the space; Tune keeps the rest
         param_space = {k: v for k, v in param_space.items() if k not in space.searched}
     return tune.Tuner(
-        build_trainable(plan, data_ref),
+        build_trainable(plan, reader),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=plan.metric,
             mode=plan.mode,
-            search_alg=searcher,
+            search_alg=searcher,  # a copied folder's new trials stay in it
             scheduler=build_scheduler(space, epochs),
             num_samples=plan.trials,
             trial_dirname_creator=lambda trial: trial.trial_id,

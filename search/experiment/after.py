@@ -1,22 +1,21 @@
 """After the search: attribution maps for every trial (as Ray tasks), then the test split, once.
 
     explain = ExplainSettings("val_auc", "max", seed=0, resources={"num_cpus": 1})
-    focus = explain_trials(trials, experiment_path, task, val_arrays, explain, open_val=None)
+    focus = explain_trials(trials, experiment_path, task, reader, explain)
     flagged = attach_focus(trials, focus)       # attr_focus / attr_focus_warning columns
-    evaluate_on_test(trials, experiment_path, task, SplitSources(data_path),
-                     EvaluationSettings("val_auc", "max", top_k=1))
-    evaluate_on_test(trials, experiment_path, task, SplitSources(open_test, open_val),
+    evaluate_on_test(trials, experiment_path, task, reader,
                      EvaluationSettings("val_auc", "max", 1, 0, resources))
 
-The settings are small frozen records (`search.experiment.after_settings`).
+The settings are small frozen records (`search.experiment.after_settings`); `reader` is the
+search's split reader (`search.data.reader.SplitReader`, seen here as the `Reader` protocol),
+the same one its trials read: resident arrays in the object store, or each node's cache.
 
 Attribution runs one Ray task per trial's best checkpoint, asking for `resources` (what a trial's
 worker asks for: its GPU share and CPUs, so it runs where trials run, not on the driver), on the
 same panel of validation images for every trial (a few per class, chosen with the search seed
-from the labels); `explain_checkpoint` is the same work as a plain call. The panel's images are
-sliced from `val_arrays` on the driver, or, when `open_val` is given (a picklable callable that
-returns the val arrays, memory-mapped, on the node where it is called: the streaming path),
-read by each task on its own node: only the panel's rows are read. It writes
+from the reader's labels); `explain_checkpoint` is the same work as a plain call. Each task reads
+the panel's rows of the validation split through the reader on its own node (zero-copy from the
+object store, or the rows of the node cache's memmaps). It writes
 `<trial>/attribution/{gradcam.png, integrated_gradients.png, maps.npz}` and returns the focus
 score per trial: the share of positive Integrated-Gradients mass on the image's foreground, where
 the task record defines one (`Task.foreground`: "otsu" for single cells; None, as for pathology
@@ -29,10 +28,11 @@ images' header, so a broken file fails before the search, not after): for the to
 by the search metric it
 writes `test_metrics.json` (with bootstrap 95% CIs) and `<trial>/test_predictions.npz` (labels,
 probabilities, logits, `ids`: file names or row numbers, and `patients` where the npz has them).
-The split comes from an npz path (read on the driver) or from `open_test`, a callable as above,
-called where the prediction runs; with `resources`, each prediction is a Ray task asking for
-them and streams the images in batches to its device; without, it runs in this process. The
-same task predicts the validation split with the same checkpoint: the threshold is chosen there
+The test split becomes readable here (`reader.with_split("test")`: a resident reader reads it
+from the npz on the driver, once, and puts it in the object store; a node-cached one reads it
+where the prediction runs); with `resources`, each prediction is a Ray task asking for them
+and streams the images in batches to its device; without, it runs in this process. The same
+task predicts the validation split with the same checkpoint: the threshold is chosen there
 (`--operating-point`, optional `--temperature-scaling`: `trainables.calibration`), and the
 bootstrap resamples patients where the npz names them (`{split}_patients`).
 """
@@ -42,13 +42,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from functools import partial
 
 import numpy as np
 import ray
 
-from search.experiment.after_settings import EvaluationSettings, ExplainSettings, SplitSources
+from search.experiment.after_settings import EvaluationSettings, ExplainSettings, Reader
 from search.experiment.layout import (
     ATTRIBUTION_DIR,
     FOCUS_GAP,
@@ -62,8 +61,7 @@ from search.experiment.storage import join_path, local_copy, local_dir, write_np
 from trainables import attribution as A
 from trainables.calibration import evaluate_split_pair
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, normalised_input, predict
-from trainables.data import load_npz
-from trainables.evaluation import evaluate_predictions, to_jsonable
+from trainables.evaluation import to_jsonable
 from trainables.kinds import get_kind
 from trainables.scores import is_finite, ranked
 from trainables.tasks import Task
@@ -80,20 +78,16 @@ def explain_trials(
     trials: list[dict],
     experiment_path: str,
     task: Task,
-    val: dict[str, np.ndarray],
+    reader: Reader,
     settings: ExplainSettings,
-    open_val: Callable[[], dict] | None = None,
 ) -> dict[str, float]:
     """Attribution maps for the best `settings.top_k` trials (all by default); {trial_id:
-    focus}. `val`: the validation labels (and images unless `open_val` reads them)."""
+    focus}. `reader`: the search's splits (the panel is drawn from its validation labels)."""
     chosen = with_checkpoints(trials, settings.metric, settings.mode)[: settings.top_k or None]
     if not chosen:
         return {}
-    panel = A.choose_panel(val["val_labels"], task.kind, settings.per_class, settings.seed)
-    if open_val is None:
-        panel_ref = ray.put((val["val_images"][panel], val["val_labels"][panel]))
-    else:
-        panel_ref = ray.put((open_val, np.asarray(panel)))  # each task reads the rows itself
+    panel = A.choose_panel(reader.labels("val"), task.kind, settings.per_class, settings.seed)
+    panel_ref = ray.put((reader, np.asarray(panel)))  # each task reads the rows itself
     remote = explain_one.options(**(settings.resources or {"num_cpus": 1}))
     futures = {
         t["trial_id"]: remote.remote(
@@ -118,11 +112,11 @@ def explain_trials(
 def explain_one(
     checkpoint_path: str, out_dir: str, panel: tuple, ig: dict, foreground: str | None = "otsu"
 ) -> float:
-    """`explain_checkpoint` as a Ray task; `panel` is (images, labels) or (open_val, rows)."""
-    if callable(panel[0]):
-        val, rows = panel[0](), panel[1]
-        panel = (np.asarray(val["val_images"][rows]), val["val_labels"][rows])
-    return explain_checkpoint(checkpoint_path, out_dir, panel, ig, foreground)
+    """`explain_checkpoint` as a Ray task on `panel`: (a split reader, validation rows)."""
+    reader, rows = panel
+    val = reader.arrays(("val",))
+    images = (np.asarray(val["val_images"][rows]), np.asarray(val["val_labels"][rows]))
+    return explain_checkpoint(checkpoint_path, out_dir, images, ig, foreground)
 
 
 def explain_checkpoint(
@@ -237,31 +231,22 @@ def evaluate_on_test(
     trials: list[dict],
     experiment_path: str,
     task: Task,
-    splits: SplitSources,
+    reader: Reader,
     settings: EvaluationSettings,
 ) -> dict | None:
     """Test metrics (with CIs) of the best `settings.top_k` trials; writes test_metrics.json.
-    `splits`: the test and validation splits, as npz paths or callables giving the arrays
-    where they are called (module docstring); `settings.resources`: run each prediction as a
+    `reader`: the splits (module docstring); `settings.resources`: run each prediction as a
     Ray task asking for them."""
     chosen = with_checkpoints(trials, settings.metric, settings.mode)[: settings.top_k]
     if not chosen:
         return None
-    test, val, resources = splits.test, splits.val, settings.resources
-    ids_from = splits.ids_from or (test if isinstance(test, str) else None)
-    if isinstance(test, str):  # the only read of the test split
-        val = val or test
-        arrays = load_npz(test, task, splits=("test",))
-        test = ray.put(arrays) if resources is not None else (lambda: arrays)
-    if isinstance(val, str):
-        val_arrays = load_npz(val, task, splits=("val",))
-        val = ray.put(val_arrays) if resources is not None else (lambda: val_arrays)
-    if resources is None:
-        predictions = [predict_pair(t["checkpoint_path"], test, val) for t in chosen]
+    reader = reader.with_split("test")  # the only read of the test split
+    if settings.resources is None:
+        predictions = [predict_pair(t["checkpoint_path"], reader) for t in chosen]
     else:
-        remote = predict_pair_task.options(**resources)
-        predictions = ray.get([remote.remote(t["checkpoint_path"], test, val) for t in chosen])
-    ids = row_ids(ids_from)
+        remote, reader_ref = predict_pair_task.options(**settings.resources), ray.put(reader)
+        predictions = ray.get([remote.remote(t["checkpoint_path"], reader_ref) for t in chosen])
+    ids = row_ids(reader.path)
     results = {}
     for t, (test_out, val_out) in zip(chosen, predictions, strict=True):
         result, probs = _evaluate(task, test_out, val_out, ids, settings)
@@ -299,29 +284,19 @@ def _evaluate_masks(task: Task, test_out, val_out, ids: dict, settings: Evaluati
 
 def _evaluate_images(task: Task, test_out, val_out, ids: dict, settings: EvaluationSettings):
     """Image-label test figures at the operating point chosen on validation (calibration
-    included), or at the fixed 0.5 without validation predictions."""
-    seed = settings.seed
+    included)."""
     point, scaling = settings.operating_point, settings.temperature_scaling
     groups = (ids.get("val_patients"), ids.get("test_patients"))
-    if val_out is not None:
-        return evaluate_split_pair(
-            task.kind, list(task.classes), val_out, test_out, point, scaling, seed, groups=groups
-        )
-    import torch
-
-    kind = task.kind_ops
-    probs = kind.probabilities(torch.as_tensor(test_out[1]))
-    y, scores = kind.test_inputs(test_out[0], probs)
-    result = evaluate_predictions(
-        task.kind, y, scores, list(task.classes), seed=seed, groups=groups[1]
+    return evaluate_split_pair(
+        task.kind,
+        list(task.classes),
+        val_out,
+        test_out,
+        point,
+        scaling,
+        settings.seed,
+        groups=groups,
     )
-    result["operating_point"] = {
-        "rule": "fixed",
-        "value": 0.5,
-        "chosen_on": None,
-        "how": "no validation predictions: the default threshold 0.5",
-    }
-    return result, probs
 
 
 def row_ids(path: str | None) -> dict:
@@ -345,22 +320,12 @@ def _image_ids(ids: dict, n: int) -> np.ndarray:
     return files if files is not None and len(files) == n else np.arange(n).astype(str)
 
 
-def predict_test(checkpoint_path: str, test) -> tuple[np.ndarray, np.ndarray]:
-    """(test labels, probabilities) of one checkpoint; `test` is the arrays or a callable
-    giving them. Batches go to this process's GPU when it has one."""
-    labels, logits = predict_split(checkpoint_path, test, "test")
+def predict_split(checkpoint_path: str, reader: Reader, split: str) -> tuple:
+    """(stored labels, logits) of one checkpoint on `split`, read here through `reader`;
+    batches go to this process's GPU when it has one."""
     import torch
 
-    kind = get_kind(load_checkpoint(local_copy(checkpoint_path))["kind"])
-    return labels, kind.probabilities(torch.as_tensor(logits))
-
-
-def predict_split(checkpoint_path: str, source, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(stored labels, logits) of one checkpoint on `split` of `source` (arrays or a callable
-    giving them, where this runs); batches go to this process's GPU when it has one."""
-    import torch
-
-    arrays = source() if callable(source) else source
+    arrays = reader.arrays((split,))
     ckpt = load_checkpoint(local_copy(checkpoint_path))
     model = model_from_checkpoint(ckpt)
     model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -368,19 +333,13 @@ def predict_split(checkpoint_path: str, source, split: str) -> tuple[np.ndarray,
     return np.asarray(arrays[f"{split}_labels"]), predict(ckpt, model, images, logits=True)
 
 
-def predict_pair(checkpoint_path: str, test, val) -> tuple[tuple, tuple | None]:
-    """((test labels, logits), (val labels, logits) or None when `val` is None)."""
-    val_out = predict_split(checkpoint_path, val, "val") if val is not None else None
-    return predict_split(checkpoint_path, test, "test"), val_out
+def predict_pair(checkpoint_path: str, reader: Reader) -> tuple[tuple, tuple]:
+    """((test labels, logits), (val labels, logits)) of one checkpoint."""
+    val_out = predict_split(checkpoint_path, reader, "val")
+    return predict_split(checkpoint_path, reader, "test"), val_out
 
 
 @ray.remote
-def predict_pair_task(checkpoint_path: str, test, val) -> tuple[tuple, tuple | None]:
+def predict_pair_task(checkpoint_path: str, reader: Reader) -> tuple[tuple, tuple]:
     """`predict_pair` as a Ray task (where the trials run: it asks for a trial's resources)."""
-    return predict_pair(checkpoint_path, test, val)
-
-
-@ray.remote
-def predict_test_task(checkpoint_path: str, test) -> tuple[np.ndarray, np.ndarray]:
-    """`predict_test` as a Ray task (where the trials run: it asks for a trial's resources)."""
-    return predict_test(checkpoint_path, test)
+    return predict_pair(checkpoint_path, reader)

@@ -1,22 +1,39 @@
 """The settings of the after-search work (`search.experiment.after`): which trials, how.
 
     explain = ExplainSettings("val_auc", "max", seed=0, top_k=3, ig={"steps": 16})
-    focus = explain_trials(trials, experiment_path, task, val_arrays, explain)
-    splits = SplitSources(test="data.npz")              # or callables reading a node's cache
-    evaluate_on_test(trials, experiment_path, task, splits, EvaluationSettings("val_auc", "max"))
+    focus = explain_trials(trials, experiment_path, task, reader, explain)
+    evaluate_on_test(trials, experiment_path, task, reader, EvaluationSettings("val_auc", "max"))
 
 The search builds them from its plan and settings (`search.driver.steps`); the tests build
-them directly. `resources` are Ray task options (`{"num_cpus": 1, "num_gpus": 0.25}`: one
-trial worker's share, `search.driver.plan.worker_request`); None runs the work in this process.
+them directly. `Reader` is what both read the splits through: the search's
+`search.data.reader.SplitReader` (this layer sits below search.data and does not import it).
+`resources` are Ray task options (`{"num_cpus": 1, "num_gpus": 0.25}`: one trial worker's
+share, `search.driver.plan.worker_request`); None runs the work in this process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-Source = str | Callable[[], dict]
-"""An npz path, or a picklable callable giving a split's arrays where it is called."""
+import numpy as np
+
+
+class Reader(Protocol):
+    """A picklable split reader (`search.data.reader.SplitReader`): `arrays` reads the named
+    splits where it is called (a Ray task's node), `labels` a searched split's labels,
+    `with_split("test")` makes the test split readable (called once, after the search), `path`
+    is the npz whose `test_files` and `{val,test}_patients` name the rows (None: no file)."""
+
+    @property
+    def path(self) -> str | None: ...
+
+    def arrays(self, splits: Sequence[str]) -> dict: ...
+
+    def labels(self, split: str) -> np.ndarray: ...
+
+    def with_split(self, split: str) -> Reader: ...
 
 
 @dataclass(frozen=True)
@@ -47,14 +64,3 @@ class EvaluationSettings:
     resources: Mapping | None = None
     operating_point: str = "youden"
     temperature_scaling: bool = False
-
-
-@dataclass(frozen=True)
-class SplitSources:
-    """Where the test and validation splits are read: `val` defaults to `test` when that is a
-    path (None with a callable: the threshold stays 0.5); `ids_from` is the npz whose
-    `test_files` and `{val,test}_patients` name the rows (default: `test` when a path)."""
-
-    test: Source
-    val: Source | None = None
-    ids_from: str | None = None

@@ -7,6 +7,7 @@ runs/<experiment>/
   <trial>/test_predictions.npz
   optuna.db            the Optuna study (optuna-dashboard sqlite:///runs/<experiment>/optuna.db)
   repeats/             --repeat-best: the best configuration retrained with new seeds
+  .lock                held by the search running in the folder (its pid and host inside)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ TEST_PREDICTIONS_FILE = "test_predictions.npz"
 """In each tested trial's folder."""
 OPTUNA_FILE = "optuna.db"
 """The Optuna study on disk (SQLite; `optuna-dashboard sqlite:///<experiment>/optuna.db`)."""
+LOCK_FILE = ".lock"
+"""Locked by the search that runs in the folder (`search.driver.resume.claim`)."""
 REPEATS_DIR = "repeats"
 """--repeat-best N: the Tune experiment retraining the best configuration with N seeds."""
 
