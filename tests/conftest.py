@@ -547,7 +547,7 @@ def _space_config(task) -> dict:
 def build_experiment(root: Path, kind: str = "multiclass", trials: int = 4) -> Path:
     """A finished search's folder at `root`, written by the search's own writers (see
     `experiment_factory`)."""
-    from search.driver.steps import split_counts
+    from search.driver.records import split_counts
     from search.experiment import after
     from search.experiment.manifest import Manifest
     from search.experiment.tables import export_checkpoints, write_tables

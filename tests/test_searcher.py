@@ -133,9 +133,7 @@ def test_a_broken_study_warns_and_the_search_goes_on(tmp_path, caplog):
     assert len(_study(tmp_path).get_trials()) == 3
 
 
-def test_several_objectives_are_refused_for_now(tmp_path):
-    with pytest.raises(NotImplementedError, match="one metric for now"):
-        BestEpochOptuna(3, metric=["val_auc", "val_loss"], mode=["max", "min"])
+def test_a_mode_per_metric(tmp_path):  # several objectives: tests/test_objectives.py
     with pytest.raises(ValueError, match="one 'max' or 'min' per metric"):
         BestEpochOptuna(3, metric=["val_auc"], mode=["max", "min"])
 

@@ -77,6 +77,15 @@ def reliability(confidence: np.ndarray, outcome: np.ndarray, bins: int = BINS) -
     }
 
 
+def calibration_error(ops, labels: np.ndarray, probs: np.ndarray) -> float:
+    """The ECE of one split's probabilities as the kind `ops` (a `trainables.kinds.Kind`)
+    measures it after the search (`calibration_pairs`, `BINS` bins): the per-epoch `val_ece`."""
+    y, scores = ops.test_inputs(labels, probs)
+    scores = np.asarray(scores, np.float64)
+    ind, cols = ops.test_columns(y, scores, ops.score_columns(scores).shape[1])
+    return reliability(*ops.calibration_pairs(ind, cols))["ece"]
+
+
 def fit_temperature(logits: np.ndarray, targets: torch.Tensor, loss_fn: torch.nn.Module) -> float:
     """The temperature T > 0 minimising `loss_fn(logits / T, targets)` (an unweighted NLL:
     cross-entropy or BCE), by LBFGS on log T; 1.0 when the fit does not improve the loss."""

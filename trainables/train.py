@@ -32,6 +32,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from trainables.calibration import calibration_error
 from trainables.checkpoint import load_checkpoint, save_checkpoint
 from trainables.config import KNOBS, SCHEDULES, TrainConfig
 from trainables.data import batch_indices
@@ -204,7 +205,11 @@ def evaluate(
     target = step.kind.loss_targets(torch.as_tensor(labels, device=out.device))
     loss = float(step.kind.make_loss()(out, target))  # unweighted: comparable across trials
     model.train(was_training)
-    return {"loss": loss, **step.kind.metrics(labels, step.kind.probabilities(out))}
+    probs = step.kind.probabilities(out)
+    figures = {"loss": loss, **step.kind.metrics(labels, probs)}
+    if "ece" in step.kind.validation_figures():
+        figures["ece"] = calibration_error(step.kind, labels, probs)
+    return figures
 
 
 def _maybe_ddp(model: Classifier, world_size: int, device: torch.device) -> torch.nn.Module:

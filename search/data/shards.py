@@ -66,11 +66,11 @@ class Row(NamedTuple):
 def decode_batch(batch: dict[str, np.ndarray], job: DecodeJob) -> dict[str, np.ndarray]:
     """Decode a batch of files into one shard; one output row: its manifest (JSON) and, when
     this task cannot reach `job.root`, the shard's bytes."""
-    fs, _ = filesystem(job.src)
+    source = _Source(job.src)
     kept, bad, pixels, masks = [], [], [], []
     for key, rel, mask in zip(batch["key"], batch["file"], batch["mask"], strict=True):
         try:
-            image, gray, mask_pixels = _decode_one(fs, job, str(rel), str(mask))
+            image, gray, mask_pixels = _decode_one(source, job, str(rel), str(mask))
         except Exception as err:  # Pillow/pydicom raise OSError, SyntaxError, ValueError, ...
             bad.append([str(rel), _problem(str(rel), err)])
             continue
@@ -91,13 +91,13 @@ def decode_batch(batch: dict[str, np.ndarray], job: DecodeJob) -> dict[str, np.n
     }
 
 
-def _decode_one(fs: pafs.FileSystem, job: DecodeJob, rel: str, mask_rel: str):
-    data = _read(fs, job.src, rel)
+def _decode_one(source: _Source, job: DecodeJob, rel: str, mask_rel: str):
+    data = source.read(rel)
     mode = images.image_mode(data, name=rel) if job.mode == "auto" else job.mode
     image = images.decode(data, job.size, mode, name=rel)
     if not mask_rel:
         return image, mode == "L", None
-    mask_data = _read(fs, job.src, mask_rel)
+    mask_data = source.read(mask_rel)
     _check_same_size(data, mask_data, rel, mask_rel)
     return image, mode == "L", images.decode_mask(mask_data, job.size, name=mask_rel)
 
@@ -108,12 +108,19 @@ def _problem(rel: str, err: Exception) -> str:
     return (text if text.startswith(rel) else f"{rel}: {type(err).__name__}: {text}")[:300]
 
 
-def _read(fs: pafs.FileSystem, src: str, rel: str) -> bytes:
-    if not is_uri(src):
-        with open(os.path.join(src, rel), "rb") as f:
+class _Source:
+    """Reads files relative to a local folder, or to a URI through one pyarrow filesystem."""
+
+    def __init__(self, src: str) -> None:
+        self.src = src
+        self.fs, self.base = filesystem(src) if is_uri(src) else (None, "")
+
+    def read(self, rel: str) -> bytes:
+        if self.fs is None:
+            with open(os.path.join(self.src, rel), "rb") as f:
+                return f.read()
+        with self.fs.open_input_stream(f"{self.base.rstrip('/')}/{rel}") as f:
             return f.read()
-    with fs.open_input_stream(filesystem(join_path(src, rel))[1]) as f:
-        return f.read()
 
 
 def _check_same_size(image: bytes, mask: bytes, rel: str, mask_rel: str) -> None:

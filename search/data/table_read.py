@@ -90,7 +90,7 @@ def _as_text(table: pa.Table) -> pa.Table:
 
 def column(table: pa.Table, name: str) -> np.ndarray:
     """One column as a numpy array of stripped str ("" for a blank cell)."""
-    return np.array([v.strip() for v in table[name].to_pylist()], dtype=object)
+    return pc.utf8_trim_whitespace(table[name]).to_numpy(zero_copy_only=False).astype(object)
 
 
 def require_columns(table: pa.Table, names: list[str], what: str, flag: str, path: str) -> None:

@@ -109,7 +109,7 @@ def search(run: Run, stop: Interrupts) -> int:
     finished = begin(run)
     if finished is not None:
         return finished
-    from search.driver import progress, steps  # Ray and torch: only once the flags are good
+    from search.driver import progress, records, steps  # Ray, torch: once the flags are good
     from search.driver.relocate import use_experiment
 
     settings = run.settings
@@ -123,7 +123,7 @@ def search(run: Run, stop: Interrupts) -> int:
     progress.warn_if_slow(plan, inputs, inputs.space.path)
     run.started = time.time()
     wandb_mode = _wandb_mode(settings)
-    start = steps.manifest(settings, plan, inputs, run.first_started, _earlier(run), RUNNING)
+    start = records.manifest(settings, plan, inputs, run.first_started, _earlier(run), RUNNING)
     with stop.fitting():
         grid = steps.fit(settings, plan, inputs, wandb_mode, run.resume_path, start)
     if stop.signal is not None:
@@ -152,7 +152,7 @@ def begin(run: Run) -> int | None:
 
 def finish(run: Run, grid, wandb_mode: str) -> int:
     """After a search that ran to its end: tables, attribution, test split, report, W&B."""
-    from search.driver import steps
+    from search.driver import records, steps
     from search.tracking.runs import log_media
 
     settings, plan, inputs = run.settings, run.plan, run.inputs
@@ -163,7 +163,7 @@ def finish(run: Run, grid, wandb_mode: str) -> int:
         from search.driver.repeat import repeat_best
 
         repeat_best(settings.after, plan, inputs, trials)
-    steps.manifest(settings, plan, inputs, run.first_started, wall, FINISHED).write(
+    records.manifest(settings, plan, inputs, run.first_started, wall, FINISHED).write(
         plan.experiment_path
     )
     report = steps.write_report(plan.experiment_path)
@@ -176,7 +176,7 @@ def finish(run: Run, grid, wandb_mode: str) -> int:
 
 def interrupted(run: Run, sig: int | None) -> int:
     """Mark the search interrupted, say how to continue it; 130 (SIGINT) or 143 (SIGTERM)."""
-    from search.driver import steps
+    from search.driver import records
 
     plan, code = run.plan, interrupted_code(sig)
     if plan is None or run.inputs is None:
@@ -186,7 +186,7 @@ def interrupted(run: Run, sig: int | None) -> int:
     if Manifest.read_optional(path) is None:  # the search had not started: nothing written
         log.warning("interrupted before the search started: nothing to resume; start it again")
         return code
-    steps.manifest(
+    records.manifest(
         run.settings, plan, run.inputs, run.first_started, run.searched_s(), INTERRUPTED
     ).write(path)
     log.warning(

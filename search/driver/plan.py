@@ -14,6 +14,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
+from search.driver.objectives import parse_objectives
 from search.driver.resources import ClusterView, concurrency, default_gpus, read_cluster
 from search.driver.settings import Settings
 from search.driver.space import Space
@@ -50,6 +51,9 @@ class Plan:
     """The task record trials train (a `folder` task's classes come from its data)."""
     folds: int = 0
     """k-fold cross-validation over train+val inside each trial (0 = the given split)."""
+    objectives: tuple[tuple[str, str], ...] = ()
+    """`--objective`'s (metric, mode) pairs, the first `metric`/`mode` (empty: those alone;
+    `search.driver.objectives`)."""
 
     def __post_init__(self) -> None:
         if self.searcher not in SEARCHERS:
@@ -65,6 +69,11 @@ class Plan:
                 f"--workers-per-trial {self.workers_per_trial} needs --launcher train "
                 "(only Ray Train runs a trial on several workers)"
             )
+
+    @property
+    def all_objectives(self) -> list[tuple[str, str]]:
+        """Every (metric, mode) the search optimises, the first ASHA's."""
+        return list(self.objectives) or [(self.metric, self.mode)]
 
     @property
     def experiment_path(self) -> str:
@@ -92,12 +101,14 @@ def make_plan(settings: Settings, space: Space, name: str, task: Task) -> Plan:
     search, res = settings.search, settings.resources
     view = read_cluster(local=res.address is None)
     gpus, why = choose_gpus(settings, view, image_size_of(settings, space, task))
+    objectives = parse_objectives(search.objective)
+    metric, mode = objectives[0] if objectives else (space.metric, space.mode)
     plan = Plan(
         name=name,
         storage=absolute(settings.outputs.storage),
         trials=SMOKE_TRIALS if search.smoke_test else search.trials,
-        metric=space.metric,
-        mode=space.mode,
+        metric=metric,
+        mode=mode,
         searcher=search.searcher,
         launcher=resolve_launcher(res.launcher, res.workers_per_trial),
         seed=search.seed,
@@ -108,6 +119,7 @@ def make_plan(settings: Settings, space: Space, name: str, task: Task) -> Plan:
         time_budget_s=search.time_budget,
         task=task,
         folds=settings.data.folds,
+        objectives=objectives,
     )
     plan = with_concurrency(plan, res.max_concurrent, view)
     where = "--max-concurrent" if res.max_concurrent else "what the cluster holds at its largest"

@@ -27,8 +27,17 @@ early is `search.experiment.tables.trial_status`, the rule `trials.parquet` uses
 epochs the trial reported. A broken study (a locked or damaged database) is logged as a
 warning and never takes the search down.
 
-`metric` and `mode` may be lists (several objectives: the study then gets one direction per
-objective); only a single objective is supported for now.
+`metric` and `mode` may be lists (several objectives, `--objective`: the study gets one
+direction per objective and a multi-objective sampler, TPE's by default). A trial is then told
+every objective's value at its best epoch by the FIRST objective, not each objective's own best:
+that epoch is the checkpoint the trial keeps, so every point of the Pareto front is a model that
+exists (each objective's best could come from different epochs: no model has them all), and
+`trials.parquet`'s `pareto` column (`search.experiment.tables.mark_pareto`, from the same
+values) marks exactly Optuna's `Study.best_trials`. Tune hands over the first objective alone
+(what ASHA stops on); the others stay. No intermediate values are reported then (Optuna allows
+them for one objective only), so a pruned trial has no values. `earlier` (`--warm-start`,
+`search.driver.warm_start`): finished trials of an earlier study, added to a new (empty) study
+before the first suggestion.
 
 The study lives in SQLite at `<experiment>/optuna.db` (`optuna-dashboard sqlite:///<path>`), or,
 on a network filesystem (NFS, CIFS, Lustre, ...: SQLite's file locks are unsafe there), in an
@@ -61,7 +70,7 @@ from search.driver.relocate import EXPERIMENT_ENV, inside, located
 from search.experiment.layout import OPTUNA_FILE
 from search.experiment.storage import is_uri, join_path
 from search.experiment.tables import ERRORED, FINISHED, epoch_of, trial_status
-from trainables.scores import better, is_finite
+from trainables.scores import improves, is_finite
 
 log = logging.getLogger("medsweep")
 JOURNAL_FILE = "optuna.journal"
@@ -100,6 +109,8 @@ class Running:
     """The last step reported to Optuna as an intermediate value."""
     reported: bool = False
     """Whether any result arrived."""
+    values: list[float] | None = None
+    """Every objective's value at the best epoch by the first (several objectives)."""
 
 
 class BestEpochOptuna(Searcher):
@@ -116,6 +127,7 @@ class BestEpochOptuna(Searcher):
         metric, mode: default: Tune's (`TuneConfig`).
         home: the experiment folder; a storage inside it is kept relative to it, and opened
             in the folder `use_experiment` names (a copy's own study), else in `home`.
+        earlier: finished trials to tell a new study first (`search.driver.warm_start`).
     """
 
     def __init__(
@@ -129,6 +141,7 @@ class BestEpochOptuna(Searcher):
         metric: str | list[str] | None = None,
         mode: str | list[str] | None = None,
         home: str | None = None,
+        earlier: list[optuna.trial.FrozenTrial] | None = None,
     ) -> None:
         self.objectives = _objectives(metric, mode)  # checked before Ray's own assertions
         super().__init__(metric=metric, mode=mode)
@@ -142,6 +155,7 @@ class BestEpochOptuna(Searcher):
         self.backend: optuna.storages.BaseStorage | None = None
         """The storage the study was opened on."""
         self.running: dict[str, Running] = {}
+        self.earlier = list(earlier or [])
         if space:
             self.set_search_properties(metric, mode, space)
 
@@ -157,7 +171,7 @@ class BestEpochOptuna(Searcher):
         """Tune's metric, mode and param space: the study is created (or loaded) here."""
         if self.study is not None:
             return False
-        if metric and mode:
+        if metric and mode and len(self.objectives) <= 1:  # several: Tune's is the first
             self.objectives = _objectives(metric, mode)
         if not self.objectives:
             raise ValueError("BestEpochOptuna needs a metric and a mode (TuneConfig's)")
@@ -165,7 +179,15 @@ class BestEpochOptuna(Searcher):
         if not self.space:
             raise ValueError("BestEpochOptuna: the param space searches nothing")
         self.study = self._open_study()
+        self._tell_earlier()
         return True
+
+    def _tell_earlier(self) -> None:
+        """The warm start's trials, once, into a study that holds none yet (not on resume)."""
+        earlier, self.earlier = self.earlier, []
+        if earlier and not self.study.get_trials(deepcopy=False):
+            self.study.add_trials(earlier)
+            log.info("optuna: told %d trial(s) of an earlier study first", len(earlier))
 
     def _open_study(self) -> optuna.Study:
         directions = ["maximize" if d == "max" else "minimize" for _, d in self.objectives]
@@ -220,11 +242,15 @@ class BestEpochOptuna(Searcher):
         except Exception as exc:  # a broken study must not take the search down
             log.warning("optuna: could not record trial %s: %s", trial_id, exc)
 
-    def verdict(self, run: Running, error: bool = False) -> tuple[TrialState, float | None]:
-        """(state, value) to tell Optuna for a trial that ended (see the module docstring)."""
+    def verdict(self, run: Running, error: bool = False) -> tuple[TrialState, float | list | None]:
+        """(state, value(s)) to tell Optuna for a trial that ended (see the module docstring)."""
         status = trial_status(run.ran, self.epochs, error)
         if status == ERRORED or (run.reported and not is_finite(run.best)):
             return TrialState.FAIL, None
+        if status == FINISHED and len(self.objectives) > 1:
+            if not all(map(is_finite, run.values or [None])):
+                return TrialState.FAIL, None  # Optuna refuses a NaN objective
+            return TrialState.COMPLETE, run.values
         if status == FINISHED:
             return TrialState.COMPLETE, run.best
         return TrialState.PRUNED, None  # Optuna takes the last intermediate value
@@ -237,8 +263,9 @@ class BestEpochOptuna(Searcher):
             return
         run.reported = True
         run.ran = max(run.ran, epoch)
-        if is_finite(value):
-            run.best = better(run.best, float(value), self.objectives[0][1])
+        if is_finite(value) and improves(float(value), run.best, self.objectives[0][1]):
+            run.best = float(value)  # ties keep the earlier epoch, as everywhere
+            run.values = [_number(result.get(m)) for m, _ in self.objectives]
         step = int(result.get("training_iteration", epoch))
         run.last = (step, float(value) if is_finite(value) else math.nan)
 
@@ -303,11 +330,11 @@ def _objectives(metric, mode) -> list[tuple[str, str]]:
     modes = [mode] if isinstance(mode, str) else list(mode)
     if len(metrics) != len(modes) or any(m not in ("max", "min") for m in modes):
         raise ValueError(f"metric {metric!r} and mode {mode!r}: one 'max' or 'min' per metric")
-    if len(metrics) > 1:
-        raise NotImplementedError(
-            f"several objectives ({metrics}): BestEpochOptuna takes one metric for now"
-        )
     return list(zip(metrics, modes, strict=True))
+
+
+def _number(value) -> float:
+    return float(value) if is_finite(value) else math.nan
 
 
 def _one_or_list(values: list[str]) -> str | list[str]:

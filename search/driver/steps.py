@@ -56,9 +56,12 @@ from search.driver.session import check_storage, connect_ray
 from search.driver.settings import AfterSettings, Settings, updated
 from search.driver.space import Space, default_space_path, load_space
 from search.driver.tuner import build_tuner
+from search.driver.warm_start import WarmStart, check_search
 from search.experiment import after
 from search.experiment.after_settings import EvaluationSettings, ExplainSettings
+from search.experiment.deploy import evaluate_models
 from search.experiment.manifest import Manifest
+from search.experiment.selection import check_after_flags
 from search.experiment.storage import is_uri, join_path
 from search.experiment.tables import (
     ERRORED,
@@ -66,12 +69,12 @@ from search.experiment.tables import (
     collect,
     config_of,
     export_checkpoints,
+    mark_pareto,
     write_table,
     write_tables,
 )
 from search.tracking.runs import make_callbacks
 from trainables.config import planned_epochs
-from trainables.data import SEARCH_SPLITS
 from trainables.scores import best_of
 from trainables.stream import RESIDENT, STREAM, choose_path, resident_budget
 from trainables.tasks import Task, get_task
@@ -104,6 +107,8 @@ class Inputs:
     reader: SplitReader | None = None
     """What trials, folds, attribution and the test prediction read the splits through: made
     once, by `split_reader`."""
+    warm: WarmStart | None = None
+    """`--warm-start`'s earlier trials that fit the space (`search.driver.warm_start`)."""
 
 
 def read_inputs(settings: Settings) -> Inputs:
@@ -120,7 +125,11 @@ def read_inputs(settings: Settings) -> Inputs:
         fetch_weights(values, task)
         size = values.get("image_size") or task.image_size
         located = locate_data(task, size, data, seed)
-    return Inputs(located.task, space, values, located)
+    with user_errors("fix --select or --ensemble"):
+        after_flags = settings.after.select, settings.after.ensemble, settings.search.trials
+        check_after_flags(*after_flags, located.task.kind)
+    warm = check_search(settings.search, located.task, space, values)  # --objective too
+    return Inputs(located.task, space, values, located, warm=warm)
 
 
 DATA_HINT = "check that --data-dir holds the right data for --task (at --image-size)"
@@ -229,7 +238,8 @@ def fit(
             resume_errored=False,
         )
     else:
-        tuner = build_tuner(plan, inputs.space, reader, inputs.values, callbacks)
+        earlier = list(inputs.warm.trials) if inputs.warm else None
+        tuner = build_tuner(plan, inputs.space, reader, inputs.values, callbacks, earlier)
     return tuner.fit()
 
 
@@ -237,6 +247,7 @@ def collect_results(grid, plan: Plan, inputs: Inputs) -> list[dict]:
     """The tables and the trials' best checkpoints in the experiment folder; the trial rows."""
     epochs = planned_epochs(inputs.values)
     trials, history = collect(grid, plan.metric, plan.mode, epochs, plan.experiment_path)
+    mark_pareto(trials, plan.objectives)  # several objectives: the `pareto` column
     export_checkpoints(trials, plan.experiment_path)
     write_tables(plan.experiment_path, trials, history)
     return trials
@@ -259,13 +270,15 @@ def after_search(settings: Settings, plan: Plan, inputs: Inputs, trials: list[di
         )
     log.info("attribution maps for %d trials in %.1f s", len(focus), time.time() - t0)
     write_table(trials, join_path(plan.experiment_path, TRIALS_FILE))
-    if settings.after.test_top:
-        after.evaluate_on_test(
+    if settings.after.test_top:  # --select / --ensemble: search.experiment.deploy
+        evaluate_models(
             trials,
             plan.experiment_path,
             inputs.task,
             reader,
             evaluation_settings(settings.after, plan, settings.after.test_top),
+            settings.after.select,
+            settings.after.ensemble,
         )
 
 
@@ -314,65 +327,6 @@ def after_resources(plan: Plan) -> dict:
     (`search.driver.plan.worker_request`)."""
     request = worker_request(plan)
     return {"num_cpus": request["CPU"], "num_gpus": request.get("GPU", 0.0)}
-
-
-def manifest(
-    settings: Settings, plan: Plan, inputs: Inputs, started: float, wall: float | None, status: str
-) -> Manifest:
-    """`search.json`: what the report, compare.py and --resume need to know of this search.
-    `started`: when it first started; `wall`: seconds searched so far (over resumed parts)."""
-    task = inputs.task
-    return Manifest(
-        name=plan.name,
-        task=task.name,
-        kind=task.kind,
-        classes=list(task.classes),
-        metric=plan.metric,
-        mode=plan.mode,
-        searcher=plan.searcher,
-        seed=plan.seed,
-        trials=plan.trials,
-        epochs=planned_epochs(inputs.values),
-        launcher=plan.launcher,
-        knobs=list(inputs.space.searched),
-        space=inputs.space.sweep_config,
-        started_at=started,
-        finished_at=time.time() if status == "finished" else None,
-        wall_time_s=wall,
-        split_counts=split_counts(task, inputs.source.labels),
-        argv=list(settings.argv),
-        resources_per_trial=plan.resources_per_trial,
-        status=status,
-        foreground=task.foreground,
-        extra={"data": data_record(inputs.located)},
-    )
-
-
-def data_record(located: Located) -> dict:
-    """What search.json says of the data: its source, split rule, policies and the images
-    `--skip-bad` left out (each named)."""
-    info = located.info
-    keep = ("split", "policies", "rows", "dropped", "channels", "node_ids")
-    return {
-        "source": located.task.source,
-        "file": located.path,
-        **{k: info[k] for k in keep if k in info},
-        "skipped": list(info.get("skipped", [])),
-    }
-
-
-def split_counts(task: Task, data: dict) -> dict[str, dict[str, int]]:
-    """{split: {class: images}} (multilabel: positives per label) of the splits searched."""
-    n = len(task.classes)
-    return {
-        split: {
-            c: int(k)
-            for c, k in zip(
-                task.classes, task.kind_ops.class_counts(data[f"{split}_labels"], n), strict=True
-            )
-        }
-        for split in SEARCH_SPLITS
-    }
 
 
 def write_report(experiment_path: str) -> str | None:

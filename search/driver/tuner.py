@@ -38,11 +38,12 @@ from trainables.train import KNOBS
 log = logging.getLogger("medsweep")
 
 
-def build_searcher(plan: Plan, space: Space, epochs: int | None = None):
+def build_searcher(plan: Plan, space: Space, epochs: int | None = None, earlier=None):
     """The searcher behind a ConcurrencyLimiter; with `--time-budget`, one that stops
     suggesting at the deadline (search.driver.deadline). `epochs`: what a trial that ran its
     budget ran (default: the space's, else TrainConfig's); Optuna and the W&B engine learn each
-    trial's best epoch (search.driver.searcher)."""
+    trial's best epoch (search.driver.searcher). Optuna gets every objective of the plan
+    (`--objective`) and `earlier`, the trials `--warm-start` carries (search.driver.warm_start)."""
     budget = plan.time_budget_s
     if epochs is None:
         epochs = planned_epochs(space.domains)
@@ -66,8 +67,16 @@ def build_searcher(plan: Plan, space: Space, epochs: int | None = None):
 
         _, where = study_storage(plan.experiment_path, plan.name)
         log.info("Optuna study: optuna-dashboard %s", where)
+        goals = plan.all_objectives
+        several = {"metric": [m for m, _ in goals], "mode": [d for _, d in goals]}
         searcher = BestEpochOptuna(
-            epochs, storage=where, study_name=plan.name, seed=plan.seed, home=plan.experiment_path
+            epochs,
+            storage=where,
+            study_name=plan.name,
+            seed=plan.seed,
+            home=plan.experiment_path,
+            earlier=earlier,
+            **(several if len(goals) > 1 else {}),
         )
     if budget is not None:
         searcher = DeadlineSearcher(searcher, budget)
@@ -95,10 +104,12 @@ def build_tuner(
     reader: SplitReader,
     param_space: dict,
     callbacks: list | None = None,
+    earlier: list | None = None,
 ) -> tune.Tuner:
-    """The search; `callbacks` (W&B logging) stay out of `Plan`, which every trial receives."""
+    """The search; `callbacks` (W&B logging) and `earlier` (`--warm-start`'s trials) stay out
+    of `Plan`, which every trial receives."""
     epochs = planned_epochs(param_space)
-    searcher = build_searcher(plan, space, epochs)
+    searcher = build_searcher(plan, space, epochs, earlier)
     if plan.searcher == "wandb-bayes":  # the engine holds the space; Tune keeps the rest
         param_space = {k: v for k, v in param_space.items() if k not in space.searched}
     return tune.Tuner(
@@ -107,7 +118,7 @@ def build_tuner(
         tune_config=tune.TuneConfig(
             metric=plan.metric,
             mode=plan.mode,
-            search_alg=searcher,  # a copied folder's new trials stay in it
+            search_alg=relocatable(searcher),  # a copied folder's new trials stay in it
             scheduler=build_scheduler(space, epochs),
             num_samples=plan.trials,
             trial_dirname_creator=lambda trial: trial.trial_id,

@@ -233,11 +233,16 @@ def evaluate_on_test(
     task: Task,
     reader: Reader,
     settings: EvaluationSettings,
+    trial_ids: list[str] | None = None,
 ) -> dict | None:
     """Test metrics (with CIs) of the best `settings.top_k` trials; writes test_metrics.json.
     `reader`: the splits (module docstring); `settings.resources`: run each prediction as a
-    Ray task asking for them."""
+    Ray task asking for them. `trial_ids`: these trials instead, in this order (the first is
+    `best_trial`: `search.experiment.deploy`, `--select` and `--ensemble`)."""
     chosen = with_checkpoints(trials, settings.metric, settings.mode)[: settings.top_k]
+    if trial_ids:
+        by_id = {t["trial_id"]: t for t in trials}
+        chosen = [by_id[i] for i in trial_ids]
     if not chosen:
         return None
     reader = reader.with_split("test")  # the only read of the test split

@@ -28,8 +28,20 @@ from search.experiment.layout import CHECKPOINT_DIR, HISTORY_FILE, TRIALS_FILE
 from search.experiment.storage import copy_dir, filesystem, join_path, same_place, write_file
 from trainables.scores import best_index, is_finite
 
-VAL_METRICS = ("val_loss", "val_acc", "val_f1", "val_auc", "val_dice", "val_iou", "val_pixel_acc")
-"""The validation metrics every epoch reports (`trainables.train.train_loop`)."""
+VAL_METRICS = (
+    "val_loss",
+    "val_acc",
+    "val_f1",
+    "val_auc",
+    "val_ece",
+    "val_dice",
+    "val_iou",
+    "val_pixel_acc",
+)
+"""The validation metrics an epoch can report (`trainables.train.train_loop`; which ones, the
+task's kind says: `Kind.validation_figures`)."""
+PARETO = "pareto"
+"""trials.parquet's column under several objectives (`mark_pareto`)."""
 FINISHED, STOPPED_EARLY, ERRORED = "finished", "stopped_early", "errored"
 STATUSES = (FINISHED, STOPPED_EARLY, ERRORED)
 """A trial's `status`: ran every epoch; stopped by ASHA (or the time budget); raised."""
@@ -156,6 +168,46 @@ def trial_status(ran: int, planned: int, errored: bool) -> str:
     if errored:
         return ERRORED
     return FINISHED if ran >= planned else STOPPED_EARLY
+
+
+def objective_values(row: dict, objectives: list[tuple[str, str]]) -> list[float] | None:
+    """A trials row's value of each (metric, mode) objective, all at the trial's best epoch by
+    the first (the epoch whose checkpoint it keeps: `best/<metric>`), as the Optuna searcher
+    tells them (`search.driver.searcher`); None unless the trial FINISHED with every value
+    finite (a trial stopped early or errored is not on Optuna's Pareto front)."""
+    if row.get("status") != FINISHED:
+        return None
+    values = [
+        row.get(m) if i == 0 else row.get(f"{BEST_PREFIX}{m}")
+        for i, (m, _) in enumerate(objectives)
+    ]
+    return [float(v) for v in values] if all(is_finite(v) for v in values) else None
+
+
+def pareto_flags(points: list[list[float] | None], modes: list[str]) -> list[bool]:
+    """Whether each point lies on the Pareto front of the points that are not None: no other
+    point is at least as good in every objective and better in one (`modes`: `max`/`min` per
+    objective). Equal points are all on it, as in Optuna's `Study.best_trials`."""
+    sign = [-1.0 if m == "max" else 1.0 for m in modes]
+    losses = [None if p is None else [s * v for s, v in zip(sign, p, strict=True)] for p in points]
+    known = [p for p in losses if p is not None]
+
+    def dominated(p: list[float]) -> bool:
+        return any(all(a <= b for a, b in zip(q, p, strict=True)) and q != p for q in known)
+
+    return [p is not None and not dominated(p) for p in losses]
+
+
+def mark_pareto(trials: list[dict], objectives: list[tuple[str, str]]) -> None:
+    """Set each row's `pareto` column (several objectives only): whether the trial is on the
+    Pareto front of the finished trials (`objective_values`, `pareto_flags`); one objective:
+    nothing (no column)."""
+    if len(objectives) < 2:
+        return
+    points = [objective_values(t, objectives) for t in trials]
+    flags = pareto_flags(points, [mode for _, mode in objectives])
+    for row, flag in zip(trials, flags, strict=True):
+        row[PARETO] = flag
 
 
 def _nodes(rows: list[dict]) -> str | None:

@@ -20,6 +20,7 @@ from search.reporting import figures, measures
 from search.reporting.calibration import calibration_section
 from search.reporting.folder import Experiment
 from search.reporting.markup import box, duration, fmt, img, nan_if_missing, note, table
+from search.reporting.pareto import pareto_mark, pareto_section, warm_start_note
 from search.reporting.repeats import repeats_section
 from trainables.scores import is_finite
 
@@ -80,6 +81,7 @@ def search_section(exp: Experiment) -> str:
     out.append("<h3>Parameter importances</h3>" + _importances(exp))
     out.append("<h3>Learning curves</h3>" + _curves(exp))
     out.append("<h3>All trials</h3>" + _trial_table(exp))
+    out.append(pareto_section(exp) + warm_start_note(exp))  # --objective, --warm-start
     out.append(repeats_section(exp))  # --repeat-best: the best config over new seeds
     out.append(calibration_section(exp))  # threshold chosen on val, ECE, shift
     return "\n".join(out)
@@ -188,7 +190,7 @@ def _trial_table(exp: Experiment) -> str:
             numbers.insert(1, t.get(f"{BEST_PREFIX}{exp.metric}_std"))
         rows.append(
             [
-                t["trial_id"],
+                t["trial_id"] + pareto_mark(t),  # ◆: on the Pareto front (--objective)
                 t.get("status"),
                 *(fmt(config_of(t).get(k)) for k in exp.knobs),
                 *map(fmt, numbers),

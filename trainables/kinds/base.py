@@ -118,6 +118,12 @@ class Kind:
         """`acc`, `f1` (macro) and `auc` of one split; AUROC NaN when undefined, never raises."""
         raise NotImplementedError
 
+    def validation_figures(self) -> tuple[str, ...]:
+        """What a trial reports for the validation split every epoch, each as `val_<name>`:
+        the loss, `metrics`' figures and `ece` (the expected calibration error,
+        `trainables.calibration.calibration_error`), so a search can optimise calibration."""
+        return ("loss", "acc", "f1", "auc", "ece")
+
     # --- test evaluation (trainables.evaluation), in the indicator layout ------------------
     def test_columns(
         self, y_true: np.ndarray, scores: np.ndarray, n_classes: int

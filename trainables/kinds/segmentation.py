@@ -100,6 +100,9 @@ class Segmentation(Kind):
     def predictions(self, probs: np.ndarray) -> np.ndarray:
         return (_masks(probs) >= THRESHOLD).astype(np.uint8)
 
+    def validation_figures(self) -> tuple[str, ...]:
+        return ("loss", "dice", "iou", "pixel_acc")
+
     def metrics(self, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         tp, fp, fn, tn = pixel_counts(labels, self.predictions(probs)).sum(axis=0)
         return {

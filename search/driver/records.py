@@ -1,0 +1,82 @@
+"""What search.json says of one search (`search.experiment.manifest.Manifest`), built from the
+settings, the plan and the inputs: written first as running, then interrupted or finished.
+
+    steps_manifest = manifest(settings, plan, inputs, started, wall, RUNNING)
+    steps_manifest.write(plan.experiment_path)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from search.data.sources import Located
+from search.driver.plan import Plan
+from search.driver.settings import Settings
+from search.driver.warm_start import search_record
+from search.experiment.manifest import Manifest
+from trainables.config import planned_epochs
+from trainables.data import SEARCH_SPLITS
+from trainables.tasks import Task
+
+if TYPE_CHECKING:
+    from search.driver.steps import Inputs
+
+
+def manifest(
+    settings: Settings, plan: Plan, inputs: Inputs, started: float, wall: float | None, status: str
+) -> Manifest:
+    """`search.json`: what the report, compare.py and --resume need to know of this search.
+    `started`: when it first started; `wall`: seconds searched so far (over resumed parts)."""
+    task = inputs.task
+    return Manifest(
+        name=plan.name,
+        task=task.name,
+        kind=task.kind,
+        classes=list(task.classes),
+        metric=plan.metric,
+        mode=plan.mode,
+        searcher=plan.searcher,
+        seed=plan.seed,
+        trials=plan.trials,
+        epochs=planned_epochs(inputs.values),
+        launcher=plan.launcher,
+        knobs=list(inputs.space.searched),
+        space=inputs.space.sweep_config,
+        started_at=started,
+        finished_at=time.time() if status == "finished" else None,
+        wall_time_s=wall,
+        split_counts=split_counts(task, inputs.source.labels),
+        argv=list(settings.argv),
+        resources_per_trial=plan.resources_per_trial,
+        status=status,
+        foreground=task.foreground,
+        extra={"data": data_record(inputs.located), **search_record(plan, inputs.warm)},
+    )
+
+
+def data_record(located: Located) -> dict:
+    """What search.json says of the data: its source, split rule, policies and the images
+    `--skip-bad` left out (each named)."""
+    info = located.info
+    keep = ("split", "policies", "rows", "dropped", "channels", "node_ids")
+    return {
+        "source": located.task.source,
+        "file": located.path,
+        **{k: info[k] for k in keep if k in info},
+        "skipped": list(info.get("skipped", [])),
+    }
+
+
+def split_counts(task: Task, data: dict) -> dict[str, dict[str, int]]:
+    """{split: {class: images}} (multilabel: positives per label) of the splits searched."""
+    n = len(task.classes)
+    return {
+        split: {
+            c: int(k)
+            for c, k in zip(
+                task.classes, task.kind_ops.class_counts(data[f"{split}_labels"], n), strict=True
+            )
+        }
+        for split in SEARCH_SPLITS
+    }
