@@ -145,14 +145,20 @@ def table_options(task: Task, data: DataSettings) -> TableOptions:
         path_column=pick("path_column"),
         label_columns=columns,
         spec=spec,
-        patient_column=pick("patient_column"),
-        patient_regex=None if data.patient_column else pick("patient_regex"),
+        **_patient_flags(data, preset),
         split_column=data.split_column,
         split_lists=_split_list(pick("split_lists")),
         lists_optional=data.split_lists is None,
         where=pick("where"),
         split=data.split,
     )
+
+
+def _patient_flags(data: DataSettings, preset: dict) -> dict:
+    """`--patient-column` or `--patient-regex` when either is given, else the preset's."""
+    if data.patient_column or data.patient_regex:
+        return {"patient_column": data.patient_column, "patient_regex": data.patient_regex}
+    return {k: preset.get(k) for k in ("patient_column", "patient_regex")}
 
 
 def _split_list(text: str | None) -> list[str] | None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from search.data.table_read import column, require_columns
 from trainables.kinds import kind_for_classes
@@ -125,8 +126,10 @@ def _label_columns(table: pa.Table, columns: list[str], spec: LabelSpec, path: s
 def _ternary_column(table: pa.Table, name: str, path: str) -> np.ndarray:
     """One label column as int8: 1, 0, -1, or 9 for a blank cell; a ValueError names any
     other value."""
-    values = column(table, name)
-    uniques, inverse = np.unique(values, return_inverse=True)
+    text = pc.utf8_trim_whitespace(table[name].combine_chunks())
+    encoded = pc.dictionary_encode(text)  # a few distinct cells over many rows
+    uniques = encoded.dictionary.to_pylist()
+    inverse = encoded.indices.to_numpy(zero_copy_only=False)
     mapped = np.array([9 if u == "" else _number(u) for u in uniques], dtype=object)
     bad = [u for u, m in zip(uniques, mapped, strict=True) if m not in (-1, 0, 1, 9)]
     if bad:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 
@@ -98,8 +99,8 @@ _AT_LEAST = (  # (group, attribute, flag, lowest value, what it means)
         "resources",
         "max_failures",
         "--max-failures",
-        -1,
-        "retries of a failed trial, -1 for forever",
+        0,
+        "retries of a failed trial; a trial that always fails would retry forever with -1",
     ),
     ("after", "test_top", "--test-top", 0, "best trials evaluated on test, 0 for none"),
     ("attribution", "explain_top", "--explain-top", 0, "trials explained, 0 for none"),
@@ -132,6 +133,10 @@ def check_flags(settings: Settings) -> None:
     _check_task_data(settings)
     check_storage_uri(settings.outputs.storage)
     _check_operating_point(settings.after.operating_point)
+    _check_ig_baseline(settings.attribution.ig_baseline)
+    _check_cache_dir(settings.data.cache_dir)
+    _check_split(settings)
+    probe_address(settings.resources.address)
 
 
 def _check_ranges(settings: Settings) -> None:
@@ -173,9 +178,18 @@ def _check_smoke(settings: Settings) -> None:
         )
 
 
+NAME_MAX = 100
+"""Longest `--name`: trial folders and checkpoint files add their own names below it, and most
+file systems stop at 255 bytes a name."""
+
+
 def _check_name(name: str | None) -> None:
     if name is None:
         return
+    if len(name.encode()) > NAME_MAX:
+        raise UserError(
+            f"--name is {len(name.encode())} bytes long; pass a name of at most {NAME_MAX}"
+        )
     if not name or name in (".", "..") or "/" in name or os.sep in name or "\\" in name:
         raise UserError(
             f"--name {name!r}: an experiment name is one folder name (no '/', not "
@@ -208,6 +222,56 @@ def _check_task_data(settings: Settings) -> None:
             )
 
 
+def _check_ig_baseline(text: str) -> None:
+    if text in ("zero", "mean"):
+        return
+    try:
+        float(text)
+    except ValueError:
+        raise UserError(
+            f"--ig-baseline {text!r} is not zero, mean or a number; pass one of those"
+        ) from None
+
+
+def _check_cache_dir(path: str | None) -> None:
+    if path and "://" not in path and os.path.isfile(os.path.expanduser(path)):
+        raise UserError(f"--cache-dir {path} is a file; pass a folder (it is created)")
+
+
+SPLIT_TASKS = ("folder", "malaria", *TABLE_TASKS)
+"""The tasks whose split `--split` chooses (MedMNIST ships its own; segfolder splits by seed)."""
+
+
+def _check_split(settings: Settings) -> None:
+    task = settings.data.task
+    if task and not settings.resume and given(settings, "--split") and task not in SPLIT_TASKS:
+        raise UserError(
+            f"--split chooses how a dataset folder or table is split; --task {task} has its "
+            f"own split: drop --split (it applies to {', '.join(SPLIT_TASKS)})"
+        )
+
+
+PROBE_TIMEOUT_S = 5.0
+
+
+def probe_address(address: str | None) -> None:
+    """A `host:port` (or `ray://host:port`) that answers nothing within a few seconds is
+    refused now, rather than retried by Ray every 40 s without end."""
+    if not address or address == "auto" or address.startswith("local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(
+            f"--address {address}: nothing answers there ({err.strerror or err}); start the "
+            "head (ray start --head) or pass its address as `ray status` prints it"
+        ) from None
+
+
 def _check_table_flags(settings: Settings) -> None:
     data = settings.data
     if not data.task or settings.resume:
@@ -229,6 +293,8 @@ def check_storage_uri(storage: str | None) -> None:
     """An unknown URI scheme, or a local folder this user cannot create or write."""
     if storage is None:
         storage = "runs"
+    if not storage.strip():
+        raise UserError("--storage is empty; pass a folder (e.g. runs) or an s3:// URI")
     if "://" in storage:
         scheme = storage.split("://", 1)[0].lower()
         if scheme not in STORAGE_SCHEMES:

@@ -143,8 +143,8 @@ def resume_command(experiment_path: str) -> str:
 @contextlib.contextmanager
 def claim(path: str, resuming: bool) -> Iterator[None]:
     """Hold `<path>/.lock` until the block ends; a `UserError` when another search holds it
-    or, unless `resuming`, when the folder holds a search already. A folder this call made is
-    removed again if nothing but the lock was written to it."""
+    or, unless `resuming`, when the folder holds a search already. The folders this call made
+    are removed again if nothing but the lock was written to them."""
     if is_uri(path):
         if not resuming:
             refuse_existing(path)
@@ -155,7 +155,7 @@ def claim(path: str, resuming: bool) -> Iterator[None]:
     lock_path = os.path.join(path, LOCK_FILE)
     if not resuming and not os.path.exists(lock_path):
         refuse_existing(path)  # no search ever ran there: refused without writing anything
-    made = not os.path.isdir(path)
+    made = missing_folders(path)
     os.makedirs(path, exist_ok=True)
     lock = FileLock(lock_path)
     try:
@@ -176,7 +176,20 @@ def claim(path: str, resuming: bool) -> Iterator[None]:
         if made and os.listdir(path) == [LOCK_FILE]:
             with contextlib.suppress(OSError):
                 os.remove(lock_path)
-                os.rmdir(path)
+                for folder in made:  # deepest first; stops at one something else was put in
+                    os.rmdir(folder)
+
+
+def missing_folders(path: str) -> list[str]:
+    """The folders on the way to `path` (itself included) that do not exist, deepest first."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
 
 
 def refuse_existing(path: str) -> None:

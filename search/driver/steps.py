@@ -129,7 +129,10 @@ def read_inputs(settings: Settings) -> Inputs:
         after_flags = settings.after.select, settings.after.ensemble, settings.search.trials
         check_after_flags(*after_flags, located.task.kind)
     warm = check_search(settings.search, located.task, space, values)  # --objective too
-    return Inputs(located.task, space, values, located, warm=warm)
+    inputs = Inputs(located.task, space, values, located, warm=warm)
+    if located.conversion is None:  # an npz already: checked now, before Ray starts
+        describe_located(settings, inputs)
+    return inputs
 
 
 DATA_HINT = "check that --data-dir holds the right data for --task (at --image-size)"
@@ -139,15 +142,22 @@ def ingest(settings: Settings, plan: Plan, inputs: Inputs) -> Plan:
     """Once Ray is up: convert the data `read_inputs` located (decoding on the cluster), then
     its descriptor, its checks and its fingerprint; the plan with the data's task (a folder's
     channels are known once its images were read)."""
-    data = settings.data
+    if inputs.source is None:
+        with user_errors(DATA_HINT):
+            inputs.located = ingest_data(inputs.located, settings.data)
+        describe_located(settings, inputs)
+    return dataclasses.replace(plan, task=inputs.task)
+
+
+def describe_located(settings: Settings, inputs: Inputs) -> None:
+    """The npz's descriptor, its checks against the search, and its fingerprint."""
+    data, located = settings.data, inputs.located
     with user_errors(DATA_HINT):
-        located = inputs.located = ingest_data(inputs.located, data)
         inputs.task, inputs.data_file = located.task, located.path
         inputs.source = describe_data(located, data.folds)
         check_data(located.path, located.task, located.image_size, inputs.source.labels)
         seed = settings.search.seed
         inputs.values["data_fingerprint"] = fingerprint_data(located, seed, data.folds)
-    return dataclasses.replace(plan, task=located.task)
 
 
 def place_data(settings: Settings, plan: Plan, inputs: Inputs) -> None:

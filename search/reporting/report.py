@@ -36,6 +36,7 @@ from search.experiment.layout import (
 from search.experiment.manifest import Manifest
 from search.experiment.storage import read_json
 from search.experiment.tables import read_table
+from search.reporting.ensemble import selection_ensemble_section
 from search.reporting.folder import Experiment, load_experiment
 from search.reporting.maps import attribution_section
 from search.reporting.markup import box, page
@@ -50,6 +51,7 @@ SECTIONS = (
     experiment_section,
     search_section,
     winner_section,
+    selection_ensemble_section,
     segmentation_section,
     attribution_section,
 )
