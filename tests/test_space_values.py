@@ -53,3 +53,17 @@ def test_a_range_inside_the_legal_values_passes(tmp_path):
     path.write_text(HEAD + "  dropout: {distribution: uniform, min: 0.0, max: 1.0}\n")
     space = load_space(str(path), get_task("pneumonia"))
     check_space_values(space, param_space(Settings(), space))
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(HEAD + "  lr: {value: 0.001}\n  lr: {value: 0.01}\n")
+    with pytest.raises(ValueError, match="'lr' given twice"):
+        load_space(str(path), get_task("pneumonia"))
+
+
+def test_a_misspelt_key_inside_a_distribution_is_refused(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(HEAD + "  lr: {distribution: uniform, min: 0.001, mxa: 0.01}\n")
+    with pytest.raises(ValueError, match="mxa"):
+        load_space(str(path), get_task("pneumonia"))

@@ -79,10 +79,30 @@ def load_space(path: str | os.PathLike, task: Task, fixed: dict | None = None) -
         raise FileNotFoundError(f"space file {path} does not exist; pass --space FILE")
     with open(path) as f:
         try:
-            cfg = yaml.safe_load(f)
+            cfg = yaml.load(f, Loader=UniqueKeyLoader)  # a SafeLoader
         except yaml.YAMLError as err:
             raise ValueError(f"{path}: not valid YAML; fix it there: {err}") from err
     return drop_dead_knobs(parse_space(cfg, task, path), task, fixed)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last
+    silently: `lr:` written twice would search only the second)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+SPEC_KEYS = ("distribution", "value", "values", "min", "max", "q", "mu", "sigma", "probabilities")
+"""The keys a W&B parameter spec may hold."""
 
 
 def parse_space(cfg: dict, task: Task, path: str = "<space>") -> Space:
@@ -137,6 +157,11 @@ def to_domain(name: str, spec, path: str = "<space>"):
     where = f"{path}: parameter {name!r}"
     if not isinstance(spec, dict):
         raise ValueError(f"{where}: expected a mapping like {{value: ...}}, got {spec!r}")
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {unknown} (misspelt?); a parameter takes {SPEC_KEYS}"
+        )
     dist = infer_distribution(spec)
     if dist is None:
         raise ValueError(f"{where}: give `value`, `values`, or `distribution` with `min`/`max`")
