@@ -45,7 +45,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[CompareSettings, list[str
     argv = list(sys.argv[1:] if argv is None else argv)
     passthrough = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = Parser(
+        prog="search/compare.py",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--task", required=True)
     p.add_argument(
         "--searchers",

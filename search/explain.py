@@ -33,7 +33,11 @@ CHECKPOINT_HINT = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = Parser(
+        prog="search/explain.py",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument(
         "checkpoint", help="a model.pt file, the checkpoint folder holding one, or ensemble.json"
     )

@@ -19,7 +19,9 @@ from search.reporting.report import IncompleteExperiment, build_report, check_co
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = Parser(
+        prog="search/report.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     p.add_argument("experiment_dir", help="the experiment folder, e.g. runs/pathology-2025...")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

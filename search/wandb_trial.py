@@ -39,6 +39,7 @@ KEY_VALUE_HELP = "every other argument is --name=value: a training setting (Trai
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict]:
     """(own flags, {setting: value}) from a command line like the agent's."""
     p = Parser(
+        prog="search/wandb_trial.py",
         description=__doc__,
         epilog=KEY_VALUE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,

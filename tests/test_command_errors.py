@@ -47,7 +47,7 @@ MISTAKES = {
     ),
     "explain-not-a-checkpoint": (
         "explain",
-        ["{exp}/search.json", "{tmp}/file"],
+        ["{exp}/history.parquet", "{tmp}/file"],
         "not a medsweep checkpoint",
     ),
     "explain-missing-checkpoint": ("explain", ["{tmp}/nope", "{tmp}/file"], "no checkpoint"),

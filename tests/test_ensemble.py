@@ -30,6 +30,7 @@ from search.experiment.selection import Selection
 from search.experiment.tables import read_table
 from search.explain import main as explain_main
 from search.predict import main as predict_main
+from search.reporting.report import build_report
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, predict
 from trainables.tasks import Task
 
@@ -109,6 +110,10 @@ def test_ensemble_and_selection_after_a_search(binary_experiment, capsys):
         assert (maps / member["trial_id"] / "val0_gradcam.png").is_file()
     assert "val0.png: predicted" in capsys.readouterr().out
 
+    page = Path(build_report(root)).read_text()
+    assert "Model selection" in page and "Ensemble of 2 trials" in page
+    assert "paired bootstrap" in page and "sensitivity&gt;=0.5" in page
+
     # the ensemble moved the whole folder still loads (relative member paths)
     moved = Path(shutil.move(str(root), str(root.parent / "moved")))
     again = predict_images(load_model(moved / ENSEMBLE_FILE), lambda size, mode: batch)
@@ -121,6 +126,7 @@ def test_default_is_the_plain_test_evaluation(binary_experiment):
     out = evaluate_models(rows, str(root), task, reader, EvaluationSettings(task.metric, "max"))
     assert set(out) == {"best_trial", "trials"}
     assert not (root / ENSEMBLE_FILE).exists()
+    assert "Model selection" not in Path(build_report(root)).read_text()
 
 
 def test_testing_order_puts_the_selected_trial_first():
@@ -149,3 +155,23 @@ def test_average_and_paired_difference():
     assert paired_difference("binary", ["n", "p"], y, good, noise, 1, patients)["unit"] == (
         "patient"
     )
+
+
+@pytest.mark.slow
+def test_a_search_with_select_and_ensemble(tmp_path, pneumonia_subset, write_space, run_search):
+    """search/run.py end to end on a slice of the real sample: the test split is read for the
+    selected trial and the ensemble's members; test_metrics.json, ensemble.json, report."""
+    data = pneumonia_subset(train=200, val=80, test=80)
+    space = write_space(tmp_path / "space.yaml", lr={"values": [1e-3, 3e-3, 1e-2]})
+    args = ["--task", "pneumonia", "--data-dir", str(data.parent), "--space", space]
+    args += ["--trials", "3", "--epochs", "2", "--storage", str(tmp_path / "runs")]
+    args += ["--name", "pick", "--searcher", "random", "--launcher", "function"]
+    args += ["--explain-top", "0", "--select", "sensitivity>=0.6", "--ensemble", "2"]
+    proc = run_search(*args)
+    assert proc.returncode == 0
+    exp = tmp_path / "runs" / "pick"
+    metrics = json.loads((exp / "test_metrics.json").read_text())
+    assert metrics["selection"]["constraint"] == "sensitivity>=0.6"
+    assert len(metrics["selection"]["figures"]) == 3
+    assert len(metrics["ensemble"]["members"]) == 2 and (exp / ENSEMBLE_FILE).is_file()
+    assert "Ensemble of 2 trials" in (exp / "report.html").read_text()

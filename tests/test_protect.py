@@ -122,6 +122,15 @@ def test_resume_of_a_search_stopped_before_tune_saved_state_starts_it_again(expe
         resumed_args(parse_args(["--resume", str(experiment_dir.parent)]))
 
 
+def test_resume_of_a_damaged_search_json_is_one_line(experiment_dir, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    text = (experiment_dir / "search.json").read_text()
+    (experiment_dir / "search.json").write_text(text[: len(text) // 2])
+    before = digest(experiment_dir)
+    assert "search.json is damaged" in refused(capsys, ["--resume", str(experiment_dir)])
+    assert digest(experiment_dir) == before
+
+
 def _searcher(folder: Path) -> BestEpochOptuna:
     _, where = study_storage(str(folder), "s")
     space = {"lr": tune.loguniform(1e-4, 1e-2)}

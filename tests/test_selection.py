@@ -55,6 +55,8 @@ def test_check_after_flags():
         ((None, 1, 3, "binary"), "K >= 2"),
         ((None, 2, 3, "segmentation"), "masks"),
         (("foo>=0.5", 0, 3, "binary"), "'foo'"),
+        (("npv>=0.5", 0, 3, "binary", 0), "--test-top 0"),
+        ((None, 2, 3, "binary", 0), "--test-top 0"),
     ):
         with pytest.raises(ValueError, match=named):
             check_after_flags(*args)

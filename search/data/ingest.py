@@ -26,7 +26,6 @@ conversion's info plus `channels`, `image_size`, `skipped`, `decoded`, `reused` 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -39,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from search.data.conversion import Conversion
+from search.data.fingerprint import path_tag
 from search.data.npz_stream import ShardReader, Streamed, write_members
 from search.data.shards import DecodeJob, Row, decode_batch, read_index, store_outputs
 from search.experiment.storage import is_uri, join_path
@@ -101,8 +101,8 @@ def decode_job(conversion: Conversion, shards: str) -> DecodeJob:
     mode = {None: "auto", 1: "L", 3: "RGB"}[conversion.channels]
     masks = conversion.masks is not None
     head = [SHARD_FORMAT, conversion.src, conversion.image_size, mode, masks]
-    key = hashlib.sha256(json.dumps(head).encode()).hexdigest()[:16]
-    return DecodeJob(conversion.src, join_path(shards, key), conversion.image_size, mode, masks)
+    folder = join_path(shards, path_tag(json.dumps(head)))
+    return DecodeJob(conversion.src, folder, conversion.image_size, mode, masks)
 
 
 def _splits(conversion: Conversion) -> list[str]:

@@ -127,7 +127,7 @@ def read_inputs(settings: Settings) -> Inputs:
         located = locate_data(task, size, data, seed)
     with user_errors("fix --select or --ensemble"):
         after_flags = settings.after.select, settings.after.ensemble, settings.search.trials
-        check_after_flags(*after_flags, located.task.kind)
+        check_after_flags(*after_flags, located.task.kind, settings.after.test_top)
     warm = check_search(settings.search, located.task, space, values)  # --objective too
     inputs = Inputs(located.task, space, values, located, warm=warm)
     if located.conversion is None:  # an npz already: checked now, before Ray starts

@@ -76,6 +76,12 @@ def load_model(path: str | os.PathLike) -> Model:
 
 
 def _model(kind, classes, members, threshold, note) -> Model:
+    from trainables.kinds import get_kind
+
+    if not get_kind(kind).for_labels(images=True, masks=False):
+        raise ValueError(
+            f"a {kind} model predicts masks, not labels; use search/explain.py for its masks"
+        )
     inputs = {(m.ckpt["image_size"], "L" if m.ckpt["channels"] == 1 else "RGB") for m in members}
     return Model(kind, list(classes), members, threshold, note, inputs)
 

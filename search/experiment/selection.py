@@ -116,9 +116,16 @@ def parse_constraint(text: str, kind: str) -> Constraint:
     return Constraint(figure, op, value)
 
 
-def check_after_flags(select: str | None, ensemble: int, trials: int, kind: str) -> None:
-    """`--select` and `--ensemble` against the task's kind and `--trials`, before Ray starts:
-    a ValueError (`<what>; <what to do>`) for a mistake."""
+def check_after_flags(
+    select: str | None, ensemble: int, trials: int, kind: str, test_top: int = 1
+) -> None:
+    """`--select` and `--ensemble` against the task's kind, `--trials` and `--test-top`,
+    before Ray starts: a ValueError (`<what>; <what to do>`) for a mistake."""
+    if (select or ensemble) and not test_top:
+        raise ValueError(
+            "--select and --ensemble choose the model(s) the test split is read for, and "
+            "--test-top 0 reads none; drop --test-top 0 or those flags"
+        )
     if select:
         parse_constraint(select, kind)
     if not ensemble:

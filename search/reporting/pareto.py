@@ -72,7 +72,7 @@ def front_figure(points: list[tuple[dict, list[float]]], objectives: list[tuple[
             str(t["trial_id"]),
             (p[0], p[1]),
             fontsize=7,
-            xytext=(3, 3),
+            xytext=(5, 4),
             textcoords="offset points",
             color="C3" if o else "0.35",
         )
