@@ -120,6 +120,20 @@ def isbi_path() -> Path:
     return ISBI
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory) -> Path:
+    """Converted data of the whole session (and of the searches it starts) goes to a folder of
+    its own, never to the user's ~/.cache/medsweep/data (`--cache-dir`'s default)."""
+    folder = tmp_path_factory.mktemp("medsweep-data-cache")
+    previous = os.environ.get("MEDSWEEP_CACHE_DIR")
+    os.environ["MEDSWEEP_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("MEDSWEEP_CACHE_DIR", None)
+    else:
+        os.environ["MEDSWEEP_CACHE_DIR"] = previous
+
+
 # --- one Ray head for the session ---------------------------------------------------------
 
 HEAD_MARK = "MEDSWEEP_TEST_RAY_HEAD"

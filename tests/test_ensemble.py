@@ -1,6 +1,6 @@
 """Tests for `--select` and `--ensemble K` after a search (search/experiment/deploy.py,
 ensemble.py): on a finished experiment written by the real writers (`experiment_factory`,
-binary, 4 trials: 3 with checkpoints), with the split reader in this process (no Ray).
+multi-class, 4 trials: 3 with checkpoints), with the split reader in this process (no Ray).
 
 The ensemble's probabilities equal the weighted mean of its members' on a fixed batch;
 ensemble.json names its members' checkpoints relative to the experiment and loads like a
@@ -57,12 +57,13 @@ def _copy(source: Path, tmp_path: Path) -> tuple[Path, list[dict], Task, SplitRe
 
 
 @pytest.fixture
-def binary_experiment(tmp_path, experiment_factory):
-    return _copy(experiment_factory("binary"), tmp_path)
+def experiment(tmp_path, experiment_factory):
+    """A private copy of the session's multi-class experiment (shared with other tests)."""
+    return _copy(experiment_factory(), tmp_path)
 
 
-def test_ensemble_and_selection_after_a_search(binary_experiment, capsys):
-    root, rows, task, reader = binary_experiment
+def test_ensemble_and_selection_after_a_search(experiment, capsys):
+    root, rows, task, reader = experiment
     settings = EvaluationSettings(task.metric, task.mode, top_k=1)
     out = evaluate_models(rows, str(root), task, reader, settings, "sensitivity>=0.5", 2)
     metrics = json.loads((root / "test_metrics.json").read_text())
@@ -93,7 +94,7 @@ def test_ensemble_and_selection_after_a_search(binary_experiment, capsys):
         logits = predict(ckpt, model_from_checkpoint(ckpt), batch, logits=True)
         members.append(member_probs(task.kind, logits, member["temperature"]))
     np.testing.assert_allclose(probs, np.mean(members, axis=0), atol=1e-6)
-    assert model.threshold == pytest.approx(record["threshold"])
+    assert model.threshold == record["threshold"] is None  # multi-class: the argmax
 
     # search/predict.py and search/explain.py take ensemble.json like a checkpoint
     png = root / "val0.png"
@@ -102,7 +103,9 @@ def test_ensemble_and_selection_after_a_search(binary_experiment, capsys):
     assert predict_main([str(root / ENSEMBLE_FILE), str(png), "--out", str(csv_path)]) == 0
     with open(csv_path) as f:
         row = next(csv.DictReader(f))
-    assert float(row[f"p_{task.classes[1]}"]) == pytest.approx(float(probs[0, 0]), abs=1e-5)
+    got = [float(row[f"p_{c}"]) for c in task.classes]
+    np.testing.assert_allclose(got, probs[0], atol=1e-5)
+    assert row["label"] == task.classes[int(np.argmax(probs[0]))]
     maps = root / "maps"
     argv = [str(root / ENSEMBLE_FILE), str(png), "--out-dir", str(maps), "--steps", "2"]
     assert explain_main([*argv, "--samples", "1"]) == 0
@@ -120,9 +123,9 @@ def test_ensemble_and_selection_after_a_search(binary_experiment, capsys):
     np.testing.assert_allclose(again, probs, atol=1e-6)
 
 
-def test_default_is_the_plain_test_evaluation(binary_experiment):
+def test_default_is_the_plain_test_evaluation(experiment):
     """No --select, no --ensemble: test_metrics.json as `evaluate_on_test` writes it."""
-    root, rows, task, reader = binary_experiment
+    root, rows, task, reader = experiment
     out = evaluate_models(rows, str(root), task, reader, EvaluationSettings(task.metric, "max"))
     assert set(out) == {"best_trial", "trials"}
     assert not (root / ENSEMBLE_FILE).exists()

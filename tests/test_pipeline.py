@@ -181,7 +181,8 @@ def test_focus_warnings_flag_the_outlier_only():
 
 def test_the_command_line_choices_match_their_registries():
     """options.py keeps literal copies (so --help imports nothing heavy): they must match."""
-    from search.driver import folder_split, options, plan
+    from search.data import folder_split
+    from search.driver import options, plan
     from trainables import stream, tasks
 
     assert options.TASK_NAMES == tasks.TASK_NAMES

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -128,6 +129,15 @@ def test_resume_of_a_damaged_search_json_is_one_line(experiment_dir, capsys, mon
     (experiment_dir / "search.json").write_text(text[: len(text) // 2])
     before = digest(experiment_dir)
     assert "search.json is damaged" in refused(capsys, ["--resume", str(experiment_dir)])
+    assert digest(experiment_dir) == before
+
+
+def test_resume_of_a_finished_search_writes_nothing(experiment_dir, caplog, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    before = digest(experiment_dir)
+    with caplog.at_level(logging.INFO, logger="medsweep"):
+        assert main(["--resume", str(experiment_dir)]) == 0
+    assert "finished already" in caplog.text
     assert digest(experiment_dir) == before
 
 

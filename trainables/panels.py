@@ -58,16 +58,20 @@ def save_grid(
             "pass one map and one caption per image"
         )
     n = max(len(images), 1)
-    fig = Figure(figsize=(4.2, 2.3 * n + 0.4), layout="constrained")
-    fig.suptitle(title)
-    rows = fig.subfigures(n, 1, squeeze=False)[: len(images), 0]
-    for row, img, m, caption in zip(rows, _display(images), maps, captions, strict=True):
-        row.suptitle(caption, fontsize=9)
-        left, right = row.subplots(1, 2)
+    height = 2.3 * n + 0.4
+    fig = Figure(figsize=(4.2, height))  # a fixed layout: constrained layout is quadratic
+    fig.suptitle(title, y=1 - 0.1 / height)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.1 / height, top=1 - 0.5 / height)
+    fig.subplots_adjust(wspace=0.05, hspace=0.3)
+    axes = fig.subplots(n, 2, squeeze=False)
+    for row, img, m, caption in zip(axes, _display(images), maps, captions, strict=False):
+        left, right = row
+        left.set_title(caption, fontsize=9, loc="left")
         for ax in (left, right):
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-            ax.set_axis_off()
         right.imshow(_map_unit(m), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+    for ax in axes.ravel():
+        ax.set_axis_off()
     write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 

@@ -15,12 +15,13 @@ nothing is written into the user's data folder.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from search.data.fingerprint import conversion_fingerprint
 
 FORMAT_VERSION = 3  # part of every fingerprint: bump it when a conversion changes
 
@@ -52,23 +53,15 @@ class Conversion:
     input and what makes a second ingest incremental."""
 
     def fingerprint(self) -> str:
-        """The settings, the image size and channels, and every file's path, size and mtime."""
+        """The settings, the image size and channels, every split's labels, and every file's
+        path, size and mtime (`search.data.fingerprint.conversion_fingerprint`)."""
         head = {
             "format": FORMAT_VERSION,
             "image_size": self.image_size,
             "channels": self.channels,
             **self.settings,
         }
-        digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
-        for split in sorted(self.parts):
-            files, labels = self.parts[split]
-            digest.update(f"{split}\0{len(files)}\n".encode())
-            if labels is not None:
-                digest.update(np.ascontiguousarray(labels).tobytes())
-        for rel in sorted(self.file_stats):
-            size, mtime = self.file_stats[rel]
-            digest.update(f"{rel}\0{size}\0{mtime}\n".encode())
-        return digest.hexdigest()
+        return conversion_fingerprint(head, self.parts, self.file_stats)
 
 
 def default_cache_dir() -> str:

@@ -2,23 +2,24 @@
 
     values["data_fingerprint"] = data_fingerprint(data_file, seed=seed, folds=folds)
     key = npz_key(npz_path)                 # a node cache's key (reads the zip directory only)
-    digest = folder_fingerprint(src, files, settings)   # a folder conversion's cache check
+    digest = conversion_fingerprint(head, parts, file_stats)   # a conversion's cache check
 
 `data_fingerprint` is what every checkpoint records (`TrainConfig.data_fingerprint`).
 Computed once on the driver, before Ray starts: a MedMNIST npz is named by its MD5 (for an
-official file, the digest `medmnist.INFO` lists; a subset or variant has its own); a converted
-folder by the fingerprint stored in its npz (relative path, size and mtime of every image plus
-the conversion settings: `search.data.folders`), which reading the npz again would not give.
+official file, the digest `medmnist.INFO` lists; a subset or variant has its own); converted
+data by the fingerprint stored in its npz (`conversion_fingerprint`), which reading the npz
+again would not give.
 `split` is the rule that made train/val/test ("medmnist" for the official split, else the
 folder split: premade, patient or cell), `seed` the search seed that drew it (and the folds),
 `folds` the number of folds (0: the given train/val); a fold's trial adds its `fold` index.
 
 `npz_key` names an npz by its zip directory (every member's name, size and CRC-32, as the zip
 records them: nothing is hashed again, and of a URI only the directory travels): the streaming
-path's node caches are keyed by it (`search.data.node_data`). `folder_fingerprint` is the
-converted folders' (`search.data.folders`, `search.data.segfolders`) check that a cached
-conversion is still current: the conversion settings plus every source image's relative path,
-size and mtime; the npz stores it and `data_fingerprint` reports it as `folder_hash`.
+path's node caches are keyed by it (`search.data.node_data`). `conversion_fingerprint` is the
+converted sources' (folders, segfolders, tables: `search.data.conversion`) check that a cached
+conversion is still current: the conversion settings, the labels, and every source image's
+relative path, size and mtime; the npz stores it and `data_fingerprint` reports it as
+`folder_hash`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -75,13 +75,19 @@ def npz_key(path: str) -> str:
     return hashlib.sha256(repr(entries).encode()).hexdigest()[:20]
 
 
-def folder_fingerprint(src: str, files: Iterable[str], settings: dict) -> str:
-    """The conversion `settings` and the relative path, size and mtime of every file under
-    `src`: what decides whether a cached folder conversion is still current."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for rel in sorted(files):
-        stat = os.stat(os.path.join(src, rel))
-        digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+def conversion_fingerprint(head: dict, parts: dict, file_stats: dict) -> str:
+    """A planned conversion's fingerprint (`search.data.conversion.Conversion`): its settings
+    (`head`), each split's size and labels, and every file's relative path, size and mtime:
+    what decides whether a converted npz is still current."""
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
+    for split in sorted(parts):
+        files, labels = parts[split]
+        digest.update(f"{split}\0{len(files)}\n".encode())
+        if labels is not None:
+            digest.update(np.ascontiguousarray(labels).tobytes())
+    for rel in sorted(file_stats):
+        size, mtime = file_stats[rel]
+        digest.update(f"{rel}\0{size}\0{mtime}\n".encode())
     return digest.hexdigest()
 
 

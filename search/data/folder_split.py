@@ -93,7 +93,7 @@ def count_labels(
             continue
         labels = labels.reshape(len(labels), -1)
         if labels.shape[1] > 1:  # multilabel: positives per label
-            per_class = labels.sum(axis=0)
+            per_class = (labels == 1).sum(axis=0)  # -1: unknown (a table's U-Ignore)
         else:
             per_class = np.bincount(labels[:, 0].astype(np.int64), minlength=len(classes))
         counts[split] = {name: int(per_class[i]) for i, name in enumerate(classes)}

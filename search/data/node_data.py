@@ -63,6 +63,8 @@ class DataSource:
     """Image bytes per split described."""
     labels: dict
     """`{train,val}_labels` (and `{train,val}_files` where the npz has them)."""
+    downloadable: bool = False
+    """A missing npz may be downloaded on the node (MedMNIST: `search.data.downloads`)."""
     cache_dir: str | None = None
     """The driver's `$MEDSWEEP_NODE_CACHE`, if set (else each node's own, or the default)."""
 
@@ -72,10 +74,17 @@ class DataSource:
         return sum(self.sizes.get(s, 0) for s in SEARCH_SPLITS)
 
 
-def describe(path: str, task: Task, image_size: int, labels: dict | None = None) -> DataSource:
+def describe(
+    path: str,
+    task: Task,
+    image_size: int,
+    labels: dict | None = None,
+    downloadable: bool = False,
+) -> DataSource:
     """The descriptor of `path` for streamed trials (the driver; reads no image: of a URI,
     only the zip directory, the .npy headers and the labels travel). `labels` adds arrays
-    (the `{split}_files` of a converted folder)."""
+    (the `{split}_files` and `_patients` of converted data); `downloadable`: a node without
+    the file may download it (MedMNIST)."""
     if is_uri(path):
         fs, fs_path = filesystem(path)
         with fs.open_input_file(fs_path) as f:
@@ -89,6 +98,7 @@ def describe(path: str, task: Task, image_size: int, labels: dict | None = None)
         image_size=image_size,
         sizes=sizes,
         labels={**found, **(labels or {})},
+        downloadable=downloadable,
         cache_dir=os.environ.get(CACHE_ENV),
     )
 
@@ -171,7 +181,7 @@ def _local_npz(source: DataSource, folder: str) -> tuple[str, bool]:
     """(a local copy of the npz, whether it was fetched for this fill and may be removed)."""
     if is_uri(source.path):
         return _download_uri(source.path, os.path.join(folder, "source.npz")), True
-    if not os.path.isfile(source.path) and source.task.source == "medmnist":
+    if not os.path.isfile(source.path) and source.downloadable:
         ensure_dataset(source.task, source.image_size, os.path.dirname(source.path))
     if not os.path.isfile(source.path):
         raise FileNotFoundError(

@@ -95,6 +95,11 @@ class SplitReader(ABC):
         """The file names of `split` where the reader has them (converted data under
         `--folds`), else None."""
 
+    @abstractmethod
+    def patients(self, split: str) -> np.ndarray | None:
+        """The patient id of each row of `split` where the data names them (a label table's
+        patient column, a folder's file names; under `--folds`), else None."""
+
     def with_split(self, split: str) -> SplitReader:
         """A reader that can also read `split` (module docstring); this one by default."""
         return self
@@ -138,6 +143,9 @@ class ResidentReader(SplitReader):
     def files(self, split: str) -> np.ndarray | None:
         return self.arrays((split,)).get(f"{split}_files")
 
+    def patients(self, split: str) -> np.ndarray | None:
+        return self.arrays((split,)).get(f"{split}_patients")
+
     def with_split(self, split: str) -> SplitReader:
         """`split` read from the npz here (the driver) and put beside the others."""
         import ray
@@ -176,6 +184,9 @@ class CachedReader(SplitReader):
     def files(self, split: str) -> np.ndarray | None:
         return self.source.labels.get(f"{split}_files")
 
+    def patients(self, split: str) -> np.ndarray | None:
+        return self.source.labels.get(f"{split}_patients")
+
 
 @dataclass(frozen=True)
 class NpzReader(SplitReader):
@@ -205,6 +216,9 @@ class NpzReader(SplitReader):
 
     def files(self, split: str) -> np.ndarray | None:
         return self._member(f"{split}_files", required=False)
+
+    def patients(self, split: str) -> np.ndarray | None:
+        return self._member(f"{split}_patients", required=False)
 
     def _member(self, name: str, required: bool) -> np.ndarray | None:
         with np.load(self.file, allow_pickle=False) as npz:

@@ -61,6 +61,8 @@ class Source:
     name = ""
     needs_dir = ""
     """What `--data-dir` must hold (the error when it is missing); "" when it is optional."""
+    downloadable = False
+    """A node that lacks the npz may download it (`search.data.node_data`)."""
 
     def locate(self, task: Task, image_size: int, data: DataSettings, seed: int) -> Located:
         raise NotImplementedError
@@ -70,7 +72,10 @@ class Source:
             raise ValueError(f"--task {task.name} reads {self.needs_dir}; pass --data-dir DIR")
 
     def planned(self, task: Task, image_size: int, conversion: Conversion, data) -> Located:
-        """The Located of a planned conversion, its npz in the cache folder."""
+        """The Located of a planned conversion, its npz in the cache folder (`--skip-bad`
+        is part of its fingerprint: an npz without the bad rows is another npz)."""
+        settings = {**conversion.settings, "skip_bad": bool(data.skip_bad)}
+        conversion = dataclasses.replace(conversion, settings=settings)
         path = cache_file(conversion, data.cache_dir)
         return Located(task, path, image_size, conversion, dict(conversion.info))
 
@@ -106,6 +111,7 @@ class MedmnistSource(Source):
     """A MedMNIST npz by flag and size: `--data-dir`, else medmnist's root; fetched once."""
 
     name = "medmnist"
+    downloadable = True
 
     def locate(self, task, image_size, data, seed):
         return Located(task, ensure_dataset(task, image_size, data.data_dir), image_size)
@@ -195,7 +201,8 @@ def describe_data(located: Located, folds: int = 0) -> DataSource:
     """The descriptor streamed trials get (`search.data.node_data`): labels and sizes, validated
     against the images' headers (no image is read); file names under `--folds`."""
     extra = file_arrays(located.path) if folds > 1 else None
-    return describe(located.path, located.task, located.image_size, extra)
+    downloadable = source_for(located.task).downloadable
+    return describe(located.path, located.task, located.image_size, extra, downloadable)
 
 
 def load_arrays(located: Located, folds: int = 0) -> dict:
@@ -208,9 +215,11 @@ def load_arrays(located: Located, folds: int = 0) -> dict:
 
 
 def file_arrays(path: str, splits: Sequence[str] = SEARCH_SPLITS) -> dict:
-    """`{split}_files` arrays of an npz, where it has them (converted data), else {}."""
+    """`{split}_files` and `{split}_patients` arrays of an npz, where it has them (converted
+    data), else {}."""
+    names = [f"{s}_{part}" for s in splits for part in ("files", "patients")]
     with np.load(path, allow_pickle=False) as npz:
-        return {f"{s}_files": npz[f"{s}_files"] for s in splits if f"{s}_files" in npz.files}
+        return {name: npz[name] for name in names if name in npz.files}
 
 
 def fingerprint_data(located: Located, seed: int, folds: int) -> dict:

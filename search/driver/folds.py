@@ -91,7 +91,7 @@ def fold_splits(
     x = np.zeros(len(labels))
     strata = get_kind(kind).fold_strata(labels)
     if strata is None:  # nothing to stratify on: a shuffled split keeps shares close anyway
-        _check_counts(labels.sum(axis=0), k, classes, "positive label(s)")
+        _check_counts((labels == 1).sum(axis=0), k, classes, "positive label(s)")
         cv = (GroupKFold if groups is not None else KFold)(k, shuffle=True, random_state=seed)
         return list(cv.split(x, groups=groups))
     _check_counts(np.bincount(strata), k, classes, "image(s)")
@@ -141,8 +141,14 @@ def _name(c: int, classes: Sequence[str] | None) -> str:
 
 
 def patient_groups(arrays: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """Patient id per image of train+val (in pooled order) from `{train,val}_files`, or None
-    when those arrays are absent (MedMNIST) or some file name carries no id (with a warning)."""
+    """Patient id per image of train+val (in pooled order): `{train,val}_patients` where the
+    data names every one, else read from `{train,val}_files`; None when those arrays are absent
+    (MedMNIST) or some file name carries no id (with a warning)."""
+    given = [arrays.get(f"{s}_patients") for s in SEARCH_SPLITS]
+    if all(p is not None for p in given):  # the data names them (a table's patient column)
+        ids = np.concatenate(given).astype(str)
+        if ids.size and all(ids):
+            return ids
     names = [arrays.get(f"{s}_files") for s in SEARCH_SPLITS]
     if any(n is None for n in names):
         return None
@@ -165,8 +171,10 @@ def pooled_labels(reader: SplitReader) -> np.ndarray:
 
 
 def pooled_files(reader: SplitReader) -> dict:
-    """`{train,val}_files` (None where the data names no files), for `patient_groups`."""
-    return {f"{s}_files": reader.files(s) for s in SEARCH_SPLITS}
+    """`{train,val}_files` and `_patients` (None where the data names none), for
+    `patient_groups`."""
+    files = {f"{s}_files": reader.files(s) for s in SEARCH_SPLITS}
+    return {**files, **{f"{s}_patients": reader.patients(s) for s in SEARCH_SPLITS}}
 
 
 def take(arrays: Mapping[str, np.ndarray], part: str, idx: np.ndarray) -> np.ndarray:
@@ -328,7 +336,7 @@ def folds_driver(config: dict, reader: SplitReader, plan: Plan) -> None:
         )
     task = plan.task or get_task(config["task"])
     groups = patient_groups(pooled_files(reader))
-    if groups is None and task.source == "folder":
+    if groups is None and reader.files("train") is not None:  # converted data, no patients
         log.warning("--folds: no patient ids reach the folds, so they split images, not patients")
     labels = pooled_labels(reader)
     splits = fold_splits(labels, task.kind, plan.folds, plan.seed, groups, task.classes)

@@ -34,6 +34,7 @@ from search.driver.options import parse_args
 from search.driver.resume import (
     claim,
     new_experiment,
+    read_manifest,
     resume_command,
     resume_folder,
     resumed_args,
@@ -140,10 +141,13 @@ def begin(run: Run) -> int | None:
         run.claims.enter_context(claim(path, resuming=False))
         return None
     path = resume_folder(run.settings)
+    previous = read_manifest(path)
+    if previous.finished:  # nothing to do, nothing written: no lock either
+        return already_finished(path, previous)
     run.claims.enter_context(claim(path, resuming=True))
     resumed = resumed_args(run.settings)
     run.settings = resumed.settings
-    if resumed.previous.finished:
+    if resumed.previous.finished:  # it finished between the two reads
         return already_finished(path, resumed.previous)
     if resumed.restore:  # else it stopped before Tune saved anything: it starts again
         run.resume_path, run.previous = path, resumed.previous

@@ -17,6 +17,7 @@ import numpy as np
 
 from search.experiment.sweep import infer_distribution
 from trainables.kinds import get_kind
+from trainables.kinds.base import known_columns
 from trainables.scores import is_finite
 
 LOG_DISTRIBUTIONS = ("log_uniform_values", "q_log_uniform_values", "log_uniform")
@@ -40,11 +41,13 @@ def roc_curves(
             f"{kind} with {n} classes needs labels (N, ...) and probs (N, "
             f"{ops.num_outputs(n)}); got {labels.shape} and {probs.shape}"
         )
-    positive, scores = ops.indicators(labels, n), ops.score_columns(probs)
+    positive, known = known_columns(ops.truth(labels, n))
+    scores = ops.score_columns(probs)
     out = []
     for j in ops.auroc_columns(n):
-        if 0 < positive[:, j].sum() < len(positive):
-            fpr, tpr, _ = roc_curve(positive[:, j], scores[:, j])
+        y, rows = positive[known[:, j], j], known[:, j]  # an unknown (-1) label is left out
+        if 0 < y.sum() < len(y):
+            fpr, tpr, _ = roc_curve(y, scores[rows, j])
             out.append((str(classes[j]), fpr, tpr, float(auc(fpr, tpr))))
     return out
 

@@ -53,6 +53,11 @@ class Kind:
         """The smallest value a stored label may hold (multilabel: -1, an unknown label)."""
         return 0
 
+    def truth(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
+        """(N, n_classes) int8 1/0, or -1 where a label is unknown (multilabel): what
+        `known_columns` splits into positives and the rows that count."""
+        return self.indicators(labels, n_classes).astype(np.int8)
+
     def indicators(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
         """(N, n_classes) bool: image i belongs to (or is positive for) class c."""
         ids = class_ids(labels)
