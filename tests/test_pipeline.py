@@ -265,7 +265,8 @@ def test_progress_estimates_the_time_left_from_epoch_times():
 
 
 def test_requests_no_node_can_hold_are_refused():
-    from search.driver.checks import UserError, check_cluster
+    from search.driver.checks import UserError
+    from search.driver.input_checks import check_cluster
     from search.driver.resources import ClusterView, NodeType
 
     cpu_only = ClusterView(local=True, nodes=({"CPU": 2.0},))

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from search.driver.checks import UserError, check_space_values
+from search.driver.checks import UserError
+from search.driver.input_checks import check_space_values
 from search.driver.inputs import param_space
 from search.driver.settings import Settings
 from search.driver.space import load_space

@@ -40,12 +40,12 @@ from search.data.sources import (
     load_arrays,
     locate_data,
 )
-from search.driver.checks import (
+from search.driver.checks import user_errors
+from search.driver.input_checks import (
     check_cluster,
     check_data,
     check_space,
     check_space_values,
-    user_errors,
 )
 from search.driver.inputs import fetch_weights, param_space
 from search.driver.launch import build_trainable

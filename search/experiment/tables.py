@@ -7,7 +7,8 @@
     trials = read_table(join_path(path, TRIALS_FILE))
 
 `trials.parquet` has one row per trial (`TRIAL_COLUMNS`, `config/<setting>` per setting and
-`best/<metric>` per `VAL_METRICS`, as the metrics were at the trial's best epoch);
+`best/<metric>` per `VAL_METRICS`, as the metrics were at the trial's best epoch; under
+several objectives `pareto`, `mark_pareto`: on the front of this search's finished trials);
 `history.parquet` one row per (trial, epoch) (`trial_id`, `HISTORY_COLUMNS`, `node_id`). The
 column names, statuses and file names are defined here and imported by every reader. Rows are
 built from plain per-epoch results (`trial_row`, `history_rows`), so anything that has the
