@@ -128,6 +128,9 @@ def planned_epochs(settings) -> int:
 
 def _coerce(cls: type, name: str, value):
     annotation = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    numeric = annotation in ("int", "float")
+    if numeric and (isinstance(value, bool) or not isinstance(value, int | float | np.number)):
+        raise ValueError(f"{name} {value!r} is not a number; give {name} a number")
     if annotation == "int" and isinstance(value, float) and value.is_integer():
         return int(value)
     if annotation == "float" and isinstance(value, int | np.integer | np.floating):

@@ -61,7 +61,7 @@ def user_errors(hint: str = "fix the file or flag it names") -> Iterator[None]:
     except UserError:
         raise
     except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
-        raise UserError(_with_hint(str(err).strip("'\""), hint)) from err
+        raise UserError(_with_hint(str(err), hint)) from err
     except RuntimeError as err:  # a MedMNIST file that is missing and cannot be downloaded
         raise UserError(_with_hint(str(err), hint)) from err
     except SystemExit as err:

@@ -47,7 +47,7 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a mistake is one line on stderr (`error: ...; ...`) and exit code 2."""
 
     def error(self, message: str):
-        sys.stderr.write(f"error: {message}; see python search/run.py --help\n")
+        sys.stderr.write(f"error: {message}; see python {self.prog} --help\n")
         sys.exit(2)
 
 
@@ -56,7 +56,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpF
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    p = Parser(description=description, formatter_class=_Help)
+    p = Parser(prog="search/run.py", description=description, formatter_class=_Help)
     _data_flags(p.add_argument_group("task and data"))
     _search_flags(p.add_argument_group("search"))
     _resource_flags(p.add_argument_group("resources"))

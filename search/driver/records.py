@@ -59,7 +59,15 @@ def data_record(located: Located) -> dict:
     """What search.json says of the data: its source, split rule, policies and the images
     `--skip-bad` left out (each named)."""
     info = located.info
-    keep = ("split", "policies", "rows", "dropped", "channels", "node_ids")
+    keep = (
+        "split",
+        "policies",
+        "dropped_by_where",
+        "channels",
+        "decoded",
+        "reused",
+        "decode_nodes",
+    )
     return {
         "source": located.task.source,
         "file": located.path,
