@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import sys
 
 import pytest
@@ -125,6 +126,16 @@ def test_nodes_up_are_counted_by_the_node_group_label_the_autoscaler_gives_them(
     assert up_by_type(nodes) == {"gpu_worker": 2, "head": 1}
 
 
+def _wait_for_cmdline(pid: int, flag: bytes, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if flag in f.read():
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} never showed {flag!r} on its command line")
+
+
 def test_the_autoscaler_config_is_the_file_its_monitor_of_this_cluster_runs_with(tmp_path):
     """Real processes given `--autoscaling-config=` (as `ray start` starts the monitor): a
     relative path is read from that process's folder, and this cluster's monitor wins over
@@ -142,6 +153,8 @@ def test_the_autoscaler_config_is_the_file_its_monitor_of_this_cluster_runs_with
         )
     ]
     try:
+        for proc in sleepers:  # a loaded machine may not have exec'd them yet
+            _wait_for_cmdline(proc.pid, b"--autoscaling-config")
         config = read_autoscaling_config("10.0.0.1:6379")
     finally:
         for proc in sleepers:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -256,5 +257,8 @@ def test_malaria_folder_task_end_to_end(tmp_path, make_malaria, write_space, run
     (trial,) = read_table(str(tmp_path / "runs" / "mal" / "trials.parquet"))
     ckpt = load_checkpoint(trial["checkpoint_path"])
     assert ckpt["classes"] == ["Uninfected", "Parasitized"] and ckpt["kind"] == "binary"
-    assert list((src / ".medsweep").glob("*_28_patient_s0.npz"))
+    assert not list(src.rglob(".medsweep"))  # converted data never lands in the data folder
+    (record,) = [json.loads((tmp_path / "runs" / "mal" / "search.json").read_text())["data"]]
+    assert record["split"] == "patient" and record["skipped"] == []
+    assert os.path.dirname(record["file"]) == os.environ["MEDSWEEP_CACHE_DIR"]
     assert (tmp_path / "runs" / "mal" / "test_metrics.json").is_file()
