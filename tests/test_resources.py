@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 import sys
+import time
 
 import pytest
 import yaml
