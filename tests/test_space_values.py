@@ -9,7 +9,7 @@ import os
 import pytest
 
 from search.driver.checks import UserError
-from search.driver.input_checks import check_space_values
+from search.driver.input_checks import check_models, check_space_values
 from search.driver.inputs import param_space
 from search.driver.settings import Settings
 from search.driver.space import load_space
@@ -68,3 +68,56 @@ def test_a_misspelt_key_inside_a_distribution_is_refused(tmp_path):
     path.write_text(HEAD + "  lr: {distribution: uniform, min: 0.001, mxa: 0.01}\n")
     with pytest.raises(ValueError, match="mxa"):
         load_space(str(path), get_task("pneumonia"))
+
+
+@pytest.mark.parametrize(
+    "params, bad",
+    [
+        ("  model: {values: [simple_cnn, unet-resnet18]}\n", "does not fit a binary"),
+        ("  model: {values: [simple_cnn, resnet181]}\n", "is not a model"),
+    ],
+)
+def test_a_model_that_does_not_fit_the_kind_is_refused(tmp_path, params, bad):
+    path = tmp_path / "space.yaml"
+    path.write_text(HEAD + params)
+    task = get_task("pneumonia")
+    space = load_space(str(path), task)
+    with pytest.raises(UserError, match=bad):
+        check_models(space, param_space(Settings(), space), task)
+
+
+def test_weights_that_do_not_load_are_refused(tmp_path):
+    import torch
+
+    path = tmp_path / "space.yaml"
+    path.write_text(HEAD + "  model: {value: resnet18}\n  lr: {values: [0.001, 0.01]}\n")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"conv.weight": torch.zeros(3)}, wrong)
+    task = get_task("pneumonia")
+    for weights, bad in ((wrong, "does not load"), (tmp_path / "missing.pt", "does not load")):
+        space = load_space(str(path), task)
+        values = {**param_space(Settings(), space), "weights": str(weights)}
+        with pytest.raises(UserError, match=bad):
+            check_models(space, values, task)
+
+
+@pytest.mark.parametrize(
+    "metric, bad",
+    [
+        ("{name: val_auc, goal: minimize}", "worst val_auc"),
+        ("{name: val_dice, goal: maximize}", "not reported by binary"),
+    ],
+)
+def test_a_metric_the_kind_lacks_or_its_wrong_goal_is_refused(tmp_path, metric, bad):
+    path = tmp_path / "space.yaml"
+    path.write_text(f"method: random\nmetric: {metric}\nparameters:\n  lr: {{value: 0.001}}\n")
+    with pytest.raises(ValueError, match=bad):
+        load_space(str(path), get_task("pneumonia"))
+
+
+def test_a_segmentation_knob_on_a_classifier_is_not_searched(tmp_path, caplog):
+    path = tmp_path / "space.yaml"
+    path.write_text(HEAD + "  dice_weight: {values: [0.5, 1.0]}\n")
+    space = load_space(str(path), get_task("pneumonia"))
+    assert "dice_weight" not in space.searched
+    assert "does not use it" in caplog.text

@@ -150,6 +150,18 @@ SEGMENTERS = tuple(ENCODERS)
 """U-Nets (`trainables.unet`): one logit per pixel, for segmentation tasks."""
 
 
+def check_model(name: str, kind) -> None:
+    """A ValueError naming the models that fit when `name` is unknown or does not fit `kind`
+    (a `trainables.kinds.Kind`: a U-Net for segmentation, a classifier otherwise). Trials and
+    the driver (before Ray starts) both ask this."""
+    fitting = kind.models()
+    if name in fitting:
+        return
+    known = name in MODELS or name in SEGMENTERS
+    what = f"does not fit a {kind.name} task" if known else "is not a model"
+    raise ValueError(f"model {name!r} {what}; choose one of: {', '.join(fitting)}")
+
+
 def build_model(
     name: str,
     num_outputs: int,

@@ -25,7 +25,7 @@ import torch
 from trainables.config import TrainConfig
 from trainables.data import STATS_KEY, channel_stats, make_augment, normaliser, to_device_images
 from trainables.kinds import Kind
-from trainables.models import PRETRAINED, Classifier, build_model
+from trainables.models import PRETRAINED, Classifier, build_model, check_model
 from trainables.stream import RESIDENT, STREAM, Streamed, as_rows, is_streamed
 from trainables.tasks import Task, get_task
 
@@ -173,6 +173,7 @@ def seed_everything(seed: int) -> None:
 
 def _model(cfg: TrainConfig, task: Task, weights: str, device: torch.device) -> Classifier:
     """The trial's model on `device` (channels-last on CUDA), starting from `weights`."""
+    check_model(cfg.model, task.kind_ops)
     model = build_model(
         cfg.model,
         task.num_outputs,

@@ -70,6 +70,36 @@ def corner_values(domain) -> list:
     return [domain]
 
 
+def check_models(space, values: dict, task) -> None:
+    """Every model the space can pick fits the task's kind (`trainables.models.check_model`,
+    the trials' own check), and `weights` given as a file loads into each of them (the
+    trials' own loader: a missing file, something that is not a state dict, or another
+    architecture's weights are refused now, not in every trial)."""
+    from trainables.models import build_model, check_model
+
+    models = corner_values(values.get("model") or task.model)
+    for name in models:
+        try:
+            check_model(name or task.model, task.kind_ops)
+        except ValueError as err:
+            raise UserError(f"{space.path}: {err}") from None
+    weights = [w for w in corner_values(values.get("weights", "none")) if w not in SPECIAL]
+    size = values.get("image_size") or task.image_size
+    for path in weights:
+        for name in models:
+            try:
+                build_model(name or task.model, task.num_outputs, task.channels, size, 0.0, path)
+            except Exception as err:  # torch.load and load_state_dict raise many kinds
+                raise UserError(
+                    f"--weights {path}: does not load into {name or task.model} ({err}); pass "
+                    "a state-dict file of that architecture, imagenet, or none"
+                ) from None
+
+
+SPECIAL = ("none", "imagenet")
+"""`weights` values that are not a file."""
+
+
 def check_data(path: str, task, image_size: int, labels: dict) -> None:
     """The npz against the search: images at the image size, 2+ classes in train and val,
     and the test split's format: its labels in range and its images' header, so a broken

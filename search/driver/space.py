@@ -22,8 +22,8 @@ import yaml
 from ray import tune
 from ray.tune.search.sample import Categorical, Domain
 
+from search.driver.objectives import direction, reported_metrics
 from search.experiment.sweep import infer_distribution
-from search.experiment.tables import VAL_METRICS
 from trainables.config import planned_epochs
 from trainables.models import PRETRAINED
 from trainables.tasks import Task
@@ -33,7 +33,6 @@ log = logging.getLogger("medsweep")
 
 METHODS = ("bayes", "random", "grid")
 GOALS = {"maximize": "max", "minimize": "min"}
-REPORTED = (*VAL_METRICS, "train_loss")  # what every epoch reports, so a space may optimise
 DISTRIBUTIONS = (
     "constant",
     "categorical",
@@ -134,11 +133,20 @@ def _metric(cfg: dict, task: Task, path: str) -> tuple[str, str]:
     block = cfg.get("metric") or {}
     name = block.get("name", task.metric)
     goal = block.get("goal", "maximize" if task.mode == "max" else "minimize")
-    reported = tuple(dict.fromkeys((*REPORTED, task.metric)))  # e.g. segmentation's val_dice
+    reported = reported_metrics(task)
     if name not in reported:
-        raise ValueError(f"{path}: metric {name!r} is not reported; choose one of {reported}")
+        raise ValueError(
+            f"{path}: metric {name!r} is not reported by {task.kind} trials; choose one of "
+            f"{', '.join(reported)}"
+        )
     if goal not in GOALS:
         raise ValueError(f"{path}: metric goal {goal!r} must be 'maximize' or 'minimize'")
+    if GOALS[goal] != direction(name):
+        natural = next(g for g, m in GOALS.items() if m == direction(name))
+        raise ValueError(
+            f"{path}: metric goal {goal} would search for the worst {name}; write goal: "
+            f"{natural}"
+        )
     return name, GOALS[goal]
 
 
@@ -247,6 +255,9 @@ def dead_knobs(space: Space, task: Task, fixed: dict | None = None) -> dict[str,
         elif models is not None and not set(models) & set(PRETRAINED):
             named = "/".join(map(str, models))
             dead["unfreeze_epoch"] = f"model {named} has no pretrained backbone"
+    for name in task.kind_ops.unused_knobs():
+        if name in space.searched:
+            dead[name] = f"a {task.kind} task does not use it"
     if "aug_cutoff_epoch" in space.searched and not task.augment:
         dead["aug_cutoff_epoch"] = f"task {task.name} has no augmentations"
     for name in ("unfreeze_epoch", "aug_cutoff_epoch"):

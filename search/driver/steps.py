@@ -44,6 +44,7 @@ from search.driver.checks import user_errors
 from search.driver.input_checks import (
     check_cluster,
     check_data,
+    check_models,
     check_space,
     check_space_values,
 )
@@ -121,6 +122,7 @@ def read_inputs(settings: Settings) -> Inputs:
         check_space(space)
         values = param_space(settings, space)
         check_space_values(space, values)
+        check_models(space, values, task)
     with user_errors(DATA_HINT):
         fetch_weights(values, task)
         size = values.get("image_size") or task.image_size

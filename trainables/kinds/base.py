@@ -123,6 +123,18 @@ class Kind:
         """`acc`, `f1` (macro) and `auc` of one split; AUROC NaN when undefined, never raises."""
         raise NotImplementedError
 
+    def models(self) -> tuple[str, ...]:
+        """The model names that fit this kind (`trainables.models`): classifiers, one output
+        per class or label."""
+        from trainables.models import MODELS
+
+        return tuple(MODELS)
+
+    def unused_knobs(self) -> tuple[str, ...]:
+        """Training settings that change nothing for this kind (a space that searches them
+        is told so, and they are not searched: `search.driver.space.dead_knobs`)."""
+        return ("bce_weight", "dice_weight")
+
     def validation_figures(self) -> tuple[str, ...]:
         """What a trial reports for the validation split every epoch, each as `val_<name>`:
         the loss, `metrics`' figures and `ece` (the expected calibration error,

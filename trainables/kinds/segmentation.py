@@ -103,6 +103,14 @@ class Segmentation(Kind):
     def validation_figures(self) -> tuple[str, ...]:
         return ("loss", "dice", "iou", "pixel_acc")
 
+    def models(self) -> tuple[str, ...]:
+        from trainables.models import SEGMENTERS
+
+        return SEGMENTERS
+
+    def unused_knobs(self) -> tuple[str, ...]:
+        return ("head_hidden",)  # a U-Net has no classification head
+
     def metrics(self, labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         tp, fp, fn, tn = pixel_counts(labels, self.predictions(probs)).sum(axis=0)
         return {
