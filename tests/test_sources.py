@@ -8,6 +8,7 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from search.data.settings import DataSettings
@@ -76,3 +77,41 @@ def test_a_current_conversion_is_reused(tmp_path):
     stamp = os.stat(path).st_mtime_ns
     _, again = prepare_data(get_task("folder"), 16, data)
     assert again == path and os.stat(path).st_mtime_ns == stamp
+
+
+def test_an_images_and_masks_folder_is_refused_by_a_classifier(tmp_path):
+    src = tmp_path / "em"
+    for sub in ("images", "masks"):
+        (src / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / sub / "a.png")
+    data = DataSettings(task="folder", data_dir=str(src), cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match="--task segfolder"):
+        locate_data(get_task("folder"), 16, data)
+
+
+def test_images_one_folder_deeper_are_named(tmp_path):
+    src = _folder(tmp_path / "cells")
+    (src / "a" / "more").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / "a" / "more" / "x.png")
+    data = DataSettings(task="folder", data_dir=str(src), split="cell", cache_dir=str(tmp_path))
+    with pytest.warns(UserWarning, match="1 image.*a/more/x.png.*not read"):
+        locate_data(get_task("folder"), 16, data)
+
+
+def test_jpeg_masks_and_tiny_splits_are_warned_about(tmp_path, caplog):
+    src = tmp_path / "seg"
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (src / sub).mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(
+            src / "images" / f"{i}.png"
+        )
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:24, 8:24] = 255
+        Image.fromarray(mask).save(src / "masks" / f"{i}.jpg", quality=50)
+    data = DataSettings(task="segfolder", data_dir=str(src), cache_dir=str(tmp_path / "c"))
+    with pytest.warns(UserWarning, match="3 of 3 masks are JPEG.*grey values.*PNG"):
+        located = locate_data(get_task("segfolder"), 32, data)
+    ingest_data(located, data)
+    assert "the test split holds 1 image(s)" in caplog.text

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import warnings
 
 import numpy as np
 from filelock import FileLock
@@ -213,10 +214,39 @@ def _scan(tree: Tree) -> Layout:
             f"{src}: has train/ (pre-made splits) and also {sorted(set(top) - set(premade))}; "
             f"expected only train/, val/, test/ (move the others out)"
         )
+    if not premade and {"images", "masks"} <= set(top):
+        raise ValueError(
+            f"{src}: holds images/ and masks/, a segmentation layout, which a classifier would "
+            "learn as two classes; pass --task segfolder (or move them into class folders)"
+        )
     groups = premade or [""]
     layout = {g or "all": _scan_classes(tree, g) for g in groups}
     _check_layout(tree, layout)
+    _warn_deeper_images(tree, layout)
     return layout
+
+
+def _warn_deeper_images(tree: Tree, layout: Layout) -> None:
+    """A warning naming images below a class folder's own level, which the layout skips."""
+    classes = [
+        posixpath.join("" if group == "all" else group, name)
+        for group, folders in layout.items()
+        for name in folders
+    ]
+    deeper = [f for f in tree.files if f.lower().endswith(IMAGE_EXTENSIONS) and _below(f, classes)]
+    if deeper:
+        warnings.warn(
+            f"{tree.root}: {len(deeper)} image(s) sit in folders inside a class folder (e.g. "
+            f"{deeper[0]}) and are not read: only images directly in <class>/ are; move them "
+            "up, or point --data-dir at the folder that holds the classes",
+            stacklevel=3,
+        )
+
+
+def _below(rel: str, classes: list[str]) -> bool:
+    """Whether `rel` lies deeper than directly inside one of the class folders."""
+    parent = posixpath.dirname(rel)
+    return parent not in classes and any(parent.startswith(c + "/") for c in classes)
 
 
 def _scan_classes(tree: Tree, group: str) -> dict[str, list[str]]:

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import os
 import posixpath
+import warnings
 
 import numpy as np
+from PIL import Image
 
 from search.data.conversion import Conversion
 from search.data.folders import convert
@@ -79,6 +81,7 @@ def plan_segfolder(
     for split in SPLITS:
         extra[f"{split}_files"] = np.array([image for image, _ in parts[split]], dtype=str)
     files = [f for split in SPLITS for pair in parts[split] for f in pair]
+    warn_lossy_masks(src, [mask for split in SPLITS for _, mask in parts[split]])
     return Conversion(
         src=src,
         parts={s: ([image for image, _ in parts[s]], None) for s in SPLITS},
@@ -90,6 +93,30 @@ def plan_segfolder(
         extra=extra,
         info={"split": "seeded" if "all" in pairs else "premade"},
         file_stats={f: tree.files[f] for f in files},
+    )
+
+
+LOSSY = (".jpg", ".jpeg")
+"""Mask formats whose compression noise would count as foreground (mask > 0)."""
+
+
+def warn_lossy_masks(src: str, masks: list[str]) -> None:
+    """A warning when masks are stored lossy (JPEG): compression noise around every edge
+    reads as foreground at `mask > 0`; a few such masks are opened to show how many values
+    they hold (a binary mask has two)."""
+    lossy = [m for m in masks if m.lower().endswith(LOSSY)]
+    if not lossy:
+        return
+    values = []
+    if "://" not in src:
+        for rel in lossy[:3]:
+            with Image.open(os.path.join(src, rel)) as im:
+                values.append(len(np.unique(np.asarray(im.convert("L")))))
+    seen = f" (the first hold {', '.join(map(str, values))} grey values)" if values else ""
+    warnings.warn(
+        f"{src}: {len(lossy)} of {len(masks)} masks are JPEG{seen}: compression noise is "
+        "counted as foreground (mask > 0); export the masks as PNG",
+        stacklevel=2,
     )
 
 

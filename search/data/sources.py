@@ -95,6 +95,7 @@ class Source:
                     info = run(located.conversion, located.path, skip_bad=data.skip_bad)
         task = dataclasses.replace(located.task, channels=int(info["channels"]))
         self.log_info(located.conversion.src, info)
+        warn_small_splits(located.conversion)
         return dataclasses.replace(located, task=task, info=info)
 
     def log_info(self, src: str, info: dict) -> None:
@@ -105,6 +106,26 @@ class Source:
         log.info("%s: %s split, images per split %s", src, info.get("split"), sizes)
         if info.get("skipped"):
             log.warning("--skip-bad: %d unreadable image(s) left out", len(info["skipped"]))
+
+
+MIN_CI_IMAGES = 20
+"""Below this many images, a validation or test split's bootstrap CI (and its ranking of
+trials) rests on too little to read."""
+
+
+def warn_small_splits(conversion: Conversion) -> None:
+    """A warning for a validation or test split too small for a confidence interval (a
+    3-pair segmentation folder splits 1/1/1)."""
+    for split in ("val", "test"):
+        n = len(conversion.parts.get(split, ([], None))[0])
+        if n < MIN_CI_IMAGES:
+            log.warning(
+                "small data: the %s split holds %d image(s) (< %d): its figures and their CIs "
+                "rest on too few to read; add images or lower the other splits' share",
+                split,
+                n,
+                MIN_CI_IMAGES,
+            )
 
 
 class MedmnistSource(Source):
