@@ -81,6 +81,7 @@ MISTAKES = {
     "data-dir-missing": (["!", "--task", "pneumonia", "--data-dir", "{d}/no-such"], "--data-dir"),
     "folder-task-no-data-dir": (["!", "--task", "malaria"], "--data-dir"),
     "resume-nothing-there": (["!", "--resume", "{d}/no-experiment"], "--resume"),
+    "resume-with-epochs": (["!", "--resume", "{d}/no-experiment", "--epochs", "3"], "--epochs"),
     "space-missing": (["--space", "{d}/nope.yaml"], "--space"),
     # files: the file and the problem are named
     "npz-32px-as-28": (

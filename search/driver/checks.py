@@ -129,6 +129,7 @@ def check_flags(settings: Settings) -> None:
             "given split) or --folds K with K >= 2"
         )
     _check_smoke(settings)
+    _check_resume_flags(settings)
     _check_name(settings.outputs.name)
     _check_task_data(settings)
     check_storage_uri(settings.outputs.storage)
@@ -175,6 +176,31 @@ def _check_smoke(settings: Settings) -> None:
             f"--smoke-test runs 2 trials of 1 epoch and a few batches, so it cannot "
             f"take {' and '.join(clash)}; drop {' and '.join(clash)} or drop "
             "--smoke-test"
+        )
+
+
+RESUME_FLAGS = (
+    "--resume",
+    "--address",
+    "--debug",
+    "--name",
+    "--storage",
+    "--wandb",
+    "--wandb-project",
+)
+"""What a `--resume` command line may hold (where the search runs, where it is, how it is
+logged): the rest is the original command's (search.json)."""
+
+
+def _check_resume_flags(settings: Settings) -> None:
+    if not settings.resume:
+        return
+    fixed = sorted(f for f in settings.given if f not in RESUME_FLAGS)
+    if fixed:
+        raise UserError(
+            f"--resume continues a search with its own settings, so {', '.join(fixed)} "
+            "cannot change; drop them (only --address and --wandb may), or start a new "
+            "search with another --name"
         )
 
 

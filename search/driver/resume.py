@@ -10,7 +10,8 @@ command line from search.json, and hold the folder while a search runs in it.
 
 The experiment folder is `--resume EXPERIMENT`, or `<--storage>/<--name>` with a bare
 `--resume`; the original arguments come from its manifest (`search.experiment.manifest`), and
-only `--address` may change on the way. A running search holds a lock on `<experiment>/.lock`
+only `--address` and `--wandb` may change on the way (other flags are refused). A running
+search holds a lock on `<experiment>/.lock`
 (`filelock`; its pid and host written in it) from before Ray starts to its exit: a second
 search in the same folder, new or `--resume`, is refused in one line. A new search refuses a
 folder that holds a search already (`--resume` it, or pass another `--name`). Storage on a URI
@@ -98,6 +99,8 @@ def resumed_args(settings: Settings) -> Resumed:
         outputs={"name": os.path.basename(path), "storage": path.rsplit("/", 1)[0]},
         resources={"address": address},
     )
+    if {"--wandb", "--wandb-project"} & settings.given:  # logging may change, results not
+        restored = dataclasses.replace(restored, wandb=settings.wandb)
     restored = dataclasses.replace(restored, debug=restored.debug or settings.debug)
     check_flags(restored)
     if restore:
