@@ -112,6 +112,25 @@ MISTAKES = {
         ["--data-dir", "{d}/oneclass", "--space", "{d}/good.yaml"],
         "oneclass/pneumoniamnist.npz [val]",
     ),
+    "space-dropout-below-0": (["--space", "{d}/dropout.yaml"], "'dropout' can take -0.2"),
+    "space-key-twice": (["--space", "{d}/twice.yaml"], "'lr' given twice"),
+    "space-misspelt-min": (["--space", "{d}/mn.yaml"], "'mn'"),
+    "space-minimise-auc": (["--space", "{d}/goal.yaml"], "worst val_auc"),
+    "space-unet-on-classifier": (["--space", "{d}/unet.yaml"], "does not fit a binary"),
+    "space-unknown-model": (["--space", "{d}/model.yaml"], "'resnet181' is not a model"),
+    "weights-missing-file": (
+        ["--space", "{d}/good.yaml", "--weights", "{d}/none.pt"],
+        "--weights",
+    ),
+    "weights-typo": (["--space", "{d}/resnet.yaml", "--weights", "imagnet"], "imagnet"),
+    "weights-not-a-state-dict": (
+        ["--space", "{d}/resnet.yaml", "--weights", "{d}/a-file"],
+        "--weights",
+    ),
+    "folder-task-on-images-and-masks": (
+        ["!", "--task", "folder", "--data-dir", "{d}/seg", "--space", "{d}/good.yaml"],
+        "--task segfolder",
+    ),
     "folder-one-class": (
         ["!", "--task", "folder", "--data-dir", "{d}/oneclass-folder", "--space", "{d}/good.yaml"],
         "at least 2",
@@ -143,6 +162,18 @@ def _broken_files(d: Path) -> None:
         params = {**GOOD_SPACE, "lr": lr}
         (d / f"{name}.yaml").write_text(yaml.safe_dump({"parameters": params}))
     (d / "bad.yaml").write_text("parameters: {lr: [1, 2\n")
+    spaces = {
+        "dropout": {"dropout": {"distribution": "uniform", "min": -0.2, "max": 0.5}},
+        "mn": {"lr": {"distribution": "uniform", "mn": 0.001, "max": 0.01}},
+        "unet": {"model": {"values": ["simple_cnn", "unet-resnet18"]}},
+        "model": {"model": {"values": ["simple_cnn", "resnet181"]}},
+        "resnet": {"model": {"value": "resnet18"}},
+    }
+    for name, params in spaces.items():
+        (d / f"{name}.yaml").write_text(yaml.safe_dump({"parameters": {**GOOD_SPACE, **params}}))
+    (d / "twice.yaml").write_text("parameters:\n  lr: {value: 0.01}\n  lr: {value: 0.1}\n")
+    goal = {"metric": {"name": "val_auc", "goal": "minimize"}, "parameters": GOOD_SPACE}
+    (d / "goal.yaml").write_text(yaml.safe_dump(goal))
     (d / "key.yaml").write_text(
         yaml.safe_dump({"parameters": {**GOOD_SPACE, "lrate": {"value": 1}}})
     )
@@ -157,6 +188,9 @@ def _broken_files(d: Path) -> None:
     _npz(d / "testlabels", test_labels=np.full((40, 1), 7, np.uint8))
     from PIL import Image
 
+    for sub in ("images", "masks"):
+        (d / "seg" / sub).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "seg" / sub / "a.png")
     (d / "oneclass-folder" / "cat").mkdir(parents=True)
     for i in range(4):
         Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(

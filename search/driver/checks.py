@@ -262,6 +262,12 @@ def _check_ig_baseline(text: str) -> None:
 def _check_cache_dir(path: str | None) -> None:
     if path and "://" not in path and os.path.isfile(os.path.expanduser(path)):
         raise UserError(f"--cache-dir {path} is a file; pass a folder (it is created)")
+    node_cache = os.environ.get("MEDSWEEP_NODE_CACHE")
+    if node_cache and os.path.isfile(os.path.expanduser(node_cache)):
+        raise UserError(
+            f"$MEDSWEEP_NODE_CACHE {node_cache} is a file; point it at a folder on a local "
+            "disk (it is created), or unset it"
+        )
 
 
 SPLIT_TASKS = ("folder", "malaria", *TABLE_TASKS)
