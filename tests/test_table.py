@@ -406,3 +406,17 @@ def test_a_search_on_the_table_matches_the_npz_search(tmp_path, run_search, writ
     a, b = _best_val_auc(tmp_path / "runs", "table"), _best_val_auc(tmp_path / "runs", "npz")
     print(f"val AUROC: table {a:.4f}, npz {b:.4f} ({len(arrays['val_labels'])} val images)")
     assert abs(a - b) <= 0.02
+
+
+def test_a_table_mistake_is_one_line_from_the_command_before_ray(chexpert, capsys):
+    """search/run.py itself (in process): exit 2, one `error:` line, no Ray session."""
+    import ray
+
+    from search.driver.pipeline import main
+
+    labels = _bad_table(chexpert, BAD["missing files"][0])
+    argv = ["--task", "table", "--data-dir", str(chexpert.data_dir), "--labels", labels]
+    code = main([*argv, "--wandb", "off"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: 7 of "), err
+    assert not ray.is_initialized()

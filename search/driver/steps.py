@@ -123,10 +123,10 @@ def read_inputs(settings: Settings) -> Inputs:
         values = param_space(settings, space)
         check_space_values(space, values)
         check_models(space, values, task)
-    with user_errors(DATA_HINT):
-        fetch_weights(values, task)
+    with user_errors(DATA_HINT):  # the data first: a listing answers sooner than a download
         size = values.get("image_size") or task.image_size
         located = locate_data(task, size, data, seed)
+        fetch_weights(values, task)
     with user_errors("fix --select or --ensemble"):
         after_flags = settings.after.select, settings.after.ensemble, settings.search.trials
         check_after_flags(*after_flags, located.task.kind, settings.after.test_top)
