@@ -65,22 +65,23 @@ def evaluate_ensemble(
     """The ensemble of `members` (trial ids, best first): figures, difference, record.
 
     `val_outs`: each member's validation (labels, logits); `tested`: what `evaluate_on_test`
-    returned (each member's test figures; its `best_trial` is the single trial compared
-    against), whose `<trial>/test_predictions.npz` hold the test probabilities; `ids`:
+    returned (each member's test figures), whose `<trial>/test_predictions.npz` hold the test
+    probabilities; the ensemble is compared with its first member, the best single trial by
+    the search's metric (under `--select` the selected trial may be another); `ids`:
     `after.row_ids` (patients). Writes `ensemble.json`; returns the test_metrics.json entry."""
     kind, names = task.kind, list(task.classes)
     temps = {m: _temperature(tested, m) for m in members}
     weights = [1.0 / len(members)] * len(members)
     val_p = average([member_probs(kind, val_outs[m][1], temps[m]) for m in members], weights)
     y_val = val_outs[members[0]][0]
-    tests = {m: _test_predictions(experiment_path, m) for m in members + [tested["best_trial"]]}
+    tests = {m: _test_predictions(experiment_path, m) for m in members}
     y_test, test_p = tests[members[0]]["labels"], average([tests[m]["probs"] for m in members])
     threshold = choose_ensemble_threshold(kind, names, y_val, val_p, settings.operating_point)
     groups = ids.get("val_patients"), ids.get("test_patients")
     result = scored(kind, names, (y_test, test_p), threshold, settings.seed, groups[1])
     on_val = scored(kind, names, (y_val, val_p), threshold, settings.seed, groups[0])
     result["validation"] = {k: on_val[k] for k in ("auroc", "operating", "accuracy", "ece")}
-    best = tested["best_trial"]
+    best = members[0]
     result["difference"] = paired_difference(
         kind, names, y_test, test_p, tests[best]["probs"], settings.seed, groups[1]
     ) | {"against": best}
