@@ -19,40 +19,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trainables.tasks import CHEXPERT_OBSERVATIONS, NIH_FINDINGS
+
 ROOT = Path(__file__).resolve().parents[1]
 NPZ = ROOT / "data" / "pneumoniamnist.npz"
-CHEXPERT = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-NIH = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural_Thickening",
-    "Hernia",
-)
+CHEXPERT = CHEXPERT_OBSERVATIONS
+NIH = NIH_FINDINGS
 CELLS = ("1.0", "0.0", "-1.0", "")
 """A CheXpert observation cell: positive, negative, uncertain, not mentioned."""
 

@@ -42,23 +42,9 @@ from collections.abc import Callable
 import numpy as np
 
 from search.benchmarks.core import Bench
+from trainables.tasks import CHEXPERT_OBSERVATIONS
 
-OBSERVATIONS = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+OBSERVATIONS = CHEXPERT_OBSERVATIONS
 ROOT = "CheXpert-v1.0-small"
 DISTINCT = 300
 """Distinct JPEGs encoded; every file is one of them plus its own comment segment."""

@@ -45,9 +45,8 @@ import posixpath
 import warnings
 
 import numpy as np
-from filelock import FileLock
 
-from search.data.conversion import Conversion, cache_file, is_current
+from search.data.conversion import Conversion, cache_file
 from search.data.folder_split import (
     SPLIT_CHOICES,
     Layout,
@@ -87,18 +86,11 @@ def convert_folder(
 
 def convert(conversion: Conversion, cache_dir: str | None, skip_bad: bool) -> tuple[str, dict]:
     """(npz path, info) of a planned conversion: the cached npz when current, else ingested
-    now (under a file lock: another process may be building it)."""
-    from search.data.ingest import run
+    now (`search.data.ingest.ensure`)."""
+    from search.data.ingest import ensure
 
     path = cache_file(conversion, cache_dir)
-    fingerprint = conversion.fingerprint()
-    info = is_current(path, fingerprint)
-    if info is None:
-        with FileLock(path + ".lock"):
-            info = is_current(path, fingerprint)
-            if info is None:
-                info = run(conversion, path, skip_bad=skip_bad)
-    return path, info
+    return path, ensure(conversion, path, skip_bad)
 
 
 def plan_folder(

@@ -36,8 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from filelock import FileLock
 
-from search.data.conversion import Conversion
+from search.data.conversion import Conversion, is_current
 from search.data.fingerprint import path_tag
 from search.data.npz_stream import ShardReader, Streamed, write_members
 from search.data.shards import DecodeJob, Row, decode_batch, read_index, store_outputs
@@ -58,6 +59,19 @@ class Item:
     key: str
     file: str
     mask: str = ""
+
+
+def ensure(conversion: Conversion, path: str, skip_bad: bool = False) -> dict:
+    """The info of the npz at `path`: the cached one when its fingerprint is the
+    conversion's, else ingested now, under a file lock (another process may be building it)."""
+    fingerprint = conversion.fingerprint()
+    info = is_current(path, fingerprint)
+    if info is None:
+        with FileLock(path + ".lock"):
+            info = is_current(path, fingerprint)  # built while this process waited
+            if info is None:
+                info = run(conversion, path, skip_bad=skip_bad)
+    return info
 
 
 def run(

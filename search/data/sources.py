@@ -25,9 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from filelock import FileLock
 
-from search.data.conversion import Conversion, cache_file, is_current
+from search.data.conversion import Conversion, cache_file
 from search.data.downloads import ensure_dataset
 from search.data.fingerprint import data_fingerprint
 from search.data.folder_split import small_data_warnings
@@ -84,15 +83,9 @@ class Source:
         the info come from the npz."""
         if located.conversion is None:
             return located
-        from search.data.ingest import run
+        from search.data.ingest import ensure
 
-        fingerprint = located.conversion.fingerprint()
-        info = is_current(located.path, fingerprint)
-        if info is None:
-            with FileLock(located.path + ".lock"):
-                info = is_current(located.path, fingerprint)  # another search just built it
-                if info is None:
-                    info = run(located.conversion, located.path, skip_bad=data.skip_bad)
+        info = ensure(located.conversion, located.path, data.skip_bad)
         task = dataclasses.replace(located.task, channels=int(info["channels"]))
         self.log_info(located.conversion.src, info)
         warn_small_splits(located.conversion)
