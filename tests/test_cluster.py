@@ -12,9 +12,6 @@ from __future__ import annotations
 import glob
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -184,53 +181,6 @@ def test_multi_node_refuses_local_default_storage(cluster, tmp_path, make_npz, s
     ]
     code, out = searches.finish(searches.start(*args), timeout=120)
     assert code != 0 and "Pass --storage s3://" in out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3_server():
-    """moto's S3-compatible server on loopback, with a bucket; the env to reach it."""
-    import pyarrow.fs as pafs
-
-    port = _free_port()
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_REGION": "us-east-1",
-    }
-    fs = pafs.S3FileSystem(
-        endpoint_override=endpoint,
-        access_key="testing",
-        secret_key="testing",
-        region="us-east-1",
-        allow_bucket_creation=True,
-    )
-    try:
-        deadline = time.time() + 30
-        while not _try(lambda: fs.create_dir("medsweep-test")):
-            assert time.time() < deadline, "moto's S3 server did not start in 30 s"
-            time.sleep(0.2)
-        yield env, fs
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-def _try(fn) -> bool:
-    try:
-        fn()
-        return True
-    except OSError:
-        return False
 
 
 def test_search_on_s3_storage(tmp_path, make_npz, s3_server, write_space, searches):

@@ -11,11 +11,9 @@ import json
 import os
 import pickle
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -154,50 +152,15 @@ def test_masks_are_decoded_with_their_images(isbi_path, tmp_path):
 # --- a folder on S3 ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def s3_bucket(monkeypatch):
-    """moto's S3-compatible server on loopback with a bucket `data`; this process's AWS
+def s3_bucket(s3_server, monkeypatch):
+    """moto's S3 server (conftest's `s3_server`) with a bucket `data`; this process's AWS
     settings point at it. The pyarrow filesystem to fill it."""
-    import pyarrow.fs as pafs
-
-    port = _free_port()
-    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_REGION": "us-east-1",
-    }
+    env, fs = s3_server
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    fs = pafs.S3FileSystem(
-        endpoint_override=endpoint,
-        access_key="testing",
-        secret_key="testing",
-        region="us-east-1",
-        allow_bucket_creation=True,
-    )
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                fs.create_dir("data")
-                break
-            except OSError:
-                assert time.time() < deadline, "moto's S3 server did not start in 30 s"
-                time.sleep(0.2)
-        yield fs
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    fs.create_dir("data")
+    return fs
 
 
 def test_a_folder_on_s3_ingests_like_the_local_one(shapes, tmp_path, s3_bucket):
