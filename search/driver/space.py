@@ -144,8 +144,7 @@ def _metric(cfg: dict, task: Task, path: str) -> tuple[str, str]:
     if GOALS[goal] != direction(name):
         natural = next(g for g, m in GOALS.items() if m == direction(name))
         raise ValueError(
-            f"{path}: metric goal {goal} would search for the worst {name}; write goal: "
-            f"{natural}"
+            f"{path}: metric goal {goal} would search for the worst {name}; write goal: {natural}"
         )
     return name, GOALS[goal]
 

@@ -54,8 +54,7 @@ class Kind:
         return 0
 
     def truth(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
-        """(N, n_classes) int8 1/0, or -1 where a label is unknown (multilabel): what
-        `known_columns` splits into positives and the rows that count."""
+        """(N, n_classes) int8 1/0, or -1 where unknown (multilabel): `known_columns`' input."""
         return self.indicators(labels, n_classes).astype(np.int8)
 
     def indicators(self, labels: np.ndarray, n_classes: int) -> np.ndarray:
