@@ -55,6 +55,7 @@ class FakeCluster:
 
     def __init__(self, root: Path) -> None:
         self.root, self.port = root, _free_port()
+        self._seen: set[int] = set()  # pids found to be this cluster's
         self.temp_dir = str(root / "ray")
         self.address = f"{_node_ip()}:{self.port}"
         self.env = {
@@ -114,48 +115,106 @@ class FakeCluster:
         logs = sorted(Path(self.temp_dir).glob("session_*/logs/monitor.log"))
         return logs[-1].read_text() if logs else ""
 
-    def kill_node(self, node_id: str) -> int:
-        """SIGKILL every process of one fake node (raylet, workers, agents): a reclaimed VM."""
-        return _kill(lambda cmd, env: env.get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id)
-
-    def stop(self) -> int:
-        """Kill what `start` began; returns how many of its processes are still there."""
+    def own(self, procs: dict[int, tuple[int, str, dict]]) -> set[int]:
+        """The pids in `procs` that belong to this cluster: those whose command line names its
+        temp dir or port, the processes they started (workers and agents rename themselves to
+        `ray::...`: found by their parent, or by their raylet once orphaned). Fake node ids
+        (`fff...00001`) repeat in every fake cluster: another one on this machine (a CI run's,
+        a rehearsal) must never be matched."""
         pattern = re.compile(re.escape(self.temp_dir) + "|:" + str(self.port) + r"\b")
-        _kill(lambda cmd, env: bool(pattern.search(cmd)))
-        time.sleep(2)
-        return _kill(lambda cmd, env: bool(pattern.search(cmd)))
+        ours = {pid for pid, (_, cmd, _) in procs.items() if pattern.search(cmd)}
+        while True:
+            more = {
+                pid
+                for pid, (ppid, _, env) in procs.items()
+                if pid not in ours
+                and (
+                    ppid in ours
+                    or _int(env.get("RAY_RAYLET_PID")) in ours
+                    or (  # its raylet was ours and is gone (pids are reused: check the address)
+                        _int(env.get("RAY_RAYLET_PID")) in self._seen
+                        and env.get("RAY_ADDRESS") == self.address
+                    )
+                )
+            }
+            if not more:
+                break
+            ours |= more
+        self._seen |= ours
+        return ours
+
+    def kill_node(self, node_id: str) -> int:
+        """SIGKILL every process of one fake node of this cluster (its raylet, and the workers
+        and agents under it, whose environment `ray::` renaming may have overwritten): a
+        reclaimed VM."""
+        procs = _processes()
+        ours = self.own(procs)
+        node = {p for p in ours if procs[p][2].get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id}
+        while more := {p for p in ours - node if procs[p][0] in node}:
+            node |= more
+        return _kill(node)
+
+    def stop(self, timeout: float = 60) -> int:
+        """Kill what `start` began, until none of its processes is left (a SIGKILLed process
+        can take a while to go on a loaded machine, and a raylet may have forked a worker just
+        before it died); returns how many are still there after `timeout` seconds."""
+        deadline = time.time() + timeout
+        while True:
+            left = _kill(self.own(_processes()))
+            if left == 0 or time.time() > deadline:
+                return left
+            time.sleep(1)
 
 
-def _kill(match) -> int:
-    me, killed = os.getpid(), 0
+def _int(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
+
+
+def _processes() -> dict[int, tuple[int, str, dict]]:
+    """{pid: (parent pid, command line, environment)} of this machine's processes but this one
+    (zombies, with no command line, left out)."""
+    procs = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        if int(pid) == me:
+        if int(pid) == os.getpid():
             continue
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if not cmd:
             continue
         env = dict(e.decode(errors="replace").split("=", 1) for e in raw if b"=" in e)
-        if match(cmd, env):
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-                killed += 1
-            except OSError:
-                pass
+        procs[int(pid)] = (ppid, cmd, env)
+    return procs
+
+
+def _kill(pids) -> int:
+    killed = 0
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except OSError:
+            pass
     return killed
 
 
 @pytest.fixture(scope="module")
-def fake_cluster():
+def fake_cluster(request):
     root = Path(tempfile.mkdtemp(prefix="medsweep-fake-"))
     cluster = FakeCluster(root)
+    failed = request.session.testsfailed
     try:
         cluster.start()
         yield cluster
     finally:
         left = cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if request.session.testsfailed > failed:  # keep Ray's logs of a failure
+            print(f"fake cluster's Ray logs kept: {cluster.temp_dir}/session_*/logs")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     assert left == 0, f"{left} process(es) of the fake cluster outlived the stop"
 
 
@@ -276,15 +335,19 @@ def test_trials_go_to_the_gpu_workers_the_autoscaler_adds_and_survive_losing_one
 
 
 def _kill_a_worker_after_its_first_epoch(cluster: FakeCluster, exp: Path, proc) -> tuple:
-    """SIGKILL the node of the first trial to report an epoch (a reclaimed spot VM); (that
-    trial, that node)."""
+    """SIGKILL the node of the first trial seen with an epoch reported and one still to train
+    (a reclaimed spot VM); (that trial, that node). A trial seen only once finished (the
+    results reach the experiment folder by a sync that can lag) has left its node: not it."""
     deadline = time.time() + 300
-    while not any(n >= 1 for _, n in _trial_nodes(exp).values()):
-        assert proc.poll() is None and time.time() < deadline, "no trial reported an epoch"
+
+    def running() -> list:
+        return [(t, node) for t, (node, n) in _trial_nodes(exp).items() if 1 <= n < EPOCHS]
+
+    while not (found := running()):
+        assert proc.poll() is None, "the search ended before a worker could be lost"
+        assert time.time() < deadline, f"no trial mid-run in 300 s: {_trial_nodes(exp)}"
         time.sleep(0.5)
-    victim_trial, (victim, _) = next(
-        (trial, found) for trial, found in _trial_nodes(exp).items() if found[1] >= 1
-    )
+    victim_trial, victim = found[0]
     assert victim != FAKE_HEAD_NODE_ID
     assert cluster.kill_node(victim) > 0
     return victim_trial, victim
@@ -303,7 +366,8 @@ def _trial_nodes(exp: Path) -> dict[str, tuple[str, int]]:
     """{trial: (node it last reported from, epochs reported)} from the trials' result.json."""
     found = {}
     for result in exp.glob("*/result.json"):
-        lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
+        # complete lines only: the file may be caught mid-copy from the driver's staging dir
+        lines = [json.loads(x) for x in result.read_text().split("\n")[:-1] if x.strip()]
         if lines and lines[-1].get("node_id"):
             found[result.parent.name] = (lines[-1]["node_id"], len(lines))
     return found
