@@ -133,6 +133,7 @@ def check_flags(settings: Settings) -> None:
     _check_name(settings.outputs.name)
     _check_task_data(settings)
     check_storage_uri(settings.outputs.storage)
+    _check_disk_flags(settings)
     _check_operating_point(settings.after.operating_point)
     _check_ig_baseline(settings.attribution.ig_baseline)
     _check_cache_dir(settings.data.cache_dir)
@@ -187,9 +188,32 @@ RESUME_FLAGS = (
     "--storage",
     "--wandb",
     "--wandb-project",
+    "--max-disk",
+    "--keep-checkpoints",
 )
 """What a `--resume` command line may hold (where the search runs, where it is, how it is
-logged): the rest is the original command's (search.json)."""
+logged, what it may keep on disk): the rest is the original command's (search.json)."""
+
+
+def _check_disk_flags(settings: Settings) -> None:
+    from search.experiment.quota import parse_keep, parse_size
+
+    outputs = settings.outputs
+    try:
+        parse_keep(outputs.keep_checkpoints)
+    except ValueError as err:
+        raise UserError(f"--keep-checkpoints {err}") from None
+    if outputs.max_disk is None:
+        return
+    try:
+        parse_size(outputs.max_disk)
+    except ValueError as err:
+        raise UserError(f"--max-disk {err}") from None
+    if "://" in (outputs.storage or ""):
+        raise UserError(
+            f"--max-disk holds a local experiment folder, not {outputs.storage}; set the "
+            "bucket's own lifecycle rules, or drop --max-disk"
+        )
 
 
 def _check_resume_flags(settings: Settings) -> None:
@@ -199,7 +223,8 @@ def _check_resume_flags(settings: Settings) -> None:
     if fixed:
         raise UserError(
             f"--resume continues a search with its own settings, so {', '.join(fixed)} "
-            "cannot change; drop them (only --address and --wandb may), or start a new "
+            "cannot change; drop them (only --address, --wandb, --max-disk and "
+            "--keep-checkpoints may), or start a new "
             "search with another --name"
         )
 

@@ -161,3 +161,42 @@ def check_cluster(plan, view) -> None:
         f"(largest: {largest:g} CPU; {view.describe()}); lower --cpus-per-worker "
         "or --gpus-per-trial"
     )
+
+
+RESUME_COPIES = 3
+"""Checkpoints a running trial holds at once: its best, its latest and the one being written
+(Ray deletes the older after the new one is in place)."""
+STATE_FACTOR = 3
+"""A resume checkpoint's size over its weights': the weights plus AdamW's two moments."""
+
+
+def check_disk(limit: int, concurrent: int, protect: int, values: dict, task) -> None:
+    """`--max-disk` against what the running trials' checkpoints need at least: `concurrent`
+    trials x RESUME_COPIES x STATE_FACTOR x the largest model's weights, plus the weights of
+    the `protect` best trials; refused when it cannot hold them."""
+    from search.experiment.quota import human
+
+    name, weights = largest_model(values, task)
+    running = concurrent * RESUME_COPIES * STATE_FACTOR * weights
+    need = running + protect * weights
+    if limit < need:
+        raise UserError(
+            f"--max-disk {human(limit)} cannot hold the search: {concurrent} trial(s) at once "
+            f"x {RESUME_COPIES} checkpoints of about {human(STATE_FACTOR * weights)} ({name}: "
+            f"weights and optimizer state) plus the {protect} best trials' weights "
+            f"= {human(need)}; pass --max-disk {human(need * 1.5)} or more"
+        )
+
+
+def largest_model(values: dict, task) -> tuple[str, int]:
+    """(name, bytes of its weights) of the largest model the space can pick."""
+    from trainables.models import build_model
+
+    size = values.get("image_size") or task.image_size
+    sizes = []
+    for name in corner_values(values.get("model") or task.model):
+        model = build_model(name or task.model, task.num_outputs, task.channels, size, 0.0, "none")
+        state = model.state_dict().values()
+        sizes.append((sum(t.numel() * t.element_size() for t in state), name or task.model))
+    nbytes, name = max(sizes)
+    return name, nbytes

@@ -285,6 +285,18 @@ def _after_flags(p) -> None:
         "--storage",
         help="local folder or s3://, gs:// URI (None: $MEDSWEEP_STORAGE, else runs)",
     )
+    p.add_argument(
+        "--max-disk",
+        metavar="SIZE",
+        help="a quota for the experiment folder, e.g. 5GB: the weights of ended, weakest "
+        "trials go first; the search stops if the running trials need more",
+    )
+    p.add_argument(
+        "--keep-checkpoints",
+        metavar="all|top-K|none",
+        help="after the search: the weights of every trial (all, the default), of the K "
+        "best, or of none; resume state is never kept",
+    )
     p.add_argument("--test-top", type=int, help="evaluate the K best on test")
     p.add_argument(
         "--operating-point",

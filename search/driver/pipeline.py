@@ -12,10 +12,15 @@ checks them: `search.driver.checks`) before anything heavy is imported, then run
   before Ray starts (resources: right after it connects); `--debug` shows the traceback. So is
   an experiment folder in use by another search (its lock, held from before Ray starts to the
   exit: `search.driver.resume.claim`), or, without `--resume`, one that holds a search;
-- 130 (SIGINT, Ctrl-C) / 143 (SIGTERM): interrupted; the trials stop, the search state is
-  saved, search.json says `interrupted`, the `--resume` line is printed, and nothing runs on a
-  partial search (no test split, attribution or report): the test split is read once per
-  experiment, at its real end.
+- 130 (SIGINT, Ctrl-C) / 143 (SIGTERM), sent to the driver or to its whole process group, in
+  any phase: the work stops (the trials: their state saved), search.json says `interrupted`,
+  the phase it was in and the phases done (`search.experiment.manifest.PHASES`: search,
+  attribution, test, repeat, report; written at each boundary), and the `--resume` line is
+  printed. Nothing runs on a partial search (no test split, attribution or report before the
+  trials finished). `--resume` redoes no finished phase (an interrupted one starts again): with
+  the trials finished it skips Tune's restore and reads trials.parquet back, explained trials
+  keep their maps, and a finished test evaluation is kept: the test split is read once per
+  experiment.
 Any other error is internal: its traceback is kept and the Ray session's logs are named.
 """
 
@@ -41,7 +46,18 @@ from search.driver.resume import (
 )
 from search.driver.session import Interrupts, close_ray, interrupted_code, session_dir
 from search.driver.settings import Settings
-from search.experiment.manifest import FINISHED, INTERRUPTED, RUNNING, Manifest
+from search.experiment.manifest import (
+    ATTRIBUTION,
+    FINISHED,
+    INTERRUPTED,
+    PHASES,
+    REPEAT,
+    REPORT,
+    RUNNING,
+    SEARCH,
+    TEST,
+    Manifest,
+)
 
 if TYPE_CHECKING:  # both import Ray and torch, which wait until the flags are good
     from search.driver.plan import Plan
@@ -64,6 +80,12 @@ class Run:
     started: float = field(default_factory=time.time)
     claims: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     """The experiment folder's lock (`search.driver.resume.claim`), held to the exit."""
+    phase: str | None = SEARCH
+    """The phase it is in (`search.experiment.manifest.PHASES`; None once finished)."""
+    done: list[str] = field(default_factory=list)
+    """The phases finished, by this run or the one it resumes."""
+    wall: float | None = None
+    """Seconds searched over every part, fixed once the search phase is done."""
 
     @property
     def first_started(self) -> float:
@@ -71,6 +93,8 @@ class Run:
 
     def searched_s(self) -> float:
         """Seconds searched, over every part of a resumed search."""
+        if self.wall is not None:
+            return self.wall
         earlier = (self.previous.wall_time_s or 0.0) if self.previous else 0.0
         return earlier + time.time() - self.started
 
@@ -110,7 +134,7 @@ def search(run: Run, stop: Interrupts) -> int:
     finished = begin(run)
     if finished is not None:
         return finished
-    from search.driver import progress, records, steps  # Ray, torch: once the flags are good
+    from search.driver import disk, progress, records, steps  # Ray, torch: flags are good
     from search.driver.relocate import use_experiment
 
     settings = run.settings
@@ -124,9 +148,16 @@ def search(run: Run, stop: Interrupts) -> int:
     progress.warn_if_slow(plan, inputs, inputs.space.path)
     run.started = time.time()
     wandb_mode = _wandb_mode(settings)
+    if SEARCH in run.done:  # every trial finished in an earlier run: no Tune restore
+        log.info("the trials finished before (phases done: %s)", ", ".join(run.done))
+        return finish(run, None, wandb_mode)
     start = records.manifest(settings, plan, inputs, run.first_started, _earlier(run), RUNNING)
+    keeper = disk.disk_keeper(settings, plan, inputs.values, inputs.task)
     with stop.fitting():
-        grid = steps.fit(settings, plan, inputs, wandb_mode, run.resume_path, start)
+        grid = steps.fit(settings, plan, inputs, wandb_mode, run.resume_path, start, keeper)
+    if keeper.exceeded is not None:
+        interrupted(run, None)
+        raise UserError(disk.exceeded_message(keeper, plan.experiment_path))
     if stop.signal is not None:
         return interrupted(run, stop.signal)
     return finish(run, grid, wandb_mode)
@@ -151,37 +182,91 @@ def begin(run: Run) -> int | None:
         return already_finished(path, resumed.previous)
     if resumed.restore:  # else it stopped before Tune saved anything: it starts again
         run.resume_path, run.previous = path, resumed.previous
+        run.done = [p for p in PHASES if p in resumed.previous.phases_done]
+        run.phase = next((p for p in PHASES if p not in run.done), REPORT)  # where it goes on
+        run.wall = resumed.previous.wall_time_s if SEARCH in run.done else None
     return None
 
 
 def finish(run: Run, grid, wandb_mode: str) -> int:
-    """After a search that ran to its end: tables, attribution, test split, report, W&B."""
-    from search.driver import records, steps
+    """After the trials (`grid`: Tune's results; None when an earlier run collected them): the
+    phases after the search, each skipped when an earlier run finished it, then the report
+    and W&B; search.json says finished last."""
+    from search.driver import disk, steps
     from search.tracking.runs import log_media
 
     settings, plan, inputs = run.settings, run.plan, run.inputs
-    trials = steps.collect_results(grid, plan, inputs)
-    wall = run.searched_s()
-    steps.after_search(settings, plan, inputs, trials)
-    if settings.after.repeat_best:
-        from search.driver.repeat import repeat_best
-
-        repeat_best(settings.after, plan, inputs, trials)
-    records.manifest(settings, plan, inputs, run.first_started, wall, FINISHED).write(
-        plan.experiment_path
-    )
+    trials = searched(run, grid)
+    for phase, step in (
+        (ATTRIBUTION, steps.attribution),
+        (TEST, steps.evaluate_test),
+        (REPEAT, repeat),
+    ):
+        if enter(run, phase):
+            step(settings, plan, inputs, trials)
+            run.done.append(phase)
+    disk.keep_checkpoints(settings, plan, trials)  # nothing reads checkpoints after this
+    enter(run, REPORT)
     report = steps.write_report(plan.experiment_path)
     log_media(wandb_mode, settings.wandb.project, plan.name, plan.experiment_path, trials)
-    code = steps.summarise(trials, plan, wall)
+    run.phase, run.done = None, list(PHASES)
+    record(run, FINISHED)
+    code = steps.summarise(trials, plan, run.searched_s())
     if report:
         log.info("  report: %s", report)
     return code
 
 
-def interrupted(run: Run, sig: int | None) -> int:
-    """Mark the search interrupted, say how to continue it; 130 (SIGINT) or 143 (SIGTERM)."""
+def searched(run: Run, grid) -> list[dict]:
+    """The trial rows: collected from `grid` (the search phase ends: tables and checkpoints
+    written, the time searched fixed), or read back when an earlier run collected them."""
+    from search.driver import steps
+
+    if SEARCH in run.done:
+        return steps.read_trials(run.plan)
+    trials = steps.collect_results(grid, run.plan, run.inputs)
+    run.wall = run.searched_s()
+    run.done.append(SEARCH)
+    return trials
+
+
+def enter(run: Run, phase: str) -> bool:
+    """Start `phase`: search.json says so (atomically); False when an earlier run finished it
+    (logged: nothing of it is redone)."""
+    run.phase = phase
+    record(run, RUNNING)
+    if phase in run.done:
+        log.info("%s: finished in an earlier run; kept, not redone", phase)
+    return phase not in run.done
+
+
+def repeat(settings: Settings, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
+    """`--repeat-best` (`search.driver.repeat`), when asked for."""
+    if settings.after.repeat_best:
+        from search.driver.repeat import repeat_best
+
+        repeat_best(settings.after, plan, inputs, trials)
+
+
+def record(run: Run, status: str) -> None:
+    """Write search.json as `run` has got to: `status`, its phase and the phases done."""
     from search.driver import records
 
+    records.manifest(
+        run.settings,
+        run.plan,
+        run.inputs,
+        run.first_started,
+        run.searched_s(),
+        status,
+        run.phase,
+        run.done,
+    ).write(run.plan.experiment_path)
+
+
+def interrupted(run: Run, sig: int | None) -> int:
+    """Mark the search interrupted (in which phase, which are done), say how to continue it;
+    130 (SIGINT) or 143 (SIGTERM)."""
     plan, code = run.plan, interrupted_code(sig)
     if plan is None or run.inputs is None:
         log.warning("interrupted before the search started: nothing to resume")
@@ -190,12 +275,14 @@ def interrupted(run: Run, sig: int | None) -> int:
     if Manifest.read_optional(path) is None:  # the search had not started: nothing written
         log.warning("interrupted before the search started: nothing to resume; start it again")
         return code
-    records.manifest(
-        run.settings, plan, run.inputs, run.first_started, run.searched_s(), INTERRUPTED
-    ).write(path)
+    if run.phase is None:  # search.json says finished already: it stays so
+        return code
+    record(run, INTERRUPTED)
     log.warning(
-        "\ninterrupted: the search state is saved in %s (no test evaluation, "
-        "attribution or report of a partial search). Continue it with:\n  %s",
+        "\ninterrupted in the %s phase (done: %s): the search state is saved in %s (nothing "
+        "runs on a partial search; --resume redoes no finished phase). Continue it with:\n  %s",
+        run.phase,
+        ", ".join(run.done) or "none",
         path,
         resume_command(path),
     )

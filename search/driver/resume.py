@@ -84,6 +84,10 @@ def resume_folder(settings: Settings) -> str:
     return path
 
 
+def _flag(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
 def resumed_args(settings: Settings) -> Resumed:
     """The experiment folder, the original command's settings (its argv re-parsed, in this
     folder, on `--address` if given now), its search.json and whether Tune restores it."""
@@ -101,6 +105,9 @@ def resumed_args(settings: Settings) -> Resumed:
     )
     if {"--wandb", "--wandb-project"} & settings.given:  # logging may change, results not
         restored = dataclasses.replace(restored, wandb=settings.wandb)
+    disk = {"max_disk", "keep_checkpoints"}  # what the folder may hold may change too
+    given = {f: getattr(settings.outputs, f) for f in disk if _flag(f) in settings.given}
+    restored = updated(restored, outputs=given) if given else restored
     restored = dataclasses.replace(restored, debug=restored.debug or settings.debug)
     check_flags(restored)
     if restore:

@@ -60,10 +60,13 @@ class ResourceSettings:
 @dataclass(frozen=True)
 class OutputSettings:
     """Where the experiment goes: `--name`, `--storage` (None: $MEDSWEEP_STORAGE, else `runs`
-    once `search.driver.session.check_storage` resolved it)."""
+    once `search.driver.session.check_storage` resolved it); what it may hold: `--max-disk`
+    (None: no quota), `--keep-checkpoints` (`search.experiment.retention`)."""
 
     name: str | None = None
     storage: str | None = _env("MEDSWEEP_STORAGE")
+    max_disk: str | None = None
+    keep_checkpoints: str = "all"
 
 
 @dataclass(frozen=True)

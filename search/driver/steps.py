@@ -13,9 +13,10 @@ module only after the command line passed its checks: it pulls in Ray and torch)
    with which streamed trials read their node's cache); a new `Tuner` (search.json written
    first), or `Tuner.restore` under `--resume`; `tuner.fit()`, with a progress line (time left);
 4. `collect_results`: `trials.parquet`, `history.parquet` and each trial's best checkpoint
-   (`search.experiment.tables`);
-5. `after_search`: attribution maps and focus scores, then the test split for the best
-   trial(s) (`search.experiment.after`), as Ray tasks with a trial's accelerator;
+   (`search.experiment.tables`); `read_trials` reads them back (a resumed search whose
+   trials all finished);
+5. `attribution`: attribution maps and focus scores; `evaluate_test`: the test split for the
+   best trial(s) (`search.experiment.after`), both as Ray tasks with a trial's accelerator;
 6. `manifest` (search.json), `write_report` (report.html), and `summarise` on the log.
 """
 
@@ -41,6 +42,7 @@ from search.data.sources import (
     locate_data,
 )
 from search.driver.checks import user_errors
+from search.driver.disk import DiskKeeper, use_keeper
 from search.driver.input_checks import (
     check_cluster,
     check_data,
@@ -71,6 +73,7 @@ from search.experiment.tables import (
     config_of,
     export_checkpoints,
     mark_pareto,
+    read_table,
     write_table,
     write_tables,
 )
@@ -228,9 +231,11 @@ def fit(
     wandb_mode: str,
     resume_path: str | None,
     start: Manifest,
+    keeper: DiskKeeper,
 ):
     """Run the trials (a new search, or the rest of an interrupted one); the ResultGrid.
-    `start` is the search.json written before the first trial (status running)."""
+    `start` is the search.json written before the first trial (status running); `keeper`
+    holds the folder's disk (`disk_keeper`)."""
     reader = split_reader(inputs)
     tags = [plan.task.name, plan.searcher]
     callbacks = make_callbacks(
@@ -240,6 +245,7 @@ def fit(
     callbacks = [
         *callbacks,
         Progress(plan.trials, epochs, plan.max_concurrent, plan.time_budget_s),
+        keeper,
     ]
     start.write(plan.experiment_path)
     if resume_path:
@@ -249,6 +255,7 @@ def fit(
             resume_unfinished=True,
             resume_errored=False,
         )
+        use_keeper(tuner, keeper)  # the restored run's callbacks are the pickled ones
     else:
         earlier = list(inputs.warm.trials) if inputs.warm else None
         tuner = build_tuner(plan, inputs.space, reader, inputs.values, callbacks, earlier)
@@ -265,8 +272,13 @@ def collect_results(grid, plan: Plan, inputs: Inputs) -> list[dict]:
     return trials
 
 
-def after_search(settings: Settings, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
-    """Attribution maps (Ray tasks), focus scores, then the test split for the best trials."""
+def read_trials(plan: Plan) -> list[dict]:
+    """The trial rows `collect_results` wrote, read back (its checkpoints are in place)."""
+    return read_table(join_path(plan.experiment_path, TRIALS_FILE))
+
+
+def attribution(settings: Settings, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
+    """Attribution maps (Ray tasks) and focus scores, written into trials.parquet."""
     t0 = time.time()
     focus, reader = {}, split_reader(inputs)
     if settings.attribution.explain_top != 0:
@@ -282,6 +294,12 @@ def after_search(settings: Settings, plan: Plan, inputs: Inputs, trials: list[di
         )
     log.info("attribution maps for %d trials in %.1f s", len(focus), time.time() - t0)
     write_table(trials, join_path(plan.experiment_path, TRIALS_FILE))
+
+
+def evaluate_test(settings: Settings, plan: Plan, inputs: Inputs, trials: list[dict]) -> None:
+    """The test split, read once, for the best trial(s): test_metrics.json and each tested
+    trial's test_predictions.npz."""
+    reader = split_reader(inputs)
     if settings.after.test_top:  # --select / --ensemble: search.experiment.deploy
         evaluate_models(
             trials,

@@ -23,10 +23,12 @@ from __future__ import annotations
 import os
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from search.experiment.layout import CHECKPOINT_DIR, HISTORY_FILE, TRIALS_FILE
-from search.experiment.storage import copy_dir, filesystem, join_path, same_place, write_file
+from search.experiment.retention import export_weights, has_export
+from search.experiment.storage import filesystem, join_path, same_place, write_file
 from trainables.scores import best_index, is_finite
 
 VAL_METRICS = (
@@ -264,15 +266,25 @@ def _num(value) -> float | None:
 
 
 def export_checkpoints(trials: list[dict], experiment_path: str) -> None:
-    """Copy each trial's best checkpoint to `<experiment>/<trial>/checkpoint/`; update rows."""
+    """Each trial's best weights in `<experiment>/<trial>/checkpoint/model.pt` (without the
+    optimizer state: `search.experiment.retention`; a trial that ended during the search has
+    it already); update rows."""
     for row in trials:
-        src = row.get("checkpoint_path")
-        if not src:
-            continue
         dst = join_path(experiment_path, row["trial_id"], CHECKPOINT_DIR)
-        if not same_place(src, dst):
-            copy_dir(src, dst)
-        row["checkpoint_path"] = dst
+        src = row.get("checkpoint_path")
+        if has_export(join_path(experiment_path, row["trial_id"])):
+            row["checkpoint_path"] = dst
+        elif src and _exists(src):
+            if not same_place(src, dst):
+                export_weights(src, dst)
+            row["checkpoint_path"] = dst
+        else:
+            row["checkpoint_path"] = None
+
+
+def _exists(path: str) -> bool:
+    fs, fs_path = filesystem(path)
+    return fs.get_file_info(fs_path).type != pafs.FileType.NotFound
 
 
 def write_table(rows: list[dict], path: str) -> None:

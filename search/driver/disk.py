@@ -1,0 +1,199 @@
+"""The experiment folder's disk while the search runs: retention and `--max-disk`.
+
+    keeper = DiskKeeper(plan.experiment_path, plan.metric, plan.mode, limit, protect=3)
+    tuner = build_tuner(..., callbacks=[..., keeper])
+    grid = tuner.fit()
+    if keeper.exceeded: ...        # the quota could not hold the running trials: stopped
+
+A Tune callback on the driver. As each trial ends (finished, stopped by ASHA or errored for
+good), its best weights are exported and its resume state deleted
+(`search.experiment.retention.finish_trial`): a running trial keeps its best and latest
+checkpoints, an ended one its weights alone.
+
+Under `--max-disk`, after each checkpoint the folder is measured; over the quota, the exported
+weights of ended trials go, weakest first, never those of the `protect` best trials (what
+`--test-top`, `--ensemble`, `--explain-top` and `--keep-checkpoints top-K` need) nor anything of
+a running trial. Each removal is logged. When nothing removable is left and the folder is still
+over, the search is stopped as on Ctrl-C (its state saved: `--resume` continues it, with a
+larger `--max-disk`) and `exceeded` says by how much.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+from ray import tune
+
+from search.driver.checks import user_errors
+from search.driver.input_checks import check_disk
+from search.driver.plan import Plan
+from search.driver.settings import Settings
+from search.experiment.layout import TRIALS_FILE
+from search.experiment.quota import human, parse_keep, parse_size
+from search.experiment.retention import (
+    exported_path,
+    finish_trial,
+    folder_bytes,
+    has_export,
+    prune,
+    remove_dir,
+)
+from search.experiment.storage import join_path
+from search.experiment.tables import write_table
+from trainables.scores import sort_key
+
+log = logging.getLogger("medsweep")
+MEASURE_EVERY_S = 2.0
+"""The quota is measured at most this often (a walk of the folder per checkpoint otherwise)."""
+
+
+class DiskKeeper(tune.Callback):
+    """See the module docstring. `limit`: `--max-disk` in bytes (None: no quota)."""
+
+    def __init__(
+        self, experiment_path: str, metric: str, mode: str, limit: int | None, protect: int = 1
+    ) -> None:
+        self.experiment_path, self.metric, self.mode = experiment_path, metric, mode
+        self.limit, self.protect = limit, max(1, protect)
+        self.freed = 0
+        self.removed: list[str] = []
+        self.exceeded: tuple[int, int] | None = None
+        """(folder bytes, limit) when the quota stopped the search."""
+        self._measured = 0.0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._ended(trial, trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._ended(trial, trials)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
+        self.enforce(trials)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result, **info) -> None:
+        self.enforce(trials)  # the Train launcher's checkpoints reach Tune as results
+
+    def _ended(self, trial, trials: list) -> None:
+        self.freed += finish_trial(self.trial_path(trial), self.mode)
+        self.enforce(trials, now=True)
+
+    def trial_path(self, trial) -> str:
+        return join_path(self.experiment_path, trial.storage.trial_dir_name)
+
+    def enforce(self, trials: list, now: bool = False) -> None:
+        """Hold the folder under the quota (see the module docstring)."""
+        if self.limit is None or self.exceeded is not None:
+            return
+        if not now and time.monotonic() - self._measured < MEASURE_EVERY_S:
+            return
+        self._measured = time.monotonic()
+        size = folder_bytes(self.experiment_path)
+        for trial in self.removable(trials) if size > self.limit else []:
+            freed = remove_dir(exported_path(self.trial_path(trial)))
+            size -= freed
+            self.freed += freed
+            self.removed.append(trial.trial_id)
+            log.warning(
+                "--max-disk %s: removed the weights of trial %s (%s %s, %s); the folder holds %s",
+                human(self.limit),
+                trial.trial_id,
+                self.metric,
+                _fmt(self.best(trial)),
+                human(freed),
+                human(size),
+            )
+            if size <= self.limit:
+                return
+        if size > self.limit:
+            self.stop(size)
+
+    def removable(self, trials: list) -> list:
+        """Ended trials holding weights, outside the `protect` best, weakest first."""
+        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+        order = sorted(trials, key=lambda t: sort_key(self.best(t), self.mode), reverse=True)
+        kept = {t.trial_id for t in order[: self.protect]}
+        candidates = [
+            t for t in ended if t.trial_id not in kept and has_export(self.trial_path(t))
+        ]
+        return sorted(candidates, key=lambda t: sort_key(self.best(t), self.mode))
+
+    def best(self, trial) -> float | None:
+        analysis = getattr(trial, "metric_analysis", {}).get(self.metric, {})
+        return analysis.get(self.mode)
+
+    def stop(self, size: int) -> None:
+        """Stop the search as Ctrl-C does (Tune saves its state; the trials can resume)."""
+        self.exceeded = (size, self.limit)
+        handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        log.error(
+            "--max-disk %s: the folder holds %s with nothing left to remove; stopping the search",
+            human(self.limit),
+            human(size),
+        )
+        if callable(handler):
+            handler(signal.SIGUSR1, None)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def use_keeper(tuner, keeper: DiskKeeper) -> None:
+    """Put `keeper` in place of the DiskKeeper a restored Tuner unpickled with its RunConfig
+    (Ray restores a run's callbacks from tuner.pkl and has no public way to change them, so a
+    `--resume` with another `--max-disk` would keep the old quota)."""
+    run_config = tuner._local_tuner.get_run_config()
+    kept = [c for c in run_config.callbacks or [] if not isinstance(c, DiskKeeper)]
+    run_config.callbacks = [*kept, keeper]
+
+
+def disk_keeper(settings: Settings, plan: Plan, values: dict, task) -> DiskKeeper:
+    """The search's disk keeper (`search.driver.disk`): `--max-disk` (checked against what
+    the running trials' checkpoints need: `check_disk`), protecting the trials the steps after
+    the search read."""
+    outputs = settings.outputs
+    limit = None if outputs.max_disk is None else parse_size(outputs.max_disk)
+    protect = protected_trials(settings)
+    if limit is not None:
+        with user_errors("raise --max-disk, or run fewer trials at once (--max-concurrent)"):
+            check_disk(limit, plan.max_concurrent, protect, values, task)
+    return DiskKeeper(plan.experiment_path, plan.metric, plan.mode, limit, protect)
+
+
+def protected_trials(settings: Settings) -> int:
+    """How many of the best trials keep their weights whatever the quota: those the test
+    evaluation, `--ensemble`, `--explain-top` and `--keep-checkpoints top-K` read."""
+    after, explain = settings.after, settings.attribution.explain_top
+    _, top = parse_keep(settings.outputs.keep_checkpoints)
+    return max(1, after.test_top, after.ensemble, explain or 0, top)
+
+
+def keep_checkpoints(settings: Settings, plan: Plan, trials: list[dict]) -> None:
+    """`--keep-checkpoints` once nothing after the search reads checkpoints: resume state
+    goes, and the weights the policy does not keep (`search.experiment.retention.prune`);
+    trials.parquet then says which trials still hold weights."""
+    keep = parse_keep(settings.outputs.keep_checkpoints)
+    freed = prune(trials, keep, plan.metric, plan.mode)
+    write_table(trials, join_path(plan.experiment_path, TRIALS_FILE))
+    held = sum(1 for t in trials if t.get("checkpoint_path"))
+    log.info(
+        "checkpoints (--keep-checkpoints %s): %d trials hold weights; %s freed",
+        settings.outputs.keep_checkpoints,
+        held,
+        human(freed),
+    )
+
+
+def exceeded_message(keeper: DiskKeeper, experiment_path: str) -> str:
+    """The error line of a search `--max-disk` stopped."""
+    from search.driver.resume import resume_command
+
+    size, limit = keeper.exceeded
+    return (
+        f"--max-disk {human(limit)} cannot hold the running trials' checkpoints (the folder "
+        f"reached {human(size)} with nothing left to remove); the search is saved: continue "
+        f"it with a larger quota: {resume_command(experiment_path)} --max-disk "
+        f"{human(size * 2).replace(' ', '')}"
+    )

@@ -1,0 +1,163 @@
+"""What an experiment folder keeps: best weights without optimizer state, resume state only
+while a trial runs, `--keep-checkpoints`, `--max-disk` (issue 21)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import pytest
+import torch
+
+from search.driver.checks import UserError
+from search.driver.input_checks import check_disk, largest_model
+from search.driver.pipeline import main
+from search.experiment.quota import human, parse_keep, parse_size
+from search.experiment.retention import (
+    best_saved,
+    finish_trial,
+    folder_bytes,
+    prune,
+    resume_state_dirs,
+)
+from search.experiment.tables import read_table
+from trainables.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from trainables.scores import CHECKPOINT_SCORE
+from trainables.tasks import get_task
+
+
+def _trial(tmp_path, make_checkpoint, name: str, epochs: dict, under: str = "") -> str:
+    """A trial folder with Ray-style `checkpoint_*` folders: {epoch: checkpoint score} (a
+    real checkpoint of one epoch, its epoch and score rewritten; optimizer state kept)."""
+    source = load_checkpoint(make_checkpoint("binary", channels=1))
+    trial = tmp_path / name
+    for epoch, score in epochs.items():
+        payload = {**source, "epoch": epoch, "metrics": {CHECKPOINT_SCORE: score}}
+        save_checkpoint(trial / under / f"checkpoint_{epoch:06d}", payload)
+    return str(trial)
+
+
+def test_an_ended_trial_keeps_its_best_weights_without_the_optimizer(tmp_path, make_checkpoint):
+    trial = _trial(tmp_path, make_checkpoint, "t1", {2: 0.91, 4: float("-inf")})
+    resume_bytes = folder_bytes(os.path.join(trial, "checkpoint_000002"))
+    freed = finish_trial(trial, "max")
+    assert resume_state_dirs(trial) == [] and freed >= 2 * resume_bytes * 0.99
+    exported = load_checkpoint(os.path.join(trial, "checkpoint"))
+    assert exported["epoch"] == 2  # the best, not the latest
+    assert "optimizer" not in exported and "scheduler" not in exported
+    assert folder_bytes(os.path.join(trial, "checkpoint")) < 0.6 * resume_bytes
+    original = load_checkpoint(make_checkpoint("binary", channels=1))
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        a = model_from_checkpoint(exported)(x)
+        b = model_from_checkpoint(original)(x)
+    assert torch.equal(a, b)
+    assert finish_trial(trial, "max") == 0  # nothing left to do
+
+
+def test_the_best_saved_checkpoint_by_mode_skipping_one_cut_mid_write(tmp_path, make_checkpoint):
+    low = _trial(tmp_path, make_checkpoint, "low", {1: 0.2, 3: 0.1, 5: float("inf")}, "train")
+    dirs = resume_state_dirs(low)
+    assert [os.path.basename(d) for d in dirs] == [f"checkpoint_00000{i}" for i in (1, 3, 5)]
+    assert best_saved(dirs, "min").endswith("checkpoint_000003")
+    with open(os.path.join(dirs[1], "model.pt"), "r+b") as f:  # a write cut off
+        f.truncate(1000)
+    assert best_saved(dirs, "min").endswith("checkpoint_000001")
+    tied = _trial(tmp_path, make_checkpoint, "tied", {2: 0.5, 6: 0.5})
+    assert best_saved(resume_state_dirs(tied), "max").endswith("checkpoint_000002")
+
+
+@pytest.mark.parametrize(
+    "keep, kept", [("all", {"a", "b", "c"}), ("top-2", {"b", "c"}), ("none", set())]
+)
+def test_keep_checkpoints(tmp_path, make_checkpoint, keep, kept):
+    rows = []
+    for name, auc in (("a", 0.7), ("b", 0.9), ("c", 0.8)):
+        path = _trial(tmp_path, make_checkpoint, name, {1: auc})
+        rows.append({"trial_id": name, "trial_path": path, "val_auc": auc, "checkpoint_path": "x"})
+    freed = prune(rows, parse_keep(keep), "val_auc", "max")
+    assert freed > 0
+    holding = {r["trial_id"] for r in rows if r["checkpoint_path"]}
+    on_disk = {n for n in "abc" if (tmp_path / n / "checkpoint" / "model.pt").is_file()}
+    assert holding == on_disk == kept
+    assert not list(tmp_path.rglob("checkpoint_0*"))
+
+
+def test_sizes_and_policies_parse():
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("1.5 GiB") == int(1.5 * 2**30)
+    assert parse_size("2000") == 2000 and parse_size("300mb") == 3 * 10**8
+    assert parse_keep("top-3") == ("top", 3) and parse_keep("none") == ("none", 0)
+    assert human(14_200_000) == "14.2 MB"
+    for bad in ("5XB", "lots", "0GB", "-1GB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+    for bad in ("top-0", "top", "best", ""):
+        with pytest.raises(ValueError):
+            parse_keep(bad)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-disk", "5XB"], "--max-disk '5XB' is not a size"),
+        (["--keep-checkpoints", "top-0"], "--keep-checkpoints 'top-0' is not all, none or top-K"),
+        (["--max-disk", "1GB", "--storage", "s3://b/x"], "--max-disk holds a local experiment"),
+    ],
+)
+def test_disk_flag_mistakes_get_one_line(tmp_path, capsys, flags, message):
+    code = main(["--task", "pneumonia", "--data-dir", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_a_quota_too_small_for_the_running_trials_is_refused():
+    """The same check the search runs right after Ray tells it the concurrency."""
+    task = get_task("segfolder")
+    name, weights = largest_model({"model": "unet-resnet18", "image_size": 64}, task)
+    assert name == "unet-resnet18" and 40e6 < weights < 70e6  # ResNet-18 U-Net, float32
+    check_disk(2 * 9 * weights + 3 * weights, 2, 3, {"model": "unet-resnet18"}, task)
+    with pytest.raises(UserError, match=r"--max-disk 500.0 MB cannot hold the search: 2 tri"):
+        check_disk(500 * 10**6, 2, 3, {"model": "unet-resnet18"}, task)
+
+
+@pytest.mark.slow
+def test_a_search_holds_its_quota_removing_the_weakest_ended_trials(
+    tmp_path, make_npz, write_space, run_search
+):
+    """Five trials one at a time under the smallest quota the check accepts: ended trials hold
+    weights alone (no resume state), the weakest ended trials' weights go when the folder
+    would pass the quota (each named on the log), the two best stay (`--keep-checkpoints
+    top-2`), and the folder ends under it."""
+    task = get_task("pneumonia")
+    data = make_npz(task, n=64)
+    space = write_space(
+        tmp_path / "space.yaml",
+        min_iter=2,
+        model={"value": "deeper_cnn"},
+        lr={"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+    )
+    _, weights = largest_model({"model": "deeper_cnn"}, task)
+    limit = 9 * weights + 2 * weights  # 1 trial at once, 2 protected: the least accepted
+    args = ["--task", "pneumonia", "--data-dir", str(data.parent), "--space", space]
+    args += ["--trials", "5", "--epochs", "2", "--max-concurrent", "1", "--launcher"]
+    args += ["function", "--explain-top", "0", "--storage", str(tmp_path / "runs")]
+    args += ["--name", "quota", "--max-disk", str(limit), "--keep-checkpoints", "top-2"]
+    proc = run_search(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    exp = tmp_path / "runs" / "quota"
+    removed = re.findall(r"--max-disk [\d.]+ MB: removed the weights of trial (\w+)", proc.stderr)
+    assert removed, proc.stderr[-3000:]
+    rows = read_table(str(exp / "trials.parquet"))
+    best_two = sorted(rows, key=lambda r: r["val_auc"], reverse=True)[:2]
+    assert {r["trial_id"] for r in rows if r["checkpoint_path"]} == {
+        r["trial_id"] for r in best_two
+    }
+    assert not set(removed) & {r["trial_id"] for r in best_two}
+    assert not list(exp.rglob("checkpoint_0*"))
+    for row in best_two:
+        assert "optimizer" not in load_checkpoint(row["checkpoint_path"])
+    assert folder_bytes(str(exp)) <= limit
+    assert json.loads((exp / "search.json").read_text())["status"] == "finished"
+    shutil.rmtree(exp)
