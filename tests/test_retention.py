@@ -126,38 +126,34 @@ def test_a_quota_too_small_for_the_running_trials_is_refused():
 def test_a_search_holds_its_quota_removing_the_weakest_ended_trials(
     tmp_path, make_npz, write_space, run_search
 ):
-    """Five trials one at a time under the smallest quota the check accepts: ended trials hold
-    weights alone (no resume state), the weakest ended trials' weights go when the folder
-    would pass the quota (each named on the log), the two best stay (`--keep-checkpoints
-    top-2`), and the folder ends under it."""
+    """Nine one-epoch trials one at a time under the smallest quota the check accepts: ended
+    trials hold weights alone (no resume state); when the folder would pass the quota, the
+    weakest ended trials' weights go (each named on the log), never the best's; the folder
+    ends under the quota with the best trial's weights (`--keep-checkpoints top-1`)."""
     task = get_task("pneumonia")
     data = make_npz(task, n=64)
     space = write_space(
         tmp_path / "space.yaml",
-        min_iter=2,
         model={"value": "deeper_cnn"},
         lr={"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
     )
     _, weights = largest_model({"model": "deeper_cnn"}, task)
-    limit = 9 * weights + 2 * weights  # 1 trial at once, 2 protected: the least accepted
+    limit = 9 * weights + weights  # 1 trial at once, 1 protected: the least accepted
     args = ["--task", "pneumonia", "--data-dir", str(data.parent), "--space", space]
-    args += ["--trials", "5", "--epochs", "2", "--max-concurrent", "1", "--launcher"]
+    args += ["--trials", "9", "--epochs", "1", "--max-concurrent", "1", "--launcher"]
     args += ["function", "--explain-top", "0", "--storage", str(tmp_path / "runs")]
-    args += ["--name", "quota", "--max-disk", str(limit), "--keep-checkpoints", "top-2"]
+    args += ["--name", "quota", "--max-disk", str(limit), "--keep-checkpoints", "top-1"]
     proc = run_search(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     exp = tmp_path / "runs" / "quota"
     removed = re.findall(r"--max-disk [\d.]+ MB: removed the weights of trial (\w+)", proc.stderr)
     assert removed, proc.stderr[-3000:]
-    rows = read_table(str(exp / "trials.parquet"))
-    best_two = sorted(rows, key=lambda r: r["val_auc"], reverse=True)[:2]
-    assert {r["trial_id"] for r in rows if r["checkpoint_path"]} == {
-        r["trial_id"] for r in best_two
-    }
-    assert not set(removed) & {r["trial_id"] for r in best_two}
+    rows = {r["trial_id"]: r for r in read_table(str(exp / "trials.parquet"))}
+    best = max(r["val_auc"] for r in rows.values())
+    (kept,) = [r for r in rows.values() if r["checkpoint_path"]]
+    assert kept["val_auc"] == best and kept["trial_id"] not in removed
+    assert "optimizer" not in load_checkpoint(kept["checkpoint_path"])
     assert not list(exp.rglob("checkpoint_0*"))
-    for row in best_two:
-        assert "optimizer" not in load_checkpoint(row["checkpoint_path"])
     assert folder_bytes(str(exp)) <= limit
     assert json.loads((exp / "search.json").read_text())["status"] == "finished"
     shutil.rmtree(exp)
