@@ -357,9 +357,13 @@ class Searches:
         print(proc.stdout[-3000:], proc.stderr[-6000:])
         return proc
 
-    def start(self, *args: str, local: bool = False, env: dict | None = None) -> subprocess.Popen:
+    def start(
+        self, *args: str, local: bool = False, env: dict | None = None, group: bool = False
+    ) -> subprocess.Popen:
         """Start in the background; its output (stdout and stderr) goes to `proc.stdout`, a
-        file: a pipe nobody reads fills up and blocks the search."""
+        file: a pipe nobody reads fills up and blocks the search. `group`: in a process group
+        of its own (`os.killpg(proc.pid, sig)` signals it and every process it started, as a
+        terminal's Ctrl-C does)."""
         log = tempfile.TemporaryFile(mode="w+")
         proc = subprocess.Popen(
             self.command(args, local),
@@ -368,6 +372,7 @@ class Searches:
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=group,
         )
         proc.stdout = log
         return proc

@@ -1,20 +1,23 @@
 """What search.json says of one search (`search.experiment.manifest.Manifest`), built from the
-settings, the plan and the inputs: written first as running, then interrupted or finished.
+settings, the plan and the inputs: written first as running, again at each phase boundary, then
+interrupted or finished.
 
-    steps_manifest = manifest(settings, plan, inputs, started, wall, RUNNING)
+    steps_manifest = manifest(settings, plan, inputs, started, wall, RUNNING)   # phase search
+    manifest(settings, plan, inputs, started, wall, RUNNING, TEST, [SEARCH, ATTRIBUTION])
     steps_manifest.write(plan.experiment_path)
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from search.data.sources import Located
 from search.driver.plan import Plan
 from search.driver.settings import Settings
 from search.driver.warm_start import search_record
-from search.experiment.manifest import Manifest
+from search.experiment.manifest import SEARCH, Manifest
 from trainables.config import planned_epochs
 from trainables.data import SEARCH_SPLITS
 from trainables.tasks import Task
@@ -24,10 +27,18 @@ if TYPE_CHECKING:
 
 
 def manifest(
-    settings: Settings, plan: Plan, inputs: Inputs, started: float, wall: float | None, status: str
+    settings: Settings,
+    plan: Plan,
+    inputs: Inputs,
+    started: float,
+    wall: float | None,
+    status: str,
+    phase: str | None = SEARCH,
+    done: Sequence[str] = (),
 ) -> Manifest:
     """`search.json`: what the report, compare.py and --resume need to know of this search.
-    `started`: when it first started; `wall`: seconds searched so far (over resumed parts)."""
+    `started`: when it first started; `wall`: seconds searched so far (over resumed parts);
+    `phase`: the phase it is in, `done`: the phases it finished (`manifest.PHASES`)."""
     task = inputs.task
     return Manifest(
         name=plan.name,
@@ -50,6 +61,8 @@ def manifest(
         argv=list(settings.argv),
         resources_per_trial=plan.resources_per_trial,
         status=status,
+        phase=phase,
+        phases_done=list(done),
         foreground=task.foreground,
         extra={"data": data_record(inputs.located), **search_record(plan, inputs.warm)},
     )

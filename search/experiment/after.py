@@ -20,7 +20,9 @@ object store, or the rows of the node cache's memmaps). It writes
 score per trial: the share of positive Integrated-Gradients mass on the image's foreground, where
 the task record defines one (`Task.foreground`: "otsu" for single cells; None, as for pathology
 tiles and X-rays, gives NaN, so no trial is flagged). What is explained, and the captions, come
-from the task's kind (`trainables.kinds`: `explain_targets`, `caption`).
+from the task's kind (`trainables.kinds`: `explain_targets`, `caption`). A trial whose maps.npz
+is there already (an interrupted run of this step) keeps its maps; its focus is read back from
+them (`explained`).
 
 The test split's images are read here and nowhere else, and only here is anything scored on
 it (before the search, `search.driver.checks.check_data` validates the test labels and the
@@ -39,6 +41,7 @@ bootstrap resamples patients where the npz names them (`{split}_patients`).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -57,7 +60,14 @@ from search.experiment.layout import (
     TEST_METRICS_FILE,
     TEST_PREDICTIONS_FILE,
 )
-from search.experiment.storage import join_path, local_copy, local_dir, write_npz, write_text
+from search.experiment.storage import (
+    join_path,
+    local_copy,
+    local_dir,
+    read_bytes,
+    write_npz,
+    write_text,
+)
 from trainables import attribution as A
 from trainables.calibration import evaluate_split_pair
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, normalised_input, predict
@@ -84,8 +94,10 @@ def explain_trials(
     """Attribution maps for the best `settings.top_k` trials (all by default); {trial_id:
     focus}. `reader`: the search's splits (the panel is drawn from its validation labels)."""
     chosen = with_checkpoints(trials, settings.metric, settings.mode)[: settings.top_k or None]
+    focus = explained(chosen, experiment_path)
+    chosen = [t for t in chosen if t["trial_id"] not in focus]
     if not chosen:
-        return {}
+        return focus
     panel = A.choose_panel(reader.labels("val"), task.kind, settings.per_class, settings.seed)
     panel_ref = ray.put((reader, np.asarray(panel)))  # each task reads the rows itself
     remote = explain_one.options(**(settings.resources or {"num_cpus": 1}))
@@ -99,13 +111,32 @@ def explain_trials(
         )
         for t in chosen
     }
-    focus = {}
     for trial_id, future in futures.items():
         try:
             focus[trial_id] = ray.get(future)
         except Exception as err:  # one broken checkpoint must not cost the others their maps
             log.warning("attribution for trial %s failed: %s", trial_id, err)
     return focus
+
+
+def explained(chosen: list[dict], experiment_path: str) -> dict[str, float]:
+    """{trial_id: focus} of the `chosen` trials whose maps are written already (an earlier,
+    interrupted run of this step: maps.npz is written last, atomically); kept, not redone."""
+    focus = {}
+    for t in chosen:
+        data = read_bytes(join_path(experiment_path, t["trial_id"], ATTRIBUTION_DIR, MAPS_FILE))
+        if data is not None:
+            with np.load(io.BytesIO(data), allow_pickle=False) as maps:
+                focus[t["trial_id"]] = mean_focus(maps["focus"])
+    if focus:
+        log.info("attribution: %d trial(s) explained already; their maps are kept", len(focus))
+    return focus
+
+
+def mean_focus(focus: np.ndarray) -> float:
+    """A trial's focus score: the mean over its panel's finite scores (NaN when none is)."""
+    finite = focus[np.isfinite(focus)]
+    return float(finite.mean()) if len(finite) else float("nan")
 
 
 @ray.remote
@@ -171,8 +202,7 @@ def _explain_images(ckpt: dict, model, out_dir: str, panel: tuple, foreground, i
             focus=focus,
             probs=probs[rows],
         )
-    finite = focus[np.isfinite(focus)]
-    return float(finite.mean()) if len(finite) else float("nan")
+    return mean_focus(focus)
 
 
 def _explain_masks(ckpt: dict, model, out_dir: str, panel: tuple, foreground) -> float:
@@ -201,8 +231,7 @@ def _explain_masks(ckpt: dict, model, out_dir: str, panel: tuple, foreground) ->
         A.save_maps(
             os.path.join(local, MAPS_FILE), gradcam=cams, focus=focus, probs=probs, masks=labels
         )
-    finite = focus[np.isfinite(focus)]
-    return float(finite.mean()) if len(finite) else float("nan")
+    return mean_focus(focus)
 
 
 def _short(name: str, width: int = 24) -> str:

@@ -8,7 +8,10 @@ compare.py and `--resume`.
 Unknown keys in an older or newer file are kept in `extra`, so reading never fails on them.
 `status` is `running` (written before the first trial), `interrupted` (Ctrl-C / SIGTERM: the
 state is saved, `--resume` continues it) or `finished`; a file without one is finished when it
-has `finished_at`.
+has `finished_at`. `phase` is the phase the search is in (or was in when it was interrupted),
+`phases_done` the phases it finished, in the order of `PHASES`: search (the trials, their tables
+and checkpoints), attribution, test (the test split, read once), repeat (`--repeat-best`),
+report. Each boundary rewrites the file; `--resume` redoes none of `phases_done`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from search.experiment.storage import join_path, read_json, write_text
 
 RUNNING, INTERRUPTED, FINISHED = "running", "interrupted", "finished"
 STATUSES = (RUNNING, INTERRUPTED, FINISHED)
+SEARCH, ATTRIBUTION, TEST, REPEAT, REPORT = "search", "attribution", "test", "repeat", "report"
+PHASES = (SEARCH, ATTRIBUTION, TEST, REPEAT, REPORT)
 
 
 @dataclass
@@ -61,6 +66,11 @@ class Manifest:
     status: str | None = None
     """running | interrupted | finished (None: finished if `finished_at` is set, else running,
     as files written before the field existed read)."""
+    phase: str | None = None
+    """The phase (`PHASES`) it is in, or was in when interrupted; None once finished (and in
+    files written before the field existed)."""
+    phases_done: list[str] = field(default_factory=list)
+    """The phases it finished, in order: `--resume` redoes none of them."""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,6 +82,11 @@ class Manifest:
     @property
     def finished(self) -> bool:
         return self.status == FINISHED
+
+    @property
+    def reportable(self) -> bool:
+        """Every result the report shows is written: finished, or in its report phase."""
+        return self.finished or self.phase == REPORT
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

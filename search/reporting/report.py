@@ -90,8 +90,9 @@ def _guarded(section: Callable[[Experiment], str], exp: Experiment, failed: list
 
 def check_complete(experiment_dir: str | os.PathLike) -> None:
     """An `IncompleteExperiment` unless the folder holds a finished search: a readable
-    search.json with status finished, trials.parquet with its rows, and, when present,
-    readable history.parquet and test_metrics.json. Reads only."""
+    search.json with status finished (or in its report phase: `Manifest.reportable`),
+    trials.parquet with its rows, and, when present, readable history.parquet and
+    test_metrics.json. Reads only."""
     root = os.fspath(experiment_dir)
     if not os.path.isdir(root):
         what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
@@ -103,11 +104,11 @@ def check_complete(experiment_dir: str | os.PathLike) -> None:
             f"{root} is not an experiment folder (no {MANIFEST_FILE}); pass the folder a "
             "search wrote (runs/<name>)"
         )
-    status = _readable(root, MANIFEST_FILE, lambda p: Manifest.read(root).status)
-    if status != "finished":
+    manifest = _readable(root, MANIFEST_FILE, lambda p: Manifest.read(root))
+    if not manifest.reportable:
         raise IncompleteExperiment(
-            f"{root}: the search is {status}, and a partial search has no report; finish "
-            f"it first: python search/run.py --resume {root}"
+            f"{root}: the search is {manifest.status}, and a partial search has no report; "
+            f"finish it first: python search/run.py --resume {root}"
         )
     if not os.path.isfile(os.path.join(root, TRIALS_FILE)):
         raise IncompleteExperiment(
