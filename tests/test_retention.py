@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -157,3 +158,53 @@ def test_a_search_holds_its_quota_removing_the_weakest_ended_trials(
     assert folder_bytes(str(exp)) <= limit
     assert json.loads((exp / "search.json").read_text())["status"] == "finished"
     shutil.rmtree(exp)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs (root can mount one here and in CI); `grow(mb)` frees space on it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)])
+    if done.returncode != 0:
+        pytest.skip("this machine does not let the test mount a tmpfs")
+
+    def grow(mb: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={mb}m", str(mount)], check=True)
+
+    yield mount, grow
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_search_cleanly_and_resume_continues(
+    make_npz, write_space, run_search, small_disk
+):
+    """Storage on a 40 MB disk, 14 MB checkpoints: the search stops while it can still stop
+    cleanly, in one line naming the folder and the space needed (exit 2); every checkpoint on
+    the disk loads; once space is freed, `--resume` finishes every trial."""
+    mount, grow = small_disk
+    task = get_task("pneumonia")
+    data = make_npz(task, n=64)
+    space = write_space(mount.parent / "space.yaml", min_iter=3, model={"value": "deeper_cnn"})
+    args = ["--task", "pneumonia", "--data-dir", str(data.parent), "--space", space]
+    args += ["--trials", "3", "--epochs", "3", "--max-concurrent", "1", "--launcher"]
+    args += ["function", "--explain-top", "0", "--storage", str(mount), "--name", "full"]
+    proc = run_search(*args)
+    exp = mount / "full"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(errors) == 1 and f"the disk holding {exp} is full" in errors[0], errors
+    assert re.search(r"need about [\d.]+ MB more", errors[0]) and "--resume" in errors[0]
+    assert "Traceback" not in proc.stderr
+    saved = list(exp.rglob("model.pt"))
+    assert saved
+    for path in saved:
+        load_checkpoint(path)  # nothing half-written
+    assert json.loads((exp / "search.json").read_text())["status"] == "interrupted"
+    grow(200)
+    resumed = run_search("--resume", str(exp))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = read_table(str(exp / "trials.parquet"))
+    assert len(rows) == 3 and all(r["status"] == "finished" for r in rows)
+    assert json.loads((exp / "search.json").read_text())["status"] == "finished"

@@ -3,7 +3,7 @@
     keeper = DiskKeeper(plan.experiment_path, plan.metric, plan.mode, limit, protect=3)
     tuner = build_tuner(..., callbacks=[..., keeper])
     grid = tuner.fit()
-    if keeper.exceeded: ...        # the quota could not hold the running trials: stopped
+    message = stopped_message(keeper, plan.experiment_path)   # the disk stopped it: why
 
 A Tune callback on the driver. As each trial ends (finished, stopped by ASHA or errored for
 good), its best weights are exported and its resume state deleted
@@ -16,11 +16,19 @@ weights of ended trials go, weakest first, never those of the `protect` best tri
 a running trial. Each removal is logged. When nothing removable is left and the folder is still
 over, the search is stopped as on Ctrl-C (its state saved: `--resume` continues it, with a
 larger `--max-disk`) and `exceeded` says by how much.
+
+A full disk: after each checkpoint the free space of the folder's disk is checked against one
+more checkpoint per running trial (the largest seen), plus one; below it, the search is
+stopped the same way while there is still room to stop cleanly (Tune's state saved, no
+checkpoint half-written), and `full` says how much is free and needed. A disk filled by
+something else anyway ends in `search.driver.pipeline`'s one line (`disk_full`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import shutil
 import signal
 import time
 
@@ -40,7 +48,7 @@ from search.experiment.retention import (
     prune,
     remove_dir,
 )
-from search.experiment.storage import join_path
+from search.experiment.storage import is_uri, join_path
 from search.experiment.tables import write_table
 from trainables.scores import sort_key
 
@@ -61,6 +69,11 @@ class DiskKeeper(tune.Callback):
         self.removed: list[str] = []
         self.exceeded: tuple[int, int] | None = None
         """(folder bytes, limit) when the quota stopped the search."""
+        self.full: tuple[int, int] | None = None
+        """(free bytes, bytes the running trials' next checkpoints need) when the disk was
+        too full to go on."""
+        self.checkpoint_bytes = 0
+        """The largest checkpoint a trial wrote (what the next one of each trial needs)."""
         self._measured = 0.0
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
@@ -70,21 +83,63 @@ class DiskKeeper(tune.Callback):
         self._ended(trial, trials)
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
-        self.enforce(trials)
+        self._written(checkpoint.path, trials)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result, **info) -> None:
-        self.enforce(trials)  # the Train launcher's checkpoints reach Tune as results
+        path = result.get("checkpoint_path")  # the Train launcher's checkpoints come this way
+        self._written(path if isinstance(path, str) else None, trials)
+
+    def _written(self, path: str | None, trials: list) -> None:
+        if path is not None and not self.stopping:
+            size = folder_bytes(path) if not is_uri(path) else 0
+            self.checkpoint_bytes = max(self.checkpoint_bytes, size)
+            self.guard_free(trials)
+        self.enforce(trials)
 
     def _ended(self, trial, trials: list) -> None:
-        self.freed += finish_trial(self.trial_path(trial), self.mode)
+        if self.stopping:  # a stopped search's trials are resumed, not finished
+            return
+        try:
+            self.freed += finish_trial(self.trial_path(trial), self.mode)
+        except OSError as err:  # a callback's error would end the whole search
+            if err.errno == errno.ENOSPC:
+                self.stop_full(0, self.checkpoint_bytes)
+                return
+            log.warning("trial %s: its checkpoints could not be tidied (%s)", trial, err)
         self.enforce(trials, now=True)
+
+    @property
+    def stopping(self) -> bool:
+        return self.exceeded is not None or self.full is not None
+
+    def guard_free(self, trials: list) -> None:
+        """Stop the search (resumable) while the disk still has room for it to stop cleanly:
+        when its free space is below one more checkpoint per running trial, plus one."""
+        if is_uri(self.experiment_path):
+            return
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        need = (running + 1) * self.checkpoint_bytes
+        free = shutil.disk_usage(self.experiment_path).free
+        if free < need:
+            self.stop_full(free, need)
+
+    def stop_full(self, free: int, need: int) -> None:
+        self.full = (free, need)
+        log.error(
+            "the disk holding %s has %s free; the running trials' next checkpoints need "
+            "about %s: stopping the search",
+            self.experiment_path,
+            human(free),
+            human(need),
+        )
+        _stop_tune()
 
     def trial_path(self, trial) -> str:
         return join_path(self.experiment_path, trial.storage.trial_dir_name)
 
     def enforce(self, trials: list, now: bool = False) -> None:
         """Hold the folder under the quota (see the module docstring)."""
-        if self.limit is None or self.exceeded is not None:
+        if self.limit is None or self.stopping:
             return
         if not now and time.monotonic() - self._measured < MEASURE_EVERY_S:
             return
@@ -124,16 +179,21 @@ class DiskKeeper(tune.Callback):
         return analysis.get(self.mode)
 
     def stop(self, size: int) -> None:
-        """Stop the search as Ctrl-C does (Tune saves its state; the trials can resume)."""
         self.exceeded = (size, self.limit)
-        handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
         log.error(
             "--max-disk %s: the folder holds %s with nothing left to remove; stopping the search",
             human(self.limit),
             human(size),
         )
-        if callable(handler):
-            handler(signal.SIGUSR1, None)
+        _stop_tune()
+
+
+def _stop_tune() -> None:
+    """Stop the search as Ctrl-C does: Tune stops the trials and saves its state, and
+    `tuner.fit()` returns; `--resume` continues it (`search.driver.session.Interrupts`)."""
+    handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+    if callable(handler):
+        handler(signal.SIGUSR1, None)
 
 
 def _fmt(value: float | None) -> str:
@@ -186,14 +246,32 @@ def keep_checkpoints(settings: Settings, plan: Plan, trials: list[dict]) -> None
     )
 
 
-def exceeded_message(keeper: DiskKeeper, experiment_path: str) -> str:
-    """The error line of a search `--max-disk` stopped."""
+def stopped_message(keeper: DiskKeeper, experiment_path: str) -> str | None:
+    """The error line of a search the disk stopped (`--max-disk`, or a disk too full to go
+    on), or None when it did not."""
     from search.driver.resume import resume_command
 
-    size, limit = keeper.exceeded
+    again = resume_command(experiment_path)
+    if keeper.exceeded is not None:
+        size, limit = keeper.exceeded
+        return (
+            f"--max-disk {human(limit)} cannot hold the running trials' checkpoints (the "
+            f"folder reached {human(size)} with nothing left to remove); the search is saved: "
+            f"continue it with a larger quota: {again} --max-disk "
+            f"{human(size * 2).replace(' ', '')}"
+        )
+    if keeper.full is not None:
+        free, need = keeper.full
+        return disk_full_message(experiment_path, free, need)
+    return None
+
+
+def disk_full_message(experiment_path: str, free: int, need: int) -> str:
+    from search.driver.resume import resume_command
+
+    needed = f"; the running trials need about {human(need)} more" if need else ""
     return (
-        f"--max-disk {human(limit)} cannot hold the running trials' checkpoints (the folder "
-        f"reached {human(size)} with nothing left to remove); the search is saved: continue "
-        f"it with a larger quota: {resume_command(experiment_path)} --max-disk "
-        f"{human(size * 2).replace(' ', '')}"
+        f"the disk holding {experiment_path} is full ({human(free)} free{needed}); the "
+        "search is saved: free space there (or copy the experiment folder to a larger disk) "
+        f"and continue it with: {resume_command(experiment_path)}"
     )

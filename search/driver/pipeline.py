@@ -27,8 +27,10 @@ Any other error is internal: its traceback is kept and the Ray session's logs ar
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -117,7 +119,13 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
             raise
         sys.stderr.write(f"error: {err}\n")
         return 2
-    except Exception:
+    except Exception as err:
+        if run is not None and run.plan is not None and disk_full(err):
+            from search.driver.disk import disk_full_message
+
+            path = run.plan.experiment_path
+            sys.stderr.write(f"error: {disk_full_message(path, free_bytes(path), 0)}\n")
+            return 2
         keep_logs = True
         logs = session_dir()
         log.error(
@@ -155,9 +163,10 @@ def search(run: Run, stop: Interrupts) -> int:
     keeper = disk.disk_keeper(settings, plan, inputs.values, inputs.task)
     with stop.fitting():
         grid = steps.fit(settings, plan, inputs, wandb_mode, run.resume_path, start, keeper)
-    if keeper.exceeded is not None:
+    stopped = disk.stopped_message(keeper, plan.experiment_path)
+    if stopped is not None:  # --max-disk, or a disk too full to go on: saved, resumable
         interrupted(run, None)
-        raise UserError(disk.exceeded_message(keeper, plan.experiment_path))
+        raise UserError(stopped)
     if stop.signal is not None:
         return interrupted(run, stop.signal)
     return finish(run, grid, wandb_mode)
@@ -287,6 +296,26 @@ def interrupted(run: Run, sig: int | None) -> int:
         resume_command(path),
     )
     return code
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err`, or an error behind it (Ray wraps a trial's), is a full disk."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def free_bytes(path: str) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
 
 
 def already_finished(path: str, previous: Manifest) -> int:
