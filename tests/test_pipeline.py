@@ -16,6 +16,7 @@ from search.driver.inputs import param_space
 from search.driver.launch import trial_resources
 from search.driver.options import parse_args
 from search.driver.plan import DRIVER_CPU, Plan, resolve_launcher
+from search.driver.progress import summarise
 from search.driver.settings import (
     DataSettings,
     OutputSettings,
@@ -24,7 +25,6 @@ from search.driver.settings import (
     updated,
 )
 from search.driver.space import parse_space
-from search.driver.steps import summarise
 from search.experiment import after
 from search.experiment.manifest import Manifest
 from search.experiment.tables import (

@@ -201,7 +201,7 @@ def finish(run: Run, grid, wandb_mode: str) -> int:
     """After the trials (`grid`: Tune's results; None when an earlier run collected them): the
     phases after the search, each skipped when an earlier run finished it, then the report
     and W&B; search.json says finished last."""
-    from search.driver import disk, steps
+    from search.driver import disk, progress, steps
     from search.tracking.runs import log_media
 
     settings, plan, inputs = run.settings, run.plan, run.inputs
@@ -220,7 +220,7 @@ def finish(run: Run, grid, wandb_mode: str) -> int:
     log_media(wandb_mode, settings.wandb.project, plan.name, plan.experiment_path, trials)
     run.phase, run.done = None, list(PHASES)
     record(run, FINISHED)
-    code = steps.summarise(trials, plan, run.searched_s())
+    code = progress.summarise(trials, plan, run.searched_s())
     if report:
         log.info("  report: %s", report)
     return code

@@ -23,7 +23,10 @@ import time
 
 from ray.tune import Callback
 
+from search.experiment.storage import join_path
+from search.experiment.tables import ERRORED, TRIALS_FILE, config_of
 from trainables.config import planned_epochs
+from trainables.scores import best_of
 
 log = logging.getLogger("medsweep")
 SLOW_S = 3600.0
@@ -177,3 +180,30 @@ def warn_if_slow(plan, inputs, space_path: str) -> None:
         how,
         "; ".join(faster),
     )
+
+
+def summarise(trials: list[dict], plan, wall_s: float) -> int:
+    """Print the best trial and any failures; the exit code (1 only if every trial failed)."""
+    errored = [t for t in trials if t["status"] == ERRORED]
+    for t in errored:
+        log.warning("trial %s errored: %s", t["trial_id"], (t["error"] or "").splitlines()[-1:])
+    best = best_of(trials, plan.metric, plan.mode)
+    if best is None:
+        log.error(
+            "no trial produced a %s (%d errored of %d)", plan.metric, len(errored), len(trials)
+        )
+        return 1
+    log.info(
+        "\n%d trials in %.0f s (%d errored). Best trial %s: %s = %.4f at epoch %s",
+        len(trials),
+        wall_s,
+        len(errored),
+        best["trial_id"],
+        plan.metric,
+        best[plan.metric],
+        best["best_epoch"],
+    )
+    log.info("  config: %s", config_of(best))
+    log.info("  checkpoint: %s", best["checkpoint_path"])
+    log.info("  results: %s", join_path(plan.experiment_path, TRIALS_FILE))
+    return 0

@@ -17,7 +17,8 @@ module only after the command line passed its checks: it pulls in Ray and torch)
    trials all finished);
 5. `attribution`: attribution maps and focus scores; `evaluate_test`: the test split for the
    best trial(s) (`search.experiment.after`), both as Ray tasks with a trial's accelerator;
-6. `manifest` (search.json), `write_report` (report.html), and `summarise` on the log.
+6. `manifest` (search.json), `write_report` (report.html), and `progress.summarise` on the
+   log.
 """
 
 from __future__ import annotations
@@ -67,10 +68,8 @@ from search.experiment.manifest import Manifest
 from search.experiment.selection import check_after_flags
 from search.experiment.storage import is_uri, join_path
 from search.experiment.tables import (
-    ERRORED,
     TRIALS_FILE,
     collect,
-    config_of,
     export_checkpoints,
     mark_pareto,
     read_table,
@@ -79,7 +78,6 @@ from search.experiment.tables import (
 )
 from search.tracking.runs import make_callbacks
 from trainables.config import planned_epochs
-from trainables.scores import best_of
 from trainables.stream import RESIDENT, STREAM, choose_path, resident_budget
 from trainables.tasks import Task, get_task
 
@@ -376,30 +374,3 @@ def write_report(experiment_path: str) -> str | None:
             experiment_path,
         )
         return None
-
-
-def summarise(trials: list[dict], plan: Plan, wall_s: float) -> int:
-    """Print the best trial and any failures; the exit code (1 only if every trial failed)."""
-    errored = [t for t in trials if t["status"] == ERRORED]
-    for t in errored:
-        log.warning("trial %s errored: %s", t["trial_id"], (t["error"] or "").splitlines()[-1:])
-    best = best_of(trials, plan.metric, plan.mode)
-    if best is None:
-        log.error(
-            "no trial produced a %s (%d errored of %d)", plan.metric, len(errored), len(trials)
-        )
-        return 1
-    log.info(
-        "\n%d trials in %.0f s (%d errored). Best trial %s: %s = %.4f at epoch %s",
-        len(trials),
-        wall_s,
-        len(errored),
-        best["trial_id"],
-        plan.metric,
-        best[plan.metric],
-        best["best_epoch"],
-    )
-    log.info("  config: %s", config_of(best))
-    log.info("  checkpoint: %s", best["checkpoint_path"])
-    log.info("  results: %s", join_path(plan.experiment_path, TRIALS_FILE))
-    return 0
