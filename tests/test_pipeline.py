@@ -301,3 +301,12 @@ def test_interrupts_hand_the_first_signal_to_tune_and_record_it():
             os.kill(os.getpid(), signal.SIGINT)
     assert interrupted_code(signal.SIGINT) == 130
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+def test_slot_use_is_time_inside_trials_over_wall_time_and_slots():
+    from search.driver.progress import slot_use
+
+    trials = [{"wall_time_s": 100.0}, {"wall_time_s": 80.0}, {"wall_time_s": None}]
+    assert slot_use(trials, 120.0, 2) == pytest.approx(180 / 240)
+    assert slot_use(trials, 90.0, 2) == pytest.approx(1.0)
+    assert slot_use(trials, None, 2) is None and slot_use([], 10.0, 1) == 0.0

@@ -67,6 +67,10 @@ def test_search_end_to_end_under_ray_train(tmp_path, make_npz, write_space, run_
         assert ckpt["metrics"]["val_auc"] == pytest.approx(t["val_auc"])
         model_from_checkpoint(ckpt)
     assert "Best trial" in proc.stderr + proc.stdout
+    use = json.loads((exp / "search.json").read_text())["slot_use"]
+    assert 0 < use <= 1.05 and f"slot use: {use:.2f}" in proc.stderr
+    assert not list(exp.rglob("checkpoint_0*"))  # Train's resume state went with its trial
+    assert all("optimizer" not in load_checkpoint(t["checkpoint_path"]) for t in trials)
 
 
 def test_failing_trials_do_not_take_the_search_down_and_the_rest_run_their_planned_epochs(

@@ -88,6 +88,8 @@ class Run:
     """The phases finished, by this run or the one it resumes."""
     wall: float | None = None
     """Seconds searched over every part, fixed once the search phase is done."""
+    slot_use: float | None = None
+    """How busy the trials kept their slots (`search.driver.progress.slot_use`)."""
 
     @property
     def first_started(self) -> float:
@@ -230,11 +232,14 @@ def searched(run: Run, grid) -> list[dict]:
     """The trial rows: collected from `grid` (the search phase ends: tables and checkpoints
     written, the time searched fixed), or read back when an earlier run collected them."""
     from search.driver import steps
+    from search.driver.progress import slot_use
 
     if SEARCH in run.done:
+        run.slot_use = run.previous.extra.get("slot_use") if run.previous else None
         return steps.read_trials(run.plan)
     trials = steps.collect_results(grid, run.plan, run.inputs)
     run.wall = run.searched_s()
+    run.slot_use = slot_use(trials, run.wall, run.plan.max_concurrent)
     run.done.append(SEARCH)
     return trials
 
@@ -270,6 +275,7 @@ def record(run: Run, status: str) -> None:
         status,
         run.phase,
         run.done,
+        run.slot_use,
     ).write(run.plan.experiment_path)
 
 

@@ -203,7 +203,25 @@ def summarise(trials: list[dict], plan, wall_s: float) -> int:
         best[plan.metric],
         best["best_epoch"],
     )
+    use = slot_use(trials, wall_s, plan.max_concurrent)
+    if use is not None:
+        log.info("  slot use: %.2f (%s)", use, slot_use_text(trials, wall_s, plan.max_concurrent))
     log.info("  config: %s", config_of(best))
     log.info("  checkpoint: %s", best["checkpoint_path"])
     log.info("  results: %s", join_path(plan.experiment_path, TRIALS_FILE))
     return 0
+
+
+def slot_use(trials: list[dict], wall_s: float | None, slots: int) -> float | None:
+    """How busy the search kept its trial slots: the seconds spent inside trials over the
+    search's wall time x the trials it runs at once (1.0: never a slot idle); None without a
+    wall time."""
+    if not wall_s or slots < 1:
+        return None
+    inside = sum(t.get("wall_time_s") or 0.0 for t in trials)
+    return inside / (wall_s * slots)
+
+
+def slot_use_text(trials: list[dict], wall_s: float, slots: int) -> str:
+    inside = sum(t.get("wall_time_s") or 0.0 for t in trials)
+    return f"trials ran {inside:.0f} s in {wall_s:.0f} s x {slots} slot(s)"

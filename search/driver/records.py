@@ -35,10 +35,13 @@ def manifest(
     status: str,
     phase: str | None = SEARCH,
     done: Sequence[str] = (),
+    slot_use: float | None = None,
 ) -> Manifest:
     """`search.json`: what the report, compare.py and --resume need to know of this search.
     `started`: when it first started; `wall`: seconds searched so far (over resumed parts);
-    `phase`: the phase it is in, `done`: the phases it finished (`manifest.PHASES`)."""
+    `phase`: the phase it is in, `done`: the phases it finished (`manifest.PHASES`);
+    `slot_use`: once the trials finished, how busy they kept the slots
+    (`search.driver.progress.slot_use`)."""
     task = inputs.task
     return Manifest(
         name=plan.name,
@@ -64,7 +67,11 @@ def manifest(
         phase=phase,
         phases_done=list(done),
         foreground=task.foreground,
-        extra={"data": data_record(inputs.located), **search_record(plan, inputs.warm)},
+        extra={
+            "data": data_record(inputs.located),
+            **search_record(plan, inputs.warm),
+            **({} if slot_use is None else {"slot_use": round(slot_use, 4)}),
+        },
     )
 
 
