@@ -335,11 +335,16 @@ class Searches:
     def __init__(self, request: pytest.FixtureRequest) -> None:
         self._request = request
 
-    def command(self, args: tuple[str, ...], local: bool) -> list[str]:
+    def command(
+        self, args: tuple[str, ...], local: bool, verbose: bool = True, wandb: str = "off"
+    ) -> list[str]:
+        """search/run.py with `args`, `--wandb` and (`verbose`) `--verbose`: a test sees Ray's
+        and the workers' output as well as medsweep's unless it checks the quiet console."""
         args = list(args)
         if not local and "--address" not in args:
             args += ["--address", self._request.getfixturevalue("ray_head").address]
-        return [sys.executable, str(ROOT / "search" / "run.py"), *args, "--wandb", "off"]
+        args += ["--wandb", wandb] + (["--verbose"] if verbose else [])
+        return [sys.executable, str(ROOT / "search" / "run.py"), *args]
 
     @staticmethod
     def env(extra: dict | None = None) -> dict:
@@ -347,10 +352,16 @@ class Searches:
         return {**os.environ, **base, **(extra or {})}
 
     def run(
-        self, *args: str, timeout: int = 600, local: bool = False, env: dict | None = None
+        self,
+        *args: str,
+        timeout: int = 600,
+        local: bool = False,
+        env: dict | None = None,
+        verbose: bool = True,
+        wandb: str = "off",
     ) -> subprocess.CompletedProcess:
         """Run to the end; the CompletedProcess (its output tails are printed)."""
-        cmd, env = self.command(args, local), self.env(env)
+        cmd, env = self.command(args, local, verbose, wandb), self.env(env)
         proc = subprocess.run(
             cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
         )

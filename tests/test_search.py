@@ -67,6 +67,7 @@ def test_search_end_to_end_under_ray_train(tmp_path, make_npz, write_space, run_
         assert ckpt["metrics"]["val_auc"] == pytest.approx(t["val_auc"])
         model_from_checkpoint(ckpt)
     assert "Best trial" in proc.stderr + proc.stdout
+    assert "Trial status" in proc.stderr + proc.stdout  # --verbose: Ray's tables too
     use = json.loads((exp / "search.json").read_text())["slot_use"]
     assert 0 < use <= 1.05 and f"slot use: {use:.2f}" in proc.stderr
     assert not list(exp.rglob("checkpoint_0*"))  # Train's resume state went with its trial
@@ -109,6 +110,8 @@ def test_failing_trials_do_not_take_the_search_down_and_the_rest_run_their_plann
         "3",
         "--explain-top",
         "0",
+        verbose=False,
+        wandb="offline",
     )
     exp = tmp_path / "runs" / "nan"
     trials = read_table(str(exp / "trials.parquet"))
@@ -123,6 +126,17 @@ def test_failing_trials_do_not_take_the_search_down_and_the_rest_run_their_plann
         assert t["epochs_run"] == planned and sorted(epochs) == list(range(1, planned + 1))
     assert json.loads((exp / "search.json").read_text())["epochs"] == planned
     assert proc.returncode == 0
+    # the console is medsweep's: no Ray table, no W&B line, each trial's end; the log has all
+    console, driver_log = proc.stdout + proc.stderr, (exp / "driver.log").read_text()
+    for noise in ("Trial status", "╭", "wandb:", "pid="):
+        assert noise not in console and noise in driver_log, noise
+    for t in bad:
+        assert (
+            f"trial {t['trial_id']} errored: FloatingPointError: training loss is nan" in console
+        )
+    for t in good:
+        assert f"trial {t['trial_id']} finished: best val_auc" in console
+    assert len(console.splitlines()) <= 40, console
     # it ran on the session's Ray head (run_search): a search leaves a cluster it joined up
     assert f"--address {ray_head.address}" in " ".join(proc.args)
     assert ray_head.is_up() and (ray_head.session_dir / "logs").is_dir()

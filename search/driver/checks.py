@@ -190,6 +190,7 @@ RESUME_FLAGS = (
     "--wandb-project",
     "--max-disk",
     "--keep-checkpoints",
+    "--verbose",
 )
 """What a `--resume` command line may hold (where the search runs, where it is, how it is
 logged, what it may keep on disk): the rest is the original command's (search.json)."""

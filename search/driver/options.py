@@ -297,6 +297,12 @@ def _after_flags(p) -> None:
         help="after the search: the weights of every trial (all, the default), of the K "
         "best, or of none; resume state is never kept",
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Ray's tables, W&B's lines and the workers' output on the console too (they "
+        "always go to <experiment>/driver.log)",
+    )
     p.add_argument("--test-top", type=int, help="evaluate the K best on test")
     p.add_argument(
         "--operating-point",

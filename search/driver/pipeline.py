@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from search.driver.checks import UserError
+from search.driver.console import LOG_FILE, Console
 from search.driver.options import parse_args
 from search.driver.resume import (
     claim,
@@ -60,6 +61,7 @@ from search.experiment.manifest import (
     TEST,
     Manifest,
 )
+from search.experiment.storage import is_uri
 
 if TYPE_CHECKING:  # both import Ray and torch, which wait until the flags are good
     from search.driver.plan import Plan
@@ -90,6 +92,10 @@ class Run:
     """Seconds searched over every part, fixed once the search phase is done."""
     slot_use: float | None = None
     """How busy the trials kept their slots (`search.driver.progress.slot_use`)."""
+    path: str | None = None
+    """The experiment folder, once claimed."""
+    console: Console = field(default_factory=Console)
+    """Where Ray's, W&B's and the workers' output goes (`search.driver.console`)."""
 
     @property
     def first_started(self) -> float:
@@ -119,24 +125,29 @@ def main(argv: list[str] | None = None, description: str | None = None) -> int:
     except UserError as err:
         if run.settings.debug if run else "--debug" in argv:
             raise
-        sys.stderr.write(f"error: {err}\n")
+        (run.console if run else Console()).error(f"error: {err}\n")
         return 2
     except Exception as err:
         if run is not None and run.plan is not None and disk_full(err):
             from search.driver.disk import disk_full_message
 
             path = run.plan.experiment_path
-            sys.stderr.write(f"error: {disk_full_message(path, free_bytes(path), 0)}\n")
+            run.console.error(f"error: {disk_full_message(path, free_bytes(path), 0)}\n")
             return 2
         keep_logs = True
-        logs = session_dir()
+        logs, driver_log = session_dir(), run.console.path if run else None
+        if run is not None:
+            run.console.release()  # the traceback reaches the terminal
         log.error(
-            "internal error (not a mistake in the command): the traceback follows%s",
+            "internal error (not a mistake in the command): the traceback follows%s%s",
             f"; Ray's logs: {os.path.join(logs, 'logs')}" if logs else "",
+            f"; the search's log: {driver_log}" if driver_log else "",
         )
         raise
     finally:
         close_ray(remove_session=not keep_logs)
+        if run is not None:
+            run.console.release()
 
 
 def search(run: Run, stop: Interrupts) -> int:
@@ -149,6 +160,7 @@ def search(run: Run, stop: Interrupts) -> int:
 
     settings = run.settings
     inputs = run.inputs = steps.read_inputs(settings)
+    quiet(run)
     plan, dashboard = steps.start_ray(settings, inputs.task, inputs.space)
     stop.reinstall()  # connecting to Ray replaced the SIGTERM handler (see Interrupts)
     run.claims.enter_context(use_experiment(plan.experiment_path))
@@ -181,8 +193,9 @@ def begin(run: Run) -> int | None:
     if not run.settings.resume:
         path, run.settings = new_experiment(run.settings)
         run.claims.enter_context(claim(path, resuming=False))
+        run.path = path
         return None
-    path = resume_folder(run.settings)
+    path = run.path = resume_folder(run.settings)
     previous = read_manifest(path)
     if previous.finished:  # nothing to do, nothing written: no lock either
         return already_finished(path, previous)
@@ -197,6 +210,20 @@ def begin(run: Run) -> int | None:
         run.phase = next((p for p in PHASES if p not in run.done), REPORT)  # where it goes on
         run.wall = resumed.previous.wall_time_s if SEARCH in run.done else None
     return None
+
+
+def quiet(run: Run) -> None:
+    """From here on the console shows medsweep's lines; the rest goes to driver.log in the
+    experiment folder (`search.driver.console`), unless `--verbose` (or the folder is a URI)."""
+    if run.settings.outputs.verbose or run.path is None or is_uri(run.path):
+        return
+    os.makedirs(run.path, exist_ok=True)
+    run.console.capture(os.path.join(run.path, LOG_FILE))
+    log.info(
+        "console: medsweep's lines; Ray's tables, W&B's lines and the workers' output are "
+        "in %s (--verbose: here too)",
+        run.console.path,
+    )
 
 
 def finish(run: Run, grid, wandb_mode: str) -> int:

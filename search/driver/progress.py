@@ -60,9 +60,12 @@ class Progress(Callback):
         max_concurrent: int,
         time_budget_s: float | None = None,
         every_s: float = 30.0,
+        metric: str | None = None,
+        mode: str = "max",
     ) -> None:
         self.trials, self.epochs, self.max_concurrent = trials, max(1, epochs), max_concurrent
         self.time_budget_s, self.every_s = time_budget_s, every_s
+        self.metric, self.mode = metric, mode
         self.done: dict[str, int] = {}
         self.epoch_times: list[float] = []
         self.started = self.last = None
@@ -78,6 +81,21 @@ class Progress(Callback):
         if first_round and (self.last is None or now - self.last >= self.every_s):
             self.last = now
             log.info("%s", self.line(now))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        """One line per trial that ends: finished, or stopped early (ASHA, the budget)."""
+        result = trial.last_result or {}
+        epoch = int(result.get("training_iteration", 0))
+        how = "finished" if epoch >= self.epochs else f"stopped early at epoch {epoch}"
+        log.info("trial %s %s: %s", trial.trial_id, how, self.best_text(trial))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        log.warning("trial %s errored: %s", trial.trial_id, last_error_line(trial))
+
+    def best_text(self, trial) -> str:
+        best = (getattr(trial, "metric_analysis", {}) or {}).get(self.metric or "", {})
+        value = best.get(self.mode)
+        return "no result" if value is None else f"best {self.metric} {value:.4f}"
 
     def remaining_s(self, now: float) -> float:
         """Seconds left at most (see the module docstring)."""
@@ -98,6 +116,17 @@ class Progress(Callback):
             f"{duration(self.remaining_s(now))} left at most (ASHA stops weak trials "
             "early)"
         )
+
+
+def last_error_line(trial) -> str:
+    """The last line of the error Tune wrote for `trial` (its driver-side copy)."""
+    path = trial.error_file
+    try:
+        with open(path) as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except (OSError, TypeError):
+        return "(its error is in the search's log)"
+    return lines[-1] if lines else "(no message)"
 
 
 def cpu_estimate(plan, inputs) -> tuple[float, str] | None:
@@ -186,7 +215,9 @@ def summarise(trials: list[dict], plan, wall_s: float) -> int:
     """Print the best trial and any failures; the exit code (1 only if every trial failed)."""
     errored = [t for t in trials if t["status"] == ERRORED]
     for t in errored:
-        log.warning("trial %s errored: %s", t["trial_id"], (t["error"] or "").splitlines()[-1:])
+        log.warning(
+            "trial %s errored: %s", t["trial_id"], "".join((t["error"] or "").splitlines()[-1:])
+        )
     best = best_of(trials, plan.metric, plan.mode)
     if best is None:
         log.error(

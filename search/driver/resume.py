@@ -105,7 +105,7 @@ def resumed_args(settings: Settings) -> Resumed:
     )
     if {"--wandb", "--wandb-project"} & settings.given:  # logging may change, results not
         restored = dataclasses.replace(restored, wandb=settings.wandb)
-    disk = {"max_disk", "keep_checkpoints"}  # what the folder may hold may change too
+    disk = {"max_disk", "keep_checkpoints", "verbose"}  # what it keeps, what it shows
     given = {f: getattr(settings.outputs, f) for f in disk if _flag(f) in settings.given}
     restored = updated(restored, outputs=given) if given else restored
     restored = dataclasses.replace(restored, debug=restored.debug or settings.debug)

@@ -67,6 +67,9 @@ class OutputSettings:
     storage: str | None = _env("MEDSWEEP_STORAGE")
     max_disk: str | None = None
     keep_checkpoints: str = "all"
+    verbose: bool = False
+    """`--verbose`: Ray's, W&B's and the workers' output on the console too (else only in
+    `<experiment>/driver.log`: `search.driver.console`)."""
 
 
 @dataclass(frozen=True)

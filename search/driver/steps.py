@@ -242,7 +242,14 @@ def fit(
     epochs = planned_epochs(inputs.values)
     callbacks = [
         *callbacks,
-        Progress(plan.trials, epochs, plan.max_concurrent, plan.time_budget_s),
+        Progress(
+            plan.trials,
+            epochs,
+            plan.max_concurrent,
+            plan.time_budget_s,
+            metric=plan.metric,
+            mode=plan.mode,
+        ),
         keeper,
     ]
     start.write(plan.experiment_path)
