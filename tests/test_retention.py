@@ -22,6 +22,7 @@ from search.experiment.retention import (
     folder_bytes,
     prune,
     resume_state_dirs,
+    slim,
 )
 from search.experiment.tables import read_table
 from trainables.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -208,3 +209,17 @@ def test_a_full_disk_stops_the_search_cleanly_and_resume_continues(
     rows = read_table(str(exp / "trials.parquet"))
     assert len(rows) == 3 and all(r["status"] == "finished" for r in rows)
     assert json.loads((exp / "search.json").read_text())["status"] == "finished"
+
+
+def test_a_running_trials_older_checkpoint_loses_only_its_optimizer_state(
+    tmp_path, make_checkpoint
+):
+    """Ray keeps a running trial's best beside its latest; only the latest is resumed from."""
+    trial = _trial(tmp_path, make_checkpoint, "run", {1: 0.8, 2: float("-inf")})
+    older, latest = resume_state_dirs(trial)
+    size = folder_bytes(older)
+    assert slim(older) > size / 2 and slim(older) == 0  # once
+    kept = load_checkpoint(older)
+    assert "optimizer" not in kept and kept["epoch"] == 1 and "state_dict" in kept
+    assert "optimizer" in load_checkpoint(latest)
+    assert best_saved([older, latest], "max") == older

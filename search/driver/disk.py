@@ -7,8 +7,9 @@
 
 A Tune callback on the driver. As each trial ends (finished, stopped by ASHA or errored for
 good), its best weights are exported and its resume state deleted
-(`search.experiment.retention.finish_trial`): a running trial keeps its best and latest
-checkpoints, an ended one its weights alone.
+(`search.experiment.retention.finish_trial`): a running trial keeps its latest checkpoint
+whole (what it resumes from) and its best as weights alone (`slim_older`: Ray keeps it beside
+the latest, but nothing resumes from it); an ended one keeps its best weights alone.
 
 Under `--max-disk`, after each checkpoint the folder is measured; over the quota, the exported
 weights of ended trials go, weakest first, never those of the `protect` best trials (what
@@ -47,6 +48,8 @@ from search.experiment.retention import (
     has_export,
     prune,
     remove_dir,
+    resume_state_dirs,
+    slim,
 )
 from search.experiment.storage import is_uri, join_path
 from search.experiment.tables import write_table
@@ -72,6 +75,8 @@ class DiskKeeper(tune.Callback):
         self.full: tuple[int, int] | None = None
         """(free bytes, bytes the running trials' next checkpoints need) when the disk was
         too full to go on."""
+        self.slimmed: set[str] = set()
+        """Running trials' older checkpoints already without optimizer state."""
         self.checkpoint_bytes = 0
         """The largest checkpoint a trial wrote (what the next one of each trial needs)."""
         self._measured = 0.0
@@ -83,18 +88,29 @@ class DiskKeeper(tune.Callback):
         self._ended(trial, trials)
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
-        self._written(checkpoint.path, trials)
+        self._written(trial, checkpoint.path, trials)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result, **info) -> None:
         path = result.get("checkpoint_path")  # the Train launcher's checkpoints come this way
-        self._written(path if isinstance(path, str) else None, trials)
+        self._written(trial, path if isinstance(path, str) else None, trials)
 
-    def _written(self, path: str | None, trials: list) -> None:
-        if path is not None and not self.stopping:
-            size = folder_bytes(path) if not is_uri(path) else 0
-            self.checkpoint_bytes = max(self.checkpoint_bytes, size)
+    def _written(self, trial, path: str | None, trials: list) -> None:
+        if path is not None and not self.stopping and not is_uri(path):
+            self.checkpoint_bytes = max(self.checkpoint_bytes, folder_bytes(path))
+            self.slim_older(trial)
             self.guard_free(trials)
         self.enforce(trials)
+
+    def slim_older(self, trial) -> None:
+        """A running trial resumes from its latest checkpoint only: the older one Ray keeps
+        (its best) loses its optimizer state, once (`retention.slim`)."""
+        for folder in resume_state_dirs(self.trial_path(trial))[:-1]:
+            if folder not in self.slimmed:
+                try:
+                    self.freed += slim(folder)
+                except OSError as err:  # a full disk: the free-space guard stops the search
+                    log.warning("%s: its optimizer state could not be dropped (%s)", folder, err)
+                self.slimmed.add(folder)
 
     def _ended(self, trial, trials: list) -> None:
         if self.stopping:  # a stopped search's trials are resumed, not finished

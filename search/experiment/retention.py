@@ -108,6 +108,17 @@ def export_weights(src_dir: str, dst_dir: str) -> None:
     write_file(join_path(dst_dir, FILENAME), lambda f: torch.save(ckpt, f))
 
 
+def slim(folder: str) -> int:
+    """Drop the resume-only state from the checkpoint in `folder` (atomically; a file that
+    does not load is left as it is); the bytes freed."""
+    before = folder_bytes(folder)
+    meta = _metadata(folder)
+    if meta is None or not any(k in meta for k in RESUME_ONLY):
+        return 0
+    export_weights(folder, folder)
+    return max(0, before - folder_bytes(folder))
+
+
 def finish_trial(trial_path: str, mode: str) -> int:
     """A trial that will not run again: `<trial>/checkpoint/model.pt` from its best saved
     checkpoint (unless written already), then its resume state deleted; the bytes freed."""
