@@ -40,8 +40,11 @@ def cluster():
 
 
 def checkpoints(exp: str) -> dict[str, int]:
-    """Epochs checkpointed so far per trial folder (function launcher: checkpoint_00000N)."""
+    """Epochs checkpointed so far per trial folder (function launcher: checkpoint_00000N while
+    the trial runs; an ended trial keeps its best weights alone, `checkpoint/`: 0 here)."""
     found = {}
+    for path in glob.glob(os.path.join(exp, "*", "checkpoint", "model.pt")):
+        found[os.path.basename(os.path.dirname(os.path.dirname(path)))] = 0
     for path in glob.glob(os.path.join(exp, "*", "checkpoint_0*")):
         trial = os.path.basename(os.path.dirname(path))
         found[trial] = max(found.get(trial, 0), int(path.rsplit("_", 1)[1]) + 1)
