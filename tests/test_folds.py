@@ -157,6 +157,7 @@ def test_fold_metrics_mean_std_and_per_fold():
     assert best_fold(tied, "val_auc", "max") == 0
 
 
+@pytest.mark.slow
 def test_a_failing_fold_fails_the_trial_with_its_message(ray_cluster, make_npz):
     task = get_task("pneumonia")
     arrays = dict(np.load(make_npz(task, n=32)))

@@ -87,6 +87,7 @@ def test_threads_write_the_layout_the_trainers_read(shapes, tmp_path):
     assert info["channels"] == 1 and _arrays(gray)["val_images"].shape[1:] == (16, 16)
 
 
+@pytest.mark.slow
 def test_ray_data_gives_the_same_arrays_as_threads(shapes, tmp_path, ray_cluster):
     _, conversion = plan_folder(str(shapes), 16)
     on_ray = run(conversion, str(tmp_path / "ray" / "d.npz"))
@@ -163,6 +164,7 @@ def s3_bucket(s3_server, monkeypatch):
     return fs
 
 
+@pytest.mark.slow
 def test_a_folder_on_s3_ingests_like_the_local_one(shapes, tmp_path, s3_bucket):
     for file in shapes.rglob("*.png"):
         rel = file.relative_to(shapes).as_posix()

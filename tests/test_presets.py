@@ -24,6 +24,7 @@ def test_presets_exist():
     assert names >= {"malaria-resnet18", "pathology-efficientnet", "chest-resnet50", "blood-cnn"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_preset_runs_a_smoke_epoch(path, tmp_path, monkeypatch, synthetic_arrays):
     raw = yaml.safe_load(path.read_text())

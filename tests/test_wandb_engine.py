@@ -285,6 +285,7 @@ def test_validate_keeps_known_keys_and_rejects_unknown():
         validate_sweep_config({**SPACE, "metric": {"name": "val_auc", "goal": "maximise"}})
 
 
+@pytest.mark.slow
 def test_tuner_with_concurrency_limiter(ray_cluster, tmp_path):
     def report_curve(config: dict) -> None:  # local, so Ray ships it by value to the workers
         for epoch in range(2):

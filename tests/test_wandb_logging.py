@@ -169,6 +169,7 @@ def test_online_without_a_key_fails_before_any_trial_naming_the_fix(no_login, mo
 # --- one W&B run per Tune trial ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_each_trial_is_one_offline_run(ray_cluster, ray_head, tmp_path, make_npz, planted_key):
     task = get_task("blood")
     data = load_npz(make_npz(task, n=48), task)
@@ -277,6 +278,7 @@ def test_media_go_to_a_media_run_per_trial(tmp_path, planted_key):
 # --- the wandb agent's entry point ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_wandb_trial_runs_one_trial_as_the_agent_calls_it(tmp_path, pneumonia_subset, planted_key):
     data = pneumonia_subset(train=192, val=96, test=32)  # real X-rays: AUROC moves per epoch
     env = {**os.environ, "MEDSWEEP_DATA_DIR": str(data.parent), "WANDB_DIR": str(tmp_path)}
