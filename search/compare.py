@@ -1,9 +1,16 @@
 """Compare searchers on one task: same space, trainable, budget and hardware, several seeds.
 
-    python search/compare.py --task pathology --searchers optuna,wandb-bayes,random \\
+    python search/compare.py --task pathology --searchers optuna,ray-optuna,random,wandb-bayes \\
         --trials 30 --repeats 3 [--epochs 4] [--launcher auto] [--out runs/compare-pathology]
+    python search/compare.py ... --searchers "optuna,optuna[startup=10],random[stop=none]"
     python search/compare.py ... --wandb-sweep ENTITY/PROJECT/SWEEP_ID   # add a real W&B sweep
     python search/compare.py ... -- --max-concurrent 2                  # after --: to run.py
+
+A searcher is run.py's `--searcher` value, with settings in brackets if wanted: `stop=none`
+(`--early-stopping none`: every trial runs its epochs, the user's own loop over configs) and,
+for optuna, the keys of `--tpe` (startup, multivariate, liar). The default runs medsweep's
+searcher, Optuna's own TPE settings, Ray's stock OptunaSearch (told the last epoch, as most
+Tune scripts do), random search with and without ASHA, and W&B's Bayes engine.
 
 Each (searcher, repeat k) is one `search/run.py` search in a subprocess with seed k, named
 `compare-<task>-<searcher>-r<k>` under --out, its log beside it (`<name>.log`); a finished one
@@ -14,9 +21,11 @@ on the test split as usual. Then it writes
   <out>/compare.parquet  one row per (searcher, repeat, trial): trial order, metric,
                          best-so-far, wall time since the search started, status, resources
   <out>/compare.html     best-so-far against trial number and against wall time (mean line,
-                         min-max band over repeats), the summary table; self-contained
+                         95% band over repeats), the summary table; self-contained
 
-and prints the summary table as plain text. Trials are ordered by when they finished, the
+and prints the summary table as plain text: final best and the test figure of each search's
+winner (mean +/- sd), and the time each searcher took to reach random search's final mean
+best, as a ratio to random's own. Trials are ordered by when they finished, the
 moment their searcher learnt the result. `--wandb-sweep` reads the runs of a sweep run on W&B's
 service (`wandb sweep` + `wandb agent`, program `search/wandb_trial.py`) and adds it as one more
 searcher; it needs W&B online and is skipped with a message otherwise.
@@ -35,9 +44,16 @@ import os
 import sys
 
 from search.driver.checks import UserError, user_errors
-from search.driver.comparison import CompareSettings, run_comparison
+from search.driver.comparison import CompareSettings, parse_methods, run_comparison
 from search.driver.options import Parser
-from search.driver.plan import LAUNCHERS, SEARCHERS
+from search.driver.plan import LAUNCHERS
+
+DEFAULT_SEARCHERS = (
+    "optuna,optuna[startup=10,multivariate=no,liar=no],ray-optuna,random,random[stop=none],"
+    "wandb-bayes"
+)
+"""medsweep's default; Optuna's own TPE settings; Ray's stock OptunaSearch (last epoch); random
+search with ASHA; random search without early stopping (a hand-written loop); W&B's engine."""
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[CompareSettings, list[str]]:
@@ -53,8 +69,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[CompareSettings, list[str
     p.add_argument("--task", required=True)
     p.add_argument(
         "--searchers",
-        default="optuna,wandb-bayes,random",
-        help="comma-separated (default optuna,wandb-bayes,random)",
+        default=DEFAULT_SEARCHERS,
+        help="comma-separated run.py --searcher values, each optionally with settings in "
+        "brackets: stop=asha|none (--early-stopping) and, for optuna, --tpe's keys "
+        f"(default {DEFAULT_SEARCHERS})",
     )
     p.add_argument("--trials", type=int, default=30, help="trials per search (default 30)")
     p.add_argument("--repeats", type=int, default=3, help="searches per searcher, seeds 0..R-1")
@@ -81,11 +99,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[CompareSettings, list[str
         help="also read this W&B sweep's runs (needs W&B online)",
     )
     args = p.parse_args(argv)
-    searchers = tuple(s.strip() for s in args.searchers.split(",") if s.strip())
-    unknown = [s for s in searchers if s not in SEARCHERS]
-    if unknown or not searchers:
-        p.error(f"--searchers {','.join(unknown) or '(none)'}: choose from {', '.join(SEARCHERS)}")
     try:
+        searchers = tuple(m.spec for m in parse_methods(args.searchers))
         settings = CompareSettings(**{**vars(args), "searchers": searchers})
     except ValueError as err:
         p.error(str(err))

@@ -28,7 +28,9 @@ from search.experiment.tables import (
     trial_row,
     write_tables,
 )
-from search.reporting.compare_page import curves, write_html
+from search.driver.comparison import parse_methods
+from search.reporting.anytime import curves, mean_band, time_to_target
+from search.reporting.compare_page import write_html
 from search.reporting.compare_table import format_table, searcher_table
 from search.reporting.comparison import summarise, sweep_rows
 from trainables.evaluation import write_json
@@ -159,7 +161,7 @@ def test_a_search_without_tables_is_left_out(tmp_path, capsys):
 
 
 def test_searcher_table_and_plain_text(two_searchers):
-    table = {t["searcher"]: t for t in searcher_table(two_searchers)}
+    table = {t["searcher"]: t for t in searcher_table(two_searchers, "max")}
     optuna, random = table["optuna"], table["random"]
     assert optuna["repeats"] == 2 and optuna["trials"] == 6
     mean, std, n = optuna["best"]
@@ -172,35 +174,64 @@ def test_searcher_table_and_plain_text(two_searchers):
     assert random["test"] is None and random["cpu_h"] is None
     assert random["best"][0] == pytest.approx((0.55 + 0.65) / 2)
     assert random["stopped_early"] == 2
-    text = format_table(searcher_table(two_searchers), "val_auc", "auroc")
+    # the target: random's final mean best, (0.55 + 0.65) / 2; optuna reached it at 10 s (r0,
+    # trial 1) and 5 s (r1, trial 1); random's r0 never did (counts with its 50 s, 3 trials)
+    assert optuna["target"] == pytest.approx(0.60) and optuna["reference"] == "random"
+    assert optuna["reach"].seconds == pytest.approx(7.5) and optuna["reach"].trials == 1
+    assert (random["reach"].reached, random["reach"].repeats) == (1, 2)
+    assert random["reach"].seconds == pytest.approx(28.0) and random["reach"].trials == 2
+    assert optuna["vs_reference"] == pytest.approx(7.5 / 28.0) and random["vs_reference"] == 1
+    text = format_table(searcher_table(two_searchers, "max"), "val_auc", "auroc")
     lines = text.splitlines()
     assert lines[0].split()[:4] == ["searcher", "repeats", "trials", "best"]
     assert lines[2].startswith("optuna ") and lines[3].startswith("random ")
     assert "0.8000 ± 0.1414 (n=2)" in lines[2] and "2/4" in lines[3]
+    assert "8 (1.0) 2/2" in lines[2] and "0.27" in lines[2] and "28 (2.0) 1/2" in lines[3]
+    assert "random's final mean best" in text and "0.6000" in text
     assert "CPU·h / GPU·h" in text
+
+
+def test_time_to_target_when_minimising(two_searchers):
+    """Lower is better: a best at or below the target reaches it."""
+    flipped = [
+        {**r, "best_so_far": -r["best_so_far"]} if r["best_so_far"] else r for r in two_searchers
+    ]
+    reach = time_to_target(flipped, "optuna", -0.75, "min")  # r0's best is -0.70: never
+    assert (reach.reached, reach.seconds, reach.trials) == (1, pytest.approx((20 + 5) / 2), 2)
+    never = time_to_target(flipped, "random", -0.99, "min")
+    assert never.reached == 0 and never.seconds == pytest.approx((50 + 6) / 2)
+
+
+def test_the_band_is_the_95_percent_interval_of_the_mean():
+    ys = np.array([[1.0, np.nan], [2.0, 5.0], [3.0, np.nan]])
+    mean, low, high = mean_band(ys)
+    assert list(mean) == [2.0, 5.0]
+    half = 4.302652729911275 / np.sqrt(3)  # t(0.975, 2) x sd 1 / sqrt(3)
+    assert low[0] == pytest.approx(2.0 - half) and high[0] == pytest.approx(2.0 + half)
+    assert np.isnan(low[1]) and np.isnan(high[1])  # one repeat: no band
 
 
 def test_curves_hold_the_last_best_and_share_one_time_grid(two_searchers):
     by_trial = curves(two_searchers, "trial_order")
     xs, mean, low, high = by_trial["random"]
     assert list(xs) == [1, 2, 3]
-    assert list(low) == [0.50, 0.55, 0.55] and list(high) == [0.65, 0.65, 0.65]  # r1 keeps 0.65
-    by_time = curves(two_searchers, "wall_time_s", grid_points=11)
+    assert list(mean) == pytest.approx([0.575, 0.60, 0.60])  # r1 keeps its 0.65
+    by_time = curves(two_searchers, "wall_time_s", points=11)
     assert np.array_equal(by_time["optuna"][0], by_time["random"][0])
     xs, mean, low, high = by_time["optuna"]
     assert xs[0] == 0 and xs[-1] == pytest.approx(52.5)
-    assert np.isnan(mean[0]) and high[-1] == pytest.approx(0.9)
+    assert np.isnan(mean[0]) and mean[-1] == pytest.approx(0.8)  # final bests 0.7 and 0.9
 
 
 def test_html_is_self_contained(two_searchers, tmp_path):
     path = tmp_path / "out" / "compare.html"
-    write_html(two_searchers, str(path), "val_auc", "blood")
+    write_html(two_searchers, str(path), "val_auc", "max", "blood")
     page = path.read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 2 and all(base64.b64decode(i)[:4] == b"\x89PNG" for i in images)
     assert "http" not in page.replace("http-equiv", "")  # nothing fetched from elsewhere
     assert "<td>optuna</td>" in page and "<td>random</td>" in page
-    assert "test auroc" in page and "CPU·h" in page
+    assert "test auroc" in page and "CPU·h" in page and "time to target" in page
 
 
 def test_sweep_runs_become_one_more_searcher():
@@ -253,13 +284,13 @@ def test_command_line_of_each_search(tmp_path, monkeypatch):
         ]
     )
     args = dataclasses.replace(args, out=str(tmp_path), gpus_per_trial=0.0)
-    cmd = search_command(args, "random", 1, passthrough)
+    cmd = search_command(args, "random[stop=none]", 1, passthrough)
     flat = " ".join(cmd[2:])
     for part in (
         "--task blood",
-        "--name compare-blood-random-r1",
+        "--name compare-blood-random-stop-none-r1",
         f"--storage {tmp_path}",
-        "--searcher random",
+        "--searcher random --early-stopping none",
         "--seed 1",
         "--trials 4",
         "--epochs 1",
@@ -273,6 +304,32 @@ def test_command_line_of_each_search(tmp_path, monkeypatch):
     assert "RAY_ADDRESS" not in search_env(["--address", "auto"])
     with pytest.raises(SystemExit):
         parse_args(["--task", "blood", "--searchers", "optuna,tpe"])
+    tpe = search_command(args, "optuna[startup=10,liar=no]", 0, [])
+    assert " --tpe startup=10,liar=no" in " ".join(tpe)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("random[startup=3]", "'startup=3' is not a setting"),
+        ("optuna[stop=maybe]", "'stop=maybe'"),
+        ("optuna[startup=3", "expected"),
+        ("optuna,optuna", "named twice"),
+        ("", "at least one"),
+        ("optuna;random", "expected ','"),
+    ],
+)
+def test_searcher_specs_refused(text, why):
+    with pytest.raises(ValueError, match=re.escape(why)):
+        parse_methods(text)
+
+
+def test_compare_refuses_a_bad_spec_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--task", "blood", "--searchers", "random[liar=no]"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --searchers 'random[liar=no]'") and err.count("\n") == 1
 
 
 @pytest.mark.slow

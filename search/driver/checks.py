@@ -138,7 +138,26 @@ def check_flags(settings: Settings) -> None:
     _check_ig_baseline(settings.attribution.ig_baseline)
     _check_cache_dir(settings.data.cache_dir)
     _check_split(settings)
+    _check_tpe(settings)
     probe_address(settings.resources.address)
+
+
+def _check_tpe(settings: Settings) -> None:
+    """`--tpe`: keys and values TPE takes, and only with the searcher that uses it."""
+    search = settings.search
+    if search.tpe is None:
+        return
+    if search.searcher != "optuna":
+        raise UserError(
+            f"--tpe sets medsweep's Optuna searcher, not --searcher {search.searcher}; drop "
+            "--tpe or use --searcher optuna"
+        )
+    from search.driver.tpe import parse_tpe
+
+    try:
+        parse_tpe(search.tpe, search.trials)
+    except ValueError as err:
+        raise UserError(f"{err}; see python search/run.py --help") from None
 
 
 def _check_ranges(settings: Settings) -> None:

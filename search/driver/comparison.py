@@ -1,11 +1,14 @@
 """Run a searcher comparison: one `search/run.py` search per (searcher, repeat), then its rows,
 table and page (`search.reporting.comparison`, `compare_table`, `compare_page`).
 
-    code = run_comparison(CompareSettings("blood", ("optuna", "random")), passthrough)
+    code = run_comparison(CompareSettings("blood", ("optuna", "random[stop=none]")), passthrough)
 
-`CompareSettings` is what search/compare.py's flags decide. Each search runs in a subprocess
-with seed = repeat, named `compare-<task>-<searcher>-r<k>` under `settings.out`, its log
-beside it; a finished one (its search.json exists) is reused. W&B
+`CompareSettings` is what search/compare.py's flags decide. A searcher is run.py's `--searcher`
+value, optionally with settings in brackets (`parse_method`): `stop=asha|none`
+(`--early-stopping`) and the TPE keys of `--tpe` (`startup`, `multivariate`, `liar`), e.g.
+`optuna[startup=10,multivariate=no,liar=no]` for Optuna's own TPE defaults. Each search runs in
+a subprocess with seed = repeat, named `compare-<task>-<searcher>-r<k>` under `settings.out`,
+its log beside it; a finished one (its search.json exists) is reused. W&B
 stays off in the searches so it is out of the timing; `--wandb-sweep` reads a sweep run on
 W&B's service afterwards (`read_sweep`).
 """
@@ -14,18 +17,87 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.driver.plan import SEARCHERS
+from search.driver.tpe import DEFAULTS as TPE_DEFAULTS
 from search.experiment.tables import write_table
+from search.reporting.anytime import searchers
 from search.reporting.compare_page import write_html
-from search.reporting.compare_table import format_table, searcher_table, searchers
+from search.reporting.compare_table import format_table, searcher_table
 from search.reporting.comparison import TEST_FIGURE, summarise, sweep_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_PY = ROOT / "search" / "run.py"
+METHOD = re.compile(r"([\w-]+)(?:\[([^\]]*)\])?")
+"""`searcher` or `searcher[key=value,...]`."""
+STOP = ("asha", "none")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One searcher of the comparison: run.py's `--searcher` and its settings."""
+
+    spec: str
+    """As typed (its name in the table and the plots)."""
+    searcher: str
+    stop: str = "asha"
+    tpe: tuple[tuple[str, str], ...] = ()
+
+    def run_args(self) -> list[str]:
+        args = ["--searcher", self.searcher, "--early-stopping", self.stop]
+        if self.tpe:
+            args += ["--tpe", ",".join(f"{k}={v}" for k, v in self.tpe)]
+        return args
+
+    @property
+    def slug(self) -> str:
+        """The spec as a folder name: `random[stop=none]` -> `random-stop-none`."""
+        return re.sub(r"[^\w.]+", "-", self.spec).strip("-")
+
+
+def parse_methods(text: str) -> tuple[Method, ...]:
+    """`optuna,random[stop=none]` -> the Methods; a ValueError names what is wrong."""
+    text = text.strip()
+    methods, at = [], 0
+    while at < len(text):
+        match = METHOD.match(text, at)
+        if not match:
+            raise ValueError(f"--searchers {text[at:]!r}: expected NAME or NAME[key=value,...]")
+        methods.append(parse_method(match.group(0)))
+        at = match.end()
+        if at < len(text) and text[at] != ",":
+            raise ValueError(f"--searchers: expected ',' after {match.group(0)!r}")
+        at += 1
+    if not methods:
+        raise ValueError("--searchers: name at least one")
+    if len({m.spec for m in methods}) < len(methods):
+        raise ValueError("--searchers: a searcher is named twice")
+    return tuple(methods)
+
+
+def parse_method(spec: str) -> Method:
+    """`random[stop=none]` -> Method; `stop` for every searcher, TPE keys for optuna only."""
+    match = METHOD.fullmatch(spec.strip())
+    if not match or match.group(1) not in SEARCHERS:
+        raise ValueError(f"--searchers {spec!r}: choose from {', '.join(SEARCHERS)}")
+    searcher, stop, tpe = match.group(1), "asha", []
+    for part in filter(None, (p.strip() for p in (match.group(2) or "").split(","))):
+        key, _, value = (s.strip() for s in part.partition("="))
+        if key == "stop" and value in STOP:
+            stop = value
+        elif key in TPE_DEFAULTS and searcher == "optuna" and value:
+            tpe.append((key, value))
+        else:
+            raise ValueError(
+                f"--searchers {spec!r}: {part!r} is not a setting; use stop=asha|none, and "
+                f"for optuna {', '.join(f'{k}=...' for k in TPE_DEFAULTS)}"
+            )
+    return Method(spec.strip(), searcher, stop, tuple(tpe))
 
 
 @dataclass(frozen=True)
@@ -48,14 +120,13 @@ class CompareSettings:
     wandb_sweep: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.searchers:
-            raise ValueError("--searchers: name at least one")
+        parse_methods(",".join(self.searchers))  # a ValueError for a spec run.py would refuse
         if self.trials < 1 or self.repeats < 1:
             raise ValueError("--trials and --repeats must be at least 1")
 
 
 def run_name(task: str, searcher: str, repeat: int) -> str:
-    return f"compare-{task}-{searcher}-r{repeat}"
+    return f"compare-{task}-{parse_method(searcher).slug}-r{repeat}"
 
 
 def search_command(
@@ -71,8 +142,7 @@ def search_command(
         run_name(settings.task, searcher, repeat),
         "--storage",
         settings.out,
-        "--searcher",
-        searcher,
+        *parse_method(searcher).run_args(),
         "--seed",
         str(repeat),
         "--trials",
@@ -177,8 +247,10 @@ def run_comparison(settings: CompareSettings, passthrough: list[str]) -> int:
     page = os.path.join(settings.out, "compare.html")
     write_table(rows, parquet)
     title = f"{task.name}: {', '.join(searchers(rows))}, {settings.trials} trials"
-    write_html(rows, page, space.metric, title)
-    table = format_table(searcher_table(rows), space.metric, TEST_FIGURE.get(space.metric))
+    write_html(rows, page, space.metric, space.mode, title)
+    table = format_table(
+        searcher_table(rows, space.mode), space.metric, TEST_FIGURE.get(space.metric)
+    )
     print(f"\n{table}\n\n{page}\n{parquet}")
     return 0
 

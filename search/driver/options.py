@@ -39,7 +39,8 @@ TASK_NAMES = (
 )
 SPLIT_CHOICES = ("auto", "premade", "patient", "cell")
 LAUNCHERS = ("train", "function")
-SEARCHERS = ("optuna", "random", "wandb-bayes")
+SEARCHERS = ("optuna", "random", "wandb-bayes", "ray-optuna")
+EARLY_STOPPING = ("asha", "none")
 DATA_PATHS = ("auto", "resident", "stream")
 
 
@@ -235,7 +236,20 @@ def _search_flags(p) -> None:
     p.add_argument(
         "--searcher",
         choices=SEARCHERS,
-        help="optuna (TPE), random, or wandb-bayes (W&B's Bayesian engine)",
+        help="optuna (TPE told each trial's best epoch), random, wandb-bayes (W&B's Bayesian "
+        "engine), or ray-optuna (Ray's stock OptunaSearch, told the last epoch)",
+    )
+    p.add_argument(
+        "--early-stopping",
+        choices=EARLY_STOPPING,
+        help="asha: stop weak trials at the rungs; none: every trial runs its epochs",
+    )
+    p.add_argument(
+        "--tpe",
+        metavar="startup=N|SHARE,multivariate=yes|no,liar=yes|no",
+        help="the TPE sampler's settings (--searcher optuna): start-up trials drawn at random "
+        "(a count, or a share of --trials), multivariate TPE, constant liar for trials "
+        "running at once; unset keys keep medsweep's measured defaults (README: Searchers)",
     )
     p.add_argument(
         "--objective",

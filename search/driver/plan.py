@@ -22,7 +22,8 @@ from search.experiment.storage import absolute, join_path
 from trainables.tasks import Task
 
 DRIVER_CPU = 0.01  # a trial driver must not starve its own Train workers; 0 is rejected
-SEARCHERS = ("optuna", "random", "wandb-bayes")
+SEARCHERS = ("optuna", "random", "wandb-bayes", "ray-optuna")
+EARLY_STOPPING = ("asha", "none")
 LAUNCHERS = ("train", "function")
 SMOKE_TRIALS = 2
 log = logging.getLogger("medsweep")
@@ -38,6 +39,10 @@ class Plan:
     metric: str
     mode: str
     searcher: str = "optuna"
+    early_stopping: str = "asha"
+    """`asha`, or `none`: every trial runs its planned epochs."""
+    tpe: str | None = None
+    """`--tpe`'s settings (`search.driver.tpe`; None: the measured defaults)."""
     launcher: str = "train"
     seed: int = 0
     max_concurrent: int = 1
@@ -58,6 +63,10 @@ class Plan:
     def __post_init__(self) -> None:
         if self.searcher not in SEARCHERS:
             raise ValueError(f"--searcher {self.searcher!r}: choose one of {SEARCHERS}")
+        if self.early_stopping not in EARLY_STOPPING:
+            raise ValueError(
+                f"--early-stopping {self.early_stopping!r}: choose one of {EARLY_STOPPING}"
+            )
         if self.launcher not in LAUNCHERS:
             raise ValueError(f"--launcher {self.launcher!r}: choose one of {LAUNCHERS}")
         if self.folds == 1 or self.folds < 0:
@@ -110,6 +119,8 @@ def make_plan(settings: Settings, space: Space, name: str, task: Task) -> Plan:
         metric=metric,
         mode=mode,
         searcher=search.searcher,
+        early_stopping=search.early_stopping,
+        tpe=search.tpe,
         launcher=resolve_launcher(res.launcher, res.workers_per_trial),
         seed=search.seed,
         workers_per_trial=res.workers_per_trial,

@@ -70,9 +70,21 @@ def manifest(
         extra={
             "data": data_record(inputs.located),
             **search_record(plan, inputs.warm),
+            **searcher_record(plan),
             **({} if slot_use is None else {"slot_use": round(slot_use, 4)}),
         },
     )
+
+
+def searcher_record(plan: Plan) -> dict:
+    """How the searcher and the scheduler were set: `early_stopping`, and `tpe` (the TPE
+    sampler's settings as `--tpe` spells them) for the Optuna searcher."""
+    record = {"early_stopping": plan.early_stopping}
+    if plan.searcher == "optuna":
+        from search.driver.tpe import parse_tpe
+
+        record["tpe"] = parse_tpe(plan.tpe, plan.trials).text()
+    return record
 
 
 def data_record(located: Located) -> dict:

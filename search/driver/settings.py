@@ -27,7 +27,7 @@ def _env(name: str, default: str | None = None):
 @dataclass(frozen=True)
 class SearchSettings:
     """The search: `--trials`, `--epochs`, `--batch-size`, `--time-budget`, `--seed`,
-    `--searcher`, `--smoke-test`, `--objective`, `--warm-start`."""
+    `--searcher`, `--early-stopping`, `--tpe`, `--smoke-test`, `--objective`, `--warm-start`."""
 
     trials: int = 20
     epochs: int | None = None
@@ -35,6 +35,9 @@ class SearchSettings:
     time_budget: float | None = None
     seed: int = 0
     searcher: str = "optuna"
+    early_stopping: str = "asha"
+    tpe: str | None = None
+    """`startup=0.3,multivariate=yes,liar=yes` (`search.driver.tpe`; None: the defaults)."""
     smoke_test: bool = False
     objective: str | None = None
     """`val_auc:max,val_ece:min`: several objectives (None: the space's metric alone)."""

@@ -43,7 +43,7 @@ DISTRIBUTIONS = (
     "q_log_uniform_values",
     "log_uniform",
 )
-LAUNCHER_OWNED = ("seed", "max_batches")
+LAUNCHER_OWNED = ("seed",)
 
 
 @dataclass(frozen=True)

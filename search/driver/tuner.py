@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from search.data.reader import SplitReader
@@ -54,7 +54,11 @@ def build_searcher(plan: Plan, space: Space, epochs: int | None = None, earlier=
         if budget is None:
             return BasicVariantGenerator(**kwargs)
         return DeadlineVariants(budget, **kwargs)
-    if plan.searcher == "wandb-bayes":
+    if plan.searcher == "ray-optuna":  # what most Tune scripts do: told the last epoch
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher = OptunaSearch(sampler=optuna_sampler(plan, optuna_defaults=True))
+    elif plan.searcher == "wandb-bayes":
         from search.tracking.engine import WandbSweepSearcher
 
         # The engine proposes the searched knobs only; fixed values stay in param_space, so
@@ -73,7 +77,7 @@ def build_searcher(plan: Plan, space: Space, epochs: int | None = None, earlier=
             epochs,
             storage=where,
             study_name=plan.name,
-            seed=plan.seed,
+            sampler=optuna_sampler(plan),
             home=plan.experiment_path,
             earlier=earlier,
             **(several if len(goals) > 1 else {}),
@@ -81,6 +85,19 @@ def build_searcher(plan: Plan, space: Space, epochs: int | None = None, earlier=
     if budget is not None:
         searcher = DeadlineSearcher(searcher, budget)
     return ConcurrencyLimiter(searcher, max_concurrent=plan.max_concurrent)
+
+
+def optuna_sampler(plan: Plan, optuna_defaults: bool = False):
+    """The seeded TPE sampler: `--tpe` over medsweep's measured defaults (`search.driver.tpe`),
+    or Optuna's own defaults (`optuna_defaults`: Ray's stock searcher as a Tune script builds
+    it)."""
+    import optuna
+
+    from search.driver.tpe import parse_tpe
+
+    if optuna_defaults:
+        return optuna.samplers.TPESampler(seed=plan.seed)
+    return parse_tpe(plan.tpe, plan.trials).sampler(plan.seed)
 
 
 def scheduler_settings(space: Space, epochs: int) -> dict:
@@ -94,7 +111,10 @@ def scheduler_settings(space: Space, epochs: int) -> dict:
     }
 
 
-def build_scheduler(space: Space, epochs: int) -> ASHAScheduler:
+def build_scheduler(plan: Plan, space: Space, epochs: int) -> ASHAScheduler | FIFOScheduler:
+    """ASHA, or with `--early-stopping none` Tune's FIFO (every trial runs its epochs)."""
+    if plan.early_stopping == "none":
+        return FIFOScheduler()
     return ASHAScheduler(**scheduler_settings(space, epochs))
 
 
@@ -119,12 +139,21 @@ def build_tuner(
             metric=plan.metric,
             mode=plan.mode,
             search_alg=relocatable(searcher),  # a copied folder's new trials stay in it
-            scheduler=build_scheduler(space, epochs),
+            scheduler=build_scheduler(plan, space, epochs),
             num_samples=plan.trials,
+            reuse_actors=reuses_actors(plan),
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=run_config(plan, callbacks),
     )
+
+
+def reuses_actors(plan: Plan) -> bool:
+    """Whether a trial's process runs the next trial (Tune's `reuse_actors`): for the function
+    launcher, whose trials are one process each and all ask for the same resources. A new
+    process costs 5-8 s per trial on 2 CPU cores (Python, torch, the data from the object
+    store; README "Every slot busy"). Train's worker groups and fold tasks start their own."""
+    return plan.launcher == "function" and plan.folds <= 1
 
 
 def run_config(plan: Plan, callbacks: list | None = None) -> tune.RunConfig:

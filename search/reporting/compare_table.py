@@ -1,10 +1,13 @@
 """The comparison's summary: one line per searcher, over its repeats, as data and plain text.
 
-    table = searcher_table(rows)                   # rows: search.reporting.comparison's
+    table = searcher_table(rows, mode="max")       # rows: search.reporting.comparison's
     print(format_table(table, "val_auc", "auroc"))
 
 Final best and test figure are mean ± sample std over repeats; stopped-early and errored trials
-are counted; wall time and CPU/GPU hours are per search, mean over repeats.
+are counted; wall time and CPU/GPU hours are per search, mean over repeats. Time to target: the
+mean wall time (and trials) each searcher took to reach the reference searcher's final mean best
+(`REFERENCE`, random search with ASHA, when it ran; else the first searcher), and its ratio to
+the reference's own time (below 1: sooner); `search.reporting.anytime`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,17 @@ import statistics
 from collections.abc import Iterable
 
 from search.experiment.tables import ERRORED, STOPPED_EARLY
+from search.reporting.anytime import (
+    Reach,
+    by_repeat,
+    final_best,
+    final_mean,
+    searchers,
+    time_to_target,
+)
+
+REFERENCE = "random"
+"""The searcher whose final mean best is every searcher's target."""
 
 RESOURCE_NOTE = (
     "CPU·h / GPU·h: per search, the sum over its trials of (trial wall time × CPUs or GPUs the "
@@ -34,18 +48,30 @@ def columns(metric: str, test_name: str | None, spaced: bool = False) -> list[st
         test,
         "stopped early",
         "errored",
+        f"time to target{per}s",
+        f"vs {REFERENCE}" if spaced else "vs ref",
         f"wall s{per}search",
         f"CPU·h{per}search",
         f"GPU·h{per}search",
     ]
 
 
-def searcher_table(rows: list[dict]) -> list[dict]:
-    """One line per searcher: final best and test metric (mean ± std over repeats), counts."""
+def reference(rows: list[dict]) -> str | None:
+    """The searcher whose final mean best is the target: `REFERENCE` when it ran."""
+    names = searchers(rows)
+    return REFERENCE if REFERENCE in names else (names[0] if names else None)
+
+
+def searcher_table(rows: list[dict], mode: str = "max") -> list[dict]:
+    """One line per searcher: final best and test metric (mean ± std over repeats), time to
+    the reference's final mean best, counts."""
     table = []
+    ref = reference(rows)
+    target = final_mean(rows, ref) if ref else None
+    reach = {s: time_to_target(rows, s, target, mode) for s in searchers(rows)} if target else {}
     for searcher in searchers(rows):
         runs = by_repeat([r for r in rows if r["searcher"] == searcher])
-        finals = [_last_best(run) for run in runs.values()]
+        finals = [final_best(run) for run in runs.values()]
         tests = [
             r["test_metric"] for run in runs.values() for r in run if r["test_metric"] is not None
         ]
@@ -59,6 +85,10 @@ def searcher_table(rows: list[dict]) -> list[dict]:
                 "test": _mean_std(tests),
                 "stopped_early": sum(r["status"] == STOPPED_EARLY for r in mine),
                 "errored": sum(r["status"] == ERRORED for r in mine),
+                "target": target,
+                "reference": ref,
+                "reach": reach.get(searcher),
+                "vs_reference": _ratio(reach.get(searcher), reach.get(ref)),
                 "wall_s": _mean([_max(r["wall_time_s"] for r in run) for run in runs.values()]),
                 "cpu_h": _mean([_sum(r["cpu_s"] for r in run) for run in runs.values()], 3600),
                 "gpu_h": _mean([_sum(r["gpu_s"] for r in run) for run in runs.values()], 3600),
@@ -76,7 +106,20 @@ def format_table(table: list[dict], metric: str, test_name: str | None) -> str:
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
     ]
     text.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(text + ["", RESOURCE_NOTE])
+    return "\n".join(text + ["", target_note(table, metric), RESOURCE_NOTE])
+
+
+def target_note(table: list[dict], metric: str) -> str:
+    """What the time-to-target columns mean, with the target's value."""
+    target = next((t["target"] for t in table if t.get("target") is not None), None)
+    if target is None:
+        return "Time to target: no reference searcher's final best to aim at."
+    ref = table[0]["reference"]
+    return (
+        f"Time to target: mean wall time (trials) to a best {metric} of {target:.4f}, {ref}'s "
+        f"final mean best; k/n repeats reached it (one that did not counts with its whole "
+        f"length); vs {ref}: the ratio of the times (below 1: sooner)."
+    )
 
 
 def cells(t: dict) -> list[str]:
@@ -89,26 +132,24 @@ def cells(t: dict) -> list[str]:
         _pm(t["test"]),
         f"{t['stopped_early']}/{t['trials']}",
         str(t["errored"]),
+        _reach(t["reach"]),
+        _num(t["vs_reference"], 2),
         _num(t["wall_s"], 0),
         _sig(t["cpu_h"]),
         _sig(t["gpu_h"]),
     ]
 
 
-def searchers(rows: list[dict]) -> list[str]:
-    return list(dict.fromkeys(r["searcher"] for r in rows))
+def _ratio(mine: Reach | None, ref: Reach | None) -> float | None:
+    if mine is None or ref is None or mine.seconds is None or not ref.seconds:
+        return None
+    return mine.seconds / ref.seconds
 
 
-def by_repeat(rows: list[dict]) -> dict[int, list[dict]]:
-    runs: dict[int, list[dict]] = {}
-    for r in sorted(rows, key=lambda r: (r["repeat"], r["trial_order"])):
-        runs.setdefault(r["repeat"], []).append(r)
-    return runs
-
-
-def _last_best(run: list[dict]) -> float | None:
-    values = [r["best_so_far"] for r in run if r["best_so_far"] is not None]
-    return values[-1] if values else None
+def _reach(reach: Reach | None) -> str:
+    if reach is None or reach.seconds is None:
+        return "-"
+    return f"{reach.seconds:.0f} ({reach.trials:.1f}) {reach.reached}/{reach.repeats}"
 
 
 def _mean_std(values: list[float]) -> tuple[float, float, int] | None:

@@ -22,8 +22,15 @@ from search.experiment.tables import ERRORED, FINISHED, STOPPED_EARLY
 from search.reporting.folder import read_manifest, read_rows, read_tests
 from trainables.scores import better, is_finite
 
-TEST_FIGURE = {"val_auc": "auroc", "val_acc": "accuracy", "val_f1": "macro_f1"}
-"""The test-split figure (`trainables.evaluation`) that matches a validation metric."""
+TEST_FIGURE = {
+    "val_auc": "auroc",
+    "val_acc": "accuracy",
+    "val_f1": "macro_f1",
+    "val_loss": "auroc",
+    "val_ece": "auroc",
+}
+"""The test-split figure (`trainables.evaluation`) shown for a validation metric: the matching
+one, or AUROC for a loss or calibration error (the test evaluation reports neither)."""
 SWEEP_STATUS = {
     "finished": FINISHED,
     "killed": STOPPED_EARLY,

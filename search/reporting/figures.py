@@ -202,8 +202,9 @@ def short(name: str, width: int = 24) -> str:
 def comparison_figure(
     curves: dict[str, tuple], xlabel: str, metric: str, from_zero: bool = False
 ) -> bytes:
-    """Best so far per searcher: {searcher: (xs, mean, low, high)}, a mean line and a min-max
-    band over repeats, as steps; `from_zero` starts the x axis at 0."""
+    """Best so far per searcher: {searcher: (xs, mean, low, high)}, a mean line and a band
+    (`search.reporting.anytime`: 95% over repeats), as steps; `from_zero` starts the x axis
+    at 0."""
     fig = Figure(figsize=(7, 4), layout="tight")
     ax = fig.subplots()
     for searcher, (xs, mean, low, high) in curves.items():
