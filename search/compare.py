@@ -14,7 +14,8 @@ Tune scripts do), random search with and without ASHA, and W&B's Bayes engine.
 
 Each (searcher, repeat k) is one `search/run.py` search in a subprocess with seed k, named
 `compare-<task>-<searcher>-r<k>` under --out, its log beside it (`<name>.log`); a finished one
-(its `search.json` exists) is reused, so an interrupted comparison picks up where it stopped.
+is reused and an interrupted one resumed, so an interrupted comparison picks up where it
+stopped.
 Attribution maps are skipped (`--explain-top 0`); the best trial of each search is evaluated
 on the test split as usual. Then it writes
 

@@ -18,7 +18,13 @@ import pytest
 import yaml
 
 from search.compare import parse_args
-from search.driver.comparison import read_sweep, search_command, search_env
+from search.driver.comparison import (
+    parse_methods,
+    read_sweep,
+    resume_command,
+    search_command,
+    search_env,
+)
 from search.experiment.manifest import Manifest
 from search.experiment.tables import (
     ERRORED,
@@ -28,7 +34,6 @@ from search.experiment.tables import (
     trial_row,
     write_tables,
 )
-from search.driver.comparison import parse_methods
 from search.reporting.anytime import curves, mean_band, time_to_target
 from search.reporting.compare_page import write_html
 from search.reporting.compare_table import format_table, searcher_table
@@ -304,6 +309,10 @@ def test_command_line_of_each_search(tmp_path, monkeypatch):
     assert "RAY_ADDRESS" not in search_env(["--address", "auto"])
     with pytest.raises(SystemExit):
         parse_args(["--task", "blood", "--searchers", "optuna,tpe"])
+    again = resume_command(
+        "/x/compare-blood-random-r1", ["--max-concurrent", "1", "--address", "a:1"]
+    )
+    assert again[2:] == ["--resume", "/x/compare-blood-random-r1", "--address", "a:1"]
     tpe = search_command(args, "optuna[startup=10,liar=no]", 0, [])
     assert " --tpe startup=10,liar=no" in " ".join(tpe)
 

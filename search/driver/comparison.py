@@ -3,8 +3,10 @@ table and page (`search.reporting.comparison`, `compare_table`, `compare_page`).
 
     code = run_comparison(CompareSettings("blood", ("optuna", "random[stop=none]")), passthrough)
 
-`CompareSettings` is what search/compare.py's flags decide. A searcher is run.py's `--searcher`
-value, optionally with settings in brackets (`parse_method`): `stop=asha|none`
+`CompareSettings` is what search/compare.py's flags decide. A search that was interrupted
+(search.json not finished) is resumed (`--resume`), a finished one reused. A searcher is
+run.py's `--searcher` value, optionally with settings in brackets (`parse_method`):
+`stop=asha|none`
 (`--early-stopping`) and the TPE keys of `--tpe` (`startup`, `multivariate`, `liar`), e.g.
 `optuna[startup=10,multivariate=no,liar=no]` for Optuna's own TPE defaults. Each search runs in
 a subprocess with seed = repeat, named `compare-<task>-<searcher>-r<k>` under `settings.out`,
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from search.driver.plan import SEARCHERS
 from search.driver.tpe import DEFAULTS as TPE_DEFAULTS
+from search.experiment.manifest import Manifest
 from search.experiment.tables import write_table
 from search.reporting.anytime import searchers
 from search.reporting.compare_page import write_html
@@ -165,6 +168,22 @@ def search_command(
     return cmd + passthrough
 
 
+def resume_command(folder: str, passthrough: list[str]) -> list[str]:
+    """The command that continues an interrupted search: its folder and `--address`, the one
+    flag of `passthrough` that `--resume` takes anew."""
+    return [sys.executable, str(RUN_PY), "--resume", folder, *address_flags(passthrough)]
+
+
+def address_flags(passthrough: list[str]) -> list[str]:
+    """`--address` from the flags passed to every search: the one flag `--resume` takes anew."""
+    for i, arg in enumerate(passthrough):
+        if arg == "--address" and i + 1 < len(passthrough):
+            return passthrough[i : i + 2]
+        if arg.startswith("--address="):
+            return [arg]
+    return []
+
+
 def search_env(passthrough: list[str]) -> dict[str, str]:
     """The environment of a search: its own local Ray unless an address is given.
 
@@ -183,13 +202,16 @@ def run_search(
     """Run one search (or reuse a finished one); its folder."""
     name = run_name(settings.task, searcher, repeat)
     folder = os.path.join(settings.out, name)
-    if os.path.isfile(os.path.join(folder, "search.json")):
+    previous = Manifest.read_optional(folder)
+    if previous is not None and previous.finished:
         print(f"{name}: reusing the finished search in {folder} (delete it to rerun)")
         return folder
     log_path = os.path.join(settings.out, f"{name}.log")
-    print(f"{name}: running, log in {log_path}", flush=True)
-    with open(log_path, "w") as log:
-        cmd = search_command(settings, searcher, repeat, passthrough)
+    cmd = search_command(settings, searcher, repeat, passthrough)
+    if previous is not None:  # interrupted: it goes on where it stopped
+        cmd = resume_command(folder, passthrough)
+    print(f"{name}: {'resuming' if previous else 'running'}, log in {log_path}", flush=True)
+    with open(log_path, "a" if previous else "w") as log:
         proc = subprocess.run(
             cmd, env=search_env(passthrough), stdout=log, stderr=subprocess.STDOUT
         )
