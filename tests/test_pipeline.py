@@ -304,9 +304,44 @@ def test_interrupts_hand_the_first_signal_to_tune_and_record_it():
 
 
 def test_slot_use_is_time_inside_trials_over_wall_time_and_slots():
-    from search.driver.progress import slot_use
+    from search.driver.slots import slot_use
 
     trials = [{"wall_time_s": 100.0}, {"wall_time_s": 80.0}, {"wall_time_s": None}]
     assert slot_use(trials, 120.0, 2) == pytest.approx(180 / 240)
     assert slot_use(trials, 90.0, 2) == pytest.approx(1.0)
     assert slot_use(trials, None, 2) is None and slot_use([], 10.0, 1) == 0.0
+
+
+def test_idle_slot_time_is_split_by_what_the_search_was_doing():
+    """Two slots, search from t=1000 for 100 s. a: 1005-1050, b: 1008-1040, c: 1045-1080
+    (started when b ended, 5 s later), d: 1052-1070; nothing left to start after 1052; the
+    search phase ends at 1100 (results collected from 1080)."""
+    from search.driver.slots import idle_split
+
+    def epochs(trial, start, end):  # two epochs each, as Tune stamps them
+        mid = (start + end) / 2
+        return [
+            {"trial_id": trial, "timestamp": mid, "time_total_s": mid - start},
+            {"trial_id": trial, "timestamp": end, "time_total_s": end - start},
+        ]
+
+    history = [
+        *epochs("a", 1005, 1050),
+        *epochs("b", 1008, 1040),
+        *epochs("c", 1045, 1080),
+        *epochs("d", 1052, 1070),
+    ]
+    idle = idle_split(history, 1000.0, 100.0, 2)
+    # starting: 1000-1005 two free (10), 1005-1008 one (3), 1040-1045 one (5), 1050-1052 one (2)
+    # tail: 1070-1080 one free (10); collecting: 1080-1100 both (40)
+    assert (idle.starting, idle.tail, idle.collecting) == (20.0, 10.0, 40.0)
+    assert idle.record() == {"starting": 20.0, "tail": 10.0, "collecting": 40.0}
+    assert "20 s starting trials, 10 s with no trial left to start" in idle.text()
+    assert idle_split([], 1000.0, 100.0, 2) is None
+
+
+def test_attribution_starts_in_the_tail_only_when_every_trial_is_explained():
+    from search.driver.tail import tail_work
+
+    assert tail_work(None, 6) and tail_work(6, 6) and tail_work(10, 6)
+    assert not tail_work(3, 6) and not tail_work(0, 6)  # the best 3 are known at the end only

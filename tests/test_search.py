@@ -214,6 +214,14 @@ def test_real_pneumonia_search_beats_090_test_auroc(
             assert not is_finite(t["attr_focus"])  # chest X-rays: no foreground, no focus
         assert t["trial_id"] in report
     assert report.count("data:image/png;base64,") >= 2 * len(trials)
+    # the maps were started as trials ended, once none was left to start (search.driver.tail);
+    # the step after the search found them written
+    early = re.search(r"attribution: (\d+) trial\(s\) explained while the last", proc.stderr)
+    assert early and int(early[1]) >= 1
+    assert "explained already; their maps are kept" in proc.stderr
+    idle = json.loads((exp / "search.json").read_text())["idle_slot_s"]
+    assert set(idle) == {"starting", "tail", "collecting"} and min(idle.values()) >= 0
+    assert "idle slot time:" in proc.stderr
     _study_matches_the_tables(exp, "real")
 
 

@@ -49,6 +49,7 @@ from search.driver.resume import (
 )
 from search.driver.session import Interrupts, close_ray, interrupted_code, session_dir
 from search.driver.settings import Settings
+from search.driver.slots import Idle
 from search.experiment.manifest import (
     ATTRIBUTION,
     FINISHED,
@@ -63,9 +64,10 @@ from search.experiment.manifest import (
 )
 from search.experiment.storage import is_uri
 
-if TYPE_CHECKING:  # both import Ray and torch, which wait until the flags are good
+if TYPE_CHECKING:  # these import Ray and torch, which wait until the flags are good
     from search.driver.plan import Plan
     from search.driver.steps import Inputs
+    from search.driver.tail import TailExplainer
 
 log = logging.getLogger("medsweep")
 
@@ -91,9 +93,13 @@ class Run:
     wall: float | None = None
     """Seconds searched over every part, fixed once the search phase is done."""
     slot_use: float | None = None
-    """How busy the trials kept their slots (`search.driver.progress.slot_use`)."""
+    """How busy the trials kept their slots (`search.driver.slots.slot_use`)."""
+    idle: Idle | None = None
+    """Where the idle slot time went (`search.driver.slots.idle_split`; None when resumed)."""
     path: str | None = None
     """The experiment folder, once claimed."""
+    tail: TailExplainer | None = None
+    """Attribution started in the search's tail (`search.driver.tail`)."""
     console: Console = field(default_factory=Console)
     """Where Ray's, W&B's and the workers' output goes (`search.driver.console`)."""
 
@@ -175,8 +181,11 @@ def search(run: Run, stop: Interrupts) -> int:
         return finish(run, None, wandb_mode)
     start = records.manifest(settings, plan, inputs, run.first_started, _earlier(run), RUNNING)
     keeper = disk.disk_keeper(settings, plan, inputs.values, inputs.task)
+    run.tail = steps.tail_explainer(settings, plan, inputs)
     with stop.fitting():
-        grid = steps.fit(settings, plan, inputs, wandb_mode, run.resume_path, start, keeper)
+        grid = steps.fit(
+            settings, plan, inputs, wandb_mode, run.resume_path, start, keeper, run.tail
+        )
     stopped = disk.stopped_message(keeper, plan.experiment_path)
     if stopped is not None:  # --max-disk, or a disk too full to go on: saved, resumable
         interrupted(run, None)
@@ -235,6 +244,8 @@ def finish(run: Run, grid, wandb_mode: str) -> int:
 
     settings, plan, inputs = run.settings, run.plan, run.inputs
     trials = searched(run, grid)
+    if run.tail is not None:  # maps started while the last trials ran: the step keeps them
+        run.tail.wait()
     for phase, step in (
         (ATTRIBUTION, steps.attribution),
         (TEST, steps.evaluate_test),
@@ -249,7 +260,7 @@ def finish(run: Run, grid, wandb_mode: str) -> int:
     log_media(wandb_mode, settings.wandb.project, plan.name, plan.experiment_path, trials)
     run.phase, run.done = None, list(PHASES)
     record(run, FINISHED)
-    code = progress.summarise(trials, plan, run.searched_s())
+    code = progress.summarise(trials, plan, run.searched_s(), run.idle)
     if report:
         log.info("  report: %s", report)
     return code
@@ -259,7 +270,7 @@ def searched(run: Run, grid) -> list[dict]:
     """The trial rows: collected from `grid` (the search phase ends: tables and checkpoints
     written, the time searched fixed), or read back when an earlier run collected them."""
     from search.driver import steps
-    from search.driver.progress import slot_use
+    from search.driver.slots import idle_split, slot_use
 
     if SEARCH in run.done:
         run.slot_use = run.previous.extra.get("slot_use") if run.previous else None
@@ -267,6 +278,9 @@ def searched(run: Run, grid) -> list[dict]:
     trials = steps.collect_results(grid, run.plan, run.inputs)
     run.wall = run.searched_s()
     run.slot_use = slot_use(trials, run.wall, run.plan.max_concurrent)
+    if run.previous is None:  # one stretch of time: the split holds
+        history = steps.read_history(run.plan)
+        run.idle = idle_split(history, run.started, run.wall, run.plan.max_concurrent)
     run.done.append(SEARCH)
     return trials
 
@@ -303,6 +317,7 @@ def record(run: Run, status: str) -> None:
         run.phase,
         run.done,
         run.slot_use,
+        run.idle,
     ).write(run.plan.experiment_path)
 
 

@@ -23,6 +23,7 @@ import time
 
 from ray.tune import Callback
 
+from search.driver.slots import Idle, slot_use, slot_use_text
 from search.experiment.storage import join_path
 from search.experiment.tables import ERRORED, TRIALS_FILE, config_of
 from trainables.config import planned_epochs
@@ -211,8 +212,9 @@ def warn_if_slow(plan, inputs, space_path: str) -> None:
     )
 
 
-def summarise(trials: list[dict], plan, wall_s: float) -> int:
-    """Print the best trial and any failures; the exit code (1 only if every trial failed)."""
+def summarise(trials: list[dict], plan, wall_s: float, idle: Idle | None = None) -> int:
+    """Print the best trial and any failures, the slot use and where the idle slot time went
+    (`search.driver.slots`); the exit code (1 only if every trial failed)."""
     errored = [t for t in trials if t["status"] == ERRORED]
     for t in errored:
         log.warning(
@@ -237,22 +239,9 @@ def summarise(trials: list[dict], plan, wall_s: float) -> int:
     use = slot_use(trials, wall_s, plan.max_concurrent)
     if use is not None:
         log.info("  slot use: %.2f (%s)", use, slot_use_text(trials, wall_s, plan.max_concurrent))
+    if idle is not None:
+        log.info("  idle slot time: %s", idle.text())
     log.info("  config: %s", config_of(best))
     log.info("  checkpoint: %s", best["checkpoint_path"])
     log.info("  results: %s", join_path(plan.experiment_path, TRIALS_FILE))
     return 0
-
-
-def slot_use(trials: list[dict], wall_s: float | None, slots: int) -> float | None:
-    """How busy the search kept its trial slots: the seconds spent inside trials over the
-    search's wall time x the trials it runs at once (1.0: never a slot idle); None without a
-    wall time."""
-    if not wall_s or slots < 1:
-        return None
-    inside = sum(t.get("wall_time_s") or 0.0 for t in trials)
-    return inside / (wall_s * slots)
-
-
-def slot_use_text(trials: list[dict], wall_s: float, slots: int) -> str:
-    inside = sum(t.get("wall_time_s") or 0.0 for t in trials)
-    return f"trials ran {inside:.0f} s in {wall_s:.0f} s x {slots} slot(s)"

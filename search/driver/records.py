@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from search.data.sources import Located
 from search.driver.plan import Plan
 from search.driver.settings import Settings
+from search.driver.slots import Idle
 from search.driver.warm_start import search_record
 from search.experiment.manifest import SEARCH, Manifest
 from trainables.config import planned_epochs
@@ -36,12 +37,13 @@ def manifest(
     phase: str | None = SEARCH,
     done: Sequence[str] = (),
     slot_use: float | None = None,
+    idle: Idle | None = None,
 ) -> Manifest:
     """`search.json`: what the report, compare.py and --resume need to know of this search.
     `started`: when it first started; `wall`: seconds searched so far (over resumed parts);
     `phase`: the phase it is in, `done`: the phases it finished (`manifest.PHASES`);
-    `slot_use`: once the trials finished, how busy they kept the slots
-    (`search.driver.progress.slot_use`)."""
+    `slot_use`: once the trials finished, how busy they kept the slots, and `idle` where the
+    idle slot time went (`search.driver.slots`)."""
     task = inputs.task
     return Manifest(
         name=plan.name,
@@ -72,6 +74,7 @@ def manifest(
             **search_record(plan, inputs.warm),
             **searcher_record(plan),
             **({} if slot_use is None else {"slot_use": round(slot_use, 4)}),
+            **({} if idle is None else {"idle_slot_s": idle.record()}),
         },
     )
 

@@ -59,6 +59,7 @@ from search.driver.resources import read_cluster
 from search.driver.session import check_storage, connect_ray
 from search.driver.settings import AfterSettings, Settings, updated
 from search.driver.space import Space, default_space_path, load_space
+from search.driver.tail import TailExplainer, tail_work
 from search.driver.tuner import build_tuner
 from search.driver.warm_start import WarmStart, check_search
 from search.experiment import after
@@ -68,6 +69,7 @@ from search.experiment.manifest import Manifest
 from search.experiment.selection import check_after_flags
 from search.experiment.storage import is_uri, join_path
 from search.experiment.tables import (
+    HISTORY_FILE,
     TRIALS_FILE,
     collect,
     export_checkpoints,
@@ -230,10 +232,12 @@ def fit(
     resume_path: str | None,
     start: Manifest,
     keeper: DiskKeeper,
+    tail: TailExplainer | None = None,
 ):
     """Run the trials (a new search, or the rest of an interrupted one); the ResultGrid.
     `start` is the search.json written before the first trial (status running); `keeper`
-    holds the folder's disk (`disk_keeper`)."""
+    holds the folder's disk (`disk_keeper`); `tail` explains ended trials in the slots the
+    last trials leave free (`tail_explainer`)."""
     reader = split_reader(inputs)
     tags = [plan.task.name, plan.searcher]
     callbacks = make_callbacks(
@@ -251,6 +255,7 @@ def fit(
             mode=plan.mode,
         ),
         keeper,
+        *([tail] if tail is not None else []),  # after the keeper: it exports the weights
     ]
     start.write(plan.experiment_path)
     if resume_path:
@@ -275,6 +280,11 @@ def collect_results(grid, plan: Plan, inputs: Inputs) -> list[dict]:
     export_checkpoints(trials, plan.experiment_path)
     write_tables(plan.experiment_path, trials, history)
     return trials
+
+
+def read_history(plan: Plan) -> list[dict]:
+    """history.parquet's rows (one per trial and epoch), as `collect_results` wrote them."""
+    return read_table(join_path(plan.experiment_path, HISTORY_FILE))
 
 
 def read_trials(plan: Plan) -> list[dict]:
@@ -315,6 +325,20 @@ def evaluate_test(settings: Settings, plan: Plan, inputs: Inputs, trials: list[d
             settings.after.select,
             settings.after.ensemble,
         )
+
+
+def tail_explainer(settings: Settings, plan: Plan, inputs: Inputs) -> TailExplainer | None:
+    """The callback that explains ended trials while the last ones run
+    (`search.driver.tail`), when every trial is to be explained; else None."""
+    if not tail_work(settings.attribution.explain_top, plan.trials):
+        return None
+    return TailExplainer(
+        plan.experiment_path,
+        plan.trials,
+        inputs.task,
+        split_reader(inputs),
+        explain_settings(settings, plan),
+    )
 
 
 def explain_settings(settings: Settings, plan: Plan) -> ExplainSettings:

@@ -98,23 +98,39 @@ def explain_trials(
     chosen = [t for t in chosen if t["trial_id"] not in focus]
     if not chosen:
         return focus
-    panel = A.choose_panel(reader.labels("val"), task.kind, settings.per_class, settings.seed)
-    panel_ref = ray.put((reader, np.asarray(panel)))  # each task reads the rows itself
-    remote = explain_one.options(**(settings.resources or {"num_cpus": 1}))
+    panel = panel_ref(task, reader, settings)
     futures = {
-        t["trial_id"]: remote.remote(
-            t["checkpoint_path"],
-            join_path(experiment_path, t["trial_id"], ATTRIBUTION_DIR),
-            panel_ref,
-            dict(settings.ig),
-            task.foreground,
-        )
+        t["trial_id"]: explain_task(t, experiment_path, panel, settings, task.foreground)
         for t in chosen
     }
+    return {**focus, **gather(futures)}
+
+
+def panel_ref(task: Task, reader: Reader, settings: ExplainSettings) -> ray.ObjectRef:
+    """The validation panel every trial is explained on, with the reader that reads its rows,
+    in the object store (each task reads the rows itself)."""
+    panel = A.choose_panel(reader.labels("val"), task.kind, settings.per_class, settings.seed)
+    return ray.put((reader, np.asarray(panel)))
+
+
+def explain_task(
+    trial: dict, experiment_path: str, panel: ray.ObjectRef, settings: ExplainSettings, foreground
+) -> ray.ObjectRef:
+    """Start `trial`'s attribution (a Ray task on `settings.resources`, a trial worker's);
+    its future. `trial`: a row with `trial_id` and `checkpoint_path`."""
+    remote = explain_one.options(**(settings.resources or {"num_cpus": 1}))
+    out_dir = join_path(experiment_path, trial["trial_id"], ATTRIBUTION_DIR)
+    return remote.remote(trial["checkpoint_path"], out_dir, panel, dict(settings.ig), foreground)
+
+
+def gather(futures: dict[str, ray.ObjectRef]) -> dict[str, float]:
+    """{trial_id: focus} of finished attribution tasks; one that failed is logged and left
+    out (one broken checkpoint must not cost the others their maps)."""
+    focus = {}
     for trial_id, future in futures.items():
         try:
             focus[trial_id] = ray.get(future)
-        except Exception as err:  # one broken checkpoint must not cost the others their maps
+        except Exception as err:
             log.warning("attribution for trial %s failed: %s", trial_id, err)
     return focus
 
