@@ -10,12 +10,16 @@ config), `param_space` the space's domains with the
 command line's fixed settings laid over them (`search.driver.inputs.param_space`) and
 `callbacks` Tune callbacks (W&B logging), kept out of `Plan` because every trial receives it.
 The trainable (which launcher, which resources) comes from `search.driver.launch`.
-Searchers: our Optuna TPE searcher (`search.driver.searcher`, told each trial's best epoch)
-behind a `ConcurrencyLimiter` (default), W&B's Bayesian engine (`search.tracking.engine`), or
-random / a repeated config when nothing is searched. Scheduler: ASHA on the plan's metric
-(`scheduler_settings`): `max_t` the planned epochs (`trainables.config.planned_epochs`, as the
-searcher, the progress line and the tables read them), its grace period and reduction factor
-from the space's `early_terminate` block.
+Searchers: our Optuna TPE searcher (`search.driver.searcher`, told each trial's best epoch;
+its sampler `--tpe`'s settings over the measured defaults, `search.driver.tpe`) behind a
+`ConcurrencyLimiter` (default), Ray's stock `OptunaSearch` with Optuna's defaults
+(`ray-optuna`: what most Tune scripts run, for comparisons), W&B's Bayesian engine
+(`search.tracking.engine`), or random / a repeated config when nothing is searched.
+Scheduler: ASHA on the plan's metric (`scheduler_settings`): `max_t` the planned epochs
+(`trainables.config.planned_epochs`, as the searcher, the progress line and the tables read
+them), its grace period and reduction factor from the space's `early_terminate` block; or,
+with `--early-stopping none`, Tune's FIFO scheduler. The function launcher's trials reuse
+their process for the next trial (`reuses_actors`).
 """
 
 from __future__ import annotations
