@@ -326,6 +326,7 @@ def test_command_line_of_each_search(tmp_path, monkeypatch):
         ("optuna,optuna", "named twice"),
         ("", "at least one"),
         ("optuna;random", "expected ','"),
+        ("optuna[startup=abc]", "--tpe startup=abc"),
     ],
 )
 def test_searcher_specs_refused(text, why):

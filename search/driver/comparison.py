@@ -3,14 +3,12 @@ table and page (`search.reporting.comparison`, `compare_table`, `compare_page`).
 
     code = run_comparison(CompareSettings("blood", ("optuna", "random[stop=none]")), passthrough)
 
-`CompareSettings` is what search/compare.py's flags decide. A search that was interrupted
-(search.json not finished) is resumed (`--resume`), a finished one reused. A searcher is
-run.py's `--searcher` value, optionally with settings in brackets (`parse_method`):
-`stop=asha|none`
+`CompareSettings` is what search/compare.py's flags decide. A searcher is run.py's
+`--searcher` value, optionally with settings in brackets (`parse_method`): `stop=asha|none`
 (`--early-stopping`) and the TPE keys of `--tpe` (`startup`, `multivariate`, `liar`), e.g.
 `optuna[startup=10,multivariate=no,liar=no]` for Optuna's own TPE defaults. Each search runs in
 a subprocess with seed = repeat, named `compare-<task>-<searcher>-r<k>` under `settings.out`,
-its log beside it; a finished one (its search.json exists) is reused. W&B
+its log beside it; a finished one is reused, an interrupted one resumed (`--resume`). W&B
 stays off in the searches so it is out of the timing; `--wandb-sweep` reads a sweep run on
 W&B's service afterwards (`read_sweep`).
 """
@@ -27,6 +25,7 @@ from pathlib import Path
 
 from search.driver.plan import SEARCHERS
 from search.driver.tpe import DEFAULTS as TPE_DEFAULTS
+from search.driver.tpe import parse_tpe
 from search.experiment.manifest import Manifest
 from search.experiment.tables import write_table
 from search.reporting.anytime import searchers
@@ -100,7 +99,13 @@ def parse_method(spec: str) -> Method:
                 f"--searchers {spec!r}: {part!r} is not a setting; use stop=asha|none, and "
                 f"for optuna {', '.join(f'{k}=...' for k in TPE_DEFAULTS)}"
             )
-    return Method(spec.strip(), searcher, stop, tuple(tpe))
+    method = Method(spec.strip(), searcher, stop, tuple(tpe))
+    if tpe:
+        try:
+            parse_tpe(",".join(f"{k}={v}" for k, v in tpe), trials=10)
+        except ValueError as err:
+            raise ValueError(f"--searchers {spec!r}: {err}") from None
+    return method
 
 
 @dataclass(frozen=True)
