@@ -260,6 +260,8 @@ def test_progress_estimates_the_time_left_from_epoch_times():
         )
     assert p.remaining_s(p.started) == pytest.approx(18 * 3.0 / 2)
     assert "2 of 20 epochs" in p.line(p.started)
+    assert p.line(p.started).startswith("progress [--------------------] 0%: ")
+    assert "[#####---------------] 25%" in p.line(p.started + 9.0)  # 9 s of 9 + 27 s left
     p.time_budget_s = 10.0  # no new trial after the budget: at most one trial's epochs beyond
     assert p.remaining_s(p.started) == pytest.approx(10.0 + 5 * 3.0)
 

@@ -111,12 +111,22 @@ class Progress(Callback):
     def line(self, now: float) -> str:
         per_epoch = sum(self.epoch_times) / max(1, len(self.epoch_times))
         done = sum(self.done.values())
+        elapsed = now - (self.started or now)
         return (
-            f"progress: {done} of {self.trials * self.epochs} epochs ({len(self.done)} of "
+            f"progress {bar(elapsed, self.remaining_s(now))}: {done} of "
+            f"{self.trials * self.epochs} epochs ({len(self.done)} of "
             f"{self.trials} trials started), {per_epoch:.1f} s per epoch; about "
             f"{duration(self.remaining_s(now))} left at most (ASHA stops weak trials "
             "early)"
         )
+
+
+def bar(elapsed: float, left: float, width: int = 20) -> str:
+    """`[#####---------------] 25%`: the time elapsed over elapsed + the time left at most (so
+    the share done is at least this)."""
+    share = elapsed / (elapsed + left) if elapsed + left > 0 else 0.0
+    filled = round(share * width)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {share:.0%}"
 
 
 def last_error_line(trial) -> str:
