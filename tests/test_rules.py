@@ -9,6 +9,7 @@ finding where the rule's code appears in search/ and trainables/.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -191,3 +192,17 @@ def test_ray_keeps_the_checkpoint_of_the_earliest_tied_best_epoch(ray_cluster, t
         assert Path(folder, "epoch.txt").read_text() == "2"
     row = trial_row("t", _rows(values), {}, None, "t", "val_auc", "max", 4)
     assert row["best_epoch"] == 2
+
+
+def test_trials_rank_their_checkpoints_by_the_searched_metric(tmp_path):
+    """A space's `metric:` (or --objective's first) is what each trial keeps its best
+    checkpoint by: the task record the trials get carries it. With the task's default
+    (val_auc, max) a val_loss search (min) kept the epoch with the worst val_auc."""
+    task = get_task("pneumonia")
+    plan = Plan(
+        name="r", storage=str(tmp_path), trials=2, metric="val_loss", mode="min", task=task
+    )
+    assert (plan.task.metric, plan.task.mode) == ("val_loss", "min")
+    assert dataclasses.replace(plan, trials=3).task.metric == "val_loss"
+    same = Plan(name="r", storage=str(tmp_path), trials=2, metric="val_auc", mode="max", task=task)
+    assert same.task is task

@@ -53,7 +53,8 @@ class Plan:
     time_budget_s: float | None = None
     verbose: int = 1
     task: Task | None = None
-    """The task record trials train (a `folder` task's classes come from its data)."""
+    """The task record trials train (a `folder` task's classes come from its data), its
+    `metric` and `mode` the search's: what each trial ranks its checkpoints by."""
     folds: int = 0
     """k-fold cross-validation over train+val inside each trial (0 = the given split)."""
     objectives: tuple[tuple[str, str], ...] = ()
@@ -61,6 +62,12 @@ class Plan:
     `search.driver.objectives`)."""
 
     def __post_init__(self) -> None:
+        task = self.task
+        if task is not None and (task.metric, task.mode) != (self.metric, self.mode):
+            # a space's `metric:` or --objective: trials keep the best checkpoint by it, not by
+            # the task's default (which kept the worst epoch's when the modes differed)
+            searched = dataclasses.replace(task, metric=self.metric, mode=self.mode)
+            object.__setattr__(self, "task", searched)
         if self.searcher not in SEARCHERS:
             raise ValueError(f"--searcher {self.searcher!r}: choose one of {SEARCHERS}")
         if self.early_stopping not in EARLY_STOPPING:
