@@ -5,6 +5,8 @@ What each task kind computes (loss, metrics, counts) is tested in test_kinds.py.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -221,14 +223,34 @@ def test_the_stream_path_trains_from_arrays_as_the_resident_path_does(make_npz):
         assert runs["stream"][key] == pytest.approx(runs["resident"][key], rel=1e-5, abs=1e-6)
 
 
-def _run(config, data):
+def test_checkpoints_are_scored_by_the_task_records_metric(make_npz):
+    """The search hands the trials its metric in the task record (`Plan.task`): a val_loss
+    search scores each epoch's checkpoint by val_loss, lower better, so Ray keeps the epoch
+    with the lowest loss."""
+    import dataclasses
+
+    from trainables.scores import CHECKPOINT_SCORE
+
+    task = dataclasses.replace(get_task("pneumonia"), metric="val_loss", mode="min")
+    data = load_npz(make_npz(task, n=96), task)
+    config = {"task": "pneumonia", "model": "simple_cnn", "epochs": 3, "batch_size": 16}
+    reports = _run(config, data, task)
+    losses = [m["val_loss"] for m, _ in reports]
+    for i, (m, ckpt) in enumerate(reports):
+        best = min(losses[: i + 1])
+        assert m["best_val_loss"] == best and ckpt["metric"] == "val_loss"
+        improved = m["val_loss"] == best and best not in losses[:i]
+        assert m[CHECKPOINT_SCORE] == (m["val_loss"] if improved else math.inf)
+
+
+def _run(config, data, task=None):
     reports = []
 
     def report(metrics, checkpoint_dir):
         saved = load_checkpoint(checkpoint_dir) if checkpoint_dir else None
         reports.append((metrics, saved))
 
-    train_loop(config, report, data)
+    train_loop(config, report, data, task=task)
     return reports
 
 
