@@ -163,6 +163,7 @@ def search(run: Run, stop: Interrupts) -> int:
         return finished
     from search.driver import disk, progress, records, steps  # Ray, torch: flags are good
     from search.driver.relocate import use_experiment
+    from search.driver.tail import tail_explainer
 
     settings = run.settings
     inputs = run.inputs = steps.read_inputs(settings)
@@ -181,7 +182,13 @@ def search(run: Run, stop: Interrupts) -> int:
         return finish(run, None, wandb_mode)
     start = records.manifest(settings, plan, inputs, run.first_started, _earlier(run), RUNNING)
     keeper = disk.disk_keeper(settings, plan, inputs.values, inputs.task)
-    run.tail = steps.tail_explainer(settings, plan, inputs)
+    run.tail = tail_explainer(
+        settings.attribution.explain_top,
+        plan,
+        inputs.task,
+        steps.split_reader(inputs),
+        steps.explain_settings(settings, plan),
+    )
     with stop.fitting():
         grid = steps.fit(
             settings, plan, inputs, wandb_mode, run.resume_path, start, keeper, run.tail

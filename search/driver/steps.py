@@ -59,7 +59,7 @@ from search.driver.resources import read_cluster
 from search.driver.session import check_storage, connect_ray
 from search.driver.settings import AfterSettings, Settings, updated
 from search.driver.space import Space, default_space_path, load_space
-from search.driver.tail import TailExplainer, tail_work
+from search.driver.tail import TailExplainer
 from search.driver.tuner import build_tuner
 from search.driver.warm_start import WarmStart, check_search
 from search.experiment import after
@@ -325,20 +325,6 @@ def evaluate_test(settings: Settings, plan: Plan, inputs: Inputs, trials: list[d
             settings.after.select,
             settings.after.ensemble,
         )
-
-
-def tail_explainer(settings: Settings, plan: Plan, inputs: Inputs) -> TailExplainer | None:
-    """The callback that explains ended trials while the last ones run
-    (`search.driver.tail`), when every trial is to be explained; else None."""
-    if not tail_work(settings.attribution.explain_top, plan.trials):
-        return None
-    return TailExplainer(
-        plan.experiment_path,
-        plan.trials,
-        inputs.task,
-        split_reader(inputs),
-        explain_settings(settings, plan),
-    )
 
 
 def explain_settings(settings: Settings, plan: Plan) -> ExplainSettings:

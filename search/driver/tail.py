@@ -118,3 +118,13 @@ class TailExplainer(tune.Callback):
 def tail_work(explain_top: int | None, total: int) -> bool:
     """Whether attribution may start in the search's tail: every trial is to be explained."""
     return explain_top is None or explain_top >= total
+
+
+def tail_explainer(
+    explain_top: int | None, plan, task: Task, reader: Reader, settings: ExplainSettings
+) -> TailExplainer | None:
+    """The search's TailExplainer when every trial is to be explained (`--explain-top`
+    unset or >= `--trials`), else None."""
+    if not tail_work(explain_top, plan.trials):
+        return None
+    return TailExplainer(plan.experiment_path, plan.trials, task, reader, settings)

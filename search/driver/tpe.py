@@ -72,6 +72,23 @@ def parse_tpe(text: str | None, trials: int) -> TpeSettings:
     )
 
 
+def tpe_mistake(text: str | None, searcher: str, trials: int) -> str | None:
+    """What is wrong with `--tpe text` for `--searcher searcher` (an `error:` line's body), or
+    None: keys and values TPE takes, and only with the searcher that uses them."""
+    if text is None:
+        return None
+    if searcher != "optuna":
+        return (
+            f"--tpe sets medsweep's Optuna searcher, not --searcher {searcher}; drop --tpe or "
+            "use --searcher optuna"
+        )
+    try:
+        parse_tpe(text, trials)
+    except ValueError as err:
+        return f"{err}; see python search/run.py --help"
+    return None
+
+
 def _startup(value: str, trials: int) -> int:
     """A count (an integer >= 1), or a share of `trials` in (0, 1)."""
     try:
