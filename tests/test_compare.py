@@ -402,3 +402,13 @@ def test_compare_end_to_end(tmp_path, make_npz, ray_head):
     assert all(f"<td>{s}</td>" in page for s in searchers)
     table = proc.stdout[proc.stdout.index("searcher  ") :]
     assert all(re.search(rf"^{s}\s", table, re.M) for s in searchers)
+
+
+def test_plot_limits_show_where_the_curves_settle():
+    """A diverged first trial (val_loss 40) must not flatten the curves into one line."""
+    from search.reporting.figures import y_range
+
+    settled = np.r_[40.0, np.full(30, 0.5), np.full(30, 0.3)]
+    lo, hi = y_range([settled, np.r_[np.nan, np.full(59, 0.4), 0.35]])
+    assert lo < 0.3 and 0.5 < hi < 1.0
+    assert y_range([np.full(3, np.nan)]) is None

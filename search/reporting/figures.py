@@ -199,6 +199,21 @@ def short(name: str, width: int = 24) -> str:
     return name if len(name) <= width else name[: width - 1] + "\u2026"
 
 
+def y_range(means: Sequence[np.ndarray]) -> tuple[float, float] | None:
+    """Y limits that show where the curves settle: the 5th to 95th percentile of the mean
+    values, widened to every curve's final value, plus a margin. A diverged first trial (a
+    validation loss of 40) would otherwise flatten every curve into one line."""
+    values = [np.asarray(m, dtype=float) for m in means]
+    finite = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.array([])
+    if not len(finite):
+        return None
+    lo, hi = np.percentile(finite, [5, 95])
+    finals = [v[np.isfinite(v)][-1] for v in values if np.isfinite(v).any()]
+    lo, hi = min(lo, *finals), max(hi, *finals)
+    pad = 0.1 * (hi - lo) or 0.05 * max(abs(hi), 1e-9)
+    return float(lo - pad), float(hi + pad)
+
+
 def comparison_figure(
     curves: dict[str, tuple], xlabel: str, metric: str, from_zero: bool = False
 ) -> bytes:
@@ -213,6 +228,9 @@ def comparison_figure(
     ax.set_xlabel(xlabel)
     if from_zero:
         ax.set_xlim(left=0.0)
+    limits = y_range([mean for _, mean, _, _ in curves.values()])
+    if limits is not None:
+        ax.set_ylim(*limits)
     ax.set_ylabel(f"best {metric} so far")
     ax.grid(alpha=0.3)
     ax.legend()
