@@ -118,7 +118,7 @@ def target_note(table: list[dict], metric: str) -> str:
     return (
         f"Time to target: mean wall time (trials) to a best {metric} of {target:.4f}, {ref}'s "
         f"final mean best; k/n repeats reached it (one that did not counts with its whole "
-        f"length); vs {ref}: the ratio of the times (below 1: sooner)."
+        f"length: >=, a lower bound); vs {ref}: the ratio of the times (below 1: sooner)."
     )
 
 
@@ -147,9 +147,14 @@ def _ratio(mine: Reach | None, ref: Reach | None) -> float | None:
 
 
 def _reach(reach: Reach | None) -> str:
+    """`60 (15.7) 3/3`; `>=60` when a repeat never reached the target (counted with its whole
+    length, the mean is a lower bound)."""
     if reach is None or reach.seconds is None:
         return "-"
-    return f"{reach.seconds:.0f} ({reach.trials:.1f}) {reach.reached}/{reach.repeats}"
+    bound = ">=" if reach.reached < reach.repeats else ""
+    return (
+        f"{bound}{reach.seconds:.0f} ({bound}{reach.trials:.1f}) {reach.reached}/{reach.repeats}"
+    )
 
 
 def _mean_std(values: list[float]) -> tuple[float, float, int] | None:
