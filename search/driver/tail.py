@@ -8,8 +8,9 @@ started while the search still runs.
 
 Once no trial is left to start (Tune holds as many trials as the search runs, none pending),
 a slot frees each time a trial ends and nothing takes it until the search is over. Each
-trial that has ended by then, and each one that ends later, gets its attribution maps as a
-Ray task on a trial worker's resources (`search.experiment.after.explain_task`), the same
+trial that has ended by then (from the moment the last trial starts), and each one that ends
+later, gets its attribution maps as a Ray task on a trial worker's resources; Ray runs it in
+the first slot a trial frees (`search.experiment.after.explain_task`), the same
 work the attribution step does after the search: that step finds their maps written
 (`after.explained`) and explains only the rest. Only when every trial is to be explained
 (`--explain-top` unset, or at least `--trials`): which trials are the best K is known only
@@ -61,6 +62,11 @@ class TailExplainer(tune.Callback):
     def __getstate__(self) -> dict:
         return {**vars(self), "reader": None, "futures": {}, "panel": None}
 
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        """The last trial started: the ended ones' tasks wait in Ray's queue for the first
+        slot a trial frees (none is left to start, so they delay none)."""
+        self._start_ended(trials)
+
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._ended(trial, trials)
 
@@ -69,6 +75,9 @@ class TailExplainer(tune.Callback):
 
     def _ended(self, trial, trials: list) -> None:
         self.ended.add(trial.trial_id)
+        self._start_ended(trials)
+
+    def _start_ended(self, trials: list) -> None:
         if self.reader is None or not self.in_tail(trials):
             return
         for ended in trials:
