@@ -11,7 +11,9 @@ good), its best weights are exported and its resume state deleted
 whole (what it resumes from) and its best as weights alone (`slim_older`: Ray keeps it beside
 the latest, but nothing resumes from it); an ended one keeps its best weights alone.
 
-Under `--max-disk`, after each checkpoint the folder is measured; over the quota, the exported
+Under `--max-disk`, after each checkpoint the folder is measured (at most every 2 s, unless the
+checkpoints written since the last measurement could have passed the quota, and at every
+trial's end); over the quota, the exported
 weights of ended trials go, weakest first, never those of the `protect` best trials (what
 `--test-top`, `--ensemble`, `--explain-top` and `--keep-checkpoints top-K` need) nor anything of
 a running trial. Each removal is logged. When nothing removable is left and the folder is still
@@ -57,7 +59,8 @@ from trainables.scores import sort_key
 
 log = logging.getLogger("medsweep")
 MEASURE_EVERY_S = 2.0
-"""The quota is measured at most this often (a walk of the folder per checkpoint otherwise)."""
+"""The quota is measured at most this often (a walk of the folder per checkpoint otherwise),
+unless the checkpoints written since the last measurement could have passed it."""
 
 
 class DiskKeeper(tune.Callback):
@@ -80,6 +83,10 @@ class DiskKeeper(tune.Callback):
         self.checkpoint_bytes = 0
         """The largest checkpoint a trial wrote (what the next one of each trial needs)."""
         self._measured = 0.0
+        self._size = 0
+        """The folder's bytes when last measured."""
+        self._since = 0
+        """Bytes of the checkpoints written since (measured at once when they may pass)."""
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._ended(trial, trials)
@@ -96,7 +103,9 @@ class DiskKeeper(tune.Callback):
 
     def _written(self, trial, path: str | None, trials: list) -> None:
         if path is not None and not self.stopping and not is_uri(path):
-            self.checkpoint_bytes = max(self.checkpoint_bytes, folder_bytes(path))
+            written = folder_bytes(path)
+            self.checkpoint_bytes = max(self.checkpoint_bytes, written)
+            self._since += written
             self.slim_older(trial)
             self.guard_free(trials)
         self.enforce(trials)
@@ -157,13 +166,15 @@ class DiskKeeper(tune.Callback):
         """Hold the folder under the quota (see the module docstring)."""
         if self.limit is None or self.stopping:
             return
-        if not now and time.monotonic() - self._measured < MEASURE_EVERY_S:
-            return
-        self._measured = time.monotonic()
-        size = folder_bytes(self.experiment_path)
+        recent = time.monotonic() - self._measured < MEASURE_EVERY_S
+        if not now and recent and self._size + self._since <= self.limit:
+            return  # measured lately, and what was written since cannot have passed the quota
+        self._measured, self._since = time.monotonic(), 0
+        size = self._size = folder_bytes(self.experiment_path)
         for trial in self.removable(trials) if size > self.limit else []:
             freed = remove_dir(exported_path(self.trial_path(trial)))
             size -= freed
+            self._size = size
             self.freed += freed
             self.removed.append(trial.trial_id)
             log.warning(
